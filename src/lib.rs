@@ -1,0 +1,14 @@
+//! qgate: one queue core served by several front ends.
+//!
+//! Imports run one way: front ends (`amqp`, `memcache`, `http`) -> `core` -> `store`,
+//! with `config`, `content` and `metrics` as leaves everyone may use.
+#![deny(missing_docs)]
+
+pub mod amqp;
+pub mod config;
+pub mod content;
+pub mod core;
+pub mod memcache;
+pub mod metrics;
+pub mod server;
+pub mod store;

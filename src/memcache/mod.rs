@@ -1,0 +1,1 @@
+//! memcache (work in progress)
