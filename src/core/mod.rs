@@ -1,1 +1,387 @@
-//! core (work in progress)
+//! The broker core, protocol-agnostic: vhosts, exchanges, bindings, queues, consumers,
+//! credit and persistence decisions. Front ends translate their protocol into calls on
+//! [`Broker`] / [`VHost`] / [`Queue`] and turn [`Delivered`] messages back into bytes;
+//! routing, dispatch, acks, limits and durability are decided only here.
+//!
+//! Task model: there is no task per queue. Every queue is a short mutex; a publish,
+//! an ack or a new consumer dispatches inline, handing messages to the consumers'
+//! [`DeliverySink`]s, which only queue bytes for their connection's writer.
+
+pub mod clock;
+pub mod consumer;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod persist;
+pub mod queue;
+pub mod stats;
+pub mod vhost;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+pub use consumer::{Consumer, Credit, Delivered, DeliverySink};
+pub use error::{CoreError, CoreResult, ErrorKind};
+pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
+pub use message::{Message, QueuedMessage};
+pub use queue::{Queue, QueueDepth, QueueOptions};
+pub use stats::BrokerCounters;
+pub use vhost::{Declared, Routed, VHost};
+
+use crate::content::FieldValue;
+use crate::store::Store;
+
+/// A user allowed to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password (PLAIN / AMQPLAIN).
+    pub password: String,
+    /// Only accepted from loopback addresses (RabbitMQ's rule for `guest`).
+    pub loopback_only: bool,
+}
+
+/// Core settings.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Virtual hosts that exist.
+    pub vhosts: Vec<String>,
+    /// Users (every user may use every vhost).
+    pub users: Vec<User>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            vhosts: vec!["/".into()],
+            users: vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }],
+        }
+    }
+}
+
+/// A client connection, as listings and metrics see it.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// Broker-wide id.
+    pub id: u64,
+    /// `amqp` or `memcache`.
+    pub protocol: &'static str,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Authenticated user (empty for memcache).
+    pub user: Mutex<String>,
+    /// Vhost in use.
+    pub vhost: Mutex<String>,
+    /// Open channels.
+    pub channels: AtomicU32,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// When it connected.
+    pub connected_at: SystemTime,
+}
+
+/// Removes a connection from the registry when dropped.
+pub struct ConnectionGuard {
+    shared: Arc<Shared>,
+    /// The registered connection.
+    pub info: Arc<ConnectionInfo>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared.connections.remove(&self.info.id);
+        for v in self.shared.vhosts.read().values() {
+            v.connection_closed(self.info.id);
+        }
+    }
+}
+
+/// State shared by every handle on the broker.
+pub(crate) struct Shared {
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    users: Vec<User>,
+    pub(crate) counters: BrokerCounters,
+    pub(crate) store: Option<Store>,
+    next_id: AtomicU64,
+    next_msg_id: AtomicU64,
+    rng: Mutex<u64>,
+    connections: DashMap<u64, Arc<ConnectionInfo>>,
+    started: Instant,
+}
+
+/// The broker: a cheap handle, clone freely.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker with no store (nothing survives a restart).
+    pub fn new(config: CoreConfig) -> Self {
+        Self::with_store(config, None, 1)
+    }
+
+    /// A broker that persists durable definitions and persistent messages in `store`.
+    /// `first_msg_id` continues above the ids already in the store.
+    pub fn with_store(config: CoreConfig, store: Option<Store>, first_msg_id: u64) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15)
+            ^ (std::process::id() as u64).rotate_left(32);
+        let shared = Arc::new(Shared {
+            vhosts: RwLock::new(HashMap::new()),
+            users: config.users.clone(),
+            counters: BrokerCounters::default(),
+            store,
+            next_id: AtomicU64::new(1),
+            next_msg_id: AtomicU64::new(first_msg_id.max(1)),
+            rng: Mutex::new(seed | 1),
+            connections: DashMap::new(),
+            started: Instant::now(),
+        });
+        for name in &config.vhosts {
+            let v = VHost::new(name, shared.clone());
+            shared.vhosts.write().insert(name.clone(), v);
+        }
+        Self { shared }
+    }
+
+    /// A vhost by name.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.shared.vhosts.read().get(name).cloned()
+    }
+
+    /// Every vhost.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.shared.vhosts.read().values().cloned().collect()
+    }
+
+    /// Checks credentials. `peer` is the client's address (guest is loopback-only).
+    pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> CoreResult<User> {
+        let refused = || {
+            CoreError::new(
+                ErrorKind::AccessRefused,
+                format!(
+                    "Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+                ),
+            )
+        };
+        let u = self
+            .shared
+            .users
+            .iter()
+            .find(|u| u.name == user && u.password == password)
+            .ok_or_else(refused)?;
+        let loopback = match peer {
+            IpAddr::V4(a) => a.is_loopback(),
+            IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|a| a.is_loopback()),
+        };
+        if u.loopback_only && !loopback {
+            return Err(CoreError::new(
+                ErrorKind::AccessRefused,
+                format!("user '{user}' can only connect via localhost"),
+            ));
+        }
+        Ok(u.clone())
+    }
+
+    /// The next message id.
+    pub fn next_message_id(&self) -> u64 {
+        self.shared.next_msg_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Broker-wide counters.
+    pub fn counters(&self) -> &BrokerCounters {
+        &self.shared.counters
+    }
+
+    /// The store, when durability is enabled.
+    pub fn store(&self) -> Option<&Store> {
+        self.shared.store.as_ref()
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// Registers a client connection; it is unregistered (and its exclusive queues
+    /// deleted) when the guard drops.
+    pub fn register_connection(&self, protocol: &'static str, peer: SocketAddr) -> ConnectionGuard {
+        let id = self.shared.next_id();
+        let info = Arc::new(ConnectionInfo {
+            id,
+            protocol,
+            peer,
+            user: Mutex::new(String::new()),
+            vhost: Mutex::new(String::new()),
+            channels: AtomicU32::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            connected_at: SystemTime::now(),
+        });
+        self.shared.connections.insert(id, info.clone());
+        ConnectionGuard {
+            shared: self.shared.clone(),
+            info,
+        }
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> Vec<Arc<ConnectionInfo>> {
+        self.shared.connections.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Generates a server-side name such as `amq.gen-...` or `amq.ctag-...`.
+    pub fn generate_name(&self, prefix: &str) -> String {
+        self.shared.generate_name(prefix)
+    }
+
+    /// Restores durable definitions and messages recovered from the store.
+    pub fn restore(&self, recovered: crate::store::Recovered) {
+        restore::restore(self, recovered);
+    }
+}
+
+impl Shared {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn generate_name(&self, prefix: &str) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut rng = self.rng.lock();
+        let mut out = String::with_capacity(prefix.len() + 22);
+        out.push_str(prefix);
+        for _ in 0..22 {
+            // xorshift64*
+            let mut x = *rng;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            *rng = x;
+            let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            out.push(ALPHABET[(r >> 58) as usize] as char);
+        }
+        out
+    }
+
+    fn put_def(&self, key: String, table: crate::content::FieldTable) {
+        if let Some(store) = &self.store {
+            // Definitions are rare: wait for the disk so a declare-ok means durable.
+            let _ = store.put_definition(&key, persist::encode_table(&table)).wait_blocking();
+        }
+    }
+
+    fn del_def(&self, key: String) {
+        if let Some(store) = &self.store {
+            let _ = store.delete_definition(&key).wait_blocking();
+        }
+    }
+
+    pub(crate) fn persist_exchange(&self, vhost: &str, x: &Exchange) {
+        let t = persist::table(vec![
+            ("vhost", persist::s(vhost)),
+            ("name", persist::s(&x.name)),
+            ("type", persist::s(x.kind.as_str())),
+            ("auto_delete", FieldValue::Bool(x.options.auto_delete)),
+            ("internal", FieldValue::Bool(x.options.internal)),
+            ("arguments", FieldValue::Table(x.options.arguments.clone())),
+        ]);
+        self.put_def(format!("exchange\0{vhost}\0{}", x.name), t);
+    }
+
+    pub(crate) fn unpersist_exchange(&self, vhost: &str, name: &str) {
+        self.del_def(format!("exchange\0{vhost}\0{name}"));
+    }
+
+    pub(crate) fn persist_queue(&self, vhost: &str, q: &Queue) {
+        let t = persist::table(vec![
+            ("vhost", persist::s(vhost)),
+            ("name", persist::s(&q.name)),
+            ("id", FieldValue::I64(q.id as i64)),
+            ("auto_delete", FieldValue::Bool(q.options.auto_delete)),
+            ("arguments", FieldValue::Table(q.options.arguments.clone())),
+        ]);
+        self.put_def(format!("queue\0{vhost}\0{}", q.name), t);
+    }
+
+    pub(crate) fn unpersist_queue(&self, vhost: &str, q: &Queue) {
+        // Its bindings' definitions are dropped at the next recovery, which ignores
+        // bindings whose queue no longer exists.
+        self.del_def(format!("queue\0{vhost}\0{}", q.name));
+    }
+
+    fn binding_key(
+        vhost: &str,
+        source: &str,
+        dest: &str,
+        to_exchange: bool,
+        key: &str,
+        args: &crate::content::FieldTable,
+    ) -> String {
+        let crc = crc32c::crc32c(&persist::encode_table(args));
+        let kind = if to_exchange { "e" } else { "q" };
+        format!("binding\0{vhost}\0{source}\0{kind}\0{dest}\0{key}\0{crc:08x}")
+    }
+
+    pub(crate) fn persist_binding(
+        &self,
+        vhost: &str,
+        source: &str,
+        dest: &str,
+        to_exchange: bool,
+        key: &str,
+        args: &crate::content::FieldTable,
+    ) {
+        if self.store.is_none() {
+            return;
+        }
+        let t = persist::table(vec![
+            ("vhost", persist::s(vhost)),
+            ("source", persist::s(source)),
+            ("destination", persist::s(dest)),
+            ("to_exchange", FieldValue::Bool(to_exchange)),
+            ("routing_key", persist::s(key)),
+            ("arguments", FieldValue::Table(args.clone())),
+        ]);
+        self.put_def(Self::binding_key(vhost, source, dest, to_exchange, key, args), t);
+    }
+
+    pub(crate) fn unpersist_binding(
+        &self,
+        vhost: &str,
+        source: &str,
+        dest: &str,
+        to_exchange: bool,
+        key: &str,
+        args: &crate::content::FieldTable,
+    ) {
+        if self.store.is_none() {
+            return;
+        }
+        self.del_def(Self::binding_key(vhost, source, dest, to_exchange, key, args));
+    }
+}
+
+mod restore;

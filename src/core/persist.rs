@@ -1,0 +1,93 @@
+//! What the core writes to the store: messages and definitions, in forms the store
+//! treats as opaque bytes.
+//!
+//! A message record is `exchange (short string) | routing key (short string) |
+//! properties (long string) | body (rest)`, lengths big-endian as on the AMQP wire.
+//! A definition is a field table, keyed `exchange/<vhost>/<name>`,
+//! `queue/<vhost>/<name>` or `binding/<vhost>/<source>/<q|e>/<destination>/<key>/<args-crc>`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::message::Message;
+use crate::content::{FieldTable, FieldValue};
+
+/// Encodes a message for the store.
+pub fn encode_message(msg: &Message) -> Bytes {
+    let ex = msg.exchange.as_bytes();
+    let rk = msg.routing_key.as_bytes();
+    let mut out = BytesMut::with_capacity(2 + ex.len() + rk.len() + 4 + msg.properties.len() + msg.body.len());
+    out.put_u8(ex.len().min(255) as u8);
+    out.put_slice(&ex[..ex.len().min(255)]);
+    out.put_u8(rk.len().min(255) as u8);
+    out.put_slice(&rk[..rk.len().min(255)]);
+    out.put_u32(msg.properties.len() as u32);
+    out.put_slice(&msg.properties);
+    out.put_slice(&msg.body);
+    out.freeze()
+}
+
+/// The parts of a stored message.
+pub struct StoredMessage {
+    /// Exchange it was published to.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Encoded properties.
+    pub properties: Bytes,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Decodes a stored message record; `None` when it is malformed.
+pub fn decode_message(mut rec: Bytes) -> Option<StoredMessage> {
+    let short = |rec: &mut Bytes| -> Option<String> {
+        if rec.remaining() < 1 {
+            return None;
+        }
+        let n = rec.get_u8() as usize;
+        if rec.remaining() < n {
+            return None;
+        }
+        let s = rec.split_to(n);
+        Some(String::from_utf8_lossy(&s).into_owned())
+    };
+    let exchange = short(&mut rec)?;
+    let routing_key = short(&mut rec)?;
+    if rec.remaining() < 4 {
+        return None;
+    }
+    let n = rec.get_u32() as usize;
+    if rec.remaining() < n {
+        return None;
+    }
+    let properties = rec.split_to(n);
+    Some(StoredMessage {
+        exchange,
+        routing_key,
+        properties,
+        body: rec,
+    })
+}
+
+/// Encodes a definition table.
+pub fn encode_table(t: &FieldTable) -> Bytes {
+    let mut out = BytesMut::new();
+    t.encode(&mut out);
+    out.freeze()
+}
+
+/// Decodes a definition table.
+pub fn decode_table(b: &[u8]) -> Option<FieldTable> {
+    let mut cur = b;
+    FieldTable::decode(&mut cur).ok()
+}
+
+/// Builds a table from pairs.
+pub fn table(entries: Vec<(&str, FieldValue)>) -> FieldTable {
+    FieldTable(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+/// A string value.
+pub fn s(v: &str) -> FieldValue {
+    FieldValue::LongString(Bytes::copy_from_slice(v.as_bytes()))
+}
