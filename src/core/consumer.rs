@@ -167,7 +167,13 @@ impl Consumer {
     }
 
     pub(crate) fn deactivate(&self) {
-        self.active.store(false, Ordering::Release);
+        self.set_active(false);
+    }
+
+    /// Pauses or resumes deliveries to this consumer. A front end registers a consumer
+    /// paused when it must answer the client before the first delivery.
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
     }
 }
 

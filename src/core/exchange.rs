@@ -131,7 +131,10 @@ impl Bindings {
     fn reindex(&mut self) {
         self.by_key.clear();
         for (i, b) in self.all.iter().enumerate() {
-            self.by_key.entry(b.routing_key.clone()).or_default().push(i);
+            self.by_key
+                .entry(b.routing_key.clone())
+                .or_default()
+                .push(i);
         }
     }
 }
@@ -167,7 +170,12 @@ impl Exchange {
     }
 
     /// Removes a binding; returns true when the exchange now has none.
-    pub fn unbind(&self, destination: &Destination, routing_key: &str, arguments: &FieldTable) -> bool {
+    pub fn unbind(
+        &self,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
         let mut b = self.bindings.write();
         b.all.retain(|x| {
             !(x.destination.same(destination)
@@ -202,7 +210,12 @@ impl Exchange {
     }
 
     /// Pushes the destinations matching a message into `out`.
-    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
         let b = self.bindings.read();
         match self.kind {
             ExchangeKind::Direct => {

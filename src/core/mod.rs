@@ -249,7 +249,11 @@ impl Broker {
 
     /// Open connections.
     pub fn connections(&self) -> Vec<Arc<ConnectionInfo>> {
-        self.shared.connections.iter().map(|e| e.value().clone()).collect()
+        self.shared
+            .connections
+            .iter()
+            .map(|e| e.value().clone())
+            .collect()
     }
 
     /// Generates a server-side name such as `amq.gen-...` or `amq.ctag-...`.
@@ -289,7 +293,9 @@ impl Shared {
     fn put_def(&self, key: String, table: crate::content::FieldTable) {
         if let Some(store) = &self.store {
             // Definitions are rare: wait for the disk so a declare-ok means durable.
-            let _ = store.put_definition(&key, persist::encode_table(&table)).wait_blocking();
+            let _ = store
+                .put_definition(&key, persist::encode_table(&table))
+                .wait_blocking();
         }
     }
 
@@ -365,7 +371,10 @@ impl Shared {
             ("routing_key", persist::s(key)),
             ("arguments", FieldValue::Table(args.clone())),
         ]);
-        self.put_def(Self::binding_key(vhost, source, dest, to_exchange, key, args), t);
+        self.put_def(
+            Self::binding_key(vhost, source, dest, to_exchange, key, args),
+            t,
+        );
     }
 
     pub(crate) fn unpersist_binding(
@@ -380,7 +389,14 @@ impl Shared {
         if self.store.is_none() {
             return;
         }
-        self.del_def(Self::binding_key(vhost, source, dest, to_exchange, key, args));
+        self.del_def(Self::binding_key(
+            vhost,
+            source,
+            dest,
+            to_exchange,
+            key,
+            args,
+        ));
     }
 }
 

@@ -15,7 +15,9 @@ use crate::content::{FieldTable, FieldValue};
 pub fn encode_message(msg: &Message) -> Bytes {
     let ex = msg.exchange.as_bytes();
     let rk = msg.routing_key.as_bytes();
-    let mut out = BytesMut::with_capacity(2 + ex.len() + rk.len() + 4 + msg.properties.len() + msg.body.len());
+    let mut out = BytesMut::with_capacity(
+        2 + ex.len() + rk.len() + 4 + msg.properties.len() + msg.body.len(),
+    );
     out.put_u8(ex.len().min(255) as u8);
     out.put_slice(&ex[..ex.len().min(255)]);
     out.put_u8(rk.len().min(255) as u8);
@@ -84,7 +86,12 @@ pub fn decode_table(b: &[u8]) -> Option<FieldTable> {
 
 /// Builds a table from pairs.
 pub fn table(entries: Vec<(&str, FieldValue)>) -> FieldTable {
-    FieldTable(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    FieldTable(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
 }
 
 /// A string value.

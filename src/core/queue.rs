@@ -16,10 +16,10 @@ use super::clock::now_ms;
 use super::consumer::{Consumer, Delivered};
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::message::{Message, QueuedMessage};
+use super::persist;
 use super::stats::QueueCounters;
 use crate::content::FieldTable;
 use crate::store::{Store, SyncTicket};
-use super::persist;
 
 /// How a queue was declared.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -236,12 +236,8 @@ impl Queue {
                 } else {
                     self.note_delivered(&entry);
                 }
-                let delivered = Delivered::new(
-                    self.clone(),
-                    entry,
-                    Some(consumer.clone()),
-                    consumer.no_ack,
-                );
+                let delivered =
+                    Delivered::new(self.clone(), entry, Some(consumer.clone()), consumer.no_ack);
                 match consumer.sink.deliver(&consumer, delivered) {
                     Ok(()) => {
                         self.counters.delivered.inc();
@@ -300,7 +296,10 @@ impl Queue {
         }
         let remaining = st.ready.len();
         drop(st);
-        Some((Delivered::new(self.clone(), entry, None, auto_ack), remaining))
+        Some((
+            Delivered::new(self.clone(), entry, None, auto_ack),
+            remaining,
+        ))
     }
 
     /// Waits up to `timeout` for a message, without polling.
@@ -369,7 +368,8 @@ impl Queue {
         if st.deleted {
             return Err(CoreError::no_queue(&self.name, &self.vhost));
         }
-        if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty())
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !st.consumers.is_empty())
         {
             return Err(CoreError::new(
                 ErrorKind::AccessRefused,
@@ -426,7 +426,10 @@ impl Queue {
         if if_empty && !st.ready.is_empty() {
             return Err(CoreError::new(
                 ErrorKind::PreconditionFailed,
-                format!("queue '{}' in vhost '{}' is not empty", self.name, self.vhost),
+                format!(
+                    "queue '{}' in vhost '{}' is not empty",
+                    self.name, self.vhost
+                ),
             ));
         }
         Ok(())

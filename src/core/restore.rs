@@ -44,8 +44,12 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
         }
     }
     for t in &exchanges {
-        let Some(vhost) = broker.vhost(&text(t, "vhost")) else { continue };
-        let Ok(kind) = ExchangeKind::parse(&text(t, "type")) else { continue };
+        let Some(vhost) = broker.vhost(&text(t, "vhost")) else {
+            continue;
+        };
+        let Ok(kind) = ExchangeKind::parse(&text(t, "type")) else {
+            continue;
+        };
         vhost.restore_exchange(
             &text(t, "name"),
             kind,
@@ -60,7 +64,9 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
     let mut by_id = HashMap::new();
     let mut max_id = 0;
     for t in &queues {
-        let Some(vhost) = broker.vhost(&text(t, "vhost")) else { continue };
+        let Some(vhost) = broker.vhost(&text(t, "vhost")) else {
+            continue;
+        };
         let id = t.get_int("id").unwrap_or(0) as u64;
         max_id = max_id.max(id);
         let options = QueueOptions {
@@ -80,13 +86,21 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
         .next_id
         .fetch_max(max_id + 1, std::sync::atomic::Ordering::Relaxed);
     for (key, t) in &bindings {
-        let Some(vhost) = broker.vhost(&text(t, "vhost")) else { continue };
-        let (source, dest, rk) = (text(t, "source"), text(t, "destination"), text(t, "routing_key"));
+        let Some(vhost) = broker.vhost(&text(t, "vhost")) else {
+            continue;
+        };
+        let (source, dest, rk) = (
+            text(t, "source"),
+            text(t, "destination"),
+            text(t, "routing_key"),
+        );
         let ok = if flag(t, "to_exchange") {
             vhost.bind_exchange(&dest, &source, &rk, args(t)).is_ok()
         } else {
             match vhost.find_queue(&dest) {
-                Some(q) => vhost.bind_queue(&dest, &source, &rk, args(t), q.owner.unwrap_or(0)).is_ok(),
+                Some(q) => vhost
+                    .bind_queue(&dest, &source, &rk, args(t), q.owner.unwrap_or(0))
+                    .is_ok(),
                 None => false,
             }
         };

@@ -94,7 +94,10 @@ impl VHost {
             return self.exchange(name);
         }
         if name.is_empty() {
-            return Err(CoreError::new(ErrorKind::AccessRefused, DEFAULT_EXCHANGE_DENIED));
+            return Err(CoreError::new(
+                ErrorKind::AccessRefused,
+                DEFAULT_EXCHANGE_DENIED,
+            ));
         }
         let kind = ExchangeKind::parse(kind)?;
         let mut map = self.exchanges.write();
@@ -140,7 +143,11 @@ impl VHost {
             return differs("type", kind.as_str().into(), x.kind.as_str().into());
         }
         if x.options.durable != o.durable {
-            return differs("durable", o.durable.to_string(), x.options.durable.to_string());
+            return differs(
+                "durable",
+                o.durable.to_string(),
+                x.options.durable.to_string(),
+            );
         }
         if x.options.auto_delete != o.auto_delete {
             return differs(
@@ -150,7 +157,11 @@ impl VHost {
             );
         }
         if x.options.internal != o.internal {
-            return differs("internal", o.internal.to_string(), x.options.internal.to_string());
+            return differs(
+                "internal",
+                o.internal.to_string(),
+                x.options.internal.to_string(),
+            );
         }
         if !x.options.arguments.equivalent(&o.arguments) {
             return Err(CoreError::new(
@@ -173,12 +184,18 @@ impl VHost {
     /// exchange.delete. A missing exchange is not an error (RabbitMQ 3.x).
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
         if name.is_empty() {
-            return Err(CoreError::new(ErrorKind::AccessRefused, DEFAULT_EXCHANGE_DENIED));
+            return Err(CoreError::new(
+                ErrorKind::AccessRefused,
+                DEFAULT_EXCHANGE_DENIED,
+            ));
         }
         if name.starts_with("amq.") {
             return Err(CoreError::new(
                 ErrorKind::AccessRefused,
-                format!("deletion of system exchange '{name}' in vhost '{}' is not allowed", self.name),
+                format!(
+                    "deletion of system exchange '{name}' in vhost '{}' is not allowed",
+                    self.name
+                ),
             ));
         }
         let mut map = self.exchanges.write();
@@ -278,7 +295,12 @@ impl VHost {
         }
     }
 
-    fn check_queue_equivalent(&self, q: &Queue, o: &QueueOptions, connection: u64) -> CoreResult<()> {
+    fn check_queue_equivalent(
+        &self,
+        q: &Queue,
+        o: &QueueOptions,
+        connection: u64,
+    ) -> CoreResult<()> {
         let (name, vhost) = (&q.name, &self.name);
         if q.owner.is_some_and(|c| c != connection) || q.options.exclusive != o.exclusive {
             return Err(CoreError::locked(name, vhost));
@@ -293,7 +315,11 @@ impl VHost {
             ))
         };
         if q.options.durable != o.durable {
-            return differs("durable", o.durable.to_string(), q.options.durable.to_string());
+            return differs(
+                "durable",
+                o.durable.to_string(),
+                q.options.durable.to_string(),
+            );
         }
         if q.options.auto_delete != o.auto_delete {
             return differs(
@@ -419,13 +445,26 @@ impl VHost {
     ) -> CoreResult<()> {
         let q = self.queue(queue, connection)?;
         if exchange.is_empty() {
-            return Err(CoreError::new(ErrorKind::AccessRefused, DEFAULT_EXCHANGE_DENIED));
+            return Err(CoreError::new(
+                ErrorKind::AccessRefused,
+                DEFAULT_EXCHANGE_DENIED,
+            ));
         }
         let x = self.exchange(exchange)?;
-        x.bind(Destination::Queue(q.clone()), routing_key, arguments.clone());
+        x.bind(
+            Destination::Queue(q.clone()),
+            routing_key,
+            arguments.clone(),
+        );
         if x.options.durable && q.options.durable {
-            self.shared
-                .persist_binding(&self.name, &x.name, &q.name, false, routing_key, &arguments);
+            self.shared.persist_binding(
+                &self.name,
+                &x.name,
+                &q.name,
+                false,
+                routing_key,
+                &arguments,
+            );
         }
         Ok(())
     }
@@ -441,13 +480,22 @@ impl VHost {
     ) -> CoreResult<()> {
         let q = self.queue(queue, connection)?;
         if exchange.is_empty() {
-            return Err(CoreError::new(ErrorKind::AccessRefused, DEFAULT_EXCHANGE_DENIED));
+            return Err(CoreError::new(
+                ErrorKind::AccessRefused,
+                DEFAULT_EXCHANGE_DENIED,
+            ));
         }
         let x = self.exchange(exchange)?;
         let now_empty = x.unbind(&Destination::Queue(q.clone()), routing_key, arguments);
         if x.options.durable && q.options.durable {
-            self.shared
-                .unpersist_binding(&self.name, &x.name, &q.name, false, routing_key, arguments);
+            self.shared.unpersist_binding(
+                &self.name,
+                &x.name,
+                &q.name,
+                false,
+                routing_key,
+                arguments,
+            );
         }
         if now_empty && x.options.auto_delete {
             let _ = self.delete_exchange(exchange, false);
@@ -464,14 +512,27 @@ impl VHost {
         arguments: FieldTable,
     ) -> CoreResult<()> {
         if destination.is_empty() || source.is_empty() {
-            return Err(CoreError::new(ErrorKind::AccessRefused, DEFAULT_EXCHANGE_DENIED));
+            return Err(CoreError::new(
+                ErrorKind::AccessRefused,
+                DEFAULT_EXCHANGE_DENIED,
+            ));
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
-        s.bind(Destination::Exchange(d.name.clone()), routing_key, arguments.clone());
+        s.bind(
+            Destination::Exchange(d.name.clone()),
+            routing_key,
+            arguments.clone(),
+        );
         if s.options.durable && d.options.durable {
-            self.shared
-                .persist_binding(&self.name, &s.name, &d.name, true, routing_key, &arguments);
+            self.shared.persist_binding(
+                &self.name,
+                &s.name,
+                &d.name,
+                true,
+                routing_key,
+                &arguments,
+            );
         }
         Ok(())
     }
@@ -485,14 +546,27 @@ impl VHost {
         arguments: &FieldTable,
     ) -> CoreResult<()> {
         if destination.is_empty() || source.is_empty() {
-            return Err(CoreError::new(ErrorKind::AccessRefused, DEFAULT_EXCHANGE_DENIED));
+            return Err(CoreError::new(
+                ErrorKind::AccessRefused,
+                DEFAULT_EXCHANGE_DENIED,
+            ));
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
-        let now_empty = s.unbind(&Destination::Exchange(d.name.clone()), routing_key, arguments);
+        let now_empty = s.unbind(
+            &Destination::Exchange(d.name.clone()),
+            routing_key,
+            arguments,
+        );
         if s.options.durable && d.options.durable {
-            self.shared
-                .unpersist_binding(&self.name, &s.name, &d.name, true, routing_key, arguments);
+            self.shared.unpersist_binding(
+                &self.name,
+                &s.name,
+                &d.name,
+                true,
+                routing_key,
+                arguments,
+            );
         }
         if now_empty && s.options.auto_delete {
             let _ = self.delete_exchange(source, false);
@@ -577,7 +651,12 @@ impl VHost {
     }
 
     /// Restores a durable queue at start-up.
-    pub(crate) fn restore_queue(&self, id: u64, name: &str, options: QueueOptions) -> CoreResult<Arc<Queue>> {
+    pub(crate) fn restore_queue(
+        &self,
+        id: u64,
+        name: &str,
+        options: QueueOptions,
+    ) -> CoreResult<Arc<Queue>> {
         let q = Queue::new(
             id,
             name.to_owned(),
@@ -591,7 +670,12 @@ impl VHost {
     }
 
     /// Restores a durable exchange at start-up.
-    pub(crate) fn restore_exchange(&self, name: &str, kind: ExchangeKind, options: ExchangeOptions) {
+    pub(crate) fn restore_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+    ) {
         self.exchanges
             .write()
             .entry(name.to_owned())

@@ -1,1 +1,2 @@
 //! memcache (work in progress)
+pub mod listener;

@@ -1,1 +1,2 @@
 //! metrics (work in progress)
+pub mod http;

@@ -1,0 +1,792 @@
+//! One AMQP channel: its methods, content assembly, deliveries and their tags,
+//! prefetch, publisher confirms and transactions.
+//!
+//! Grammar (AMQP 0-9-1, channel class):
+//! `channel = open-channel *use-channel close-channel`;
+//! `open-channel = C:OPEN S:OPEN-OK`; `close-channel = C:CLOSE S:CLOSE-OK / S:CLOSE C:CLOSE-OK`.
+//! A publish is `C:PUBLISH content` where `content = header *body` until body-size bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::error::AmqpError;
+use super::methods::*;
+use super::writer::{Out, OutTx};
+use crate::content::Properties;
+use crate::core::{
+    Broker, ConnectionInfo, Consumer, Credit, Delivered, DeliverySink, ExchangeOptions, Message,
+    Queue, QueueOptions, VHost,
+};
+use crate::store::SyncTicket;
+
+/// What a channel needs from its connection.
+pub(crate) struct ConnCtx {
+    pub broker: Broker,
+    pub vhost: Arc<VHost>,
+    pub conn_id: u64,
+    pub user: String,
+    pub out: OutTx,
+    pub cancel_notify: bool,
+    pub max_message: u64,
+    pub info: Arc<ConnectionInfo>,
+}
+
+/// The part of a channel that queues call into (under their locks): assigns delivery
+/// tags, remembers unacknowledged deliveries and queues the bytes for the writer.
+pub(crate) struct ChannelSink {
+    channel: u16,
+    out: OutTx,
+    cancel_notify: bool,
+    state: Mutex<SinkState>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    next_tag: u64,
+    unacked: VecDeque<(u64, Delivered)>,
+    closed: bool,
+}
+
+impl DeliverySink for ChannelSink {
+    fn deliver(&self, consumer: &Arc<Consumer>, delivery: Delivered) -> Result<(), Delivered> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(delivery);
+        }
+        st.next_tag += 1;
+        let tag = st.next_tag;
+        let out = Out::Deliver {
+            channel: self.channel,
+            consumer: consumer.clone(),
+            delivery_tag: tag,
+            redelivered: delivery.redelivered(),
+            msg: delivery.entry.msg.clone(),
+        };
+        if !delivery.auto_ack {
+            st.unacked.push_back((tag, delivery));
+        } else {
+            // Settled already: dropping it touches nothing.
+            drop(delivery);
+        }
+        let _ = self.out.send(out);
+        Ok(())
+    }
+
+    fn cancelled(&self, consumer: &Arc<Consumer>) {
+        if self.cancel_notify {
+            let _ = self.out.send(Out::Method(
+                self.channel,
+                Method::BasicCancel(BasicCancel {
+                    consumer_tag: consumer.tag.clone(),
+                    no_wait: true,
+                }),
+            ));
+        }
+    }
+}
+
+struct PendingPublish {
+    method: BasicPublish,
+    header: Option<(u64, Bytes)>,
+    body: Vec<Bytes>,
+    received: u64,
+}
+
+enum TxOp {
+    Publish(BasicPublish, Message),
+    Settle(Method),
+}
+
+/// A channel's state, owned by the connection's reader task.
+pub(crate) struct Channel {
+    id: u16,
+    sink: Arc<ChannelSink>,
+    consumers: HashMap<String, (Arc<Queue>, Arc<Consumer>)>,
+    prefetch: u32,
+    credit: Arc<Credit>,
+    confirm: Option<Confirms>,
+    tx: Option<Vec<TxOp>>,
+    publish: Option<PendingPublish>,
+    last_queue: Option<String>,
+}
+
+struct Confirms {
+    next_seq: u64,
+    tx: mpsc::UnboundedSender<(u64, Option<SyncTicket>)>,
+}
+
+fn fail(code: u16, text: impl AsRef<str>) -> AmqpError {
+    AmqpError::new(code, text)
+}
+
+impl Channel {
+    pub(crate) fn new(id: u16, ctx: &ConnCtx) -> Self {
+        Self {
+            id,
+            sink: Arc::new(ChannelSink {
+                channel: id,
+                out: ctx.out.clone(),
+                cancel_notify: ctx.cancel_notify,
+                state: Mutex::new(SinkState::default()),
+            }),
+            consumers: HashMap::new(),
+            prefetch: 0,
+            credit: Arc::new(Credit::new(0)),
+            confirm: None,
+            tx: None,
+            publish: None,
+            last_queue: None,
+        }
+    }
+
+    fn reply(&self, ctx: &ConnCtx, m: impl Into<Method>) {
+        let _ = ctx.out.send(Out::Method(self.id, m.into()));
+    }
+
+    /// True while a publish waits for its header or body frames.
+    pub(crate) fn expecting_content(&self) -> bool {
+        self.publish.is_some()
+    }
+
+    /// Handles one method (anything but channel.open/close, which the connection owns).
+    pub(crate) fn handle(&mut self, ctx: &ConnCtx, method: Method) -> Result<(), AmqpError> {
+        let result = self.dispatch(ctx, &method);
+        result.map_err(|e| if e.class_id == 0 { e.on(&method) } else { e })
+    }
+
+    fn dispatch(&mut self, ctx: &ConnCtx, method: &Method) -> Result<(), AmqpError> {
+        let v = &ctx.vhost;
+        let conn = ctx.conn_id;
+        match method {
+            Method::BasicPublish(p) => {
+                self.publish = Some(PendingPublish {
+                    method: p.clone(),
+                    header: None,
+                    body: Vec::new(),
+                    received: 0,
+                });
+            }
+            Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_) => {
+                if let Some(ops) = &mut self.tx {
+                    ops.push(TxOp::Settle(method.clone()));
+                } else {
+                    self.settle(ctx, method)?;
+                }
+            }
+            Method::ExchangeDeclare(m) => {
+                if m.exchange.is_empty() && m.passive {
+                    // RabbitMQ accepts a passive declare of the default exchange.
+                } else {
+                    v.declare_exchange(
+                        &m.exchange,
+                        &m.kind,
+                        ExchangeOptions {
+                            durable: m.durable,
+                            auto_delete: m.auto_delete,
+                            internal: m.internal,
+                            arguments: m.arguments.clone(),
+                        },
+                        m.passive,
+                    )?;
+                }
+                if !m.no_wait {
+                    self.reply(ctx, ExchangeDeclareOk {});
+                }
+            }
+            Method::ExchangeDelete(m) => {
+                v.delete_exchange(&m.exchange, m.if_unused)?;
+                if !m.no_wait {
+                    self.reply(ctx, ExchangeDeleteOk {});
+                }
+            }
+            Method::ExchangeBind(m) => {
+                v.bind_exchange(
+                    &m.destination,
+                    &m.source,
+                    &m.routing_key,
+                    m.arguments.clone(),
+                )?;
+                if !m.no_wait {
+                    self.reply(ctx, ExchangeBindOk {});
+                }
+            }
+            Method::ExchangeUnbind(m) => {
+                v.unbind_exchange(&m.destination, &m.source, &m.routing_key, &m.arguments)?;
+                if !m.no_wait {
+                    self.reply(ctx, ExchangeUnbindOk {});
+                }
+            }
+            Method::QueueDeclare(m) => {
+                let name = if m.passive {
+                    self.default_queue(&m.queue)?
+                } else {
+                    m.queue.clone()
+                };
+                let d = v.declare_queue(
+                    &name,
+                    QueueOptions {
+                        durable: m.durable,
+                        exclusive: m.exclusive,
+                        auto_delete: m.auto_delete,
+                        arguments: m.arguments.clone(),
+                    },
+                    m.passive,
+                    conn,
+                )?;
+                self.last_queue = Some(d.queue.name.clone());
+                if !m.no_wait {
+                    self.reply(
+                        ctx,
+                        QueueDeclareOk {
+                            queue: d.queue.name.clone(),
+                            message_count: d.message_count,
+                            consumer_count: d.consumer_count,
+                        },
+                    );
+                }
+            }
+            Method::QueueBind(m) => {
+                let queue = self.default_queue(&m.queue)?;
+                v.bind_queue(
+                    &queue,
+                    &m.exchange,
+                    &m.routing_key,
+                    m.arguments.clone(),
+                    conn,
+                )?;
+                if !m.no_wait {
+                    self.reply(ctx, QueueBindOk {});
+                }
+            }
+            Method::QueueUnbind(m) => {
+                let queue = self.default_queue(&m.queue)?;
+                v.unbind_queue(&queue, &m.exchange, &m.routing_key, &m.arguments, conn)?;
+                self.reply(ctx, QueueUnbindOk {});
+            }
+            Method::QueuePurge(m) => {
+                let queue = self.default_queue(&m.queue)?;
+                let n = v.purge_queue(&queue, conn)?;
+                if !m.no_wait {
+                    self.reply(ctx, QueuePurgeOk { message_count: n });
+                }
+            }
+            Method::QueueDelete(m) => {
+                let queue = self.default_queue(&m.queue)?;
+                let n = v.delete_queue(&queue, m.if_unused, m.if_empty, conn)?;
+                if !m.no_wait {
+                    self.reply(ctx, QueueDeleteOk { message_count: n });
+                }
+            }
+            Method::BasicQos(m) => {
+                if m.prefetch_size != 0 {
+                    return Err(fail(
+                        reply::NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({})", m.prefetch_size),
+                    ));
+                }
+                if m.global {
+                    self.credit.set_limit(m.prefetch_count as u32);
+                    self.poke_consumers();
+                } else {
+                    self.prefetch = m.prefetch_count as u32;
+                }
+                self.reply(ctx, BasicQosOk {});
+            }
+            Method::BasicConsume(m) => self.consume(ctx, m)?,
+            Method::BasicCancel(m) => {
+                if let Some((q, c)) = self.consumers.remove(&m.consumer_tag) {
+                    ctx.vhost.cancel_consumer(&q, &c);
+                }
+                if !m.no_wait {
+                    self.reply(
+                        ctx,
+                        BasicCancelOk {
+                            consumer_tag: m.consumer_tag.clone(),
+                        },
+                    );
+                }
+            }
+            Method::BasicGet(m) => self.get(ctx, m)?,
+            Method::BasicRecover(m) => {
+                self.recover(m.requeue)?;
+                self.reply(ctx, BasicRecoverOk {});
+            }
+            Method::BasicRecoverAsync(m) => self.recover(m.requeue)?,
+            Method::ConfirmSelect(m) => {
+                if self.tx.is_some() {
+                    return Err(fail(
+                        reply::PRECONDITION_FAILED,
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                if self.confirm.is_none() {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(confirm_task(
+                        rx,
+                        ctx.out.clone(),
+                        self.id,
+                        ctx.broker.clone(),
+                    ));
+                    self.confirm = Some(Confirms { next_seq: 1, tx });
+                }
+                if !m.no_wait {
+                    self.reply(ctx, ConfirmSelectOk {});
+                }
+            }
+            Method::TxSelect(_) => {
+                if self.confirm.is_some() {
+                    return Err(fail(
+                        reply::PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                if self.tx.is_none() {
+                    self.tx = Some(Vec::new());
+                }
+                self.reply(ctx, TxSelectOk {});
+            }
+            Method::TxCommit(_) => {
+                let Some(ops) = self.tx.replace(Vec::new()) else {
+                    return Err(fail(
+                        reply::PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    ));
+                };
+                for op in ops {
+                    match op {
+                        TxOp::Publish(p, msg) => self.route(ctx, &p, msg)?,
+                        TxOp::Settle(m) => self.settle(ctx, &m)?,
+                    }
+                }
+                self.reply(ctx, TxCommitOk {});
+            }
+            Method::TxRollback(_) => {
+                if self.tx.replace(Vec::new()).is_none() {
+                    return Err(fail(
+                        reply::PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    ));
+                }
+                self.reply(ctx, TxRollbackOk {});
+            }
+            Method::ChannelFlow(m) => {
+                if !m.active {
+                    return Err(fail(reply::NOT_IMPLEMENTED, "active=false"));
+                }
+                self.reply(ctx, ChannelFlowOk { active: true });
+            }
+            Method::ChannelFlowOk(_) => {}
+            other => {
+                return Err(fail(
+                    reply::COMMAND_INVALID,
+                    format!("unexpected method {} on a channel", other.name()),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// An empty queue name means "the last queue declared on this channel" (spec rule,
+    /// kept by RabbitMQ).
+    fn default_queue(&self, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| fail(reply::NOT_FOUND, "no previously declared queue"))
+    }
+
+    fn consume(&mut self, ctx: &ConnCtx, m: &BasicConsume) -> Result<(), AmqpError> {
+        let queue = ctx
+            .vhost
+            .queue(&self.default_queue(&m.queue)?, ctx.conn_id)?;
+        let tag = if m.consumer_tag.is_empty() {
+            ctx.broker.generate_name("amq.ctag-")
+        } else {
+            m.consumer_tag.clone()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(fail(
+                reply::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let consumer = Consumer::new(
+            tag.clone(),
+            m.no_ack,
+            m.exclusive,
+            ctx.conn_id,
+            self.prefetch,
+            self.credit.clone(),
+            self.sink.clone(),
+        );
+        // Registered inactive so that consume-ok reaches the client before any delivery.
+        consumer.set_active(false);
+        queue.add_consumer(consumer.clone())?;
+        if !m.no_wait {
+            self.reply(
+                ctx,
+                BasicConsumeOk {
+                    consumer_tag: tag.clone(),
+                },
+            );
+        }
+        consumer.set_active(true);
+        queue.dispatch();
+        self.consumers.insert(tag, (queue, consumer));
+        Ok(())
+    }
+
+    fn get(&mut self, ctx: &ConnCtx, m: &BasicGet) -> Result<(), AmqpError> {
+        let queue = ctx
+            .vhost
+            .queue(&self.default_queue(&m.queue)?, ctx.conn_id)?;
+        let counters = ctx.broker.counters();
+        match queue.get(m.no_ack) {
+            None => {
+                counters.get_empty.inc();
+                self.reply(
+                    ctx,
+                    BasicGetEmpty {
+                        reserved_1: String::new(),
+                    },
+                );
+            }
+            Some((d, remaining)) => {
+                if m.no_ack {
+                    counters.delivered_get_auto_ack.inc();
+                } else {
+                    counters.delivered_get_manual_ack.inc();
+                }
+                if d.redelivered() {
+                    counters.redelivered.inc();
+                }
+                let mut st = self.sink.state.lock();
+                st.next_tag += 1;
+                let tag = st.next_tag;
+                let out = Out::GetOk {
+                    channel: self.id,
+                    delivery_tag: tag,
+                    redelivered: d.redelivered(),
+                    message_count: remaining as u32,
+                    msg: d.entry.msg.clone(),
+                };
+                if !m.no_ack {
+                    st.unacked.push_back((tag, d));
+                }
+                drop(st);
+                let _ = ctx.out.send(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the unacked deliveries a settle method refers to.
+    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Delivered>, AmqpError> {
+        let mut st = self.sink.state.lock();
+        let unacked = &mut st.unacked;
+        if multiple {
+            let n = if tag == 0 {
+                unacked.len()
+            } else {
+                unacked.partition_point(|(t, _)| *t <= tag)
+            };
+            if n == 0 && tag != 0 {
+                return Err(fail(
+                    reply::PRECONDITION_FAILED,
+                    format!("unknown delivery tag {tag}"),
+                ));
+            }
+            Ok(unacked.drain(..n).map(|(_, d)| d).collect())
+        } else {
+            match unacked.binary_search_by_key(&tag, |(t, _)| *t) {
+                Ok(i) => Ok(vec![unacked.remove(i).expect("index found").1]),
+                Err(_) => Err(fail(
+                    reply::PRECONDITION_FAILED,
+                    format!("unknown delivery tag {tag}"),
+                )),
+            }
+        }
+    }
+
+    fn settle(&mut self, ctx: &ConnCtx, method: &Method) -> Result<(), AmqpError> {
+        let counters = ctx.broker.counters();
+        let (tag, multiple, requeue, ack) = match method {
+            Method::BasicAck(m) => (m.delivery_tag, m.multiple, false, true),
+            Method::BasicNack(m) => (m.delivery_tag, m.multiple, m.requeue, false),
+            Method::BasicReject(m) => (m.delivery_tag, false, m.requeue, false),
+            _ => return Ok(()),
+        };
+        let list = self.take_unacked(tag, multiple).map_err(|e| e.on(method))?;
+        for d in list {
+            if ack {
+                counters.acknowledged.inc();
+                d.ack();
+            } else if requeue {
+                d.requeue();
+            } else {
+                d.discard();
+            }
+        }
+        if self.credit.limit() > 0 {
+            self.poke_consumers();
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(fail(reply::NOT_IMPLEMENTED, "requeue=false"));
+        }
+        let list = self.take_unacked(0, true)?;
+        for d in list {
+            d.requeue();
+        }
+        Ok(())
+    }
+
+    /// Channel-wide credit was freed or raised: let every queue we consume from dispatch.
+    fn poke_consumers(&self) {
+        for (q, _) in self.consumers.values() {
+            q.dispatch();
+        }
+    }
+
+    /// A content header frame.
+    pub(crate) fn header(
+        &mut self,
+        ctx: &ConnCtx,
+        class_id: u16,
+        body_size: u64,
+        properties: Bytes,
+    ) -> Result<(), AmqpError> {
+        let Some(p) = self.publish.as_mut().filter(|p| p.header.is_none()) else {
+            return Err(fail(
+                reply::UNEXPECTED_FRAME,
+                "unexpected content header frame",
+            ));
+        };
+        if class_id != 60 {
+            return Err(fail(
+                reply::FRAME_ERROR,
+                format!("content header for class {class_id}"),
+            ));
+        }
+        if body_size > ctx.max_message {
+            let e = fail(
+                reply::PRECONDITION_FAILED,
+                format!(
+                    "message size {body_size} is larger than configured max size {}",
+                    ctx.max_message
+                ),
+            )
+            .on_ids(60, 40);
+            self.publish = None;
+            return Err(e);
+        }
+        p.header = Some((body_size, properties));
+        if body_size == 0 {
+            self.finish_publish(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// A content body frame.
+    pub(crate) fn body(&mut self, ctx: &ConnCtx, payload: Bytes) -> Result<(), AmqpError> {
+        let Some(p) = self.publish.as_mut() else {
+            return Err(fail(
+                reply::UNEXPECTED_FRAME,
+                "unexpected content body frame",
+            ));
+        };
+        let Some((size, _)) = &p.header else {
+            return Err(fail(
+                reply::UNEXPECTED_FRAME,
+                "content body before its header",
+            ));
+        };
+        p.received += payload.len() as u64;
+        if p.received > *size {
+            return Err(fail(
+                reply::FRAME_ERROR,
+                "content body longer than declared",
+            ));
+        }
+        p.body.push(payload);
+        if p.received == *size {
+            self.finish_publish(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn finish_publish(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
+        let p = self.publish.take().expect("publish in progress");
+        let (_, properties) = p.header.expect("header received");
+        let body = match p.body.len() {
+            0 => Bytes::new(),
+            1 => p.body.into_iter().next().expect("one part"),
+            _ => {
+                let mut b = BytesMut::with_capacity(p.received as usize);
+                for part in p.body {
+                    b.extend_from_slice(&part);
+                }
+                b.freeze()
+            }
+        };
+        let decoded = Properties::decode(&properties).map_err(|e| {
+            fail(reply::SYNTAX_ERROR, format!("bad content header: {e}")).on_ids(60, 40)
+        })?;
+        if let Some(uid) = &decoded.user_id {
+            if *uid != ctx.user {
+                return Err(fail(
+                    reply::PRECONDITION_FAILED,
+                    format!(
+                        "user_id property set to '{uid}' but authenticated user was '{}'",
+                        ctx.user
+                    ),
+                )
+                .on_ids(60, 40));
+            }
+        }
+        let exchange: Arc<str> = Arc::from(p.method.exchange.as_str());
+        let msg = Message::new(
+            ctx.broker.next_message_id(),
+            exchange,
+            &p.method.routing_key,
+            properties,
+            &decoded,
+            body,
+        );
+        if let Some(ops) = &mut self.tx {
+            // Unknown exchanges are reported at publish time, as RabbitMQ does.
+            if !p.method.exchange.is_empty() {
+                ctx.vhost
+                    .exchange(&p.method.exchange)
+                    .map_err(|e| AmqpError::from(e).on_ids(60, 40))?;
+            }
+            ops.push(TxOp::Publish(p.method, msg));
+            return Ok(());
+        }
+        self.route(ctx, &p.method, msg)
+    }
+
+    fn route(&mut self, ctx: &ConnCtx, p: &BasicPublish, msg: Message) -> Result<(), AmqpError> {
+        let counters = ctx.broker.counters();
+        let returned = if p.mandatory {
+            Some(Arc::new(clone_message(&msg)))
+        } else {
+            None
+        };
+        let routed = ctx
+            .vhost
+            .publish(&p.exchange, msg)
+            .map_err(|e| AmqpError::from(e).on_ids(60, 40))?;
+        if routed.queues == 0 {
+            match returned {
+                Some(msg) => {
+                    counters.unroutable_returned.inc();
+                    let _ = ctx.out.send(Out::Return {
+                        channel: self.id,
+                        reply_code: reply::NO_ROUTE,
+                        reply_text: "NO_ROUTE".into(),
+                        msg,
+                    });
+                }
+                None => counters.unroutable_dropped.inc(),
+            }
+        }
+        if let Some(c) = &mut self.confirm {
+            counters.messages_received_confirm.inc();
+            let seq = c.next_seq;
+            c.next_seq += 1;
+            let _ = c.tx.send((seq, routed.durable));
+        }
+        Ok(())
+    }
+
+    /// Tears the channel down: cancels its consumers and requeues what it held unacked,
+    /// in original order.
+    pub(crate) fn close(&mut self, ctx: &ConnCtx) {
+        let unacked = {
+            let mut st = self.sink.state.lock();
+            st.closed = true;
+            std::mem::take(&mut st.unacked)
+        };
+        for (_, (q, c)) in self.consumers.drain() {
+            ctx.vhost.cancel_consumer(&q, &c);
+        }
+        for (_, d) in unacked {
+            d.requeue();
+        }
+        self.publish = None;
+    }
+}
+
+fn clone_message(m: &Message) -> Message {
+    Message {
+        id: m.id,
+        exchange: m.exchange.clone(),
+        routing_key: m.routing_key.clone(),
+        properties: m.properties.clone(),
+        body: m.body.clone(),
+        persistent: m.persistent,
+        expiration_ms: m.expiration_ms,
+    }
+}
+
+/// Sends publisher confirms in publish order, coalescing ready ones into one
+/// `basic.ack(multiple)`. A publish waiting for the disk holds back later confirms only
+/// until its fsync returns; group commit makes that one fsync for many publishes.
+async fn confirm_task(
+    mut rx: mpsc::UnboundedReceiver<(u64, Option<SyncTicket>)>,
+    out: OutTx,
+    channel: u16,
+    broker: Broker,
+) {
+    let send_ack = |upto: u64| {
+        let _ = out.send(Out::Method(
+            channel,
+            Method::BasicAck(BasicAck {
+                delivery_tag: upto,
+                multiple: true,
+            }),
+        ));
+    };
+    while let Some(first) = rx.recv().await {
+        let mut pending = Some(first);
+        let mut acked: Option<u64> = None;
+        let mut count = 0u64;
+        while let Some((seq, ticket)) = pending.take() {
+            let ok = match ticket {
+                Some(t) => t.wait().await.is_ok(),
+                None => true,
+            };
+            if ok {
+                acked = Some(seq);
+                count += 1;
+            } else {
+                if let Some(upto) = acked.take() {
+                    send_ack(upto);
+                }
+                let _ = out.send(Out::Method(
+                    channel,
+                    Method::BasicNack(BasicNack {
+                        delivery_tag: seq,
+                        multiple: false,
+                        requeue: false,
+                    }),
+                ));
+            }
+            pending = rx.try_recv().ok();
+        }
+        if let Some(upto) = acked {
+            send_ack(upto);
+        }
+        broker.counters().messages_confirmed.add(count);
+    }
+}

@@ -1,0 +1,655 @@
+//! One AMQP connection: the handshake, then the reader loop that feeds frames to
+//! channels, with heartbeats and the close handshakes.
+//!
+//! Grammar (AMQP 0-9-1, connection class):
+//! `connection = open-connection *use-connection close-connection`;
+//! `open-connection = C:protocol-header S:START C:START-OK *challenge S:TUNE C:TUNE-OK C:OPEN S:OPEN-OK`;
+//! `close-connection = C:CLOSE S:CLOSE-OK / S:CLOSE C:CLOSE-OK`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::channel::{Channel, ConnCtx};
+use super::error::AmqpError;
+use super::frame::{encode_method, parse_frame, parse_protocol_header, Frame, PROTOCOL_HEADER};
+use super::methods::*;
+use super::writer::{self, Out};
+use crate::config::Config;
+use crate::content::{FieldTable, FieldValue};
+use crate::core::{Broker, ConnectionInfo};
+
+/// Where the connection is in its lifecycle (mirrors the grammar above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectionState {
+    /// Open and serving channels.
+    Open,
+    /// We sent connection.close and wait for close-ok; everything else is discarded.
+    Closing,
+}
+
+/// A channel slot: open, or closed by us and waiting for the client's close-ok.
+enum Slot {
+    Open(Box<Channel>),
+    Closing,
+}
+
+struct Negotiated {
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    user: String,
+    vhost: String,
+    cancel_notify: bool,
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves one client until it goes away or the broker shuts down.
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Broker,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let guard = broker.register_connection("amqp", peer);
+    let info = guard.info.clone();
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let negotiated = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut rd, &mut wr, &mut buf, &broker, &config, peer, &info),
+    )
+    .await
+    {
+        Ok(Ok(n)) => n,
+        Ok(Err(())) | Err(_) => return,
+    };
+    *info.user.lock() = negotiated.user.clone();
+    *info.vhost.lock() = negotiated.vhost.clone();
+    let vhost = broker.vhost(&negotiated.vhost).expect("checked at open");
+    let (out, rx) = mpsc::unbounded_channel();
+    let done = CancellationToken::new();
+    let writer = tokio::spawn(writer::run(
+        wr,
+        rx,
+        negotiated.frame_max,
+        negotiated.heartbeat,
+        info.clone(),
+        done.clone(),
+    ));
+    let ctx = ConnCtx {
+        broker: broker.clone(),
+        vhost,
+        conn_id: info.id,
+        user: negotiated.user.clone(),
+        out,
+        cancel_notify: negotiated.cancel_notify,
+        max_message: config.amqp.max_message,
+        info: info.clone(),
+    };
+    let mut conn = Connection {
+        ctx,
+        channels: HashMap::new(),
+        channel_max: negotiated.channel_max,
+        frame_max: negotiated.frame_max,
+        state: ConnectionState::Open,
+    };
+    conn.serve(&mut rd, &mut buf, negotiated.heartbeat, &shutdown)
+        .await;
+    conn.teardown();
+    done.cancel();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    drop(guard);
+}
+
+struct Connection {
+    ctx: ConnCtx,
+    channels: HashMap<u16, Slot>,
+    channel_max: u16,
+    frame_max: u32,
+    state: ConnectionState,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Connection {
+    async fn serve(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+        heartbeat: u16,
+        shutdown: &CancellationToken,
+    ) {
+        // A peer silent for two heartbeat intervals is gone (plain TCP close, as RabbitMQ).
+        let silence = if heartbeat > 0 {
+            Duration::from_secs(heartbeat as u64 * 2)
+        } else {
+            Duration::from_secs(u64::MAX / 4)
+        };
+        let mut closing_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            loop {
+                match parse_frame(buf, self.frame_max) {
+                    Ok(Some(frame)) => {
+                        if let Flow::Stop = self.on_frame(frame) {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if self.state == ConnectionState::Open {
+                            self.close_connection(AmqpError::new(e.reply_code(), e.to_string()));
+                        }
+                        // The stream cannot be resynchronised: stop reading; the writer
+                        // still flushes the close before the socket goes.
+                        return;
+                    }
+                }
+            }
+            if self.state == ConnectionState::Closing && closing_deadline.is_none() {
+                closing_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+            }
+            if buf.capacity() - buf.len() < 8 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            let wait = match closing_deadline {
+                Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+                None => silence,
+            };
+            tokio::select! {
+                r = tokio::time::timeout(wait, rd.read_buf(buf)) => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(n)) => {
+                        self.ctx.info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        if closing_deadline.is_none() {
+                            tracing::info!(peer = %self.ctx.info.peer, "missed heartbeats from client, closing");
+                        }
+                        return;
+                    }
+                },
+                _ = shutdown.cancelled(), if self.state == ConnectionState::Open => {
+                    self.close_connection(AmqpError::new(
+                        reply::CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                    closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn send(&self, channel: u16, m: impl Into<Method>) {
+        let _ = self.ctx.out.send(Out::Method(channel, m.into()));
+    }
+
+    fn close_connection(&mut self, e: AmqpError) {
+        tracing::debug!(peer = %self.ctx.info.peer, code = e.code, text = %e.text, "closing connection");
+        self.send(
+            0,
+            ConnectionClose {
+                reply_code: e.code,
+                reply_text: e.text,
+                class_id: e.class_id,
+                method_id: e.method_id,
+            },
+        );
+        self.state = ConnectionState::Closing;
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Flow {
+        if self.state == ConnectionState::Closing {
+            // Only the close handshake matters now.
+            return match frame {
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk(_),
+                } => Flow::Stop,
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionClose(_),
+                } => {
+                    self.send(0, ConnectionCloseOk {});
+                    Flow::Stop
+                }
+                _ => Flow::Continue,
+            };
+        }
+        let result = match frame {
+            Frame::Heartbeat { .. } => Ok(Flow::Continue),
+            Frame::Method { channel: 0, method } => self.on_connection_method(method),
+            Frame::Method { channel, method } => self.on_channel_method(channel, method),
+            Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+            } => self.on_content(channel, |ch, ctx| {
+                ch.header(ctx, class_id, body_size, properties)
+            }),
+            Frame::Body { channel, payload } => {
+                self.on_content(channel, |ch, ctx| ch.body(ctx, payload))
+            }
+        };
+        match result {
+            Ok(flow) => flow,
+            Err(e) => {
+                self.close_connection(e);
+                Flow::Continue
+            }
+        }
+    }
+
+    fn on_connection_method(&mut self, method: Method) -> Result<Flow, AmqpError> {
+        match method {
+            Method::ConnectionClose(_) => {
+                self.send(0, ConnectionCloseOk {});
+                Ok(Flow::Stop)
+            }
+            Method::ConnectionCloseOk(_) => Ok(Flow::Stop),
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(Flow::Continue),
+            other => Err(AmqpError::new(
+                reply::COMMAND_INVALID,
+                format!("unexpected method {} on channel 0", other.name()),
+            )
+            .on(&other)),
+        }
+    }
+
+    fn on_channel_method(&mut self, id: u16, method: Method) -> Result<Flow, AmqpError> {
+        if method.class_id() == 10 {
+            return Err(AmqpError::new(
+                reply::COMMAND_INVALID,
+                format!("connection method {} on channel {id}", method.name()),
+            )
+            .on(&method));
+        }
+        match self.channels.get_mut(&id) {
+            None => {
+                if !matches!(method, Method::ChannelOpen(_)) {
+                    return Err(AmqpError::new(
+                        reply::CHANNEL_ERROR,
+                        format!("expected 'channel.open' on channel {id}"),
+                    )
+                    .on(&method));
+                }
+                if id > self.channel_max {
+                    return Err(AmqpError::new(
+                        reply::NOT_ALLOWED,
+                        format!(
+                            "number of channels opened ({id}) has reached the negotiated channel_max ({})",
+                            self.channel_max
+                        ),
+                    )
+                    .on(&method));
+                }
+                self.channels
+                    .insert(id, Slot::Open(Box::new(Channel::new(id, &self.ctx))));
+                self.ctx.info.channels.fetch_add(1, Ordering::Relaxed);
+                self.send(
+                    id,
+                    ChannelOpenOk {
+                        reserved_1: Bytes::new(),
+                    },
+                );
+                Ok(Flow::Continue)
+            }
+            Some(Slot::Closing) => {
+                match method {
+                    Method::ChannelCloseOk(_) => {
+                        self.channels.remove(&id);
+                    }
+                    Method::ChannelClose(_) => {
+                        self.send(id, ChannelCloseOk {});
+                    }
+                    _ => {}
+                }
+                Ok(Flow::Continue)
+            }
+            Some(Slot::Open(ch)) => {
+                match method {
+                    Method::ChannelOpen(_) => {
+                        return Err(AmqpError::new(
+                            reply::CHANNEL_ERROR,
+                            "second 'channel.open' seen",
+                        )
+                        .on(&method))
+                    }
+                    Method::ChannelClose(_) => {
+                        ch.close(&self.ctx);
+                        self.channels.remove(&id);
+                        self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+                        self.send(id, ChannelCloseOk {});
+                        return Ok(Flow::Continue);
+                    }
+                    Method::ChannelCloseOk(_) => return Ok(Flow::Continue),
+                    _ => {}
+                }
+                if ch.expecting_content() {
+                    return Err(AmqpError::new(
+                        reply::UNEXPECTED_FRAME,
+                        format!(
+                            "expected content header for class 60, got method {} instead",
+                            method.name()
+                        ),
+                    )
+                    .on(&method));
+                }
+                let r = ch.handle(&self.ctx, method);
+                self.channel_result(id, r)
+            }
+        }
+    }
+
+    fn on_content(
+        &mut self,
+        id: u16,
+        f: impl FnOnce(&mut Channel, &ConnCtx) -> Result<(), AmqpError>,
+    ) -> Result<Flow, AmqpError> {
+        match self.channels.get_mut(&id) {
+            None => Err(AmqpError::new(
+                reply::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {id}"),
+            )),
+            Some(Slot::Closing) => Ok(Flow::Continue),
+            Some(Slot::Open(ch)) => {
+                let r = f(ch, &self.ctx);
+                self.channel_result(id, r)
+            }
+        }
+    }
+
+    /// Soft errors close the channel; hard ones the connection.
+    fn channel_result(&mut self, id: u16, r: Result<(), AmqpError>) -> Result<Flow, AmqpError> {
+        match r {
+            Ok(()) => Ok(Flow::Continue),
+            Err(e) if e.is_connection_level() => Err(e),
+            Err(e) => {
+                if let Some(Slot::Open(mut ch)) = self.channels.insert(id, Slot::Closing) {
+                    ch.close(&self.ctx);
+                    self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.send(
+                    id,
+                    ChannelClose {
+                        reply_code: e.code,
+                        reply_text: e.text,
+                        class_id: e.class_id,
+                        method_id: e.method_id,
+                    },
+                );
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn teardown(&mut self) {
+        for (_, slot) in self.channels.drain() {
+            if let Slot::Open(mut ch) = slot {
+                ch.close(&self.ctx);
+                self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+// ---- handshake ------------------------------------------------------------------------
+
+async fn read_more(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    info: &ConnectionInfo,
+) -> Result<(), ()> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    match rd.read_buf(buf).await {
+        Ok(0) | Err(_) => Err(()),
+        Ok(n) => {
+            info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+/// Reads the next method on channel 0, skipping heartbeats.
+async fn next_method(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    frame_max: u32,
+    info: &ConnectionInfo,
+) -> Result<Method, AmqpError> {
+    loop {
+        match parse_frame(buf, frame_max) {
+            Ok(Some(Frame::Heartbeat { .. })) => continue,
+            Ok(Some(Frame::Method { channel: 0, method })) => return Ok(method),
+            Ok(Some(_)) => {
+                return Err(AmqpError::new(
+                    reply::UNEXPECTED_FRAME,
+                    "unexpected frame during the connection handshake",
+                ))
+            }
+            Ok(None) => read_more(rd, buf, info)
+                .await
+                .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?,
+            Err(e) => return Err(AmqpError::new(e.reply_code(), e.to_string())),
+        }
+    }
+}
+
+async fn write_method(wr: &mut OwnedWriteHalf, m: impl Into<Method>) -> Result<(), ()> {
+    let mut out = BytesMut::new();
+    encode_method(&mut out, 0, &m.into());
+    wr.write_all(&out).await.map_err(|_| ())
+}
+
+fn server_properties() -> FieldTable {
+    let s = |v: &str| FieldValue::LongString(Bytes::copy_from_slice(v.as_bytes()));
+    let mut caps = FieldTable::new();
+    for c in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "per_consumer_qos",
+        "authentication_failure_close",
+    ] {
+        caps.insert(c, FieldValue::Bool(true));
+    }
+    let mut t = FieldTable::new();
+    t.insert("capabilities", FieldValue::Table(caps));
+    t.insert("product", s("qgate"));
+    t.insert("version", s(env!("CARGO_PKG_VERSION")));
+    t.insert("platform", s("Rust"));
+    t.insert("copyright", s("qgate developers"));
+    t.insert("information", s("Licensed under the Apache License 2.0"));
+    t
+}
+
+fn credentials(start_ok: &ConnectionStartOk) -> Result<(String, String), AmqpError> {
+    let refused = |why: &str| AmqpError::new(reply::ACCESS_REFUSED, why);
+    match start_ok.mechanism.as_str() {
+        "PLAIN" => {
+            let mut parts = start_ok.response.split(|b| *b == 0);
+            let _authzid = parts.next();
+            let user = parts.next().ok_or_else(|| refused("bad PLAIN response"))?;
+            let pass = parts.next().ok_or_else(|| refused("bad PLAIN response"))?;
+            Ok((
+                String::from_utf8_lossy(user).into_owned(),
+                String::from_utf8_lossy(pass).into_owned(),
+            ))
+        }
+        "AMQPLAIN" => {
+            // The response is a field table without its length prefix.
+            let mut framed = BytesMut::with_capacity(start_ok.response.len() + 4);
+            framed.put_u32(start_ok.response.len() as u32);
+            framed.extend_from_slice(&start_ok.response);
+            let mut cur: &[u8] = &framed;
+            let t = FieldTable::decode(&mut cur).map_err(|_| refused("bad AMQPLAIN response"))?;
+            Ok((
+                t.get_str("LOGIN").unwrap_or_default(),
+                t.get_str("PASSWORD").unwrap_or_default(),
+            ))
+        }
+        other => Err(AmqpError::new(
+            reply::ACCESS_REFUSED,
+            format!("unsupported authentication mechanism '{other}'"),
+        )),
+    }
+}
+
+/// Runs the connection handshake. On failure the client has been told (where the
+/// protocol allows) and the socket should be dropped.
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    broker: &Broker,
+    config: &Config,
+    peer: SocketAddr,
+    info: &ConnectionInfo,
+) -> Result<Negotiated, ()> {
+    loop {
+        match parse_protocol_header(buf) {
+            Ok(Some(())) => break,
+            Ok(None) => read_more(rd, buf, info).await?,
+            Err(_) => {
+                let _ = wr.write_all(PROTOCOL_HEADER).await;
+                let _ = wr.shutdown().await;
+                return Err(());
+            }
+        }
+    }
+    write_method(
+        wr,
+        ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+            locales: Bytes::from_static(b"en_US"),
+        },
+    )
+    .await?;
+    let ours = config.amqp.frame_max;
+    let result = async {
+        let start_ok = match next_method(rd, buf, ours.max(4096), info).await? {
+            Method::ConnectionStartOk(m) => m,
+            other => {
+                return Err(AmqpError::new(reply::COMMAND_INVALID, "expected connection.start-ok").on(&other))
+            }
+        };
+        let cancel_notify = matches!(
+            start_ok.client_properties.get("capabilities"),
+            Some(FieldValue::Table(c)) if matches!(c.get("consumer_cancel_notify"), Some(FieldValue::Bool(true)))
+        );
+        let (user, pass) = credentials(&start_ok)?;
+        broker
+            .authenticate(&user, &pass, peer.ip())
+            .map_err(|e| AmqpError::new(reply::ACCESS_REFUSED, e.text))?;
+        write_method(
+            wr,
+            ConnectionTune {
+                channel_max: config.amqp.channel_max,
+                frame_max: ours,
+                heartbeat: config.amqp.heartbeat,
+            },
+        )
+        .await
+        .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?;
+        let tune_ok = match next_method(rd, buf, ours.max(4096), info).await? {
+            Method::ConnectionTuneOk(m) => m,
+            other => return Err(AmqpError::new(reply::COMMAND_INVALID, "expected connection.tune-ok").on(&other)),
+        };
+        let frame_max = match tune_ok.frame_max {
+            0 => ours,
+            f if f < FRAME_MIN_SIZE => {
+                return Err(AmqpError::new(
+                    reply::NOT_ALLOWED,
+                    format!("frame_max={f} < {FRAME_MIN_SIZE} min size"),
+                ))
+            }
+            f if ours != 0 && f > ours => {
+                return Err(AmqpError::new(
+                    reply::NOT_ALLOWED,
+                    format!("frame_max={f} > {ours} max size"),
+                ))
+            }
+            f => f,
+        };
+        let channel_max = match tune_ok.channel_max {
+            0 => config.amqp.channel_max,
+            c => c.min(config.amqp.channel_max.max(1)),
+        };
+        let open = match next_method(rd, buf, frame_max, info).await? {
+            Method::ConnectionOpen(m) => m,
+            other => return Err(AmqpError::new(reply::COMMAND_INVALID, "expected connection.open").on(&other)),
+        };
+        if broker.vhost(&open.virtual_host).is_none() {
+            return Err(AmqpError::new(
+                reply::NOT_ALLOWED,
+                format!("vhost {} not found", open.virtual_host),
+            )
+            .on_ids(10, 40));
+        }
+        write_method(wr, ConnectionOpenOk { reserved_1: String::new() })
+            .await
+            .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?;
+        Ok(Negotiated {
+            frame_max,
+            channel_max,
+            heartbeat: tune_ok.heartbeat,
+            user,
+            vhost: open.virtual_host,
+            cancel_notify,
+        })
+    }
+    .await;
+    match result {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            if e.code != reply::CONNECTION_FORCED {
+                tracing::info!(peer = %peer, code = e.code, text = %e.text, "connection refused");
+                let _ = write_method(
+                    wr,
+                    ConnectionClose {
+                        reply_code: e.code,
+                        reply_text: e.text,
+                        class_id: e.class_id,
+                        method_id: e.method_id,
+                    },
+                )
+                .await;
+                // Give the client a moment to answer close-ok, then drop the socket.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    loop {
+                        match next_method(rd, buf, 0, info).await {
+                            Ok(Method::ConnectionCloseOk(_)) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+            }
+            let _ = wr.shutdown().await;
+            Err(())
+        }
+    }
+}
