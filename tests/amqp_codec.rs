@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use qgate::amqp::frame::{
-    encode_content, encode_heartbeat, encode_method, parse_frame, parse_protocol_header, Frame,
-    FrameError, PROTOCOL_HEADER,
+    encode_content, encode_frame, encode_heartbeat, encode_method, parse_frame,
+    parse_protocol_header, Frame, FrameError, PROTOCOL_HEADER,
 };
 use qgate::amqp::methods::*;
 use qgate::content::value::MAX_DEPTH;
@@ -608,6 +608,16 @@ fn whole_stream_parses_to_the_frames() {
         assert_eq!(parse_frame(&mut buf, 4096).unwrap().as_ref(), Some(f));
     }
     assert!(buf.is_empty());
+}
+
+#[test]
+fn encode_frame_reproduces_the_stream() {
+    let (buf, frames) = sample_stream();
+    let mut out = BytesMut::new();
+    for f in &frames {
+        encode_frame(&mut out, f);
+    }
+    assert_eq!(out, buf);
 }
 
 #[test]
