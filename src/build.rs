@@ -273,11 +273,13 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
             .collect();
         let _ = writeln!(o, "///\n/// Answered by {}.", resp.join(" or "));
     }
-    let _ = writeln!(
-        o,
-        "#[derive(Debug, Clone, PartialEq, Default)]\npub struct {} {{",
-        r.ident
-    );
+    o.push_str("#[derive(Debug, Clone, PartialEq, Default)]\n");
+    if m.fields.is_empty() {
+        // A unit struct: usable both as `TxSelect` and `TxSelect {}`.
+        let _ = writeln!(o, "pub struct {};\n", r.ident);
+    } else {
+        let _ = writeln!(o, "pub struct {} {{", r.ident);
+    }
     for f in &m.fields {
         let ty = resolve_domain(g, &f.domain);
         let (rust, _, _) = primitive(ty);
@@ -294,7 +296,9 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
             field_ident(&f.name)
         );
     }
-    o.push_str("}\n\n");
+    if !m.fields.is_empty() {
+        o.push_str("}\n\n");
+    }
 
     let input = if m.fields.is_empty() {
         "_input"
@@ -341,7 +345,7 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
         }
     }
     if lets.is_empty() {
-        let _ = writeln!(o, "        Ok(Self {{}})\n    }}\n");
+        let _ = writeln!(o, "        Ok(Self)\n    }}\n");
     } else {
         let _ = writeln!(o, "        Ok(Self {{ {} }})\n    }}\n", lets.join(", "));
     }

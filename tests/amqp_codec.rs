@@ -856,6 +856,9 @@ fn direction_overlay() {
     assert_eq!(declare.handler(), "channel");
     let get: Method = BasicGet::default().into();
     assert_eq!(get.response_ids(), &[(60, 71), (60, 72)]);
+    // Methods without arguments are unit structs.
+    let select: Method = TxSelect.into();
+    assert_eq!(select, Method::TxSelect(TxSelect {}));
     for m in all_methods() {
         assert!(
             m.server_receives() || m.server_sends(),
