@@ -164,7 +164,25 @@ fn generate(g: &Grammar, overlay: &Overlay) -> String {
             });
         }
     }
+    let mut ids = std::collections::HashSet::new();
+    for r in &all {
+        assert!(
+            ids.insert((r.class.id, r.method.id)),
+            "{GRAMMAR}: duplicate ids for {}",
+            r.full_name
+        );
+        let mut names = std::collections::HashSet::new();
+        for f in &r.method.fields {
+            assert!(
+                names.insert(field_ident(&f.name)),
+                "{GRAMMAR}: duplicate field {} in {}",
+                f.name,
+                r.full_name
+            );
+        }
+    }
     let known: HashMap<&str, &Resolved> = all.iter().map(|r| (r.full_name.as_str(), r)).collect();
+    assert_eq!(known.len(), all.len(), "{GRAMMAR}: duplicate method names");
     for name in overlay.receives.iter().chain(&overlay.sends) {
         assert!(
             known.contains_key(name.as_str()),
