@@ -164,7 +164,25 @@ fn generate(g: &Grammar, overlay: &Overlay) -> String {
             });
         }
     }
+    let mut ids = std::collections::HashSet::new();
+    for r in &all {
+        assert!(
+            ids.insert((r.class.id, r.method.id)),
+            "{GRAMMAR}: duplicate ids for {}",
+            r.full_name
+        );
+        let mut names = std::collections::HashSet::new();
+        for f in &r.method.fields {
+            assert!(
+                names.insert(field_ident(&f.name)),
+                "{GRAMMAR}: duplicate field {} in {}",
+                f.name,
+                r.full_name
+            );
+        }
+    }
     let known: HashMap<&str, &Resolved> = all.iter().map(|r| (r.full_name.as_str(), r)).collect();
+    assert_eq!(known.len(), all.len(), "{GRAMMAR}: duplicate method names");
     for name in overlay.receives.iter().chain(&overlay.sends) {
         assert!(
             known.contains_key(name.as_str()),
@@ -273,11 +291,13 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
             .collect();
         let _ = writeln!(o, "///\n/// Answered by {}.", resp.join(" or "));
     }
-    let _ = writeln!(
-        o,
-        "#[derive(Debug, Clone, PartialEq, Default)]\npub struct {} {{",
-        r.ident
-    );
+    o.push_str("#[derive(Debug, Clone, PartialEq, Default)]\n");
+    if m.fields.is_empty() {
+        // A unit struct: usable both as `TxSelect` and `TxSelect {}`.
+        let _ = writeln!(o, "pub struct {};\n", r.ident);
+    } else {
+        let _ = writeln!(o, "pub struct {} {{", r.ident);
+    }
     for f in &m.fields {
         let ty = resolve_domain(g, &f.domain);
         let (rust, _, _) = primitive(ty);
@@ -294,7 +314,9 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
             field_ident(&f.name)
         );
     }
-    o.push_str("}\n\n");
+    if !m.fields.is_empty() {
+        o.push_str("}\n\n");
+    }
 
     let input = if m.fields.is_empty() {
         "_input"
@@ -341,7 +363,7 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
         }
     }
     if lets.is_empty() {
-        let _ = writeln!(o, "        Ok(Self {{}})\n    }}\n");
+        let _ = writeln!(o, "        Ok(Self)\n    }}\n");
     } else {
         let _ = writeln!(o, "        Ok(Self {{ {} }})\n    }}\n", lets.join(", "));
     }

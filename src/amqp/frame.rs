@@ -29,6 +29,9 @@ pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// Bytes a frame adds around its payload: 7-byte header plus the end octet.
 pub const FRAME_OVERHEAD: usize = 8;
 
+/// Most [`parse_frame`] reserves ahead for an incomplete frame.
+const MAX_RESERVE: usize = 1 << 20;
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
@@ -159,7 +162,9 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     }
     let whole = whole as usize;
     if buf.len() < whole {
-        buf.reserve(whole - buf.len());
+        // Room for the rest of the frame, bounded so that an unlimited frame_max cannot
+        // make a hostile size allocate before the bytes exist.
+        buf.reserve((whole - buf.len()).min(MAX_RESERVE));
         return Ok(None);
     }
     if buf[whole - 1] != FRAME_END {
@@ -252,21 +257,59 @@ pub fn encode_content(
     let frames = body.len().div_ceil(chunk);
     out.reserve(FRAME_OVERHEAD + 12 + properties_raw.len() + body.len() + frames * FRAME_OVERHEAD);
 
+    encode_content_header(out, channel, class_id, body.len() as u64, properties_raw);
+    for part in body.chunks(chunk) {
+        encode_body(out, channel, part);
+    }
+}
+
+/// Appends one content header frame (weight 0). `properties_raw` is flags + list.
+pub fn encode_content_header(
+    out: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    body_size: u64,
+    properties_raw: &[u8],
+) {
+    out.reserve(FRAME_OVERHEAD + 12 + properties_raw.len());
     out.put_u8(FRAME_HEADER);
     out.put_u16(channel);
     out.put_u32((12 + properties_raw.len()) as u32);
     out.put_u16(class_id);
     out.put_u16(0);
-    out.put_u64(body.len() as u64);
+    out.put_u64(body_size);
     out.put_slice(properties_raw);
     out.put_u8(FRAME_END);
+}
 
-    for part in body.chunks(chunk) {
-        out.put_u8(FRAME_BODY);
-        out.put_u16(channel);
-        out.put_u32(part.len() as u32);
-        out.put_slice(part);
-        out.put_u8(FRAME_END);
+/// Appends one body frame carrying `payload` as is; the caller keeps it within
+/// `frame_max - 8` (see [`encode_content`], which splits).
+pub fn encode_body(out: &mut BytesMut, channel: u16, payload: &[u8]) {
+    out.reserve(FRAME_OVERHEAD + payload.len());
+    out.put_u8(FRAME_BODY);
+    out.put_u16(channel);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+    out.put_u8(FRAME_END);
+}
+
+/// Appends any [`Frame`] as it would arrive (body frames are not split here; a heartbeat
+/// keeps its channel).
+pub fn encode_frame(out: &mut BytesMut, frame: &Frame) {
+    match frame {
+        Frame::Method { channel, method } => encode_method(out, *channel, method),
+        Frame::Header {
+            channel,
+            class_id,
+            body_size,
+            properties,
+        } => encode_content_header(out, *channel, *class_id, *body_size, properties),
+        Frame::Body { channel, payload } => encode_body(out, *channel, payload),
+        Frame::Heartbeat { channel } => {
+            out.put_u8(FRAME_HEARTBEAT);
+            out.put_u16(*channel);
+            out.put_slice(&[0, 0, 0, 0, FRAME_END]);
+        }
     }
 }
 

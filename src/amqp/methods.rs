@@ -58,7 +58,6 @@ impl MethodError {
     }
 }
 
-#[allow(clippy::all)]
 mod generated {
     use super::*;
     include!(concat!(env!("OUT_DIR"), "/amqp_methods.rs"));

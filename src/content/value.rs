@@ -397,3 +397,34 @@ pub mod wire {
         out.put_slice(&b[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_advances_past_one_value() {
+        let bytes = [b'B', 7, b'V', 0xAA];
+        let mut input = &bytes[..];
+        assert_eq!(FieldValue::decode(&mut input), Ok(FieldValue::U8(7)));
+        assert_eq!(FieldValue::decode(&mut input), Ok(FieldValue::Void));
+        assert_eq!(input, &[0xAA]);
+    }
+
+    #[test]
+    fn shortstr_truncation_keeps_utf8_valid() {
+        let mut out = BytesMut::new();
+        wire::put_shortstr(&mut out, &"ab€".repeat(100));
+        assert_eq!(out[0] as usize, out.len() - 1);
+        assert!(out.len() - 1 <= 255);
+        assert!(std::str::from_utf8(&out[1..]).is_ok());
+    }
+
+    #[test]
+    fn empty_table_is_four_zero_bytes() {
+        let mut out = BytesMut::new();
+        FieldTable::new().encode(&mut out);
+        assert_eq!(&out[..], &[0, 0, 0, 0]);
+        assert_eq!(FieldTable::decode(&mut &out[..]), Ok(FieldTable::new()));
+    }
+}
