@@ -410,6 +410,8 @@ impl Channel {
         } else {
             m.consumer_tag.clone()
         };
+        // A consumer cancelled by its queue's deletion leaves a stale entry behind.
+        self.consumers.retain(|_, (_, c)| c.is_active());
         if self.consumers.contains_key(&tag) {
             return Err(fail(
                 reply::NOT_ALLOWED,

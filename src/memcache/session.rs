@@ -1,0 +1,427 @@
+//! One memcache connection: reads requests with the streaming parser, maps them onto the
+//! core and writes the answers back in order.
+//!
+//! Mapping (front ends translate, the core decides):
+//! - `set q` -> declare `q` if missing (durable, not exclusive, not auto-delete), then
+//!   publish to the default exchange with routing key `q`, persistent, flags in the
+//!   `x-memcache-flags` header, exptime as the message TTL. `STORED` is written only
+//!   after the store's ticket completes (fsync under the default policy).
+//! - `get q` -> an auto-acked basic.get; `q/open` a manual-ack get held by the session
+//!   until `q/close` (ack) or `q/abort` / disconnect (requeue, redelivered=true);
+//!   `q/peek` reads the head without removing it; `q/t=<ms>` waits for a message.
+//! - `delete q` -> queue.delete.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{self, GetKey, Request, StatsKind};
+use super::parser::{parse_request, Discard, Limits, Parsed};
+use super::stats::{self, MemcacheCounters};
+use crate::config::Config;
+use crate::content::{FieldTable, FieldValue, Properties};
+use crate::core::{Broker, ConnectionInfo, Delivered, ErrorKind, Message, QueueOptions, VHost};
+use crate::store::SyncTicket;
+
+/// The header carrying memcache flags on a message.
+pub const FLAGS_HEADER: &str = "x-memcache-flags";
+
+/// memcached: an exptime above 30 days is an absolute unix time.
+const RELATIVE_EXPTIME_LIMIT: i64 = 60 * 60 * 24 * 30;
+
+/// Largest time a `get q/t=<ms>` may wait (memcache clients time out long before).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+struct Session {
+    broker: Broker,
+    vhost: Arc<VHost>,
+    info: Arc<ConnectionInfo>,
+    counters: &'static MemcacheCounters,
+    /// Reliable reads in progress, by queue name.
+    open: HashMap<String, Delivered>,
+    out: BytesMut,
+    /// Answers may not be written before these complete (STORED after fsync).
+    tickets: Vec<SyncTicket>,
+    quit: bool,
+}
+
+/// Serves one client until it quits, disconnects or the broker shuts down.
+pub(crate) async fn run(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: Broker,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let guard = broker.register_connection("memcache", peer);
+    let _ = stream.set_nodelay(true);
+    let Some(vhost) = broker.vhost(&config.memcache.vhost) else {
+        return;
+    };
+    let counters = stats::counters();
+    counters.total_connections.fetch_add(1, Ordering::Relaxed);
+    counters.curr_connections.fetch_add(1, Ordering::Relaxed);
+    let limits = Limits {
+        max_line: super::parser::DEFAULT_MAX_LINE,
+        max_message: config.memcache.max_message,
+    };
+    let mut s = Session {
+        broker,
+        vhost,
+        info: guard.info.clone(),
+        counters,
+        open: HashMap::new(),
+        out: BytesMut::with_capacity(16 * 1024),
+        tickets: Vec::new(),
+        quit: false,
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut discard = Discard::Nothing;
+    'conn: loop {
+        // Answer every complete request in the buffer, in order.
+        loop {
+            match discard {
+                Discard::Nothing => {}
+                Discard::Bytes(n) => {
+                    let k = n.min(buf.len());
+                    let _ = buf.split_to(k);
+                    discard = if k == n { Discard::Nothing } else { Discard::Bytes(n - k) };
+                    if !discard.is_done() {
+                        break;
+                    }
+                }
+                Discard::ThroughNewline => match buf.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        let _ = buf.split_to(i + 1);
+                        discard = Discard::Nothing;
+                    }
+                    None => {
+                        buf.clear();
+                        break;
+                    }
+                },
+            }
+            let Ok(Some((consumed, parsed))) = parse_request(&buf, &limits) else {
+                break;
+            };
+            let frame = buf.split_to(consumed).freeze();
+            match parsed {
+                Parsed::Request(req) => {
+                    s.execute(req, &frame, &shutdown).await;
+                    if s.quit {
+                        break 'conn;
+                    }
+                }
+                Parsed::Error { error, discard: d } => {
+                    s.out.extend_from_slice(error.answer());
+                    discard = d;
+                }
+            }
+            // Keep the outbound buffer bounded under a long pipeline.
+            if s.out.len() > 256 * 1024 && s.flush(&mut stream).await.is_err() {
+                break 'conn;
+            }
+        }
+        if s.flush(&mut stream).await.is_err() {
+            break;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    s.info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    s.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let _ = s.flush(&mut stream).await;
+    // Open reads not closed go back to their queues (redelivered), as on an AMQP
+    // channel close.
+    for (_, d) in s.open.drain() {
+        d.requeue();
+    }
+    counters.curr_connections.fetch_sub(1, Ordering::Relaxed);
+    drop(guard);
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// memcached's exptime rules, as a TTL: `None` = never expires, `Some(0)` = already expired.
+fn ttl_ms(exptime: i64) -> Option<u64> {
+    match exptime {
+        0 => None,
+        e if e < 0 => Some(0),
+        e if e <= RELATIVE_EXPTIME_LIMIT => Some(e as u64 * 1000),
+        e => Some((e - now_unix()).max(0) as u64 * 1000),
+    }
+}
+
+/// The flags a message carries (0 when it has none, e.g. published over AMQP).
+fn message_flags(msg: &Message) -> u32 {
+    match msg.headers().as_ref().and_then(|h| h.get(FLAGS_HEADER).cloned()) {
+        Some(v) => v.as_i64().map(|n| n as u32).unwrap_or(0),
+        None => 0,
+    }
+}
+
+fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
+    // The common case (flags 0, no TTL) is encoded once.
+    static PLAIN: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let build = |flags: u32, ttl: Option<u64>| {
+        let mut headers = FieldTable::new();
+        headers.insert(FLAGS_HEADER, FieldValue::I64(flags as i64));
+        Properties {
+            headers: Some(headers),
+            delivery_mode: Some(2),
+            expiration: ttl.map(|t| t.to_string()),
+            ..Default::default()
+        }
+        .to_bytes()
+    };
+    if flags == 0 && ttl.is_none() {
+        PLAIN.get_or_init(|| build(0, None)).clone()
+    } else {
+        build(flags, ttl)
+    }
+}
+
+impl Session {
+    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        for t in self.tickets.drain(..) {
+            if t.wait().await.is_err() {
+                // The answer was already queued as STORED; the store failing is fatal for
+                // this connection so the client never sees a false STORED.
+                return Err(std::io::Error::other("store failed"));
+            }
+        }
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        stream.write_all(&self.out).await?;
+        let n = self.out.len() as u64;
+        self.info.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.counters.bytes_written.fetch_add(n, Ordering::Relaxed);
+        self.out.clear();
+        Ok(())
+    }
+
+    async fn execute(&mut self, req: Request, frame: &Bytes, shutdown: &CancellationToken) {
+        match req {
+            Request::Set {
+                key,
+                flags,
+                exptime,
+                data,
+                noreply,
+            } => {
+                self.counters.cmd_set.fetch_add(1, Ordering::Relaxed);
+                let body = frame.slice(data);
+                match self.set(&key, flags, exptime, body) {
+                    Ok(ticket) => {
+                        if let Some(t) = ticket {
+                            self.tickets.push(t);
+                        }
+                        if !noreply {
+                            command::write_stored(&mut self.out);
+                        }
+                    }
+                    Err(text) => {
+                        if !noreply {
+                            self.out.extend_from_slice(format!("SERVER_ERROR {text}\r\n").as_bytes());
+                        }
+                    }
+                }
+            }
+            Request::Get { keys } => self.get(keys, shutdown).await,
+            Request::Delete { key, noreply } => {
+                self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
+                let existed = self.vhost.find_queue(&key).is_some();
+                let ok = existed && self.vhost.delete_queue(&key, false, false, self.info.id).is_ok();
+                if !noreply {
+                    if ok {
+                        command::write_deleted(&mut self.out);
+                    } else {
+                        command::write_not_found(&mut self.out);
+                    }
+                }
+            }
+            Request::Stats(StatsKind::General) => self.stats(),
+            Request::Stats(StatsKind::Queue) => {
+                let mut queues = self.vhost.queues();
+                queues.sort_by(|a, b| a.name.cmp(&b.name));
+                for q in queues {
+                    let value = format!("{}/{}", q.counters.published.get(), q.counters.delivered.get());
+                    command::write_stat(&mut self.out, &q.name, value);
+                }
+                command::write_end(&mut self.out);
+            }
+            Request::Version => command::write_version(&mut self.out, env!("CARGO_PKG_VERSION")),
+            Request::Verbosity { noreply, .. } => {
+                if !noreply {
+                    command::write_ok(&mut self.out);
+                }
+            }
+            Request::Quit => self.quit = true,
+        }
+    }
+
+    fn set(&mut self, queue: &str, flags: u32, exptime: i64, body: Bytes) -> Result<Option<SyncTicket>, String> {
+        if self.vhost.find_queue(queue).is_none() {
+            let options = QueueOptions {
+                durable: true,
+                ..Default::default()
+            };
+            match self.vhost.declare_queue(queue, options, false, self.info.id) {
+                Ok(_) => {}
+                // Someone else's exclusive queue (or a reserved name): we may still
+                // publish to an existing one; a reserved name cannot be created.
+                Err(e) if e.kind == ErrorKind::ResourceLocked => {}
+                Err(e) => return Err(e.text),
+            }
+        }
+        let ttl = ttl_ms(exptime);
+        if ttl == Some(0) {
+            // Already expired: memcached answers STORED and the item is never seen.
+            return Ok(None);
+        }
+        let props = properties(flags, ttl);
+        let msg = Message {
+            id: self.broker.next_message_id(),
+            exchange: Arc::from(""),
+            routing_key: queue.into(),
+            properties: props,
+            body,
+            persistent: true,
+            expiration_ms: ttl,
+        };
+        let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
+        Ok(routed.durable)
+    }
+
+    async fn get(&mut self, keys: Vec<GetKey>, shutdown: &CancellationToken) {
+        // Refuse the whole command before answering anything when a key asks for a
+        // second open read on the same queue.
+        for k in &keys {
+            let o = k.options;
+            if o.open && !o.close && self.open.contains_key(&k.queue) {
+                self.out.extend_from_slice(
+                    b"CLIENT_ERROR a reliable read is already open on this queue\r\n",
+                );
+                return;
+            }
+        }
+        for k in keys {
+            self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
+            let o = k.options;
+            if o.close {
+                if let Some(d) = self.open.remove(&k.queue) {
+                    d.ack();
+                }
+            }
+            if o.abort {
+                if let Some(d) = self.open.remove(&k.queue) {
+                    d.requeue();
+                }
+            }
+            if !k.options.fetches() {
+                continue;
+            }
+            let Ok(queue) = self.vhost.queue(&k.queue, self.info.id) else {
+                self.counters.get_misses.fetch_add(1, Ordering::Relaxed);
+                self.broker.counters().get_empty.inc();
+                continue;
+            };
+            if o.peek {
+                match queue.peek() {
+                    Some(entry) => {
+                        self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
+                        command::write_value(&mut self.out, k.key.as_bytes(), message_flags(&entry.msg), &entry.msg.body);
+                    }
+                    None => {
+                        self.counters.get_misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
+            let auto_ack = !o.open;
+            let hit = match o.timeout_ms {
+                Some(ms) if ms > 0 => {
+                    let wait = Duration::from_millis(ms).min(MAX_WAIT);
+                    tokio::select! {
+                        hit = queue.get_wait(auto_ack, wait) => hit,
+                        _ = shutdown.cancelled() => None,
+                    }
+                }
+                _ => queue.get(auto_ack),
+            };
+            let counters = self.broker.counters();
+            match hit {
+                Some((d, _)) => {
+                    self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
+                    if d.redelivered() {
+                        counters.redelivered.inc();
+                    }
+                    let msg = d.entry.msg.clone();
+                    command::write_value(&mut self.out, k.key.as_bytes(), message_flags(&msg), &msg.body);
+                    if auto_ack {
+                        counters.delivered_get_auto_ack.inc();
+                    } else {
+                        counters.delivered_get_manual_ack.inc();
+                        self.open.insert(k.queue.clone(), d);
+                    }
+                }
+                None => {
+                    self.counters.get_misses.fetch_add(1, Ordering::Relaxed);
+                    counters.get_empty.inc();
+                }
+            }
+        }
+        command::write_end(&mut self.out);
+    }
+
+    fn stats(&mut self) {
+        let c = self.counters;
+        let out = &mut self.out;
+        let now = now_unix();
+        let uptime = self.broker.uptime().as_secs();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        command::write_stat(out, "pid", std::process::id());
+        command::write_stat(out, "uptime", uptime);
+        command::write_stat(out, "time", now);
+        command::write_stat(out, "version", env!("CARGO_PKG_VERSION"));
+        command::write_stat(out, "pointer_size", usize::BITS);
+        command::write_stat(out, "curr_connections", get(&c.curr_connections));
+        command::write_stat(out, "total_connections", get(&c.total_connections));
+        command::write_stat(out, "cmd_get", get(&c.cmd_get));
+        command::write_stat(out, "cmd_set", get(&c.cmd_set));
+        command::write_stat(out, "get_hits", get(&c.get_hits));
+        command::write_stat(out, "get_misses", get(&c.get_misses));
+        command::write_stat(out, "bytes_read", get(&c.bytes_read));
+        command::write_stat(out, "bytes_written", get(&c.bytes_written));
+        command::write_stat(
+            out,
+            "threads",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        );
+        let items: usize = self.vhost.queues().iter().map(|q| q.depth().ready).sum();
+        command::write_stat(out, "curr_items", items);
+        command::write_end(out);
+    }
+}
