@@ -149,7 +149,7 @@ impl GetOptions {
     /// Whether this read takes (or peeks at) a message, i.e. it is not `close` alone
     /// nor `abort`.
     pub fn fetches(&self) -> bool {
-        !self.abort && !(self.close && !self.open)
+        !self.abort && (self.open || !self.close)
     }
 }
 
@@ -347,10 +347,7 @@ mod tests {
             b"STAT q 3/1\r\n"
         );
         assert_eq!(written(|o| write_stat(o, "pid", 42)), b"STAT pid 42\r\n");
-        assert_eq!(
-            written(|o| write_version(o, "0.1.0")),
-            b"VERSION 0.1.0\r\n"
-        );
+        assert_eq!(written(|o| write_version(o, "0.1.0")), b"VERSION 0.1.0\r\n");
         assert_eq!(
             written(|o| write_client_error(o, "x y")),
             b"CLIENT_ERROR x y\r\n"

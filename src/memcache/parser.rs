@@ -54,7 +54,7 @@ use std::convert::Infallible;
 
 use nom::branch::alt;
 use nom::bytes::complete::{tag as ctag, take_while, take_while1};
-use nom::bytes::streaming::{tag, take, take_while1 as stake_while1};
+use nom::bytes::streaming::{tag, take};
 use nom::character::complete::digit1;
 use nom::combinator::{all_consuming, map, opt, recognize, value, verify};
 use nom::error::{Error, ErrorKind};
@@ -186,10 +186,7 @@ impl Discard {
 ///   bytes is already in `buf`; the rest is a [`Discard::Bytes`].
 /// - a line without a newline in its first `max_line` bytes: through its newline if
 ///   `buf` holds it, else all of `buf` and a [`Discard::ThroughNewline`].
-pub fn parse_request(
-    buf: &[u8],
-    limits: &Limits,
-) -> Result<Option<(usize, Parsed)>, Infallible> {
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parsed)>, Infallible> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -560,10 +557,7 @@ pub fn queue_name(input: &[u8]) -> Res<'_, &[u8]> {
 /// rules of [`GetOptions::from_options`]. An inconsistent option set is a
 /// `nom::Err::Failure` (no other reading of the key exists).
 pub fn get_key(input: &[u8]) -> Res<'_, GetKey> {
-    let (rest, (queue, options)) = pair(
-        queue_name,
-        many0(preceded(ctag("/"), get_option)),
-    )(input)?;
+    let (rest, (queue, options)) = pair(queue_name, many0(preceded(ctag("/"), get_option)))(input)?;
     if input.len() - rest.len() > MAX_KEY {
         return fail(input, ErrorKind::TooLarge);
     }
@@ -651,7 +645,9 @@ pub fn eol(input: &[u8]) -> Res<'_, ()> {
 }
 
 // ------------------------------------------------------------------ responses
-// Streaming: a client reading a reply stream gets `Incomplete` for a prefix.
+// Streaming: a client reading a reply stream gets `Incomplete` for a prefix. The token
+// rules inside them are complete parsers; the streaming literal that must follow each
+// token (SP, CRLF) is what asks for more input.
 
 fn crlf(input: &[u8]) -> Res<'_, &[u8]> {
     tag("\r\n")(input)
@@ -685,32 +681,10 @@ pub fn get_response(input: &[u8]) -> Res<'_, Vec<Value<'_>>> {
 
 /// `value-reply = "VALUE" SP key SP flags SP bytes CRLF data-block`
 pub fn value_reply(input: &[u8]) -> Res<'_, Value<'_>> {
-    let (i, (_, key, _, flags, _, len, _)) = tuple((
-        tag("VALUE "),
-        stake_while1(is_key_char),
-        tag(" "),
-        sdecimal(decimal_u32),
-        tag(" "),
-        sdecimal(bytes),
-        crlf,
-    ))(input)?;
-    if key.len() > MAX_KEY {
-        return fail(input, ErrorKind::TooLarge);
-    }
+    let (i, (_, key, _, flags, _, len, _)) =
+        tuple((tag("VALUE "), key, tag(" "), flags, tag(" "), bytes, crlf))(input)?;
     let (i, data) = data_block(len)(i)?;
     Ok((i, (key, flags, data)))
-}
-
-/// A number in a streaming context: `Incomplete` while the digits may continue.
-fn sdecimal<'a, T>(
-    inner: impl Fn(&'a [u8]) -> Res<'a, T>,
-) -> impl Fn(&'a [u8]) -> Res<'a, T> {
-    move |input: &'a [u8]| {
-        if input.iter().all(u8::is_ascii_digit) {
-            return Err(nom::Err::Incomplete(Needed::new(1)));
-        }
-        inner(input)
-    }
 }
 
 /// `stats-response = *stat-reply end-reply`
@@ -728,17 +702,17 @@ pub fn stat_reply(input: &[u8]) -> Res<'_, (&[u8], &[u8])> {
 
 /// `stat-name = 1*( %x21-7E )`
 pub fn stat_name(input: &[u8]) -> Res<'_, &[u8]> {
-    stake_while1(is_key_char)(input)
+    take_while1(is_key_char)(input)
 }
 
 /// `stat-value = 1*( %x20-7E )`
 pub fn stat_value(input: &[u8]) -> Res<'_, &[u8]> {
-    stake_while1(|b| (0x20..=0x7e).contains(&b))(input)
+    take_while1(|b| (0x20..=0x7e).contains(&b))(input)
 }
 
 /// `version-reply = "VERSION" SP 1*( %x21-7E ) CRLF`
 pub fn version_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("VERSION "), terminated(stake_while1(is_key_char), crlf))(input)
+    preceded(tag("VERSION "), terminated(take_while1(is_key_char), crlf))(input)
 }
 
 /// `stored-reply = "STORED" CRLF`
@@ -788,5 +762,5 @@ pub fn server_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
 
 /// `error-text = 1*( %x20-7E )`
 pub fn error_text(input: &[u8]) -> Res<'_, &[u8]> {
-    stake_while1(|b| (0x20..=0x7e).contains(&b))(input)
+    take_while1(|b| (0x20..=0x7e).contains(&b))(input)
 }
