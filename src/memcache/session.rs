@@ -92,7 +92,11 @@ pub(crate) async fn run(
                 Discard::Bytes(n) => {
                     let k = n.min(buf.len());
                     let _ = buf.split_to(k);
-                    discard = if k == n { Discard::Nothing } else { Discard::Bytes(n - k) };
+                    discard = if k == n {
+                        Discard::Nothing
+                    } else {
+                        Discard::Bytes(n - k)
+                    };
                     if !discard.is_done() {
                         break;
                     }
@@ -175,7 +179,11 @@ fn ttl_ms(exptime: i64) -> Option<u64> {
 
 /// The flags a message carries (0 when it has none, e.g. published over AMQP).
 fn message_flags(msg: &Message) -> u32 {
-    match msg.headers().as_ref().and_then(|h| h.get(FLAGS_HEADER).cloned()) {
+    match msg
+        .headers()
+        .as_ref()
+        .and_then(|h| h.get(FLAGS_HEADER).cloned())
+    {
         Some(v) => v.as_i64().map(|n| n as u32).unwrap_or(0),
         None => 0,
     }
@@ -200,6 +208,26 @@ fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
     } else {
         build(flags, ttl)
     }
+}
+
+/// The key as the client wrote it, for the `VALUE` line.
+fn request_key(k: &GetKey) -> String {
+    let o = &k.options;
+    let mut key = k.queue.clone();
+    if let Some(ms) = o.timeout_ms {
+        key.push_str(&format!("/t={ms}"));
+    }
+    for (on, name) in [
+        (o.close, "/close"),
+        (o.open, "/open"),
+        (o.abort, "/abort"),
+        (o.peek, "/peek"),
+    ] {
+        if on {
+            key.push_str(name);
+        }
+    }
+    key
 }
 
 impl Session {
@@ -244,7 +272,8 @@ impl Session {
                     }
                     Err(text) => {
                         if !noreply {
-                            self.out.extend_from_slice(format!("SERVER_ERROR {text}\r\n").as_bytes());
+                            self.out
+                                .extend_from_slice(format!("SERVER_ERROR {text}\r\n").as_bytes());
                         }
                     }
                 }
@@ -253,7 +282,11 @@ impl Session {
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
                 let existed = self.vhost.find_queue(&key).is_some();
-                let ok = existed && self.vhost.delete_queue(&key, false, false, self.info.id).is_ok();
+                let ok = existed
+                    && self
+                        .vhost
+                        .delete_queue(&key, false, false, self.info.id)
+                        .is_ok();
                 if !noreply {
                     if ok {
                         command::write_deleted(&mut self.out);
@@ -267,7 +300,11 @@ impl Session {
                 let mut queues = self.vhost.queues();
                 queues.sort_by(|a, b| a.name.cmp(&b.name));
                 for q in queues {
-                    let value = format!("{}/{}", q.counters.published.get(), q.counters.delivered.get());
+                    let value = format!(
+                        "{}/{}",
+                        q.counters.published.get(),
+                        q.counters.delivered.get()
+                    );
                     command::write_stat(&mut self.out, &q.name, value);
                 }
                 command::write_end(&mut self.out);
@@ -282,13 +319,22 @@ impl Session {
         }
     }
 
-    fn set(&mut self, queue: &str, flags: u32, exptime: i64, body: Bytes) -> Result<Option<SyncTicket>, String> {
+    fn set(
+        &mut self,
+        queue: &str,
+        flags: u32,
+        exptime: i64,
+        body: Bytes,
+    ) -> Result<Option<SyncTicket>, String> {
         if self.vhost.find_queue(queue).is_none() {
             let options = QueueOptions {
                 durable: true,
                 ..Default::default()
             };
-            match self.vhost.declare_queue(queue, options, false, self.info.id) {
+            match self
+                .vhost
+                .declare_queue(queue, options, false, self.info.id)
+            {
                 Ok(_) => {}
                 // Someone else's exclusive queue (or a reserved name): we may still
                 // publish to an existing one; a reserved name cannot be created.
@@ -330,6 +376,7 @@ impl Session {
         for k in keys {
             self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             let o = k.options;
+            let key = request_key(&k);
             if o.close {
                 if let Some(d) = self.open.remove(&k.queue) {
                     d.ack();
@@ -352,7 +399,12 @@ impl Session {
                 match queue.peek() {
                     Some(entry) => {
                         self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
-                        command::write_value(&mut self.out, k.key.as_bytes(), message_flags(&entry.msg), &entry.msg.body);
+                        command::write_value(
+                            &mut self.out,
+                            key.as_bytes(),
+                            message_flags(&entry.msg),
+                            &entry.msg.body,
+                        );
                     }
                     None => {
                         self.counters.get_misses.fetch_add(1, Ordering::Relaxed);
@@ -379,7 +431,12 @@ impl Session {
                         counters.redelivered.inc();
                     }
                     let msg = d.entry.msg.clone();
-                    command::write_value(&mut self.out, k.key.as_bytes(), message_flags(&msg), &msg.body);
+                    command::write_value(
+                        &mut self.out,
+                        key.as_bytes(),
+                        message_flags(&msg),
+                        &msg.body,
+                    );
                     if auto_ack {
                         counters.delivered_get_auto_ack.inc();
                     } else {
@@ -418,7 +475,9 @@ impl Session {
         command::write_stat(
             out,
             "threads",
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         );
         let items: usize = self.vhost.queues().iter().map(|q| q.depth().ready).sum();
         command::write_stat(out, "curr_items", items);
