@@ -626,6 +626,12 @@ impl Store {
         self.inner.shutdown(true)
     }
 
+    /// Every record with a sequence number up to this one has been fsynced (cheap; for
+    /// tests and assertions against [`SyncTicket::seq`]).
+    pub fn synced_seq(&self) -> u64 {
+        self.inner.shared.synced_seq.load(Ordering::Acquire)
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> StoreStats {
         let sh = &self.inner.shared;

@@ -113,7 +113,6 @@ impl State {
                 }
             }
             Rec::Ack { queue, id } => {
-                self.max_id = self.max_id.max(id);
                 if let Some(loc) = self.index.remove(&(queue, id)) {
                     Self::kill(&mut self.segs, seg, &loc);
                     self.dec_queue(queue);
