@@ -175,8 +175,7 @@ impl Writer {
                 }
                 let s = &self.state.segs[&id];
                 let free = s.live == 0
-                    && s
-                        .refs
+                    && s.refs
                         .iter()
                         .all(|r| !self.state.segs.contains_key(r) && !gone.contains(r));
                 if free {
