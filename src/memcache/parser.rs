@@ -176,16 +176,24 @@ impl Discard {
 ///   `Request::Set::data` gives the body's offsets within those bytes.
 /// - `Err` cannot happen: every malformed input is a [`Parsed::Error`] value.
 ///
-/// What is consumed for each error (memcached's choices, copied on purpose):
-/// - a bad command line (ERROR, CLIENT_ERROR): the line only. For a bad `set` line the
-///   data block is *not* skipped: memcached cannot know its length, so the next line
-///   is parsed as a command (usually answered `ERROR`).
-/// - a data block not followed by CRLF: the line plus `<bytes> + 2` bytes, as
-///   memcached reads them; what follows is parsed as the next command line.
-/// - a data block over `max_message`: the line plus whatever of the `<bytes> + 2`
-///   bytes is already in `buf`; the rest is a [`Discard::Bytes`].
-/// - a line without a newline in its first `max_line` bytes: through its newline if
-///   `buf` holds it, else all of `buf` and a [`Discard::ThroughNewline`].
+/// What is consumed for each error (memcached's choices unless said otherwise):
+/// - a bad command line (`ERROR`, `CLIENT_ERROR bad command line format`): the line
+///   only. For a bad `set` line the data block is *not* skipped: its length is not
+///   trusted, so the next line is parsed as a command (usually answered `ERROR`).
+/// - a data block not followed by CRLF (`CLIENT_ERROR bad data chunk`): the line plus
+///   `<bytes> + 2` bytes, as memcached and memcacheq 0.2.1 read them; what follows is parsed as the next
+///   command line (so `set q 0 0 3\r\nabcdef\r\n` is answered `CLIENT_ERROR bad data
+///   chunk` then `ERROR` for `f\r\n`). Nothing is stored.
+/// - a data block over `max_message` (`SERVER_ERROR out of memory storing object`): the
+///   line plus whatever of the `<bytes> + 2` bytes is already in `buf`; the rest is a
+///   [`Discard::Bytes`]. Decided on the line alone, before any of the block is buffered.
+/// - a line with no `\n` in its first `max_line` bytes (`CLIENT_ERROR line too long`):
+///   through its `\n` if `buf` holds it, else all of `buf` and a
+///   [`Discard::ThroughNewline`]. Not memcached's choice: memcached 1.6 closes the
+///   connection on such a line (and lets a long `get` grow its buffer); qgate keeps the
+///   connection usable and bounds every line, `get` included.
+///
+/// Errors are answered even when the line said `noreply`.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parsed)>, Infallible> {
     if buf.is_empty() {
         return Ok(None);
@@ -649,6 +657,18 @@ pub fn eol(input: &[u8]) -> Res<'_, ()> {
 // rules inside them are complete parsers; the streaming literal that must follow each
 // token (SP, CRLF) is what asks for more input.
 
+/// A token rule in a streaming context: at the end of the input the token may still
+/// arrive, so that is `Incomplete`, not an error.
+fn more<'a, T>(rule: impl Fn(&'a [u8]) -> Res<'a, T>) -> impl Fn(&'a [u8]) -> Res<'a, T> {
+    move |input: &'a [u8]| {
+        if input.is_empty() {
+            Err(nom::Err::Incomplete(Needed::new(1)))
+        } else {
+            rule(input)
+        }
+    }
+}
+
 fn crlf(input: &[u8]) -> Res<'_, &[u8]> {
     tag("\r\n")(input)
 }
@@ -681,8 +701,15 @@ pub fn get_response(input: &[u8]) -> Res<'_, Vec<Value<'_>>> {
 
 /// `value-reply = "VALUE" SP key SP flags SP bytes CRLF data-block`
 pub fn value_reply(input: &[u8]) -> Res<'_, Value<'_>> {
-    let (i, (_, key, _, flags, _, len, _)) =
-        tuple((tag("VALUE "), key, tag(" "), flags, tag(" "), bytes, crlf))(input)?;
+    let (i, (_, key, _, flags, _, len, _)) = tuple((
+        tag("VALUE "),
+        more(key),
+        tag(" "),
+        more(flags),
+        tag(" "),
+        more(bytes),
+        crlf,
+    ))(input)?;
     let (i, data) = data_block(len)(i)?;
     Ok((i, (key, flags, data)))
 }
@@ -695,7 +722,13 @@ pub fn stats_response(input: &[u8]) -> Res<'_, Vec<(&[u8], &[u8])>> {
 /// `stat-reply = "STAT" SP stat-name SP stat-value CRLF`
 pub fn stat_reply(input: &[u8]) -> Res<'_, (&[u8], &[u8])> {
     map(
-        tuple((tag("STAT "), stat_name, tag(" "), stat_value, crlf)),
+        tuple((
+            tag("STAT "),
+            more(stat_name),
+            tag(" "),
+            more(stat_value),
+            crlf,
+        )),
         |(_, name, _, value, _)| (name, value),
     )(input)
 }
@@ -712,7 +745,10 @@ pub fn stat_value(input: &[u8]) -> Res<'_, &[u8]> {
 
 /// `version-reply = "VERSION" SP 1*( %x21-7E ) CRLF`
 pub fn version_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("VERSION "), terminated(take_while1(is_key_char), crlf))(input)
+    preceded(
+        tag("VERSION "),
+        terminated(more(take_while1(is_key_char)), crlf),
+    )(input)
 }
 
 /// `stored-reply = "STORED" CRLF`
@@ -752,12 +788,12 @@ pub fn error_reply(input: &[u8]) -> Res<'_, ()> {
 
 /// `client-error-reply = "CLIENT_ERROR" SP error-text CRLF`; returns the text.
 pub fn client_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("CLIENT_ERROR "), terminated(error_text, crlf))(input)
+    preceded(tag("CLIENT_ERROR "), terminated(more(error_text), crlf))(input)
 }
 
 /// `server-error-reply = "SERVER_ERROR" SP error-text CRLF`; returns the text.
 pub fn server_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("SERVER_ERROR "), terminated(error_text, crlf))(input)
+    preceded(tag("SERVER_ERROR "), terminated(more(error_text), crlf))(input)
 }
 
 /// `error-text = 1*( %x20-7E )`
