@@ -222,72 +222,16 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parse
     let n = tokens.count;
     let word = |i: usize| tokens.get(i);
 
+    // Two steps, as memcached: the command word and the number of words pick the
+    // command (anything else is `ERROR`); then the command's grammar rule checks the
+    // arguments (a failure is a `CLIENT_ERROR`).
     let parsed = match word(0) {
-        b"set" => {
-            if !(5..=6).contains(&n) {
-                return done(line_len, Parsed::error(ProtocolError::Error));
-            }
-            let Ok((_, set)) = all_consuming(set_line)(body) else {
-                return done(line_len, Parsed::error(ProtocolError::BadCommandLine));
-            };
-            let block = set.bytes + 2;
-            if set.bytes > limits.max_message {
-                let now = block.min(buf.len() - line_len);
-                let discard = if now == block {
-                    Discard::Nothing
-                } else {
-                    Discard::Bytes(block - now)
-                };
-                return done(
-                    line_len + now,
-                    Parsed::Error {
-                        error: ProtocolError::TooLarge,
-                        discard,
-                    },
-                );
-            }
-            let end = line_len + block;
-            if buf.len() < end {
-                return Ok(None);
-            }
-            if &buf[end - 2..end] != b"\r\n" {
-                return done(end, Parsed::error(ProtocolError::BadDataChunk));
-            }
-            return done(
-                end,
-                Parsed::Request(Request::Set {
-                    key: ascii_string(set.key),
-                    flags: set.flags,
-                    exptime: set.exptime,
-                    data: line_len..line_len + set.bytes,
-                    noreply: set.noreply,
-                }),
-            );
-        }
+        b"set" if (5..=6).contains(&n) => return Ok(set_request(buf, line_len, body, limits)),
         b"get" if n >= 2 => match all_consuming(get_cmd)(body) {
             Ok((_, keys)) => Parsed::Request(Request::Get { keys }),
             Err(_) => Parsed::error(ProtocolError::BadCommandLine),
         },
-        b"delete" if (2..=4).contains(&n) => {
-            let hold_zero = n >= 3 && word(2) == b"0";
-            let noreply = n >= 3 && word(n - 1) == b"noreply";
-            let args_ok = match n {
-                2 => true,
-                3 => hold_zero || noreply,
-                _ => hold_zero && noreply,
-            };
-            if !args_ok {
-                Parsed::error(ProtocolError::DeleteUsage)
-            } else {
-                match all_consuming(delete_cmd)(body) {
-                    Ok((_, (key, noreply))) => Parsed::Request(Request::Delete {
-                        key: ascii_string(key),
-                        noreply,
-                    }),
-                    Err(_) => Parsed::error(ProtocolError::BadCommandLine),
-                }
-            }
-        }
+        b"delete" if (2..=4).contains(&n) => delete_request(&tokens, body),
         b"stats" if n == 1 || (n == 2 && word(1) == b"queue") => {
             match all_consuming(stats_cmd)(body) {
                 Ok((_, kind)) => Parsed::Request(Request::Stats(kind)),
@@ -311,6 +255,69 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parse
         _ => Parsed::error(ProtocolError::Error),
     };
     done(line_len, parsed)
+}
+
+/// A `set` line with 4 or 5 arguments, and its data block.
+/// `None`: the data block has not all arrived yet.
+fn set_request(
+    buf: &[u8],
+    line_len: usize,
+    body: &[u8],
+    limits: &Limits,
+) -> Option<(usize, Parsed)> {
+    let Ok((_, set)) = all_consuming(set_line)(body) else {
+        return Some((line_len, Parsed::error(ProtocolError::BadCommandLine)));
+    };
+    let block = set.bytes + 2;
+    if set.bytes > limits.max_message {
+        // Refuse on the line alone; drop what of the block is here, the rest later.
+        let now = block.min(buf.len() - line_len);
+        let discard = if now == block {
+            Discard::Nothing
+        } else {
+            Discard::Bytes(block - now)
+        };
+        let error = ProtocolError::TooLarge;
+        return Some((line_len + now, Parsed::Error { error, discard }));
+    }
+    let end = line_len + block;
+    if buf.len() < end {
+        return None;
+    }
+    if &buf[end - 2..end] != b"\r\n" {
+        return Some((end, Parsed::error(ProtocolError::BadDataChunk)));
+    }
+    let request = Request::Set {
+        key: ascii_string(set.key),
+        flags: set.flags,
+        exptime: set.exptime,
+        data: line_len..line_len + set.bytes,
+        noreply: set.noreply,
+    };
+    Some((end, Parsed::Request(request)))
+}
+
+/// A `delete` line with 1 to 3 arguments. The extra arguments are checked first, as
+/// memcached does, for its distinct usage answer.
+fn delete_request(tokens: &Tokens<'_>, body: &[u8]) -> Parsed {
+    let n = tokens.count;
+    let hold_zero = n >= 3 && tokens.get(2) == b"0";
+    let noreply = n >= 3 && tokens.get(n - 1) == b"noreply";
+    let args_ok = match n {
+        2 => true,
+        3 => hold_zero || noreply,
+        _ => hold_zero && noreply,
+    };
+    if !args_ok {
+        return Parsed::error(ProtocolError::DeleteUsage);
+    }
+    match all_consuming(delete_cmd)(body) {
+        Ok((_, (key, noreply))) => Parsed::Request(Request::Delete {
+            key: ascii_string(key),
+            noreply,
+        }),
+        Err(_) => Parsed::error(ProtocolError::BadCommandLine),
+    }
 }
 
 fn done(consumed: usize, parsed: Parsed) -> Result<Option<(usize, Parsed)>, Infallible> {
