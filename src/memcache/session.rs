@@ -210,24 +210,15 @@ fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
     }
 }
 
-/// The key as the client wrote it, for the `VALUE` line.
-fn request_key(k: &GetKey) -> String {
-    let o = &k.options;
-    let mut key = k.queue.clone();
-    if let Some(ms) = o.timeout_ms {
-        key.push_str(&format!("/t={ms}"));
-    }
-    for (on, name) in [
-        (o.close, "/close"),
-        (o.open, "/open"),
-        (o.abort, "/abort"),
-        (o.peek, "/peek"),
-    ] {
-        if on {
-            key.push_str(name);
-        }
-    }
-    key
+/// The keys of a `get` line as the client wrote them (suffixes included, in the
+/// client's order), for the `VALUE` lines. The parser has already checked the line, so
+/// its words after the command map one-to-one onto the parsed keys.
+fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
+    let line = frame.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.split(|b| *b == b' ' || *b == b'\r' || *b == b'\t')
+        .filter(|w| !w.is_empty())
+        .skip(1)
+        .collect()
 }
 
 impl Session {
@@ -278,7 +269,7 @@ impl Session {
                     }
                 }
             }
-            Request::Get { keys } => self.get(keys, shutdown).await,
+            Request::Get { keys } => self.get(keys, &request_keys(frame), shutdown).await,
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
                 let existed = self.vhost.find_queue(&key).is_some();
@@ -361,7 +352,7 @@ impl Session {
         Ok(routed.durable)
     }
 
-    async fn get(&mut self, keys: Vec<GetKey>, shutdown: &CancellationToken) {
+    async fn get(&mut self, keys: Vec<GetKey>, raw: &[&[u8]], shutdown: &CancellationToken) {
         // Refuse the whole command before answering anything when a key asks for a
         // second open read on the same queue.
         for k in &keys {
@@ -373,10 +364,10 @@ impl Session {
                 return;
             }
         }
-        for k in keys {
+        for (i, k) in keys.into_iter().enumerate() {
             self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             let o = k.options;
-            let key = request_key(&k);
+            let key: &[u8] = raw.get(i).copied().unwrap_or(k.queue.as_bytes());
             if o.close {
                 if let Some(d) = self.open.remove(&k.queue) {
                     d.ack();
@@ -401,7 +392,7 @@ impl Session {
                         self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
                         command::write_value(
                             &mut self.out,
-                            key.as_bytes(),
+                            key,
                             message_flags(&entry.msg),
                             &entry.msg.body,
                         );
@@ -431,12 +422,7 @@ impl Session {
                         counters.redelivered.inc();
                     }
                     let msg = d.entry.msg.clone();
-                    command::write_value(
-                        &mut self.out,
-                        key.as_bytes(),
-                        message_flags(&msg),
-                        &msg.body,
-                    );
+                    command::write_value(&mut self.out, key, message_flags(&msg), &msg.body);
                     if auto_ack {
                         counters.delivered_get_auto_ack.inc();
                     } else {
