@@ -149,7 +149,8 @@ pub(crate) async fn run(
     info: Arc<ConnectionInfo>,
     done: CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Grows with the traffic; an idle connection keeps almost nothing.
+    let mut buf = BytesMut::new();
     let period = if heartbeat > 0 {
         Duration::from_millis(heartbeat as u64 * 500)
     } else {
@@ -210,7 +211,7 @@ async fn flush(
         .fetch_add(buf.len() as u64, Ordering::Relaxed);
     buf.clear();
     if buf.capacity() > 4 * BATCH_BYTES {
-        *buf = BytesMut::with_capacity(64 * 1024);
+        *buf = BytesMut::new();
     }
     Ok(())
 }
