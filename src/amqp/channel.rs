@@ -738,6 +738,7 @@ fn clone_message(m: &Message) -> Message {
         body: m.body.clone(),
         persistent: m.persistent,
         expiration_ms: m.expiration_ms,
+        priority: m.priority,
     }
 }
 

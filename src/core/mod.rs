@@ -9,11 +9,13 @@
 
 pub mod clock;
 pub mod consumer;
+pub mod deadletter;
 pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod persist;
 pub mod queue;
+mod ready;
 pub mod stats;
 pub mod vhost;
 
@@ -268,6 +270,10 @@ impl Broker {
 }
 
 impl Shared {
+    pub(crate) fn next_message_id(&self) -> u64 {
+        self.next_msg_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -347,6 +347,7 @@ impl Session {
             body,
             persistent: true,
             expiration_ms: ttl,
+            priority: 0,
         };
         let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
         Ok(routed.durable)
