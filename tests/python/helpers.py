@@ -84,8 +84,8 @@ class Worker(threading.Thread):
         self.received = []
         self.ready = threading.Event()
         self.error = None
-        self._stop = threading.Event()
-        self._kill = threading.Event()
+        self._halt = threading.Event()
+        self._die = threading.Event()
         self.conn = None
 
     def run(self):
@@ -104,8 +104,8 @@ class Worker(threading.Thread):
             ch.basic_consume(queue=self.queue, on_message_callback=cb, auto_ack=self.auto_ack)
             self.ready.set()
             deadline = time.monotonic() + self.timeout
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                if self._kill.is_set():
+            while not self._halt.is_set() and time.monotonic() < deadline:
+                if self._die.is_set():
                     # die: close the connection without acking what we hold
                     self.conn.close()
                     return
@@ -117,13 +117,13 @@ class Worker(threading.Thread):
             self.ready.set()
 
     def stop(self, join=True):
-        self._stop.set()
+        self._halt.set()
         if join:
             self.join(timeout=15)
 
     def die(self):
         """Close the connection without acking anything (a crashed consumer)."""
-        self._kill.set()
+        self._die.set()
         self.join(timeout=15)
 
 
