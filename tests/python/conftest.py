@@ -205,8 +205,12 @@ def broker():
         return
     qp = QgateProcess()
     b = qp.start()
-    yield b
-    qp.stop()
+    _RUNNING.append(qp)
+    try:
+        yield b
+    finally:
+        _RUNNING.remove(qp)
+        qp.stop()
 
 
 @pytest.fixture
@@ -221,8 +225,12 @@ def fresh_broker():
         return
     qp = QgateProcess()
     b = qp.start()
-    yield b
-    qp.stop()
+    _RUNNING.append(qp)
+    try:
+        yield b
+    finally:
+        _RUNNING.remove(qp)
+        qp.stop()
 
 
 @pytest.fixture
@@ -259,3 +267,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "qgate_only" in item.keywords:
             item.add_marker(skip)
+
+
+_RUNNING = []  # QgateProcess objects alive now (for failure reports)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach the tail of the qgate child's output to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and _RUNNING:
+        for qp in _RUNNING:
+            rep.sections.append(("qgate output (pid %s, last 60 lines)" % qp.proc.pid,
+                                 "".join(qp.lines[-60:])))
