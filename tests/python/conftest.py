@@ -100,6 +100,16 @@ def _external_broker():
                   None, external=True, vhost=p.virtual_host)
 
 
+def _die_with_parent():
+    """In the child: get SIGTERM if pytest dies, so no qgate is left behind (Linux)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def qgate_binary():
     return os.environ.get("QGATE_BIN") or os.path.join(REPO, "target", "debug", "qgate")
 
@@ -131,7 +141,8 @@ class QgateProcess:
         env.setdefault("NO_COLOR", "1")
         env.setdefault("RUST_BACKTRACE", "1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
+                                     stdin=subprocess.DEVNULL, env=env,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
         addrs = {}
