@@ -1,0 +1,253 @@
+"""Error paths: each error is answered as RabbitMQ answers it, and afterwards the
+same broker still serves a fresh client."""
+
+import time
+
+import pika
+import pika.exceptions as pe
+import pytest
+
+import rawamqp
+from helpers import uniq
+
+
+def assert_broker_still_serves(broker):
+    """A fresh client can declare, publish and get on the same broker."""
+    c = broker.connect()
+    try:
+        ch = c.channel()
+        q = uniq("alive")
+        ch.queue_declare(q, auto_delete=False)
+        ch.basic_publish("", q, b"still alive")
+        method, _p, body = ch.basic_get(q, auto_ack=True)
+        assert method is not None and body == b"still alive"
+        ch.queue_delete(q)
+    finally:
+        c.close()
+
+
+def test_bad_password(broker):
+    params = broker.params(credentials=pika.PlainCredentials("guest", "wrong-password"))
+    with pytest.raises((pe.ProbableAuthenticationError, pe.AuthenticationError)) as ei:
+        pika.BlockingConnection(params)
+    # RabbitMQ closes with 403 ACCESS_REFUSED (authentication_failure_close); pika
+    # surfaces it as ProbableAuthenticationError carrying the reply.
+    assert "ACCESS_REFUSED" in str(ei.value) or "403" in str(ei.value)
+    assert_broker_still_serves(broker)
+
+
+def test_bad_user(broker):
+    params = broker.params(credentials=pika.PlainCredentials("nobody-" + uniq(), "x"))
+    with pytest.raises((pe.ProbableAuthenticationError, pe.AuthenticationError)):
+        pika.BlockingConnection(params)
+    assert_broker_still_serves(broker)
+
+
+def test_unknown_vhost(broker):
+    params = broker.params(virtual_host="no-such-vhost-" + uniq())
+    with pytest.raises((pe.ProbableAccessDeniedError, pe.ConnectionClosedByBroker)) as ei:
+        pika.BlockingConnection(params)
+    assert "530" in str(ei.value) and "NOT_ALLOWED" in str(ei.value)
+    assert_broker_still_serves(broker)
+
+
+def test_unknown_vhost_raw(broker):
+    """connection.open of an unknown vhost -> connection.close 530 NOT_ALLOWED."""
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.handshake(open_vhost=False)
+        rc.send(rawamqp.connection_open("no-such-vhost-" + uniq()))
+        code, text, cls, meth = rc.expect_connection_close()
+        assert code == 530
+        assert text.startswith("NOT_ALLOWED")
+        assert (cls, meth) == rawamqp.CONNECTION_OPEN
+    finally:
+        rc.close()
+
+
+def test_bad_password_raw(broker):
+    """Bad credentials -> connection.close 403 ACCESS_REFUSED (client advertised
+    authentication_failure_close)."""
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.send(rawamqp.PROTOCOL_HEADER)
+        rc.expect(rawamqp.CONNECTION_START)
+        rc.send(rawamqp.start_ok("guest", "nope"))
+        f = rc.read_frame()
+        assert f.method == rawamqp.CONNECTION_CLOSE, f
+        code, text, _c, _m = f.close_args()
+        assert code == 403
+        assert text.startswith("ACCESS_REFUSED")
+    finally:
+        rc.close()
+
+
+def test_passive_declare_missing_queue(broker, conn):
+    ch = conn.channel()
+    q = uniq("missing")
+    with pytest.raises(pe.ChannelClosedByBroker) as ei:
+        ch.queue_declare(q, passive=True)
+    assert ei.value.reply_code == 404
+    assert ei.value.reply_text == "NOT_FOUND - no queue '%s' in vhost '/'" % q
+    assert conn.is_open
+    ch2 = conn.channel()
+    ch2.queue_declare(uniq("after404"), exclusive=True)
+    assert_broker_still_serves(broker)
+
+
+def test_publish_to_missing_exchange(broker, conn):
+    ch = conn.channel()
+    x = uniq("nox")
+    ch.basic_publish(x, "rk", b"lost")  # async: the error arrives as channel.close
+    with pytest.raises(pe.ChannelClosedByBroker) as ei:
+        # any synchronous call on the channel surfaces the close
+        ch.queue_declare(uniq("q"), exclusive=True)
+    assert ei.value.reply_code == 404
+    assert ei.value.reply_text == "NOT_FOUND - no exchange '%s' in vhost '/'" % x
+    assert conn.is_open
+    assert conn.channel().is_open
+    assert_broker_still_serves(broker)
+
+
+def test_garbage_instead_of_protocol_header(broker):
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data, closed = rc.read_all_until_eof(timeout=5)
+        assert data == b"AMQP\x00\x00\x09\x01"
+        assert closed, "server must close the socket after answering a bad header"
+    finally:
+        rc.close()
+    assert_broker_still_serves(broker)
+
+
+def test_wrong_protocol_version_header(broker):
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.send(b"AMQP\x01\x01\x00\x0a")  # AMQP 0-10
+        data, closed = rc.read_all_until_eof(timeout=5)
+        assert data == b"AMQP\x00\x00\x09\x01"
+        assert closed
+    finally:
+        rc.close()
+    assert_broker_still_serves(broker)
+
+
+def test_frame_bigger_than_frame_max(broker):
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.handshake(frame_max=4096)
+        rc.send(rawamqp.channel_open(1))
+        rc.expect(rawamqp.CHANNEL_OPEN_OK)
+        body = b"x" * 10000
+        rc.send(rawamqp.basic_publish(1, "", "nowhere")
+                + rawamqp.content_header(1, len(body))
+                + rawamqp.body_frame(1, body))  # one 10000-byte frame > 4096
+        code, text, _cls, _meth = rc.expect_connection_close()
+        assert code == 501
+        assert text.startswith("FRAME_ERROR")
+    finally:
+        rc.close()
+    assert_broker_still_serves(broker)
+
+
+def test_bad_frame_end_octet(broker):
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.handshake()
+        rc.send(rawamqp.frame(rawamqp.FRAME_METHOD, 1,
+                              b"\x00\x14\x00\x0a\x00", end=0x00))  # channel.open, bad end
+        code, text, _c, _m = rc.expect_connection_close()
+        assert code == 501
+        assert text.startswith("FRAME_ERROR")
+    finally:
+        rc.close()
+    assert_broker_still_serves(broker)
+
+
+def test_method_on_unopened_channel(broker):
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.handshake()
+        rc.send(rawamqp.queue_declare(5, uniq("never")))  # channel 5 never opened
+        code, text, cls, meth = rc.expect_connection_close()
+        assert code == 504
+        assert text.startswith("CHANNEL_ERROR")
+        assert (cls, meth) == rawamqp.QUEUE_DECLARE
+    finally:
+        rc.close()
+    assert_broker_still_serves(broker)
+
+
+def test_raw_channel_error_closes_only_channel(broker):
+    """Passive declare of a missing queue over the raw client: channel.close 404 on
+    that channel; the connection stays up and another channel works."""
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.handshake()
+        rc.send(rawamqp.channel_open(1))
+        rc.expect(rawamqp.CHANNEL_OPEN_OK)
+        q = uniq("rawmissing")
+        rc.send(rawamqp.queue_declare(1, q, passive=True))
+        f = rc.expect(rawamqp.CHANNEL_CLOSE)
+        assert f.channel == 1
+        code, text, cls, meth = f.close_args()
+        assert (code, text) == (404, "NOT_FOUND - no queue '%s' in vhost '/'" % q)
+        assert (cls, meth) == rawamqp.QUEUE_DECLARE
+        rc.send(rawamqp.method_frame(1, (20, 41)))  # channel.close-ok
+        rc.send(rawamqp.channel_open(2))
+        rc.expect(rawamqp.CHANNEL_OPEN_OK)
+    finally:
+        rc.close()
+
+
+def test_unknown_exchange_type_closes_connection(broker, conn):
+    ch = conn.channel()
+    with pytest.raises(pe.ConnectionClosedByBroker) as ei:
+        ch.exchange_declare(uniq("x"), exchange_type="no-such-type")
+    assert ei.value.reply_code == 503
+    assert ei.value.reply_text.startswith("COMMAND_INVALID")
+    assert not conn.is_open
+    assert_broker_still_serves(broker)
+
+
+def test_basic_recover_without_requeue_is_540(broker, conn):
+    """pika's basic_recover() defaults to requeue=False, which RabbitMQ refuses
+    with a connection-level 540 NOT_IMPLEMENTED."""
+    ch = conn.channel()
+    with pytest.raises(pe.ConnectionClosedByBroker) as ei:
+        ch.basic_recover()
+    assert ei.value.reply_code == 540
+    assert ei.value.reply_text.startswith("NOT_IMPLEMENTED")
+    assert_broker_still_serves(broker)
+
+
+def test_reserved_amq_prefix_is_403(broker, conn):
+    ch = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as ei:
+        ch.exchange_declare("amq.foo-" + uniq(), exchange_type="direct")
+    assert ei.value.reply_code == 403
+    assert ei.value.reply_text.startswith("ACCESS_REFUSED")
+    ch = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as ei:
+        ch.queue_declare("amq.q-" + uniq())
+    assert ei.value.reply_code == 403
+    assert ei.value.reply_text.startswith("ACCESS_REFUSED")
+    assert conn.is_open
+    assert_broker_still_serves(broker)
+
+
+@pytest.mark.slow
+def test_silent_client_is_dropped_after_missed_heartbeats(broker):
+    """A peer that negotiated heartbeat=1 and then stays silent is disconnected
+    (RabbitMQ: after about two intervals, plain TCP close)."""
+    rc = rawamqp.RawConnection(broker.amqp_host, broker.amqp_port)
+    try:
+        rc.handshake(heartbeat=1)
+        t0 = time.monotonic()
+        data, closed = rc.read_all_until_eof(timeout=8)
+        assert closed, "server kept a silent connection open for 8 s with heartbeat=1"
+        assert time.monotonic() - t0 >= 1.0
+    finally:
+        rc.close()
+    assert_broker_still_serves(broker)
