@@ -310,6 +310,24 @@ impl Session {
         }
     }
 
+    /// Declares a queue as memcache producers expect it: durable, not exclusive, not
+    /// auto-delete, so that `queue_declare(q, durable=True)` over AMQP matches it.
+    fn declare(&self, queue: &str) -> Result<(), String> {
+        let options = QueueOptions {
+            durable: true,
+            ..Default::default()
+        };
+        match self
+            .vhost
+            .declare_queue(queue, options, false, self.info.id)
+        {
+            Ok(_) => Ok(()),
+            // Another connection's exclusive queue: publishing to it is still allowed.
+            Err(e) if e.kind == ErrorKind::ResourceLocked => Ok(()),
+            Err(e) => Err(e.text),
+        }
+    }
+
     fn set(
         &mut self,
         queue: &str,
@@ -318,20 +336,7 @@ impl Session {
         body: Bytes,
     ) -> Result<Option<SyncTicket>, String> {
         if self.vhost.find_queue(queue).is_none() {
-            let options = QueueOptions {
-                durable: true,
-                ..Default::default()
-            };
-            match self
-                .vhost
-                .declare_queue(queue, options, false, self.info.id)
-            {
-                Ok(_) => {}
-                // Someone else's exclusive queue (or a reserved name): we may still
-                // publish to an existing one; a reserved name cannot be created.
-                Err(e) if e.kind == ErrorKind::ResourceLocked => {}
-                Err(e) => return Err(e.text),
-            }
+            self.declare(queue)?;
         }
         let ttl = ttl_ms(exptime);
         if ttl == Some(0) {
@@ -381,6 +386,11 @@ impl Session {
             }
             if !k.options.fetches() {
                 continue;
+            }
+            // A timed read waits on the queue a later `set` will use, so it declares it
+            // the way `set` does.
+            if o.timeout_ms.is_some_and(|ms| ms > 0) && self.vhost.find_queue(&k.queue).is_none() {
+                let _ = self.declare(&k.queue);
             }
             let Ok(queue) = self.vhost.queue(&k.queue, self.info.id) else {
                 self.counters.get_misses.fetch_add(1, Ordering::Relaxed);
