@@ -1345,3 +1345,509 @@ async fn client_connection_close_returns_ok() {
         assert!(r.is_ok(), "attempt {i}: connection.close returned {r:?}");
     }
 }
+
+// ---- more RabbitMQ behaviour ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeued_messages_return_to_their_original_position() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("position");
+    declare_plain(&ch, &q).await;
+    for i in 0..5 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    let m0 = get(&ch, &q, false).await.unwrap();
+    let m1 = get(&ch, &q, false).await.unwrap();
+    // Requeue in reverse order: the queue must still read m0 m1 m2 m3 m4.
+    for m in [&m1, &m0] {
+        within(
+            "nack",
+            m.delivery.nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    let mut order = Vec::new();
+    while let Some(m) = get(&ch, &q, true).await {
+        order.push((
+            String::from_utf8(m.delivery.data.clone()).unwrap(),
+            m.delivery.redelivered,
+        ));
+    }
+    let expected: Vec<(String, bool)> = (0..5).map(|i| (format!("m{i}"), i < 2)).collect();
+    assert_eq!(order, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiple_nack_requeues_up_to_the_tag() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("multi");
+    declare_plain(&ch, &q).await;
+    for i in 0..4 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    let mut consumer = consume(&ch, &q, false).await;
+    let got = drain(&mut consumer, Duration::from_millis(300)).await;
+    assert_eq!(got.len(), 4);
+    // nack multiple up to the third: three requeued (and redelivered to us).
+    within(
+        "nack multiple",
+        got[2].nack(BasicNackOptions {
+            requeue: true,
+            multiple: true,
+        }),
+    )
+    .await
+    .unwrap();
+    let again = drain(&mut consumer, Duration::from_millis(300)).await;
+    let bodies: Vec<String> = again.iter().map(body_str).collect();
+    assert_eq!(bodies, vec!["m0", "m1", "m2"]);
+    assert!(again.iter().all(|d| d.redelivered));
+    within(
+        "ack all",
+        again[2].ack(BasicAckOptions { multiple: true }),
+    )
+    .await
+    .unwrap();
+    // That acked m3 (tag 4) as well: nothing is left unacked, so closing the channel
+    // requeues nothing.
+    assert!(drain(&mut consumer, Duration::from_millis(200)).await.is_empty());
+    within("channel.close", ch.close(200, "bye")).await.unwrap();
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: basic.recover(requeue=true) redelivers before recover-ok; lapin drops deliveries that precede recover-ok, so they are lost to the client"]
+async fn basic_recover_requeue_redelivers() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("recover");
+    declare_plain(&ch, &q).await;
+    for i in 0..4 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    let mut consumer = consume(&ch, &q, false).await;
+    let got = drain(&mut consumer, Duration::from_millis(300)).await;
+    assert_eq!(got.len(), 4);
+    // basic.recover(requeue=true) requeues everything unacked; the consumer gets it all
+    // again, redelivered.
+    within(
+        "basic.recover",
+        ch.basic_recover(BasicRecoverOptions { requeue: true }),
+    )
+    .await
+    .unwrap();
+    let recovered = drain(&mut consumer, Duration::from_millis(500)).await;
+    let bodies: Vec<String> = recovered.iter().map(body_str).collect();
+    assert_eq!(bodies, vec!["m0", "m1", "m2", "m3"]);
+    assert!(recovered.iter().all(|d| d.redelivered));
+    within(
+        "ack all",
+        recovered[3].ack(BasicAckOptions { multiple: true }),
+    )
+    .await
+    .unwrap();
+    within(
+        "basic.cancel",
+        ch.basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_recover_without_requeue_is_540() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let r = within(
+        "basic.recover",
+        ch.basic_recover(BasicRecoverOptions { requeue: false }),
+    )
+    .await;
+    let text = expect_error(r, 540);
+    assert!(text.starts_with("NOT_IMPLEMENTED - "), "{text}");
+    // A connection-level error: the connection is gone.
+    for _ in 0..50 {
+        if !conn.status().connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!conn.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_named_queue() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = declare(
+        &ch,
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(q.name().as_str().starts_with("amq.gen-"), "{}", q.name());
+    publish(&ch, "", q.name().as_str(), b"to a generated name").await;
+    assert_eq!(ready_count(&conn, q.name().as_str()).await.unwrap(), 1);
+    let other = declare(
+        &ch,
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_ne!(q.name(), other.name());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_amq_names_are_403() {
+    let broker = start_broker();
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let r = within(
+        "exchange.declare",
+        ch.exchange_declare(
+            "amq.mine",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 403);
+    assert!(text.starts_with("ACCESS_REFUSED - "), "{text}");
+    let ch = channel(&conn).await;
+    let r = within(
+        "queue.declare",
+        ch.queue_declare(
+            "amq.mine",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_error(r, 403);
+    // Passive declares of the predeclared exchanges are fine.
+    let ch = channel(&conn).await;
+    for x in ["amq.direct", "amq.fanout", "amq.topic", "amq.headers"] {
+        within(
+            "passive exchange.declare",
+            ch.exchange_declare(
+                x,
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("passive declare of {x}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_exchange_type_is_503_connection_error() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let r = within(
+        "exchange.declare",
+        ch.exchange_declare(
+            &unique("weird"),
+            ExchangeKind::Custom("x-no-such-type".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 503);
+    assert!(text.starts_with("COMMAND_INVALID - "), "{text}");
+    for _ in 0..50 {
+        if !conn.status().connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!conn.status().connected(), "503 is a connection error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeclare_with_different_exclusive_is_405() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("excl-flag");
+    declare_plain(&ch, &q).await;
+    let r = within(
+        "queue.declare",
+        ch.queue_declare(
+            &q,
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 405);
+    assert!(text.starts_with("RESOURCE_LOCKED - "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeclare_with_different_arguments_is_406() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("args");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    within(
+        "queue.declare",
+        ch.queue_declare(&q, QueueDeclareOptions::default(), args.clone()),
+    )
+    .await
+    .unwrap();
+    let mut other = FieldTable::default();
+    other.insert("x-max-length".into(), AMQPValue::LongInt(20));
+    let r = within(
+        "queue.declare",
+        ch.queue_declare(&q, QueueDeclareOptions::default(), other),
+    )
+    .await;
+    let text = expect_error(r, 406);
+    assert!(
+        text.starts_with("PRECONDITION_FAILED - inequivalent arg 'x-max-length'"),
+        "{text}"
+    );
+    let ch = channel(&conn).await;
+    let r = within(
+        "queue.declare auto_delete",
+        ch.queue_declare(
+            &q,
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            args,
+        ),
+    )
+    .await;
+    let text = expect_error(r, 406);
+    assert!(
+        text.starts_with("PRECONDITION_FAILED - inequivalent arg 'auto_delete'"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_consumer_locks_out_others() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("exclusive-consumer");
+    declare_plain(&ch, &q).await;
+    let _c = within(
+        "basic.consume exclusive",
+        ch.basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let ch2 = channel(&conn).await;
+    let r = within(
+        "second basic.consume",
+        ch2.basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 403);
+    assert!(text.starts_with("ACCESS_REFUSED - "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_of_unknown_delivery_tag_is_406() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    ch.on_error(move |e| {
+        let _ = tx.send(e);
+    });
+    within(
+        "basic.ack",
+        ch.basic_ack(99, BasicAckOptions::default()),
+    )
+    .await
+    .unwrap();
+    let e = within("channel error", rx.recv()).await.unwrap();
+    let (code, text) = amqp_error(&e);
+    assert_eq!(code, 406);
+    assert_eq!(text, "PRECONDITION_FAILED - unknown delivery tag 99");
+    assert!(conn.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_one_gives_fair_dispatch() {
+    let broker = start_broker();
+    let conn = connect(&broker).await;
+    let q = unique("fair");
+    let busy_ch = channel(&conn).await;
+    let idle_ch = channel(&conn).await;
+    declare_plain(&busy_ch, &q).await;
+    for ch in [&busy_ch, &idle_ch] {
+        within("basic.qos", ch.basic_qos(1, BasicQosOptions::default()))
+            .await
+            .unwrap();
+    }
+    let mut busy = consume(&busy_ch, &q, false).await;
+    let mut idle = consume(&idle_ch, &q, false).await;
+    let pubch = channel(&conn).await;
+    for i in 0..6 {
+        publish(&pubch, "", &q, format!("{i}").as_bytes()).await;
+    }
+    // Each holds one; the busy one keeps its message, the idle one acks as it goes.
+    let held = next(&mut busy).await;
+    let mut idle_got = Vec::new();
+    for _ in 0..5 {
+        let d = next(&mut idle).await;
+        idle_got.push(body_str(&d));
+        within("ack", d.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    assert!(
+        drain(&mut busy, Duration::from_millis(300)).await.is_empty(),
+        "a consumer at its prefetch limit gets nothing more"
+    );
+    assert_eq!(idle_got.len(), 5);
+    within("ack", held.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_never_delivered() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("ttl");
+    declare_plain(&ch, &q).await;
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"short-lived",
+        BasicProperties::default().with_expiration("100".into()),
+    )
+    .await;
+    publish(&ch, "", &q, b"forever").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = get(&ch, &q, true).await.expect("the unexpiring message");
+    assert_eq!(m.delivery.data, b"forever");
+    assert!(get(&ch, &q, true).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_unused_deletes_are_refused_while_in_use() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("inuse");
+    declare_plain(&ch, &q).await;
+    let _c = consume(&ch, &q, true).await;
+    let ch2 = channel(&conn).await;
+    let r = within(
+        "queue.delete if_unused",
+        ch2.queue_delete(
+            &q,
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let text = expect_error(r, 406);
+    assert!(text.starts_with("PRECONDITION_FAILED - "), "{text}");
+
+    let ex = unique("inuse-ex");
+    let ch3 = channel(&conn).await;
+    declare_exchange(&ch3, &ex, ExchangeKind::Fanout).await;
+    bind(&ch3, &q, &ex, "", FieldTable::default()).await;
+    let r = within(
+        "exchange.delete if_unused",
+        ch3.exchange_delete(
+            &ex,
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let text = expect_error(r, 406);
+    assert!(text.starts_with("PRECONDITION_FAILED - "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbind_stops_routing() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("unbind");
+    declare_plain(&ch, &q).await;
+    bind(&ch, &q, "amq.topic", "a.*", FieldTable::default()).await;
+    confirm_mode(&ch).await;
+    assert!(routed(&ch, "amq.topic", "a.b", None).await);
+    within(
+        "queue.unbind",
+        ch.queue_unbind(&q, "amq.topic", "a.*", FieldTable::default()),
+    )
+    .await
+    .unwrap();
+    assert!(!routed(&ch, "amq.topic", "a.b", None).await);
+    assert_eq!(bodies(&ch, &q).await, vec!["a.b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cancel_ends_the_stream_and_keeps_unacked() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("cancel");
+    declare_plain(&ch, &q).await;
+    publish(&ch, "", &q, b"one").await;
+    let mut consumer = consume(&ch, &q, false).await;
+    let d = next(&mut consumer).await;
+    within(
+        "basic.cancel",
+        ch.basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert!(within("stream end", consumer.next()).await.is_none());
+    // Still unacked after the cancel: not ready, and ackable.
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
+    within("ack", d.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    publish(&ch, "", &q, b"two").await;
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 1);
+}
