@@ -1851,3 +1851,322 @@ async fn client_cancel_ends_the_stream_and_keeps_unacked() {
     publish(&ch, "", &q, b"two").await;
     assert_eq!(ready_count(&conn, &q).await.unwrap(), 1);
 }
+
+async fn wait_disconnected(conn: &Connection) {
+    for _ in 0..100 {
+        if !conn.status().connected() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the connection is still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusing_a_consumer_tag_is_530() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("dup-tag");
+    declare_plain(&ch, &q).await;
+    within(
+        "basic.consume",
+        ch.basic_consume(
+            &q,
+            "my-tag",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let r = within(
+        "basic.consume again",
+        ch.basic_consume(
+            &q,
+            "my-tag",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 530);
+    assert!(text.starts_with("NOT_ALLOWED - "), "{text}");
+    wait_disconnected(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_exchange_or_queue_in_bind_and_passive_declare_is_404() {
+    let broker = start_broker();
+    let conn = connect(&broker).await;
+    let q = unique("bind404");
+    let ch = channel(&conn).await;
+    declare_plain(&ch, &q).await;
+
+    let r = within(
+        "queue.bind to a missing exchange",
+        ch.queue_bind(
+            &q,
+            "missing-x",
+            "k",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 404);
+    assert_eq!(text, "NOT_FOUND - no exchange 'missing-x' in vhost '/'");
+
+    let ch = channel(&conn).await;
+    let r = within(
+        "queue.bind of a missing queue",
+        ch.queue_bind(
+            "missing-q",
+            "amq.direct",
+            "k",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 404);
+    assert_eq!(text, "NOT_FOUND - no queue 'missing-q' in vhost '/'");
+
+    let ch = channel(&conn).await;
+    let r = within(
+        "passive exchange.declare",
+        ch.exchange_declare(
+            "missing-x",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 404);
+    assert_eq!(text, "NOT_FOUND - no exchange 'missing-x' in vhost '/'");
+
+    let ch = channel(&conn).await;
+    let r = within(
+        "basic.consume from a missing queue",
+        ch.basic_consume(
+            "missing-q",
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_error(r, 404);
+    let ch = channel(&conn).await;
+    let r = within("basic.get from a missing queue", ch.basic_get("missing-q", BasicGetOptions::default())).await;
+    expect_error(r, 404);
+    assert!(conn.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_and_confirm_modes_exclude_each_other() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    within("tx.select", ch.tx_select()).await.unwrap();
+    let r = within(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await;
+    expect_error(r, 406);
+    let ch = channel(&conn).await;
+    confirm_mode(&ch).await;
+    let r = within("tx.select", ch.tx_select()).await;
+    expect_error(r, 406);
+    let ch = channel(&conn).await;
+    let r = within("tx.commit", ch.tx_commit()).await;
+    expect_error(r, 406);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_after_the_queue_was_deleted_is_harmless() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("gone");
+    declare_plain(&ch, &q).await;
+    publish(&ch, "", &q, b"x").await;
+    let m = get(&ch, &q, false).await.unwrap();
+    let other = channel(&conn).await;
+    let n = within(
+        "queue.delete",
+        other.queue_delete(&q, QueueDeleteOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "delete-ok counts ready messages");
+    within("ack", m.delivery.ack(BasicAckOptions::default()))
+        .await
+        .unwrap();
+    // The channel is still fine.
+    declare_plain(&ch, &unique("still-fine")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_leaves_unacked_messages_alone() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("purge-unacked");
+    declare_plain(&ch, &q).await;
+    for i in 0..3 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    let m = get(&ch, &q, false).await.unwrap();
+    let n = within(
+        "queue.purge",
+        ch.queue_purge(&q, QueuePurgeOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 2);
+    within(
+        "nack",
+        m.delivery.nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_takes_its_bindings_along() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("rebind");
+    declare_plain(&ch, &q).await;
+    bind(&ch, &q, "amq.direct", "k", FieldTable::default()).await;
+    within("queue.delete", ch.queue_delete(&q, QueueDeleteOptions::default()))
+        .await
+        .unwrap();
+    declare_plain(&ch, &q).await;
+    confirm_mode(&ch).await;
+    assert!(!routed(&ch, "amq.direct", "k", None).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_delete_exchange_goes_with_its_last_binding() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let ex = unique("ad-ex");
+    within(
+        "exchange.declare",
+        ch.exchange_declare(
+            &ex,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let q = unique("ad-q");
+    declare_plain(&ch, &q).await;
+    bind(&ch, &q, &ex, "", FieldTable::default()).await;
+    within(
+        "queue.unbind",
+        ch.queue_unbind(&q, &ex, "", FieldTable::default()),
+    )
+    .await
+    .unwrap();
+    let ch = channel(&conn).await;
+    let r = within(
+        "passive exchange.declare",
+        ch.exchange_declare(
+            &ex,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_error(r, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_an_internal_exchange_is_403() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let ex = unique("internal");
+    within(
+        "exchange.declare",
+        ch.exchange_declare(
+            &ex,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                internal: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    confirm_mode(&ch).await;
+    let c = within(
+        "basic.publish",
+        ch.basic_publish(
+            &ex,
+            "",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let text = expect_error(within("confirm", c).await, 403);
+    assert_eq!(
+        text,
+        format!("ACCESS_REFUSED - cannot publish to internal exchange '{ex}' in vhost '/'")
+    );
+    assert!(conn.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_message_ttl_and_max_length() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("qttl");
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(100));
+    within(
+        "queue.declare",
+        ch.queue_declare(&q, QueueDeclareOptions::default(), args),
+    )
+    .await
+    .unwrap();
+    publish(&ch, "", &q, b"expires").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(get(&ch, &q, true).await.is_none(), "x-message-ttl expired it");
+
+    let q = unique("maxlen");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    within(
+        "queue.declare",
+        ch.queue_declare(&q, QueueDeclareOptions::default(), args),
+    )
+    .await
+    .unwrap();
+    for i in 0..5 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    // RabbitMQ's default overflow is drop-head: the newest two remain.
+    assert_eq!(bodies(&ch, &q).await, vec!["m3", "m4"]);
+}
