@@ -93,9 +93,7 @@ async fn publish_props(
     .await
     .expect("basic.publish");
     // In confirm mode this waits for the broker's ack; otherwise it resolves at once.
-    let c = within("publisher confirm", confirm)
-        .await
-        .expect("confirm");
+    let c = within("publisher confirm", confirm).await.expect("confirm");
     assert!(
         matches!(c, Confirmation::Ack(None) | Confirmation::NotRequested),
         "unexpected confirmation {c:?}"
@@ -210,8 +208,14 @@ fn all_types_headers() -> FieldTable {
     let mut h = FieldTable::default();
     h.insert("table".into(), AMQPValue::FieldTable(nested));
     h.insert("array".into(), AMQPValue::FieldArray(array));
-    h.insert("empty-array".into(), AMQPValue::FieldArray(FieldArray::default()));
-    h.insert("empty-table".into(), AMQPValue::FieldTable(FieldTable::default()));
+    h.insert(
+        "empty-array".into(),
+        AMQPValue::FieldArray(FieldArray::default()),
+    );
+    h.insert(
+        "empty-table".into(),
+        AMQPValue::FieldTable(FieldTable::default()),
+    );
     h.insert("bool-true".into(), AMQPValue::Boolean(true));
     h.insert("bool-false".into(), AMQPValue::Boolean(false));
     h.insert("i8".into(), AMQPValue::ShortShortInt(-128));
@@ -424,7 +428,10 @@ async fn nack_with_requeue_redelivers() {
     .await
     .unwrap();
     let m = get(&ch, &q, false).await.expect("requeued message");
-    assert!(m.delivery.redelivered, "requeued message must be redelivered=true");
+    assert!(
+        m.delivery.redelivered,
+        "requeued message must be redelivered=true"
+    );
     assert_eq!(m.delivery.data, b"again");
 
     // The same through a consumer.
@@ -497,7 +504,10 @@ async fn channel_close_requeues_unacked_in_order() {
     let ch2 = channel(&conn).await;
     let mut back = Vec::new();
     while let Some(m) = get(&ch2, &q, true).await {
-        assert!(m.delivery.redelivered, "requeued message must be redelivered");
+        assert!(
+            m.delivery.redelivered,
+            "requeued message must be redelivered"
+        );
         back.push(String::from_utf8(m.delivery.data.clone()).unwrap());
     }
     assert_eq!(back, vec!["m0", "m1", "m3", "m4"]);
@@ -774,7 +784,15 @@ async fn topic_exchange_wildcards_like_rabbitmq() {
     let (_conn, ch) = open(&broker).await;
     let ex = unique("topic");
     declare_exchange(&ch, &ex, ExchangeKind::Topic).await;
-    let patterns = ["#", "*", "log.#", "log.*", "#.error", "*.*.critical", "a.#.z"];
+    let patterns = [
+        "#",
+        "*",
+        "log.#",
+        "log.*",
+        "#.error",
+        "*.*.critical",
+        "a.#.z",
+    ];
     let mut queues = BTreeMap::new();
     for p in patterns {
         let q = unique("tq");
@@ -796,7 +814,10 @@ async fn topic_exchange_wildcards_like_rabbitmq() {
         "single",
     ];
     for k in keys {
-        assert!(routed(&ch, &ex, k, None).await, "'#' catches every key ({k:?})");
+        assert!(
+            routed(&ch, &ex, k, None).await,
+            "'#' catches every key ({k:?})"
+        );
     }
     let expect = |p: &str| -> Vec<&str> {
         match p {
@@ -876,7 +897,14 @@ async fn headers_exchange_all_any_and_typed_values() {
         table(&[("a", AMQPValue::LongInt(1)), ("c", lstr("y"))]),
     )
     .await;
-    bind(&ch, &q_bool, &ex, "", table(&[("t", AMQPValue::Boolean(true))])).await;
+    bind(
+        &ch,
+        &q_bool,
+        &ex,
+        "",
+        table(&[("t", AMQPValue::Boolean(true))]),
+    )
+    .await;
     confirm_mode(&ch).await;
 
     // a=1, b=x: all + any.
@@ -909,7 +937,15 @@ async fn headers_exchange_all_any_and_typed_values() {
     );
     // t=1 is not t=true.
     assert!(!routed(&ch, &ex, "m5", Some(table(&[("t", AMQPValue::LongInt(1))]))).await);
-    assert!(routed(&ch, &ex, "m6", Some(table(&[("t", AMQPValue::Boolean(true))]))).await);
+    assert!(
+        routed(
+            &ch,
+            &ex,
+            "m6",
+            Some(table(&[("t", AMQPValue::Boolean(true))]))
+        )
+        .await
+    );
     // No headers at all: nothing matches.
     assert!(!routed(&ch, &ex, "m7", None).await);
 
@@ -1064,7 +1100,9 @@ async fn exclusive_queue_is_locked_to_its_connection() {
     let ch2 = channel(&conn2).await;
     confirm_mode(&ch2).await;
     assert!(routed(&ch2, "", &q, None).await);
-    let m = get(&ch1, &q, true).await.expect("message published by conn2");
+    let m = get(&ch1, &q, true)
+        .await
+        .expect("message published by conn2");
     assert_eq!(m.delivery.data, q.as_bytes());
     assert!(conn2.status().connected());
 
@@ -1109,7 +1147,11 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     )
     .await
     .unwrap();
-    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0, "one consumer left");
+    assert_eq!(
+        ready_count(&conn, &q).await.unwrap(),
+        0,
+        "one consumer left"
+    );
     within(
         "basic.cancel",
         ch.basic_cancel(c2.tag().as_str(), BasicCancelOptions::default()),
@@ -1312,7 +1354,11 @@ async fn transactions_commit_and_rollback() {
     declare_plain(&ch, &q).await;
     within("tx.select", ch.tx_select()).await.unwrap();
     publish(&ch, "", &q, b"rolled back").await;
-    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0, "not routed before commit");
+    assert_eq!(
+        ready_count(&conn, &q).await.unwrap(),
+        0,
+        "not routed before commit"
+    );
     within("tx.rollback", ch.tx_rollback()).await.unwrap();
     assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
 
@@ -1333,7 +1379,6 @@ async fn transactions_commit_and_rollback() {
     // The unacked message was requeued on close.
     assert_eq!(ready_count(&conn, &q).await.unwrap(), 2);
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "BUG: server drops the TCP socket right after connection.close-ok; lapin's close() then fails with ConnectionAborted (RabbitMQ waits for the client to close)"]
@@ -1408,15 +1453,14 @@ async fn multiple_nack_requeues_up_to_the_tag() {
     let bodies: Vec<String> = again.iter().map(body_str).collect();
     assert_eq!(bodies, vec!["m0", "m1", "m2"]);
     assert!(again.iter().all(|d| d.redelivered));
-    within(
-        "ack all",
-        again[2].ack(BasicAckOptions { multiple: true }),
-    )
-    .await
-    .unwrap();
+    within("ack all", again[2].ack(BasicAckOptions { multiple: true }))
+        .await
+        .unwrap();
     // That acked m3 (tag 4) as well: nothing is left unacked, so closing the channel
     // requeues nothing.
-    assert!(drain(&mut consumer, Duration::from_millis(200)).await.is_empty());
+    assert!(drain(&mut consumer, Duration::from_millis(200))
+        .await
+        .is_empty());
     within("channel.close", ch.close(200, "bye")).await.unwrap();
     assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
 }
@@ -1693,12 +1737,9 @@ async fn ack_of_unknown_delivery_tag_is_406() {
     ch.on_error(move |e| {
         let _ = tx.send(e);
     });
-    within(
-        "basic.ack",
-        ch.basic_ack(99, BasicAckOptions::default()),
-    )
-    .await
-    .unwrap();
+    within("basic.ack", ch.basic_ack(99, BasicAckOptions::default()))
+        .await
+        .unwrap();
     let e = within("channel error", rx.recv()).await.unwrap();
     let (code, text) = amqp_error(&e);
     assert_eq!(code, 406);
@@ -1736,7 +1777,9 @@ async fn prefetch_one_gives_fair_dispatch() {
             .unwrap();
     }
     assert!(
-        drain(&mut busy, Duration::from_millis(300)).await.is_empty(),
+        drain(&mut busy, Duration::from_millis(300))
+            .await
+            .is_empty(),
         "a consumer at its prefetch limit gets nothing more"
     );
     assert_eq!(idle_got.len(), 5);
@@ -1961,7 +2004,11 @@ async fn missing_exchange_or_queue_in_bind_and_passive_declare_is_404() {
     .await;
     expect_error(r, 404);
     let ch = channel(&conn).await;
-    let r = within("basic.get from a missing queue", ch.basic_get("missing-q", BasicGetOptions::default())).await;
+    let r = within(
+        "basic.get from a missing queue",
+        ch.basic_get("missing-q", BasicGetOptions::default()),
+    )
+    .await;
     expect_error(r, 404);
     assert!(conn.status().connected());
 }
@@ -2045,9 +2092,12 @@ async fn a_deleted_queue_takes_its_bindings_along() {
     let q = unique("rebind");
     declare_plain(&ch, &q).await;
     bind(&ch, &q, "amq.direct", "k", FieldTable::default()).await;
-    within("queue.delete", ch.queue_delete(&q, QueueDeleteOptions::default()))
-        .await
-        .unwrap();
+    within(
+        "queue.delete",
+        ch.queue_delete(&q, QueueDeleteOptions::default()),
+    )
+    .await
+    .unwrap();
     declare_plain(&ch, &q).await;
     confirm_mode(&ch).await;
     assert!(!routed(&ch, "amq.direct", "k", None).await);
@@ -2153,7 +2203,10 @@ async fn queue_message_ttl_and_max_length() {
     .unwrap();
     publish(&ch, "", &q, b"expires").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(get(&ch, &q, true).await.is_none(), "x-message-ttl expired it");
+    assert!(
+        get(&ch, &q, true).await.is_none(),
+        "x-message-ttl expired it"
+    );
 
     let q = unique("maxlen");
     let mut args = FieldTable::default();

@@ -63,8 +63,7 @@ impl Wire {
     async fn next_within(&mut self, timeout: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(f) = parse_frame(&mut self.buf, 0).expect("server sent a malformed frame")
-            {
+            if let Some(f) = parse_frame(&mut self.buf, 0).expect("server sent a malformed frame") {
                 return Next::Frame(f);
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
@@ -77,9 +76,7 @@ impl Wire {
                     return Next::Eof;
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Next::Eof
-                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return Next::Eof,
                 Ok(Err(e)) => panic!("read: {e}"),
             }
         }
@@ -289,8 +286,7 @@ async fn garbage_header_case(broker: &Broker, garbage: &[u8]) {
         .await
         .expect("read");
     assert_eq!(
-        got,
-        b"AMQP\x00\x00\x09\x01",
+        got, b"AMQP\x00\x00\x09\x01",
         "for header {garbage:?} the server answers its own header, then EOF"
     );
 }
@@ -578,7 +574,8 @@ async fn bad_frame_end_is_501() {
     payload.put_u16(20);
     payload.put_u16(10);
     payload.put_u8(0);
-    w.send_raw(&raw_frame(FRAME_METHOD, 1, &payload, 0x00)).await;
+    w.send_raw(&raw_frame(FRAME_METHOD, 1, &payload, 0x00))
+        .await;
     w.expect_connection_close(501).await;
     assert_broker_serves(&broker).await;
 }
@@ -923,4 +920,109 @@ async fn user_id_must_match_the_login() {
     };
     assert_eq!(c.reply_code, 406);
     assert!(c.reply_text.starts_with("PRECONDITION_FAILED - "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abrupt_disconnect_requeues_and_drops_exclusive_queues() {
+    use lapin::options::*;
+    let broker = start_broker();
+    let conn = within(
+        "lapin connect",
+        lapin::Connection::connect(&broker.uri(), lapin::ConnectionProperties::default()),
+    )
+    .await
+    .unwrap();
+    let ch = within("channel", conn.create_channel()).await.unwrap();
+    let q = unique("abrupt");
+    within(
+        "declare",
+        ch.queue_declare(
+            &q,
+            QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    within(
+        "publish",
+        ch.basic_publish(
+            "",
+            &q,
+            BasicPublishOptions::default(),
+            b"held",
+            lapin::BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap();
+
+    let mut w = Wire::connect(&broker).await;
+    w.handshake().await;
+    w.open_channel(1).await;
+    let excl = unique("abrupt-excl");
+    w.send(
+        1,
+        QueueDeclare {
+            reserved_1: 0,
+            queue: excl.clone(),
+            passive: false,
+            durable: false,
+            exclusive: true,
+            auto_delete: false,
+            no_wait: false,
+            arguments: FieldTable::new(),
+        },
+    )
+    .await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::QueueDeclareOk(_)), "got {m:?}");
+    w.send(
+        1,
+        BasicGet {
+            reserved_1: 0,
+            queue: q.clone(),
+            no_ack: false,
+        },
+    )
+    .await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::BasicGetOk(_)), "got {m:?}");
+    // Vanish without connection.close.
+    drop(w);
+
+    let mut requeued = None;
+    let mut gone = false;
+    for _ in 0..100 {
+        if requeued.is_none() {
+            requeued = within("get", ch.basic_get(&q, BasicGetOptions { no_ack: true }))
+                .await
+                .unwrap();
+        }
+        let probe = within("channel", conn.create_channel()).await.unwrap();
+        let r = within(
+            "passive declare",
+            probe.queue_declare(
+                &excl,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            ),
+        )
+        .await;
+        match r {
+            Err(lapin::Error::ProtocolError(e)) if e.get_id() == 404 => gone = true,
+            _ => {}
+        }
+        if requeued.is_some() && gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = requeued.expect("the unacked message was requeued after the disconnect");
+    assert!(m.delivery.redelivered);
+    assert_eq!(m.delivery.data, b"held");
+    assert!(gone, "the exclusive queue outlived its connection");
 }

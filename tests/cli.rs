@@ -107,7 +107,11 @@ fn port_in_use_fails_with_the_address() {
     for flag in flags {
         let mut cmd = qgate();
         for f in flags {
-            cmd.arg(f).arg(if f == flag { addr.as_str() } else { "127.0.0.1:0" });
+            cmd.arg(f).arg(if f == flag {
+                addr.as_str()
+            } else {
+                "127.0.0.1:0"
+            });
         }
         cmd.arg("--data-dir").arg(dir.path());
         let (status, _out, err) = run_to_end(cmd, Duration::from_secs(15));
@@ -315,7 +319,11 @@ fn unknown_flag_is_an_error() {
 fn signal_right_after_the_listening_lines_exits_0() {
     // The race is narrow: try it many times, with both signals.
     for i in 0..100 {
-        let sig = if i % 2 == 0 { libc::SIGTERM } else { libc::SIGINT };
+        let sig = if i % 2 == 0 {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
         let mut broker = spawn_broker(&[]);
         broker.signal(sig);
         let status = broker

@@ -131,7 +131,9 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        thread.join().map_err(|_| "broker thread panicked".to_string())?
+        thread
+            .join()
+            .map_err(|_| "broker thread panicked".to_string())?
     }
 }
 
