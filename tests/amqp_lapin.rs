@@ -2223,3 +2223,130 @@ async fn queue_message_ttl_and_max_length() {
     // RabbitMQ's default overflow is drop-head: the newest two remain.
     assert_eq!(bodies(&ch, &q).await, vec!["m3", "m4"]);
 }
+
+// ---- configuration seen through a client ---------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_larger_than_max_message_is_406() {
+    let broker = common::start_broker_with(|c| c.amqp.max_message = 1000);
+    let (conn, ch) = open(&broker).await;
+    let q = unique("maxmsg");
+    declare_plain(&ch, &q).await;
+    confirm_mode(&ch).await;
+    publish(&ch, "", &q, &[7u8; 1000]).await;
+    let c = within(
+        "basic.publish",
+        ch.basic_publish(
+            "",
+            &q,
+            BasicPublishOptions::default(),
+            &[7u8; 1001],
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let text = expect_error(within("confirm", c).await, 406);
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000"
+    );
+    assert!(conn.status().connected());
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_users_and_vhosts() {
+    let broker = common::start_broker_with(|c| {
+        c.vhosts.push("staging".into());
+        c.users.push(qgate::config::UserConfig {
+            name: "alice".into(),
+            password: "s3cret".into(),
+            loopback_only: false,
+        });
+    });
+    let uri = format!("amqp://alice:s3cret@{}/staging", broker.amqp());
+    let conn = within(
+        "connect as alice",
+        Connection::connect(&uri, ConnectionProperties::default()),
+    )
+    .await
+    .expect("alice connects to staging");
+    let ch = channel(&conn).await;
+    let q = unique("staging-q");
+    declare_plain(&ch, &q).await;
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"hi",
+        BasicProperties::default().with_user_id("alice".into()),
+    )
+    .await;
+    let m = get(&ch, &q, true).await.unwrap();
+    assert_eq!(
+        m.delivery.properties.user_id().as_ref().map(|s| s.as_str()),
+        Some("alice")
+    );
+    // Vhosts are separate namespaces.
+    let (guest_conn, _) = open(&broker).await;
+    expect_error(ready_count(&guest_conn, &q).await, 404);
+    // Wrong password for alice: refused.
+    let bad = format!("amqp://alice:nope@{}/staging", broker.amqp());
+    let r = within(
+        "connect with a bad password",
+        Connection::connect(&bad, ConnectionProperties::default()),
+    )
+    .await;
+    assert!(r.is_err(), "connected with a wrong password");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_frame_max_with_a_real_client() {
+    // lapin never goes below 8192 (its FRAME_MIN_SIZE); RabbitMQ, like qgate, refuses
+    // a tune-ok frame_max above its own, so 8192 is the smallest this client can use.
+    let broker = common::start_broker_with(|c| c.amqp.frame_max = 8192);
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("smallframes");
+    declare_plain(&ch, &q).await;
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let props = all_properties();
+    publish_props(&ch, "", &q, &body, props.clone()).await;
+    let mut consumer = consume(&ch, &q, true).await;
+    let d = next(&mut consumer).await;
+    assert!(d.data == body, "body differs");
+    assert_eq!(d.properties, props);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_with_heartbeats_stays_connected() {
+    let broker = common::start_broker_with(|c| c.amqp.heartbeat = 1);
+    let (conn, ch) = open(&broker).await;
+    let q = unique("hb");
+    declare_plain(&ch, &q).await;
+    // Several heartbeat intervals of silence from the application.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(conn.status().connected());
+    publish(&ch, "", &q, b"still here").await;
+    assert_eq!(
+        get(&ch, &q, true).await.unwrap().delivery.data,
+        b"still here"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_does_not_limit_no_ack_consumers() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let q = unique("noack-prefetch");
+    declare_plain(&ch, &q).await;
+    within("basic.qos", ch.basic_qos(1, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        publish(&ch, "", &q, format!("{i}").as_bytes()).await;
+    }
+    let mut consumer = consume(&ch, &q, true).await;
+    let got = drain(&mut consumer, Duration::from_millis(400)).await;
+    assert_eq!(got.len(), 5);
+}
