@@ -1026,3 +1026,263 @@ async fn abrupt_disconnect_requeues_and_drops_exclusive_queues() {
     assert_eq!(m.delivery.data, b"held");
     assert!(gone, "the exclusive queue outlived its connection");
 }
+
+// ---- framing robustness -----------------------------------------------------------------
+
+fn encoded(channel: u16, m: impl Into<Method>) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_method(&mut out, channel, &m.into());
+    out.to_vec()
+}
+
+fn declare_method(queue: &str) -> QueueDeclare {
+    QueueDeclare {
+        reserved_1: 0,
+        queue: queue.into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        no_wait: false,
+        arguments: FieldTable::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_handshake_in_one_write() {
+    let broker = start_broker();
+    let mut w = Wire::connect(&broker).await;
+    let q = unique("pipelined");
+    let mut all = PROTOCOL_HEADER.to_vec();
+    all.extend(encoded(
+        0,
+        ConnectionStartOk {
+            client_properties: FieldTable::new(),
+            mechanism: "PLAIN".into(),
+            response: plain("guest", "guest"),
+            locale: "en_US".into(),
+        },
+    ));
+    all.extend(encoded(0, tune(0, 0, 0)));
+    all.extend(encoded(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+            reserved_1: String::new(),
+            reserved_2: false,
+        },
+    ));
+    all.extend(encoded(
+        1,
+        ChannelOpen {
+            reserved_1: String::new(),
+        },
+    ));
+    all.extend(encoded(1, declare_method(&q)));
+    w.send_raw(&all).await;
+    let mut seen = Vec::new();
+    loop {
+        let (ch, m) = w.method().await;
+        seen.push((ch, m.name()));
+        if let Method::QueueDeclareOk(ok) = m {
+            assert_eq!(ok.queue, q);
+            break;
+        }
+        assert!(seen.len() < 10, "{seen:?}");
+    }
+    let names: Vec<&str> = seen.iter().map(|(_, n)| *n).collect();
+    assert_eq!(
+        names,
+        vec![
+            "connection.start",
+            "connection.tune",
+            "connection.open-ok",
+            "channel.open-ok",
+            "queue.declare-ok"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_dribbled_one_byte_at_a_time() {
+    let broker = start_broker();
+    let mut w = Wire::connect(&broker).await;
+    for b in PROTOCOL_HEADER.iter() {
+        w.send_raw(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::ConnectionStart(_)), "got {m:?}");
+    let start_ok = encoded(
+        0,
+        ConnectionStartOk {
+            client_properties: FieldTable::new(),
+            mechanism: "PLAIN".into(),
+            response: plain("guest", "guest"),
+            locale: "en_US".into(),
+        },
+    );
+    for b in start_ok {
+        w.send_raw(&[b]).await;
+    }
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::ConnectionTune(_)), "got {m:?}");
+    let mut rest = encoded(0, tune(0, 0, 0));
+    rest.extend(encoded(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+            reserved_1: String::new(),
+            reserved_2: false,
+        },
+    ));
+    rest.extend(encoded(
+        1,
+        ChannelOpen {
+            reserved_1: String::new(),
+        },
+    ));
+    let q = unique("dribble");
+    rest.extend(encoded(1, declare_method(&q)));
+    rest.extend(encoded(
+        1,
+        BasicPublish {
+            reserved_1: 0,
+            exchange: String::new(),
+            routing_key: q.clone(),
+            mandatory: false,
+            immediate: false,
+        },
+    ));
+    let mut content = BytesMut::new();
+    encode_content(&mut content, 1, 60, &[0, 0], b"drip", 131_072);
+    rest.extend_from_slice(&content);
+    rest.extend(encoded(
+        1,
+        BasicGet {
+            reserved_1: 0,
+            queue: q.clone(),
+            no_ack: true,
+        },
+    ));
+    for b in rest {
+        w.send_raw(&[b]).await;
+    }
+    let mut names = Vec::new();
+    loop {
+        let (_, m) = w.method().await;
+        names.push(m.name());
+        if let Method::BasicGetOk(_) = m {
+            break;
+        }
+        assert!(names.len() < 10, "{names:?}");
+    }
+    assert_eq!(
+        names,
+        vec![
+            "connection.open-ok",
+            "channel.open-ok",
+            "queue.declare-ok",
+            "basic.get-ok"
+        ]
+    );
+    let Frame::Header { body_size, .. } = w.frame().await else {
+        panic!("expected a content header");
+    };
+    assert_eq!(body_size, 4);
+    let Frame::Body { payload, .. } = w.frame().await else {
+        panic!("expected a body");
+    };
+    assert_eq!(&payload[..], b"drip");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_frame_type_is_501() {
+    let broker = start_broker();
+    let mut w = Wire::connect(&broker).await;
+    w.handshake().await;
+    w.send_raw(&raw_frame(9, 0, b"??", FRAME_END)).await;
+    w.expect_connection_close(501).await;
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_channel_open_is_504() {
+    let broker = start_broker();
+    let mut w = Wire::connect(&broker).await;
+    w.handshake().await;
+    w.open_channel(1).await;
+    w.send(
+        1,
+        ChannelOpen {
+            reserved_1: String::new(),
+        },
+    )
+    .await;
+    w.expect_connection_close(504).await;
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_method_on_channel_zero_is_a_connection_error() {
+    let broker = start_broker();
+    let mut w = Wire::connect(&broker).await;
+    w.handshake().await;
+    w.send(0, declare_method("zero")).await;
+    let (ch, m) = w.method().await;
+    assert_eq!(ch, 0);
+    let Method::ConnectionClose(c) = m else {
+        panic!("expected connection.close, got {m:?}");
+    };
+    assert!(
+        c.reply_code == 503 || c.reply_code == 504,
+        "{} {}",
+        c.reply_code,
+        c.reply_text
+    );
+    w.send(0, ConnectionCloseOk {}).await;
+    w.expect_eof().await;
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_connection_error_only_close_ok_matters() {
+    let broker = start_broker();
+    let mut w = Wire::connect(&broker).await;
+    w.handshake().await;
+    w.open_channel(1).await;
+    // Provoke a 504, then keep talking: the server ignores everything but close-ok.
+    w.send(7, declare_method("x")).await;
+    let (_, m) = w.method().await;
+    let Method::ConnectionClose(c) = m else {
+        panic!("expected connection.close, got {m:?}");
+    };
+    assert_eq!(c.reply_code, 504);
+    w.send(1, declare_method(&unique("ignored"))).await;
+    w.send(
+        1,
+        ChannelOpen {
+            reserved_1: String::new(),
+        },
+    )
+    .await;
+    match w.next_within(Duration::from_millis(300)).await {
+        Next::Timeout | Next::Frame(Frame::Heartbeat { .. }) => {}
+        other => panic!("the server answered while closing: {other:?}"),
+    }
+    w.send(0, ConnectionCloseOk {}).await;
+    w.expect_eof().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_close_is_dropped() {
+    let broker = start_broker();
+    let mut w = Wire::connect(&broker).await;
+    w.handshake().await;
+    w.send(9, declare_method("x")).await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::ConnectionClose(_)), "got {m:?}");
+    let t = Instant::now();
+    w.expect_eof().await;
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+}
