@@ -2350,3 +2350,216 @@ async fn prefetch_does_not_limit_no_ack_consumers() {
     let got = drain(&mut consumer, Duration::from_millis(400)).await;
     assert_eq!(got.len(), 5);
 }
+
+// ---- corners ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a consumer cancelled by the server (queue deleted) stays in the channel's consumer map, so reusing its tag is refused with 530"]
+async fn consumer_tag_is_free_again_after_a_server_cancel() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("retag");
+    declare_plain(&ch, &q).await;
+    let mut consumer = within(
+        "basic.consume",
+        ch.basic_consume(
+            &q,
+            "fixed-tag",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let other = channel(&conn).await;
+    within(
+        "queue.delete",
+        other.queue_delete(&q, QueueDeleteOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert!(within("stream end", consumer.next()).await.is_none());
+    declare_plain(&other, &q).await;
+    let r = within(
+        "basic.consume with the same tag",
+        ch.basic_consume(
+            &q,
+            "fixed-tag",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    assert!(r.is_ok(), "the cancelled tag is free again: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_delete_lifecycle() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    // Never consumed from: stays.
+    let q = unique("ad-never");
+    declare(
+        &ch,
+        &q,
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    publish(&ch, "", &q, b"x").await;
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 1);
+
+    // Its last consumer's channel closes: gone.
+    let q2 = unique("ad-chclose");
+    declare(
+        &ch,
+        &q2,
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let cch = channel(&conn).await;
+    let _c = consume(&cch, &q2, false).await;
+    within("channel.close", cch.close(200, "bye"))
+        .await
+        .unwrap();
+    expect_error(ready_count(&conn, &q2).await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_queue_survives_its_channel_closing() {
+    let broker = start_broker();
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let q = unique("excl-ch");
+    declare(
+        &ch,
+        &q,
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    within("channel.close", ch.close(200, "bye")).await.unwrap();
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_and_nack_multiple_with_tag_zero_settle_everything() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("tag0");
+    declare_plain(&ch, &q).await;
+    for i in 0..6 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    for _ in 0..3 {
+        get(&ch, &q, false).await.unwrap();
+    }
+    within(
+        "basic.ack(0, multiple)",
+        ch.basic_ack(0, BasicAckOptions { multiple: true }),
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        get(&ch, &q, false).await.unwrap();
+    }
+    within(
+        "basic.nack(0, multiple, requeue)",
+        ch.basic_nack(
+            0,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 3);
+    assert!(ch.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_empty_words() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let ex = unique("topic-empty");
+    declare_exchange(&ch, &ex, ExchangeKind::Topic).await;
+    let patterns = ["a.*.b", "*.b", "#.#", "a.#", "*"];
+    let mut queues = BTreeMap::new();
+    for p in patterns {
+        let q = unique("te");
+        declare_plain(&ch, &q).await;
+        bind(&ch, &q, &ex, p, FieldTable::default()).await;
+        queues.insert(p, q);
+    }
+    confirm_mode(&ch).await;
+    for k in ["a..b", ".b", "", "a.", "."] {
+        routed(&ch, &ex, k, None).await;
+    }
+    let expect = |p: &str| -> Vec<&str> {
+        match p {
+            "a.*.b" => vec!["a..b"],
+            "*.b" => vec![".b"],
+            "#.#" => vec!["a..b", ".b", "", "a.", "."],
+            "a.#" => vec!["a..b", "a."],
+            "*" => vec![],
+            _ => unreachable!(),
+        }
+    };
+    for p in patterns {
+        assert_eq!(bodies(&ch, &queues[p]).await, expect(p), "pattern {p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandatory_to_the_default_exchange() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    confirm_mode(&ch).await;
+    assert!(!routed(&ch, "", &unique("no-such-queue"), None).await);
+    let q = unique("exists");
+    declare_plain(&ch, &q).await;
+    assert!(routed(&ch, "", &q, None).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_graph_diamond_delivers_one_copy() {
+    let broker = start_broker();
+    let (_conn, ch) = open(&broker).await;
+    let src = unique("dia-src");
+    let left = unique("dia-l");
+    let right = unique("dia-r");
+    for x in [&src, &left, &right] {
+        declare_exchange(&ch, x, ExchangeKind::Fanout).await;
+    }
+    for x in [&left, &right] {
+        within(
+            "exchange.bind",
+            ch.exchange_bind(
+                x,
+                &src,
+                "",
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let q = unique("dia-q");
+    declare_plain(&ch, &q).await;
+    bind(&ch, &q, &left, "", FieldTable::default()).await;
+    bind(&ch, &q, &right, "", FieldTable::default()).await;
+    bind(&ch, &q, &src, "", FieldTable::default()).await;
+    confirm_mode(&ch).await;
+    assert!(routed(&ch, &src, "once", None).await);
+    assert_eq!(bodies(&ch, &q).await, vec!["once"]);
+}

@@ -336,3 +336,89 @@ fn signal_right_after_the_listening_lines_exits_0() {
         );
     }
 }
+
+/// A cycle of exchange-to-exchange bindings must not make routing loop (run against a
+/// child process, so a stack overflow cannot take the test binary down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_binding_cycle_does_not_loop() {
+    use lapin::publisher_confirm::Confirmation;
+    let broker = spawn_broker(&[]);
+    let conn = amqp_works(&broker.addrs.amqp_uri()).await;
+    let ch = within("channel", conn.create_channel()).await.unwrap();
+    let a = common::unique("cycle-a");
+    let b = common::unique("cycle-b");
+    for x in [&a, &b] {
+        within(
+            "exchange.declare",
+            ch.exchange_declare(
+                x,
+                lapin::ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    for (dst, src) in [(&a, &b), (&b, &a)] {
+        within(
+            "exchange.bind",
+            ch.exchange_bind(
+                dst,
+                src,
+                "",
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let q = common::unique("cycle-q");
+    within(
+        "declare",
+        ch.queue_declare(&q, QueueDeclareOptions::default(), FieldTable::default()),
+    )
+    .await
+    .unwrap();
+    within(
+        "bind",
+        ch.queue_bind(
+            &q,
+            &b,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    within(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .unwrap();
+    let c = within(
+        "publish",
+        ch.basic_publish(
+            &a,
+            "",
+            BasicPublishOptions::default(),
+            b"round",
+            lapin::BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(within("confirm", c).await.unwrap(), Confirmation::Ack(None));
+    let m = within("get", ch.basic_get(&q, BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("one copy");
+    assert_eq!(m.delivery.data, b"round");
+    let again = within("get", ch.basic_get(&q, BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap();
+    assert!(again.is_none(), "exactly one copy");
+}
