@@ -1381,7 +1381,7 @@ async fn transactions_commit_and_rollback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: server drops the TCP socket right after connection.close-ok; lapin's close() then fails with ConnectionAborted (RabbitMQ waits for the client to close)"]
+
 async fn client_connection_close_returns_ok() {
     let broker = start_broker();
     for i in 0..10 {
@@ -1466,7 +1466,7 @@ async fn multiple_nack_requeues_up_to_the_tag() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: basic.recover(requeue=true) redelivers before recover-ok; lapin drops deliveries that precede recover-ok, so they are lost to the client"]
+
 async fn basic_recover_requeue_redelivers() {
     let broker = start_broker();
     let (conn, ch) = open(&broker).await;
@@ -2354,7 +2354,7 @@ async fn prefetch_does_not_limit_no_ack_consumers() {
 // ---- corners ----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a consumer cancelled by the server (queue deleted) stays in the channel's consumer map, so reusing its tag is refused with 530"]
+
 async fn consumer_tag_is_free_again_after_a_server_cancel() {
     let broker = start_broker();
     let (conn, ch) = open(&broker).await;

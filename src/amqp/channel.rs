@@ -312,10 +312,17 @@ impl Channel {
             }
             Method::BasicGet(m) => self.get(ctx, m)?,
             Method::BasicRecover(m) => {
-                self.recover(m.requeue)?;
+                // recover-ok goes out before the redeliveries: clients drop deliveries
+                // that precede it.
+                let list = self.recoverable(m.requeue)?;
                 self.reply(ctx, BasicRecoverOk {});
+                list.into_iter().for_each(Delivered::requeue);
             }
-            Method::BasicRecoverAsync(m) => self.recover(m.requeue)?,
+            Method::BasicRecoverAsync(m) => {
+                self.recoverable(m.requeue)?
+                    .into_iter()
+                    .for_each(Delivered::requeue);
+            }
             Method::ConfirmSelect(m) => {
                 if self.tx.is_some() {
                     return Err(fail(
@@ -541,15 +548,13 @@ impl Channel {
         Ok(())
     }
 
-    fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+    /// The unacked deliveries basic.recover gives back (requeue=false is refused with
+    /// 540, as RabbitMQ does).
+    fn recoverable(&mut self, requeue: bool) -> Result<Vec<Delivered>, AmqpError> {
         if !requeue {
             return Err(fail(reply::NOT_IMPLEMENTED, "requeue=false"));
         }
-        let list = self.take_unacked(0, true)?;
-        for d in list {
-            d.requeue();
-        }
-        Ok(())
+        self.take_unacked(0, true)
     }
 
     /// Channel-wide credit was freed or raised: let every queue we consume from dispatch.

@@ -111,7 +111,16 @@ pub(crate) async fn run(
         .await;
     conn.teardown();
     done.cancel();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    let wr = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    // As RabbitMQ: after the last frame (close-ok, or the close the client answered),
+    // let the client close the socket first, reading and discarding what it still sends,
+    // so our close never turns into a reset the client sees as an aborted connection.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    drop(wr);
     drop(guard);
 }
 
