@@ -163,6 +163,10 @@ impl Channel {
         let conn = ctx.conn_id;
         match method {
             Method::BasicPublish(p) => {
+                if p.immediate {
+                    // RabbitMQ 3.x removed immediate delivery and answers the same way.
+                    return Err(fail(reply::NOT_IMPLEMENTED, "immediate=true"));
+                }
                 self.publish = Some(PendingPublish {
                     method: p.clone(),
                     header: None,
