@@ -1,0 +1,260 @@
+//! Smoke test of the load generator: `qgate-bench` runs for one second against a broker
+//! started as a child process, in amqp and memcache modes, and messages flow. No timing
+//! assertion: speed is judged by `scripts/bench-compare`, not by the test suite.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Broker {
+    child: Child,
+    amqp: String,
+    memcache: String,
+    _dir: TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "qgate-bench-smoke-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_broker(tag: &str) -> Broker {
+    let dir = TempDir::new(tag);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qgate"))
+        .args([
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--memcache-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--fsync",
+            "never",
+            "--log",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining stderr so the broker never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("listening protocol=") {
+                let rest = &line[i + "listening protocol=".len()..];
+                let mut it = rest.split_whitespace();
+                let proto = it.next().unwrap_or("").to_owned();
+                let addr = it
+                    .next()
+                    .and_then(|a| a.strip_prefix("addr="))
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = tx.send((proto, addr));
+            }
+        }
+    });
+    let (mut amqp, mut memcache) = (None, None);
+    while amqp.is_none() || memcache.is_none() {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((p, a)) if p == "amqp" => amqp = Some(a),
+            Ok((p, a)) if p == "memcache" => memcache = Some(a),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("qgate did not report its listeners");
+            }
+        }
+    }
+    Broker {
+        child,
+        amqp: amqp.unwrap_or_default(),
+        memcache: memcache.unwrap_or_default(),
+        _dir: dir,
+    }
+}
+
+/// Runs qgate-bench; returns (exit success, stdout, stderr).
+fn bench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qgate-bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qgate-bench");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn result_field(stdout: &str, key: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"));
+    assert_eq!(
+        stdout.lines().last(),
+        Some(line),
+        "RESULT must be the last line"
+    );
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} not a number in {line}"))
+}
+
+#[test]
+fn amqp_mode_moves_messages() {
+    let b = start_broker("amqp");
+    let url = format!("amqp://guest:guest@{}/%2f", b.amqp);
+    let (ok, out, err) = bench(&[
+        "amqp",
+        "--url",
+        &url,
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--queues",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--ack",
+        "manual",
+        "--prefetch",
+        "50",
+        "--max-backlog",
+        "1000",
+    ]);
+    assert!(ok, "qgate-bench amqp failed:\n{out}\n{err}");
+    assert!(result_field(&out, "consumed") > 0.0, "{out}");
+    assert!(result_field(&out, "published") > 0.0, "{out}");
+    assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+    assert!(result_field(&out, "p99_us") > 0.0, "{out}");
+}
+
+#[test]
+fn amqp_mode_with_confirms_and_persistence() {
+    let b = start_broker("confirm");
+    let url = format!("amqp://guest:guest@{}/%2f", b.amqp);
+    let (ok, out, err) = bench(&[
+        "amqp",
+        "--url",
+        &url,
+        "--producers",
+        "1",
+        "--consumers",
+        "1",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--persistent",
+        "--confirm",
+        "--ack",
+        "auto",
+    ]);
+    assert!(ok, "qgate-bench amqp --confirm failed:\n{out}\n{err}");
+    assert!(result_field(&out, "consumed") > 0.0, "{out}");
+    assert!(result_field(&out, "published") > 0.0, "{out}");
+    assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+}
+
+#[test]
+fn memcache_mode_moves_messages() {
+    let b = start_broker("memcache");
+    for pipeline in ["1", "16"] {
+        let (ok, out, err) = bench(&[
+            "memcache",
+            "--addr",
+            &b.memcache,
+            "--setters",
+            "2",
+            "--getters",
+            "2",
+            "--queues",
+            "2",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--pipeline",
+            pipeline,
+        ]);
+        assert!(ok, "qgate-bench memcache failed:\n{out}\n{err}");
+        assert!(result_field(&out, "consumed") > 0.0, "{out}");
+        assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+    }
+}
+
+#[test]
+fn idle_mode_holds_connections() {
+    let b = start_broker("idle");
+    let (ok, out, err) = bench(&[
+        "idle",
+        "--addr",
+        &b.amqp,
+        "--connections",
+        "20",
+        "--hold",
+        "100ms",
+    ]);
+    assert!(ok, "qgate-bench idle failed:\n{out}\n{err}");
+    assert_eq!(result_field(&out, "connections"), 20.0, "{out}");
+    assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+}
+
+#[test]
+fn unreachable_server_is_an_error() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let addr = format!("127.0.0.1:{port}");
+    for args in [
+        vec!["amqp", "--url", &url, "--duration", "1s"],
+        vec!["memcache", "--addr", &addr, "--duration", "1s"],
+        vec!["idle", "--addr", &addr, "--connections", "1"],
+    ] {
+        let (ok, out, err) = bench(&args);
+        assert!(!ok, "{args:?} should fail:\n{out}\n{err}");
+        assert!(err.contains("cannot connect"), "{args:?}: {err}");
+        assert!(!out.contains("RESULT "), "{args:?}: {out}");
+    }
+}
