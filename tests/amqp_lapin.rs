@@ -2660,3 +2660,35 @@ async fn failed_transaction_routes_nothing() {
         "a transaction that failed must not have routed its publishes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections_with_320() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("shutdown");
+    declare_plain(&ch, &q).await;
+    let mut consumer = consume(&ch, &q, false).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    conn.on_error(move |e| {
+        let _ = tx.send(e);
+    });
+    broker.begin_shutdown();
+    let e = within("connection error", rx.recv())
+        .await
+        .expect("an error");
+    let (code, text) = amqp_error(&e);
+    assert_eq!(code, 320);
+    assert!(text.starts_with("CONNECTION_FORCED - "), "{text}");
+    // The consumer stream ends (with the error first, as lapin reports it).
+    loop {
+        match within("consumer end", consumer.next()).await {
+            None => break,
+            Some(Err(_)) => {}
+            Some(Ok(d)) => panic!("unexpected delivery {d:?}"),
+        }
+    }
+    let result = tokio::task::spawn_blocking(move || broker.stop())
+        .await
+        .unwrap();
+    assert_eq!(result, Ok(()));
+}
