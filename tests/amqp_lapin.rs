@@ -2692,3 +2692,89 @@ async fn shutdown_closes_connections_with_320() {
         .unwrap();
     assert_eq!(result, Ok(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: basic.publish with immediate=true is accepted silently (RabbitMQ 3.x: connection.close 540 NOT_IMPLEMENTED 'immediate=true')"]
+async fn publish_immediate_is_540() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("immediate");
+    declare_plain(&ch, &q).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    conn.on_error(move |e| {
+        let _ = tx.send(e);
+    });
+    within(
+        "basic.publish immediate",
+        ch.basic_publish(
+            "",
+            &q,
+            BasicPublishOptions {
+                immediate: true,
+                ..Default::default()
+            },
+            b"now",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let e = within("connection error", rx.recv())
+        .await
+        .expect("an error");
+    let (code, text) = amqp_error(&e);
+    assert_eq!(code, 540);
+    assert!(text.starts_with("NOT_IMPLEMENTED - "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_exchange_cannot_be_touched() {
+    let broker = start_broker();
+    let conn = connect(&broker).await;
+    let q = unique("dflt");
+    let ch = channel(&conn).await;
+    declare_plain(&ch, &q).await;
+    let r = within(
+        "queue.bind to the default exchange",
+        ch.queue_bind(
+            &q,
+            "",
+            "k",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let text = expect_error(r, 403);
+    assert_eq!(
+        text,
+        "ACCESS_REFUSED - operation not permitted on the default exchange"
+    );
+    let ch = channel(&conn).await;
+    let r = within(
+        "exchange.delete of the default exchange",
+        ch.exchange_delete("", ExchangeDeleteOptions::default()),
+    )
+    .await;
+    expect_error(r, 403);
+    let ch = channel(&conn).await;
+    let r = within(
+        "exchange.delete of amq.direct",
+        ch.exchange_delete("amq.direct", ExchangeDeleteOptions::default()),
+    )
+    .await;
+    expect_error(r, 403);
+    // Passive declares of a durable queue ignore the flags given.
+    let ch = channel(&conn).await;
+    let dq = unique("durable");
+    declare(
+        &ch,
+        &dq,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ready_count(&conn, &dq).await.unwrap(), 0);
+}
