@@ -2926,3 +2926,115 @@ async fn many_publishers_and_consumers_lose_nothing() {
     assert_eq!(all, expected);
     assert_eq!(ready_count(&setup_conn, &q).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_wait_methods_get_no_reply() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("nowait");
+    let ex = unique("nowait-ex");
+    within(
+        "queue.declare nowait",
+        ch.queue_declare(
+            &q,
+            QueueDeclareOptions {
+                nowait: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    within(
+        "exchange.declare nowait",
+        ch.exchange_declare(
+            &ex,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                nowait: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    within(
+        "queue.bind nowait",
+        ch.queue_bind(
+            &q,
+            &ex,
+            "",
+            QueueBindOptions { nowait: true },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    publish(&ch, &ex, "", b"via nowait binding").await;
+    // A synchronous method afterwards: its reply must be the next one the client sees.
+    let decl = declare_plain(&ch, &q).await;
+    assert_eq!(decl.message_count(), 1);
+    // (lapin 2 waits for purge-ok even with nowait, so purge is left out.)
+    within(
+        "queue.purge",
+        ch.queue_purge(&q, QueuePurgeOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready_count(&conn, &q).await.unwrap(), 0);
+    within(
+        "queue.delete nowait",
+        ch.queue_delete(
+            &q,
+            QueueDeleteOptions {
+                nowait: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    within(
+        "exchange.delete nowait",
+        ch.exchange_delete(
+            &ex,
+            ExchangeDeleteOptions {
+                nowait: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    within("basic.qos", ch.basic_qos(5, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    assert!(ch.status().connected());
+    expect_error(ready_count(&conn, &q).await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_consume_on_a_queue_with_consumers_is_403() {
+    let broker = start_broker();
+    let (conn, ch) = open(&broker).await;
+    let q = unique("excl-late");
+    declare_plain(&ch, &q).await;
+    let _c = consume(&ch, &q, true).await;
+    let ch2 = channel(&conn).await;
+    let r = within(
+        "exclusive basic.consume",
+        ch2.basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_error(r, 403);
+}
