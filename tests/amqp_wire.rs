@@ -153,6 +153,21 @@ impl Wire {
 
     /// Protocol header, start, start-ok.
     async fn start(&mut self, mechanism: &str, response: Bytes) -> ConnectionStart {
+        let mut props = FieldTable::new();
+        props.insert(
+            "product",
+            FieldValue::LongString(Bytes::from_static(b"qgate-wire-test")),
+        );
+        self.start_with(mechanism, response, props).await
+    }
+
+    /// Protocol header, start, start-ok with the given client properties.
+    async fn start_with(
+        &mut self,
+        mechanism: &str,
+        response: Bytes,
+        props: FieldTable,
+    ) -> ConnectionStart {
         self.send_raw(PROTOCOL_HEADER).await;
         let (ch, m) = self.method().await;
         assert_eq!(ch, 0);
@@ -160,11 +175,6 @@ impl Wire {
             Method::ConnectionStart(s) => s,
             other => panic!("expected connection.start, got {other:?}"),
         };
-        let mut props = FieldTable::new();
-        props.insert(
-            "product",
-            FieldValue::LongString(Bytes::from_static(b"qgate-wire-test")),
-        );
         self.send(
             0,
             ConnectionStartOk {
@@ -1285,4 +1295,109 @@ async fn a_client_that_never_answers_close_is_dropped() {
     let t = Instant::now();
     w.expect_eof().await;
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+}
+
+/// Connects, advertising `consumer_cancel_notify` or not, and consumes from `queue`
+/// with consumer tag `tag` on channel 1.
+async fn consuming_client(broker: &Broker, notify: bool, queue: &str, tag: &str) -> Wire {
+    let mut w = Wire::connect(broker).await;
+    let mut props = FieldTable::new();
+    if notify {
+        let mut caps = FieldTable::new();
+        caps.insert("consumer_cancel_notify", FieldValue::Bool(true));
+        props.insert("capabilities", FieldValue::Table(caps));
+    }
+    w.start_with("PLAIN", plain("guest", "guest"), props).await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::ConnectionTune(_)), "got {m:?}");
+    w.send(0, tune(0, 0, 0)).await;
+    w.send(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+            reserved_1: String::new(),
+            reserved_2: false,
+        },
+    )
+    .await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::ConnectionOpenOk(_)), "got {m:?}");
+    w.open_channel(1).await;
+    w.send(1, declare_method(queue)).await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::QueueDeclareOk(_)), "got {m:?}");
+    w.send(
+        1,
+        BasicConsume {
+            reserved_1: 0,
+            queue: queue.into(),
+            consumer_tag: tag.into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            no_wait: false,
+            arguments: FieldTable::new(),
+        },
+    )
+    .await;
+    let (_, m) = w.method().await;
+    let Method::BasicConsumeOk(ok) = m else {
+        panic!("expected basic.consume-ok, got {m:?}");
+    };
+    assert_eq!(ok.consumer_tag, tag);
+    w
+}
+
+async fn delete_queue_with_lapin(broker: &Broker, queue: &str) {
+    use lapin::options::*;
+    let conn = within(
+        "lapin connect",
+        lapin::Connection::connect(&broker.uri(), lapin::ConnectionProperties::default()),
+    )
+    .await
+    .unwrap();
+    let ch = within("channel", conn.create_channel()).await.unwrap();
+    within(
+        "queue.delete",
+        ch.queue_delete(queue, QueueDeleteOptions::default()),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_cancel_sent_only_to_clients_that_asked_for_it() {
+    let broker = start_broker();
+    let q1 = unique("notify");
+    let mut w1 = consuming_client(&broker, true, &q1, "tag-notify").await;
+    let q2 = unique("silent");
+    let mut w2 = consuming_client(&broker, false, &q2, "tag-silent").await;
+    delete_queue_with_lapin(&broker, &q1).await;
+    delete_queue_with_lapin(&broker, &q2).await;
+
+    let (ch, m) = w1.method().await;
+    assert_eq!(ch, 1);
+    let Method::BasicCancel(c) = m else {
+        panic!("expected basic.cancel, got {m:?}");
+    };
+    assert_eq!(c.consumer_tag, "tag-notify");
+
+    match w2.next_within(Duration::from_millis(500)).await {
+        Next::Timeout | Next::Frame(Frame::Heartbeat { .. }) => {}
+        other => panic!("a client without consumer_cancel_notify got {other:?}"),
+    }
+    // Both channels still work.
+    for w in [&mut w1, &mut w2] {
+        w.send(
+            1,
+            BasicQos {
+                prefetch_size: 0,
+                prefetch_count: 1,
+                global: false,
+            },
+        )
+        .await;
+        let (_, m) = w.method().await;
+        assert!(matches!(m, Method::BasicQosOk(_)), "got {m:?}");
+    }
 }
