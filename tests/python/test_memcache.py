@@ -614,8 +614,15 @@ def test_peek(mc):
     assert mc.get(q) is None
 
 
+def _existing_empty_queue(mc, prefix):
+    q = qname(prefix)
+    mc.set(q, b"warmup")
+    assert mc.get(q) == (0, b"warmup")
+    return q
+
+
 def test_timed_get_waits_then_end(mc):
-    q = qname("wait").encode()
+    q = _existing_empty_queue(mc, "wait").encode()
     t0 = time.monotonic()
     mc.send(b"get " + q + b"/t=500\r\n")
     mc.expect(b"END\r\n")
@@ -623,8 +630,27 @@ def test_timed_get_waits_then_end(mc):
     assert 0.45 <= elapsed < 3.0, elapsed
 
 
+def test_timed_get_on_missing_queue_waits(mc, mc_addr):
+    """A consumer may start before the producer's first `set` creates the queue: the
+    wait applies to a queue that does not exist yet too (no busy polling needed)."""
+    q = qname("notyet")
+    qb = q.encode()
+    t0 = time.monotonic()
+    mc.send(b"get " + qb + b"/t=500\r\n")
+    mc.expect(b"END\r\n")
+    assert time.monotonic() - t0 >= 0.45
+    other = MC(mc_addr)
+    try:
+        mc.send(b"get " + qb + b"/t=5000\r\n")
+        time.sleep(0.3)
+        other.set(q, b"first ever")
+        mc.expect(b"VALUE " + qb + b"/t=5000 0 10\r\nfirst ever\r\nEND\r\n")
+    finally:
+        other.close()
+
+
 def test_timed_get_returns_when_message_arrives(mc, mc_addr):
-    q = qname("wait")
+    q = _existing_empty_queue(mc, "wait")
     qb = q.encode()
     other = MC(mc_addr)
     try:
@@ -642,7 +668,7 @@ def test_timed_get_returns_when_message_arrives(mc, mc_addr):
 
 
 def test_timed_open_combined(mc, mc_addr):
-    q = qname("waitopen")
+    q = _existing_empty_queue(mc, "waitopen")
     qb = q.encode()
     other = MC(mc_addr)
     try:
