@@ -417,6 +417,15 @@ def test_quit_closes_connection(mc):
     assert mc.sock.recv(10) == b""
 
 
+def test_exptime_absolute_and_negative(mc):
+    # memcached rules: > 30 days is a unix time; negative is already expired
+    q = qname("abs")
+    mc.set(q, b"past", exptime=-1)
+    mc.set(q, b"future", exptime=int(time.time()) + 3600)
+    assert mc.get(q) == (0, b"future")
+    assert mc.get(q) is None
+
+
 def test_exptime_expires_message(mc):
     q = qname()
     mc.set(q, b"short-lived", exptime=1)
@@ -477,6 +486,10 @@ def test_memcache_set_to_pika_consumer(broker, mc):
         # auto-declared durable, not exclusive, not auto-delete: an equal declare is fine
         ok = ch.queue_declare(q, durable=True)
         assert ok.method.message_count == 1
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as ei:
+            c.channel().queue_declare(q, durable=False)  # it was declared durable
+        assert ei.value.reply_code == 406
+        assert ei.value.reply_text.startswith("PRECONDITION_FAILED - inequivalent arg 'durable'")
     finally:
         c.close()
     method, props, got = _consume_one(broker, q)
