@@ -296,7 +296,6 @@ def test_exclusive_queue_gone_after_connection_closes(broker, conn):
     q = uniq("exgone")
     c.channel().queue_declare(q, exclusive=True)
     c.close()
-    ch = conn.channel()
     gone = wait_for(lambda: _queue_missing(conn, q), timeout=5)
     assert gone, "exclusive queue %s survived its connection" % q
 
