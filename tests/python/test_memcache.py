@@ -367,19 +367,42 @@ def test_binary_data_round_trip(mc):
     mc.expect(b"VALUE " + q + b" 0 0\r\n\r\nEND\r\n")
 
 
-def test_stats(mc):
+def read_stats(mc):
     mc.send(b"stats\r\n")
-    lines = []
+    stats = {}
     while True:
         line = mc.read_line()
         if line == b"END\r\n":
-            break
-        lines.append(line)
-    stats = {}
-    for line in lines:
+            return stats
         m = re.match(rb"^STAT (\S+) (.+)\r\n$", line)
         assert m, line
         stats[m.group(1).decode()] = m.group(2).decode()
+
+
+def test_curr_connections_counts_memcache_connections(fresh_broker):
+    if not fresh_broker.has_memcache:
+        pytest.skip("no memcache listener")
+    mc_addr = (fresh_broker.memcache_host, fresh_broker.memcache_port)
+    mc = MC(mc_addr)
+    before = int(read_stats(mc)["curr_connections"])
+    assert before >= 1  # this connection
+    extra = [MC(mc_addr) for _ in range(3)]
+    try:
+        for c in extra:
+            c.cmd(b"version")  # make sure each one is accepted
+        assert int(read_stats(mc)["curr_connections"]) == before + 3
+    finally:
+        for c in extra:
+            c.close()
+    deadline = time.monotonic() + 5
+    while int(read_stats(mc)["curr_connections"]) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert int(read_stats(mc)["curr_connections"]) == before
+    mc.close()
+
+
+def test_stats(mc):
+    stats = read_stats(mc)
     # [ISSUE] field list; memcacheq itself names the counters get_cmds/set_cmds
     for name in ("pid", "uptime", "time", "version", "curr_connections",
                  "total_connections", "cmd_get", "cmd_set", "get_hits", "get_misses",
