@@ -296,7 +296,6 @@ def test_exclusive_queue_gone_after_connection_closes(broker, conn):
     q = uniq("exgone")
     c.channel().queue_declare(q, exclusive=True)
     c.close()
-    ch = conn.channel()
     gone = wait_for(lambda: _queue_missing(conn, q), timeout=5)
     assert gone, "exclusive queue %s survived its connection" % q
 
@@ -823,3 +822,85 @@ def test_heartbeat_negotiated_and_idle_connection_survives(broker):
         assert ch.basic_get(q, auto_ack=True)[2] == b"alive"
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------- ttl, length limit, global qos
+
+
+def test_per_message_expiration_never_delivered(ch):
+    q = uniq("exp")
+    ch.queue_declare(q, exclusive=True)
+    ch.basic_publish("", q, b"short", pika.BasicProperties(expiration="100"))
+    ch.basic_publish("", q, b"long", pika.BasicProperties(expiration="60000"))
+    ch.basic_publish("", q, b"none")
+    time.sleep(0.4)
+    got = []
+    for _ in range(3):
+        m, p, body = ch.basic_get(q, auto_ack=True)
+        if m is None:
+            break
+        got.append((body, p.expiration))
+    assert got == [(b"long", "60000"), (b"none", None)]
+
+
+def test_queue_message_ttl(ch):
+    q = uniq("qttl")
+    ch.queue_declare(q, exclusive=True, arguments={"x-message-ttl": 100})
+    ch.basic_publish("", q, b"gone")
+    time.sleep(0.4)
+    ch.basic_publish("", q, b"fresh")
+    assert get_all(ch, q) == [b"fresh"]
+
+
+def test_queue_max_length_drops_head(ch):
+    q = uniq("maxlen")
+    ch.queue_declare(q, exclusive=True, arguments={"x-max-length": 2})
+    ch.confirm_delivery()
+    for i in range(4):
+        ch.basic_publish("", q, b"%d" % i)
+    assert ch.queue_declare(q, passive=True).method.message_count == 2
+    assert get_all(ch, q) == [b"2", b"3"]
+
+
+def test_global_qos_limits_the_channel(conn):
+    """RabbitMQ: basic.qos global=true limits all consumers of the channel together."""
+    ch = conn.channel()
+    q1, q2 = uniq("g1"), uniq("g2")
+    for q in (q1, q2):
+        ch.queue_declare(q, exclusive=True)
+        for i in range(5):
+            ch.basic_publish("", q, b"%d" % i)
+    ch.basic_qos(prefetch_count=3, global_qos=True)
+    got = []
+    ch.basic_consume(q1, lambda c, m, p, b: got.append(m))
+    ch.basic_consume(q2, lambda c, m, p, b: got.append(m))
+    pump_until(conn, lambda: False, timeout=1.0)
+    assert len(got) == 3
+    ch.basic_ack(got[-1].delivery_tag, multiple=True)
+    pump_until(conn, lambda: False, timeout=1.0)
+    assert len(got) == 6
+
+
+def test_channel_error_leaves_other_channels_alone(conn):
+    good = conn.channel()
+    q = uniq("survivor")
+    good.queue_declare(q, exclusive=True)
+    got = []
+    good.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
+    bad = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker):
+        bad.queue_declare(uniq("missing"), passive=True)
+    good.basic_publish("", q, b"still consuming")
+    assert pump_until(conn, lambda: got == [b"still consuming"])
+    assert good.is_open and conn.is_open
+
+
+def test_many_channels_on_one_connection(conn):
+    chans = [conn.channel() for _ in range(50)]
+    q = uniq("manych")
+    chans[0].queue_declare(q, exclusive=True)
+    for i, c in enumerate(chans):
+        c.basic_publish("", q, b"%d" % i)
+    assert sorted(get_all(chans[-1], q), key=int) == [b"%d" % i for i in range(50)]
+    numbers = {c.channel_number for c in chans}
+    assert len(numbers) == 50

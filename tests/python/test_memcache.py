@@ -367,19 +367,42 @@ def test_binary_data_round_trip(mc):
     mc.expect(b"VALUE " + q + b" 0 0\r\n\r\nEND\r\n")
 
 
-def test_stats(mc):
+def read_stats(mc):
     mc.send(b"stats\r\n")
-    lines = []
+    stats = {}
     while True:
         line = mc.read_line()
         if line == b"END\r\n":
-            break
-        lines.append(line)
-    stats = {}
-    for line in lines:
+            return stats
         m = re.match(rb"^STAT (\S+) (.+)\r\n$", line)
         assert m, line
         stats[m.group(1).decode()] = m.group(2).decode()
+
+
+def test_curr_connections_counts_memcache_connections(fresh_broker):
+    if not fresh_broker.has_memcache:
+        pytest.skip("no memcache listener")
+    mc_addr = (fresh_broker.memcache_host, fresh_broker.memcache_port)
+    mc = MC(mc_addr)
+    before = int(read_stats(mc)["curr_connections"])
+    assert before >= 1  # this connection
+    extra = [MC(mc_addr) for _ in range(3)]
+    try:
+        for c in extra:
+            c.cmd(b"version")  # make sure each one is accepted
+        assert int(read_stats(mc)["curr_connections"]) == before + 3
+    finally:
+        for c in extra:
+            c.close()
+    deadline = time.monotonic() + 5
+    while int(read_stats(mc)["curr_connections"]) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert int(read_stats(mc)["curr_connections"]) == before
+    mc.close()
+
+
+def test_stats(mc):
+    stats = read_stats(mc)
     # [ISSUE] field list; memcacheq itself names the counters get_cmds/set_cmds
     for name in ("pid", "uptime", "time", "version", "curr_connections",
                  "total_connections", "cmd_get", "cmd_set", "get_hits", "get_misses",
@@ -415,6 +438,15 @@ def test_quit_closes_connection(mc):
     mc.send(b"quit\r\n")
     mc.sock.settimeout(5)
     assert mc.sock.recv(10) == b""
+
+
+def test_exptime_absolute_and_negative(mc):
+    # memcached rules: > 30 days is a unix time; negative is already expired
+    q = qname("abs")
+    mc.set(q, b"past", exptime=-1)
+    mc.set(q, b"future", exptime=int(time.time()) + 3600)
+    assert mc.get(q) == (0, b"future")
+    assert mc.get(q) is None
 
 
 def test_exptime_expires_message(mc):
@@ -477,6 +509,10 @@ def test_memcache_set_to_pika_consumer(broker, mc):
         # auto-declared durable, not exclusive, not auto-delete: an equal declare is fine
         ok = ch.queue_declare(q, durable=True)
         assert ok.method.message_count == 1
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as ei:
+            c.channel().queue_declare(q, durable=False)  # it was declared durable
+        assert ei.value.reply_code == 406
+        assert ei.value.reply_text.startswith("PRECONDITION_FAILED - inequivalent arg 'durable'")
     finally:
         c.close()
     method, props, got = _consume_one(broker, q)
@@ -614,8 +650,15 @@ def test_peek(mc):
     assert mc.get(q) is None
 
 
+def _existing_empty_queue(mc, prefix):
+    q = qname(prefix)
+    mc.set(q, b"warmup")
+    assert mc.get(q) == (0, b"warmup")
+    return q
+
+
 def test_timed_get_waits_then_end(mc):
-    q = qname("wait").encode()
+    q = _existing_empty_queue(mc, "wait").encode()
     t0 = time.monotonic()
     mc.send(b"get " + q + b"/t=500\r\n")
     mc.expect(b"END\r\n")
@@ -623,8 +666,27 @@ def test_timed_get_waits_then_end(mc):
     assert 0.45 <= elapsed < 3.0, elapsed
 
 
+def test_timed_get_on_missing_queue_waits(mc, mc_addr):
+    """A consumer may start before the producer's first `set` creates the queue: the
+    wait applies to a queue that does not exist yet too (no busy polling needed)."""
+    q = qname("notyet")
+    qb = q.encode()
+    t0 = time.monotonic()
+    mc.send(b"get " + qb + b"/t=500\r\n")
+    mc.expect(b"END\r\n")
+    assert time.monotonic() - t0 >= 0.45
+    other = MC(mc_addr)
+    try:
+        mc.send(b"get " + qb + b"/t=5000\r\n")
+        time.sleep(0.3)
+        other.set(q, b"first ever")
+        mc.expect(b"VALUE " + qb + b"/t=5000 0 10\r\nfirst ever\r\nEND\r\n")
+    finally:
+        other.close()
+
+
 def test_timed_get_returns_when_message_arrives(mc, mc_addr):
-    q = qname("wait")
+    q = _existing_empty_queue(mc, "wait")
     qb = q.encode()
     other = MC(mc_addr)
     try:
@@ -642,7 +704,7 @@ def test_timed_get_returns_when_message_arrives(mc, mc_addr):
 
 
 def test_timed_open_combined(mc, mc_addr):
-    q = qname("waitopen")
+    q = _existing_empty_queue(mc, "waitopen")
     qb = q.encode()
     other = MC(mc_addr)
     try:
