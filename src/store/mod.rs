@@ -217,6 +217,9 @@ pub struct StoreStats {
     pub segments: u64,
     /// Messages currently live in the store.
     pub live_messages: u64,
+    /// Bytes of their records (the rest of `bytes_on_disk` is garbage awaiting
+    /// reclamation).
+    pub live_bytes: u64,
     /// Segments compacted so far.
     pub compactions: u64,
     /// Segment files deleted so far.
@@ -253,6 +256,7 @@ struct Counters {
     bytes_on_disk: AtomicU64,
     segments: AtomicU64,
     live_messages: AtomicU64,
+    live_bytes: AtomicU64,
     compactions: AtomicU64,
     segments_deleted: AtomicU64,
 }
@@ -603,6 +607,12 @@ impl Store {
         self.enqueue(true, |p| p.defs.push((key.to_owned(), None)))
     }
 
+    /// A barrier: completes once everything submitted before it is durable per the
+    /// policy (under `always`, fsynced), including acks and delivered marks.
+    pub fn sync(&self) -> SyncTicket {
+        self.enqueue(true, |_| {})
+    }
+
     /// Highest message id seen at recovery (the core continues above it).
     pub fn max_msg_id(&self) -> u64 {
         self.inner.max_id
@@ -649,6 +659,7 @@ impl Store {
             bytes_on_disk: c.bytes_on_disk.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),
             live_messages: c.live_messages.load(Ordering::Relaxed),
+            live_bytes: c.live_bytes.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
             pending_bytes,

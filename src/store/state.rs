@@ -102,12 +102,11 @@ impl State {
                 s.live_bytes += len as u64;
                 match self.index.insert((queue, id), loc) {
                     Some(old) => {
-                        // Same key published again (e.g. a compaction copy): the old
-                        // record is superseded.
-                        if let Some(s) = self.segs.get_mut(&old.seg) {
-                            s.live -= 1;
-                            s.live_bytes -= u64::from(old.len);
-                        }
+                        // Same key published again (a compaction copy): the old record
+                        // is superseded. This segment must outlive the old one, or an
+                        // ack of the copy could be reclaimed while the original is
+                        // still on disk, and the original would come back.
+                        Self::kill(&mut self.segs, seg, &old);
                     }
                     None => *self.queue_live.entry(queue).or_default() += 1,
                 }
