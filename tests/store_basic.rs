@@ -1,7 +1,7 @@
 //! Store: publish / ack / reopen, delivered flag, queue deletion, definitions, lock,
 //! clean close.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +20,8 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-fn cfg(dir: &PathBuf) -> StoreConfig {
-    StoreConfig::new(dir.clone())
+fn cfg(dir: &Path) -> StoreConfig {
+    StoreConfig::new(dir)
 }
 
 fn msgs(rec: &qgate::store::Recovered, queue: u64) -> Vec<(u64, String, bool)> {
@@ -90,7 +90,14 @@ fn publish_ack_reopen() {
     let ids: Vec<(u64, bool)> = msgs(&rec, 1).iter().map(|m| (m.0, m.2)).collect();
     assert_eq!(
         ids,
-        vec![(3, true), (6, true), (7, false), (8, false), (9, false), (10, false)]
+        vec![
+            (3, true),
+            (6, true),
+            (7, false),
+            (8, false),
+            (9, false),
+            (10, false)
+        ]
     );
     assert_eq!(msgs(&rec, 2), vec![(12, "after delete".to_string(), false)]);
     assert_eq!(s.max_msg_id(), 12);
@@ -181,7 +188,10 @@ fn clean_close_then_unclean() {
 
 #[test]
 fn other_policies_roundtrip() {
-    for policy in [FsyncPolicy::Never, FsyncPolicy::Interval(Duration::from_millis(20))] {
+    for policy in [
+        FsyncPolicy::Never,
+        FsyncPolicy::Interval(Duration::from_millis(20)),
+    ] {
         let dir = temp_dir("policy");
         let mut c = cfg(&dir);
         c.fsync = policy;
@@ -198,7 +208,10 @@ fn other_policies_roundtrip() {
         }
         if let FsyncPolicy::Interval(_) = policy {
             std::thread::sleep(Duration::from_millis(60));
-            assert!(s.stats().fsyncs_total >= 1, "interval policy syncs by itself");
+            assert!(
+                s.stats().fsyncs_total >= 1,
+                "interval policy syncs by itself"
+            );
         }
         s.close().unwrap();
         let (s, rec) = Store::open(c).unwrap();

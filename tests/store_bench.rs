@@ -80,7 +80,10 @@ fn recovery_of_one_million_messages() {
             rss_kib("VmHWM:") >> 10
         );
         drop(rec);
-        println!("RSS after dropping the recovered messages: {} MiB", rss_kib("VmRSS:") >> 10);
+        println!(
+            "RSS after dropping the recovered messages: {} MiB",
+            rss_kib("VmRSS:") >> 10
+        );
         s.close().unwrap();
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -93,7 +93,13 @@ fn kill_nine_rounds() {
         seed ^= seed << 17;
         let run_for = Duration::from_millis(150 + seed % 500);
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD_ENV, &dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -141,7 +147,12 @@ fn kill_nine_rounds() {
         let mut present = BTreeSet::new();
         for (q, msgs) in &rec.queues {
             for m in msgs {
-                assert_eq!(m.payload, payload(m.msg_id), "message {q}/{} corrupted", m.msg_id);
+                assert_eq!(
+                    m.payload,
+                    payload(m.msg_id),
+                    "message {q}/{} corrupted",
+                    m.msg_id
+                );
                 present.insert((*q, m.msg_id));
             }
         }
@@ -149,9 +160,15 @@ fn kill_nine_rounds() {
             .iter()
             .filter(|k| !ack_sent.contains(k) && !present.contains(k))
             .collect();
-        assert!(lost.is_empty(), "round {round}: lost confirmed messages {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "round {round}: lost confirmed messages {lost:?}"
+        );
         let back: Vec<_> = acked.iter().filter(|k| present.contains(k)).collect();
-        assert!(back.is_empty(), "round {round}: synced acks resurrected {back:?}");
+        assert!(
+            back.is_empty(),
+            "round {round}: synced acks resurrected {back:?}"
+        );
         // Acks the child sent but did not get to sync may come back: at-least-once.
         // Ack them now so that the next round starts from the same truth.
         for k in &present {

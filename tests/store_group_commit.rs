@@ -42,7 +42,10 @@ fn eight_threads_share_fsyncs() {
                     let seq = ticket.seq();
                     ticket.wait_blocking().unwrap();
                     let synced = s.synced_seq();
-                    assert!(synced >= seq, "ticket {seq} completed before sync ({synced})");
+                    assert!(
+                        synced >= seq,
+                        "ticket {seq} completed before sync ({synced})"
+                    );
                 }
             })
         })

@@ -182,8 +182,7 @@ impl Writer {
                 }
                 let s = &self.state.segs[&id];
                 let free = s.live == 0
-                    && s
-                        .refs
+                    && s.refs
                         .iter()
                         .all(|r| !self.state.segs.contains_key(r) && !gone.contains(r));
                 if free {
@@ -353,9 +352,7 @@ impl Writer {
             shared.written_seq.store(last_seq, Ordering::Release);
             let sync_now = closing
                 || match self.policy {
-                    FsyncPolicy::Always => {
-                        need_sync || self.last_sync.elapsed() >= LAZY_SYNC
-                    }
+                    FsyncPolicy::Always => need_sync || self.last_sync.elapsed() >= LAZY_SYNC,
                     FsyncPolicy::Interval(iv) => self.last_sync.elapsed() >= iv,
                     FsyncPolicy::Never => false,
                 };

@@ -334,7 +334,9 @@ pub struct SyncTicket {
 
 impl fmt::Debug for SyncTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SyncTicket").field("seq", &self.seq).finish()
+        f.debug_struct("SyncTicket")
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
