@@ -134,3 +134,57 @@ fn publish_wait_throughput() {
         throughput(w, 3.0);
     }
 }
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = e.metadata().unwrap();
+        total += if md.is_dir() {
+            dir_size(&e.path())
+        } else {
+            md.len()
+        };
+    }
+    total
+}
+
+/// 1 GiB through one queue with the default 32 MiB segments under `always`.
+#[test]
+#[ignore]
+fn one_gib_through_a_queue() {
+    let dir = temp_dir("bench-gib");
+    let (s, _) = Store::open(StoreConfig::new(&dir)).unwrap();
+    let payload = Bytes::from(vec![3u8; 4096]);
+    let t = Instant::now();
+    let mut id = 0u64;
+    let mut max_seen = 0;
+    while id * 4096 < (1 << 30) {
+        let first = id + 1;
+        let mut last = None;
+        for _ in 0..256 {
+            id += 1;
+            last = Some(s.publish(1, id, payload.clone()));
+        }
+        last.unwrap().wait_blocking().unwrap();
+        for i in first..=id {
+            s.ack(1, i);
+        }
+        if id % (256 * 16) == 0 {
+            max_seen = max_seen.max(dir_size(&dir));
+        }
+    }
+    s.sync().wait_blocking().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let st = s.stats();
+    println!(
+        "1 GiB through in {:.1}s: dir at end {} KiB, max sampled {} MiB, segments deleted {}, fsyncs {}",
+        t.elapsed().as_secs_f64(),
+        dir_size(&dir) / 1024,
+        max_seen >> 20,
+        st.segments_deleted,
+        st.fsyncs_total
+    );
+    s.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -173,6 +173,14 @@ impl Writer {
     /// Deletes every segment that can no longer matter, in waves: a segment that refers
     /// to one deleted in this wave waits until that unlink has been made durable.
     fn reclaim(&mut self) -> io::Result<()> {
+        // A sizeable active segment holding nothing live is sealed early so that it can
+        // go too: after a queue has been drained the directory shrinks to almost
+        // nothing instead of keeping up to a whole dead segment.
+        if let Some(a) = self.state.segs.get(&self.active_id) {
+            if a.live == 0 && a.size >= (self.segment_size / 8).max(64 << 10) {
+                self.roll()?;
+            }
+        }
         loop {
             let mut gone: Vec<u32> = Vec::new();
             let ids: Vec<u32> = self.state.segs.keys().copied().collect();

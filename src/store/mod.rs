@@ -121,6 +121,9 @@ pub enum StoreError {
     /// The flusher hit an I/O error and stopped (fail-stop: nothing later is durable).
     #[error("store failed: {0}")]
     Failed(String),
+    /// The payload exceeds [`Store::MAX_PAYLOAD`]; nothing was stored.
+    #[error("payload too large for the store")]
+    TooLarge,
     /// Bad configuration value.
     #[error("invalid store configuration: {0}")]
     InvalidConfig(String),
@@ -330,6 +333,7 @@ impl Shared {
 pub struct SyncTicket {
     shared: Arc<Shared>,
     seq: u64,
+    too_large: bool,
 }
 
 impl fmt::Debug for SyncTicket {
@@ -346,21 +350,28 @@ impl SyncTicket {
         self.seq
     }
 
+    fn check(&self) -> Option<Result<(), StoreError>> {
+        if self.too_large {
+            return Some(Err(StoreError::TooLarge));
+        }
+        self.shared.check(self.seq)
+    }
+
     /// True once [`SyncTicket::wait`] would return immediately.
     pub fn is_done(&self) -> bool {
-        self.shared.check(self.seq).is_some()
+        self.check().is_some()
     }
 
     /// Waits (async) until the record is durable per the policy.
     pub async fn wait(self) -> Result<(), StoreError> {
         loop {
-            if let Some(r) = self.shared.check(self.seq) {
+            if let Some(r) = self.check() {
                 return r;
             }
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(r) = self.shared.check(self.seq) {
+            if let Some(r) = self.check() {
                 return r;
             }
             notified.await;
@@ -369,12 +380,12 @@ impl SyncTicket {
 
     /// Waits (blocking the thread) until the record is durable per the policy.
     pub fn wait_blocking(self) -> Result<(), StoreError> {
-        if let Some(r) = self.shared.check(self.seq) {
+        if let Some(r) = self.check() {
             return r;
         }
         let mut g = self.shared.block.lock();
         loop {
-            if let Some(r) = self.shared.check(self.seq) {
+            if let Some(r) = self.check() {
                 return r;
             }
             self.shared.block_cv.wait(&mut g);
@@ -545,7 +556,7 @@ impl Store {
         let shared = &self.inner.shared;
         let seq = {
             let mut p = shared.pending.lock();
-            if p.closing {
+            if p.closing || shared.stopped.load(Ordering::Acquire) {
                 u64::MAX
             } else {
                 f(&mut p);
@@ -558,11 +569,24 @@ impl Store {
         SyncTicket {
             shared: shared.clone(),
             seq,
+            too_large: false,
         }
     }
 
+    /// Largest payload [`Store::publish`] accepts (about 1 GiB).
+    pub const MAX_PAYLOAD: usize = record::MAX_BODY - record::PUBLISH_FIXED;
+
     /// Appends a publish record; the ticket completes when it is durable per policy.
+    /// A payload over [`Store::MAX_PAYLOAD`] is not stored and its ticket fails with
+    /// [`StoreError::TooLarge`].
     pub fn publish(&self, queue: u64, msg_id: u64, payload: Bytes) -> SyncTicket {
+        if payload.len() > Self::MAX_PAYLOAD {
+            return SyncTicket {
+                shared: self.inner.shared.clone(),
+                seq: u64::MAX,
+                too_large: true,
+            };
+        }
         self.enqueue(true, |p| {
             record::encode_publish(&mut p.buf, queue, msg_id, 0, &payload)
         })
@@ -572,7 +596,7 @@ impl Store {
         let shared = &self.inner.shared;
         {
             let mut p = shared.pending.lock();
-            if p.closing {
+            if p.closing || shared.stopped.load(Ordering::Acquire) {
                 return;
             }
             f(&mut p.buf);
