@@ -245,3 +245,19 @@ async fn async_wait_and_is_done() {
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn handles_are_send_sync() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Store>();
+    let dir = temp_dir("send");
+    let (s, _) = Store::open(cfg(&dir)).unwrap();
+    let t = s.publish(1, 1, Bytes::from_static(b"x"));
+    send(&t);
+    let fut = t.wait();
+    send(&fut);
+    drop(fut);
+    s.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
