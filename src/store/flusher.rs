@@ -253,16 +253,16 @@ impl Writer {
         let data = fs::read(segment_path(&self.seg_dir, victim))?;
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let index = &self.state.index;
+        let state = &self.state;
         let mut copied = 0u64;
         record::scan(&data, |off, _, rec| {
             if let Rec::Publish {
                 queue, id, payload, ..
             } = rec
             {
-                if let Some(loc) = index.get(&(queue, id)) {
+                if let Some(loc) = state.get(queue, id) {
                     if loc.seg == victim && loc.off as usize == off {
-                        record::encode_publish(&mut out, queue, id, loc.flags, payload);
+                        record::encode_publish(&mut out, queue, id, loc.flags(), payload);
                         copied += 1;
                     }
                 }

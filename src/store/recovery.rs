@@ -103,8 +103,11 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
 
     // Group the live messages per queue, in publish (= message id) order.
     let mut per_queue: IdMap<u64, Vec<(u64, Loc)>> = IdMap::default();
-    for (&(queue, id), loc) in &state.index {
-        per_queue.entry(queue).or_default().push((id, *loc));
+    for (key, loc) in &state.index {
+        per_queue
+            .entry(state.queue_of(key))
+            .or_default()
+            .push((key.id(), *loc));
     }
     // Slice payloads out of segments that are at least half live; copy them out of
     // mostly dead segments so those buffers can be freed.
@@ -122,7 +125,7 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
                 .map(|(msg_id, loc)| {
                     let buf = &bufs[&loc.seg];
                     let start = loc.off as usize + PUBLISH_PAYLOAD_OFF;
-                    let end = loc.off as usize + loc.len as usize;
+                    let end = loc.off as usize + loc.len() as usize;
                     let payload = if copy[&loc.seg] {
                         Bytes::copy_from_slice(&buf[start..end])
                     } else {
@@ -131,7 +134,7 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
                     RecoveredMessage {
                         msg_id,
                         payload,
-                        delivered: loc.flags & FLAG_DELIVERED != 0,
+                        delivered: loc.flags() & FLAG_DELIVERED != 0,
                     }
                 })
                 .collect();
