@@ -119,6 +119,13 @@ impl State {
         self.queue_ids[k.q as usize]
     }
 
+    /// Live message count per queue id.
+    pub fn queue_counts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.queue_live
+            .iter()
+            .map(|(q, n)| (self.queue_ids[*q as usize], *n))
+    }
+
     /// Location of a live message.
     pub fn get(&self, queue: u64, id: u64) -> Option<&Loc> {
         self.index.get(&self.key(queue, id)?)
