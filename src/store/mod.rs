@@ -15,20 +15,47 @@
 //!   and get a [`SyncTicket`] (an `Arc` clone plus a sequence number, no allocation). One
 //!   dedicated OS thread takes the whole batch, writes it with one `write`, runs one
 //!   `fdatasync`, publishes "synced up to sequence N" and wakes every waiter. Whatever
-//!   arrives during the fsync goes into the next one. No timers under `always`.
-//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location` and,
-//!   per segment, its live count and the set of older segments its Ack / Delivered /
-//!   QueueDeleted records refer to. A segment is deleted when it is not the active one,
-//!   holds no live publish, and every segment it refers to is already gone (so deleting
-//!   it can never resurrect a message). When more than half of the disk is garbage,
-//!   the oldest segment that is mostly dead (or that pins dead segments) is compacted:
-//!   its live publishes are copied forward, synced, and the segment deleted. Recovery
-//!   returns each queue's messages sorted by message id (ids are globally increasing),
-//!   so copies do not disturb the order.
+//!   arrives during the fsync goes into the next one. No timers on the waited path under
+//!   `always`; records nobody waits for (acks, delivered) ride along with the next
+//!   fsync, or are synced 10 ms after the previous one if the store goes idle.
+//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location`
+//!   (24 bytes per live message, plus hash table slack) and, per segment, its live count
+//!   and the set of older segments its Ack / Delivered / QueueDeleted records (and
+//!   compaction copies) refer to. A segment is deleted when it is not the active one,
+//!   holds no live publish, and every segment it refers to is already gone and that
+//!   unlink fsynced (so deleting it can never resurrect a message). A sizeable active
+//!   segment with nothing live is sealed early so a drained queue leaves almost nothing
+//!   on disk. When more than half of the disk is garbage, the oldest segment that is
+//!   mostly dead (or that keeps dead segments alive) is compacted: its live publishes
+//!   are copied forward, synced, and the segment deleted. Recovery returns each queue's
+//!   messages sorted by message id (ids are globally increasing), so copies do not
+//!   disturb the order.
 //! - Recovery reads each segment with one `read`, verifies every CRC, resynchronises on
 //!   the magic after a corrupt region and truncates a torn tail. Payloads are `Bytes`
-//!   slices of the segment buffer when at least half of that segment is live, and
-//!   copied out otherwise (so a mostly dead segment does not stay pinned in memory).
+//!   slices of the segment buffer when at least half of that segment is live (no
+//!   per-message allocation; a buffer is freed once the core has dropped every message
+//!   sliced from it, i.e. in FIFO order as queues drain), and copied out otherwise (so a
+//!   mostly dead segment does not stay pinned in memory).
+//!
+//! # Guarantees
+//! Under `always`, a completed ticket means the record (and everything submitted before
+//! it) is on disk: it survives `kill -9` and power loss. Under `interval:<ms>` it means
+//! written to the OS: it survives `kill -9`, and a power loss loses at most the last
+//! interval. Under `never`, the same as interval, with no bound but the OS's writeback.
+//! Acks are at-least-once: an ack not yet covered by an fsync may be lost in a crash,
+//! and the message then comes back (with `delivered = true` if that mark was synced).
+//! A torn or corrupt tail is truncated and a corrupt record in the middle skipped, both
+//! logged and counted in [`RecoveryStats`]; corruption that destroys an ack record can
+//! bring that message back, never lose another.
+//!
+//! # Use from the core
+//! [`Store::open`] and [`Store::close`] block (recovery reads every segment; close joins
+//! the flusher): call them before the runtime serves traffic or from `spawn_blocking`.
+//! `publish`, `ack`, `delivered`, `delete_queue` and the definition calls never block on
+//! disk. Definitions are written before the records of the same batch, so a queue's
+//! definition is durable no later than its messages; after a crash, the queues in
+//! [`Recovered::queues`] that have no definition (deleted just before the crash) should
+//! be dropped with [`Store::delete_queue`].
 
 mod defs;
 mod flusher;
