@@ -188,3 +188,59 @@ fn one_gib_through_a_queue() {
     s.close().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A never-consumed queue interleaved with a busy one, default 32 MiB segments:
+/// compaction keeps the directory bounded; reports how long a publish waited at worst.
+#[test]
+#[ignore]
+fn compaction_under_load() {
+    let dir = temp_dir("bench-compact");
+    let (s, _) = Store::open(StoreConfig::new(&dir)).unwrap();
+    let payload = Bytes::from(vec![5u8; 4096]);
+    let t = Instant::now();
+    let mut id = 0u64;
+    let mut max_seen = 0;
+    let mut worst = std::time::Duration::ZERO;
+    let mut slow = 0u64;
+    while id * 4096 < (1 << 30) {
+        let first = id + 1;
+        let mut last = None;
+        for _ in 0..256 {
+            id += 1;
+            last = Some(s.publish(2, id, payload.clone()));
+        }
+        id += 1;
+        s.publish(1, id, Bytes::from_static(&[9u8; 100]));
+        slow += 1;
+        let w = Instant::now();
+        last.unwrap().wait_blocking().unwrap();
+        worst = worst.max(w.elapsed());
+        for i in first..first + 256 {
+            s.ack(2, i);
+        }
+        if id % (257 * 16) == 0 {
+            max_seen = max_seen.max(dir_size(&dir));
+        }
+    }
+    s.sync().wait_blocking().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let st = s.stats();
+    println!(
+        "1 GiB through + {slow} never-consumed msgs in {:.1}s: dir at end {} MiB, max sampled {} MiB, compactions {}, worst batch wait {:.1} ms",
+        t.elapsed().as_secs_f64(),
+        dir_size(&dir) >> 20,
+        max_seen >> 20,
+        st.compactions,
+        worst.as_secs_f64() * 1e3
+    );
+    s.close().unwrap();
+    let (s, rec) = Store::open(StoreConfig::new(&dir)).unwrap();
+    assert_eq!(rec.stats.messages, slow);
+    println!(
+        "reopened: {} msgs in {:.2}s",
+        rec.stats.messages,
+        rec.stats.elapsed.as_secs_f64()
+    );
+    s.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -217,12 +217,14 @@ impl Writer {
         }
     }
 
-    /// When more than half of the disk is garbage, copies the live publishes of the
-    /// oldest segment that is mostly dead (or that keeps dead segments alive) forward.
+    /// When more than half of the disk, and at least a segment's worth, is garbage,
+    /// copies forward the live publishes of the oldest segment that is mostly dead (or
+    /// that keeps dead segments alive).
     fn maybe_compact(&mut self) -> io::Result<bool> {
         let disk = self.state.disk_bytes();
         let live = self.state.live_bytes();
-        if disk < 4 * self.segment_size || (disk - live) * 2 < disk {
+        let garbage = disk - live;
+        if garbage < self.segment_size || garbage * 2 < disk {
             return Ok(false);
         }
         // A segment is wanted gone if it is dead or mostly dead; it then also wants

@@ -25,8 +25,8 @@
 //!   holds no live publish, and every segment it refers to is already gone and that
 //!   unlink fsynced (so deleting it can never resurrect a message). A sizeable active
 //!   segment with nothing live is sealed early so a drained queue leaves almost nothing
-//!   on disk. When more than half of the disk is garbage, the oldest segment that is
-//!   mostly dead (or that keeps dead segments alive) is compacted: its live publishes
+//!   on disk. When garbage exceeds both half of the disk and one segment, the oldest
+//!   segment that is mostly dead (or that keeps dead segments alive) is compacted: its live publishes
 //!   are copied forward, synced, and the segment deleted. Recovery returns each queue's
 //!   messages sorted by message id (ids are globally increasing), so copies do not
 //!   disturb the order.
