@@ -1,7 +1,7 @@
 //! Store: publish / ack / reopen, delivered flag, queue deletion, definitions, lock,
 //! clean close.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +20,8 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-fn cfg(dir: &PathBuf) -> StoreConfig {
-    StoreConfig::new(dir.clone())
+fn cfg(dir: &Path) -> StoreConfig {
+    StoreConfig::new(dir)
 }
 
 fn msgs(rec: &qgate::store::Recovered, queue: u64) -> Vec<(u64, String, bool)> {
@@ -243,5 +243,21 @@ async fn async_wait_and_is_done() {
         .await
         .unwrap()
         .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn handles_are_send_sync() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Store>();
+    let dir = temp_dir("send");
+    let (s, _) = Store::open(cfg(&dir)).unwrap();
+    let t = s.publish(1, 1, Bytes::from_static(b"x"));
+    send(&t);
+    let fut = t.wait();
+    send(&fut);
+    drop(fut);
+    s.close().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

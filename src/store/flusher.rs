@@ -19,6 +19,11 @@ use super::record::{self, Rec};
 use super::state::State;
 use super::{defs, FsyncPolicy, Shared, CLEAN};
 
+/// Under `always`, records nobody waits for (acks, delivered) are fsynced by the next
+/// waited-for record or, if none comes, this long after the previous fsync, so an idle
+/// broker's acks do not stay in the page cache indefinitely.
+const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Size of a fresh segment (just its MaxId record).
 const EMPTY_SEGMENT: u64 = (record::HEADER + 9) as u64;
 
@@ -161,11 +166,21 @@ impl Writer {
             .store(self.state.segs.len() as u64, Ordering::Relaxed);
         c.live_messages
             .store(self.state.index.len() as u64, Ordering::Relaxed);
+        c.live_bytes
+            .store(self.state.live_bytes(), Ordering::Relaxed);
     }
 
     /// Deletes every segment that can no longer matter, in waves: a segment that refers
     /// to one deleted in this wave waits until that unlink has been made durable.
     fn reclaim(&mut self) -> io::Result<()> {
+        // A sizeable active segment holding nothing live is sealed early so that it can
+        // go too: after a queue has been drained the directory shrinks to almost
+        // nothing instead of keeping up to a whole dead segment.
+        if let Some(a) = self.state.segs.get(&self.active_id) {
+            if a.live == 0 && a.size >= (self.segment_size / 8).max(64 << 10) {
+                self.roll()?;
+            }
+        }
         loop {
             let mut gone: Vec<u32> = Vec::new();
             let ids: Vec<u32> = self.state.segs.keys().copied().collect();
@@ -196,30 +211,42 @@ impl Writer {
                 .counters
                 .segments_deleted
                 .fetch_add(gone.len() as u64, Ordering::Relaxed);
-            if self.syncs() {
-                defs::sync_dir(&self.seg_dir)?;
-            }
+            // Always (even under `never`): a later wave may delete a segment whose
+            // acks only mattered while this one existed.
+            defs::sync_dir(&self.seg_dir)?;
         }
     }
 
-    /// When more than half of the disk is garbage, copies the live publishes of the
-    /// oldest segment that is mostly dead (or that keeps dead segments alive) forward.
+    /// When more than half of the disk, and at least a segment's worth, is garbage,
+    /// copies forward the live publishes of the oldest segment that is mostly dead (or
+    /// that keeps dead segments alive).
     fn maybe_compact(&mut self) -> io::Result<bool> {
         let disk = self.state.disk_bytes();
         let live = self.state.live_bytes();
-        if disk < 4 * self.segment_size || (disk - live) * 2 < disk {
+        let garbage = disk - live;
+        if garbage < self.segment_size || garbage * 2 < disk {
             return Ok(false);
         }
+        // A segment is wanted gone if it is dead or mostly dead; it then also wants
+        // gone every older segment it refers to (they keep it alive). Newest first so
+        // that this propagates down in one pass.
         let mut pinned = BTreeSet::new();
-        for (id, s) in &self.state.segs {
-            if s.live == 0 && *id != self.active_id {
+        for (id, s) in self.state.segs.iter().rev() {
+            if *id == self.active_id {
+                continue;
+            }
+            if s.live == 0 || s.live_bytes * 2 < s.size || pinned.contains(id) {
                 pinned.extend(s.refs.iter().copied());
             }
         }
-        let cand = self.state.segs.iter().find(|(id, s)| {
+        // Oldest first; only a segment that refers to nothing left on disk, so that it
+        // can be deleted right after its live records are copied.
+        let segs = &self.state.segs;
+        let cand = segs.iter().find(|(id, s)| {
             **id != self.active_id
                 && s.live > 0
                 && (s.live_bytes * 2 < s.size || pinned.contains(*id))
+                && s.refs.iter().all(|r| !segs.contains_key(r))
         });
         let Some((&victim, _)) = cand else {
             return Ok(false);
@@ -228,16 +255,16 @@ impl Writer {
         let data = fs::read(segment_path(&self.seg_dir, victim))?;
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let index = &self.state.index;
+        let state = &self.state;
         let mut copied = 0u64;
         record::scan(&data, |off, _, rec| {
             if let Rec::Publish {
                 queue, id, payload, ..
             } = rec
             {
-                if let Some(loc) = index.get(&(queue, id)) {
+                if let Some(loc) = state.get(queue, id) {
                     if loc.seg == victim && loc.off as usize == off {
-                        record::encode_publish(&mut out, queue, id, loc.flags, payload);
+                        record::encode_publish(&mut out, queue, id, loc.flags(), payload);
                         copied += 1;
                     }
                 }
@@ -293,11 +320,12 @@ impl Writer {
             let (last_seq, need_sync, defs_ops, closing, clean) = {
                 let mut p = shared.pending.lock();
                 loop {
-                    if !p.buf.is_empty() || !p.defs.is_empty() || p.closing {
+                    if !p.buf.is_empty() || !p.defs.is_empty() || p.need_sync || p.closing {
                         break;
                     }
                     let deadline = match self.policy {
                         FsyncPolicy::Interval(iv) if self.dirty => Some(self.last_sync + iv),
+                        FsyncPolicy::Always if self.dirty => Some(self.last_sync + LAZY_SYNC),
                         _ => None,
                     };
                     match deadline {
@@ -334,7 +362,7 @@ impl Writer {
             shared.written_seq.store(last_seq, Ordering::Release);
             let sync_now = closing
                 || match self.policy {
-                    FsyncPolicy::Always => need_sync,
+                    FsyncPolicy::Always => need_sync || self.last_sync.elapsed() >= LAZY_SYNC,
                     FsyncPolicy::Interval(iv) => self.last_sync.elapsed() >= iv,
                     FsyncPolicy::Never => false,
                 };

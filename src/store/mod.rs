@@ -15,20 +15,47 @@
 //!   and get a [`SyncTicket`] (an `Arc` clone plus a sequence number, no allocation). One
 //!   dedicated OS thread takes the whole batch, writes it with one `write`, runs one
 //!   `fdatasync`, publishes "synced up to sequence N" and wakes every waiter. Whatever
-//!   arrives during the fsync goes into the next one. No timers under `always`.
-//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location` and,
-//!   per segment, its live count and the set of older segments its Ack / Delivered /
-//!   QueueDeleted records refer to. A segment is deleted when it is not the active one,
-//!   holds no live publish, and every segment it refers to is already gone (so deleting
-//!   it can never resurrect a message). When more than half of the disk is garbage,
-//!   the oldest segment that is mostly dead (or that pins dead segments) is compacted:
-//!   its live publishes are copied forward, synced, and the segment deleted. Recovery
-//!   returns each queue's messages sorted by message id (ids are globally increasing),
-//!   so copies do not disturb the order.
+//!   arrives during the fsync goes into the next one. No timers on the waited path under
+//!   `always`; records nobody waits for (acks, delivered) ride along with the next
+//!   fsync, or are synced 10 ms after the previous one if the store goes idle.
+//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location`
+//!   (24 bytes per live message, plus hash table slack) and, per segment, its live count
+//!   and the set of older segments its Ack / Delivered / QueueDeleted records (and
+//!   compaction copies) refer to. A segment is deleted when it is not the active one,
+//!   holds no live publish, and every segment it refers to is already gone and that
+//!   unlink fsynced (so deleting it can never resurrect a message). A sizeable active
+//!   segment with nothing live is sealed early so a drained queue leaves almost nothing
+//!   on disk. When garbage exceeds both half of the disk and one segment, the oldest
+//!   segment that is mostly dead (or that keeps dead segments alive) is compacted: its live publishes
+//!   are copied forward, synced, and the segment deleted. Recovery returns each queue's
+//!   messages sorted by message id (ids are globally increasing), so copies do not
+//!   disturb the order.
 //! - Recovery reads each segment with one `read`, verifies every CRC, resynchronises on
 //!   the magic after a corrupt region and truncates a torn tail. Payloads are `Bytes`
-//!   slices of the segment buffer when at least half of that segment is live, and
-//!   copied out otherwise (so a mostly dead segment does not stay pinned in memory).
+//!   slices of the segment buffer when at least half of that segment is live (no
+//!   per-message allocation; a buffer is freed once the core has dropped every message
+//!   sliced from it, i.e. in FIFO order as queues drain), and copied out otherwise (so a
+//!   mostly dead segment does not stay pinned in memory).
+//!
+//! # Guarantees
+//! Under `always`, a completed ticket means the record (and everything submitted before
+//! it) is on disk: it survives `kill -9` and power loss. Under `interval:<ms>` it means
+//! written to the OS: it survives `kill -9`, and a power loss loses at most the last
+//! interval. Under `never`, the same as interval, with no bound but the OS's writeback.
+//! Acks are at-least-once: an ack not yet covered by an fsync may be lost in a crash,
+//! and the message then comes back (with `delivered = true` if that mark was synced).
+//! A torn or corrupt tail is truncated and a corrupt record in the middle skipped, both
+//! logged and counted in [`RecoveryStats`]; corruption that destroys an ack record can
+//! bring that message back, never lose another.
+//!
+//! # Use from the core
+//! [`Store::open`] and [`Store::close`] block (recovery reads every segment; close joins
+//! the flusher): call them before the runtime serves traffic or from `spawn_blocking`.
+//! `publish`, `ack`, `delivered`, `delete_queue` and the definition calls never block on
+//! disk. Definitions are written before the records of the same batch, so a queue's
+//! definition is durable no later than its messages; after a crash, the queues in
+//! [`Recovered::queues`] that have no definition (deleted just before the crash) should
+//! be dropped with [`Store::delete_queue`].
 
 mod defs;
 mod flusher;
@@ -121,6 +148,9 @@ pub enum StoreError {
     /// The flusher hit an I/O error and stopped (fail-stop: nothing later is durable).
     #[error("store failed: {0}")]
     Failed(String),
+    /// The payload exceeds [`Store::MAX_PAYLOAD`]; nothing was stored.
+    #[error("payload too large for the store")]
+    TooLarge,
     /// Bad configuration value.
     #[error("invalid store configuration: {0}")]
     InvalidConfig(String),
@@ -217,6 +247,9 @@ pub struct StoreStats {
     pub segments: u64,
     /// Messages currently live in the store.
     pub live_messages: u64,
+    /// Bytes of their records (the rest of `bytes_on_disk` is garbage awaiting
+    /// reclamation).
+    pub live_bytes: u64,
     /// Segments compacted so far.
     pub compactions: u64,
     /// Segment files deleted so far.
@@ -253,6 +286,7 @@ struct Counters {
     bytes_on_disk: AtomicU64,
     segments: AtomicU64,
     live_messages: AtomicU64,
+    live_bytes: AtomicU64,
     compactions: AtomicU64,
     segments_deleted: AtomicU64,
 }
@@ -326,6 +360,7 @@ impl Shared {
 pub struct SyncTicket {
     shared: Arc<Shared>,
     seq: u64,
+    too_large: bool,
 }
 
 impl fmt::Debug for SyncTicket {
@@ -342,21 +377,28 @@ impl SyncTicket {
         self.seq
     }
 
+    fn check(&self) -> Option<Result<(), StoreError>> {
+        if self.too_large {
+            return Some(Err(StoreError::TooLarge));
+        }
+        self.shared.check(self.seq)
+    }
+
     /// True once [`SyncTicket::wait`] would return immediately.
     pub fn is_done(&self) -> bool {
-        self.shared.check(self.seq).is_some()
+        self.check().is_some()
     }
 
     /// Waits (async) until the record is durable per the policy.
     pub async fn wait(self) -> Result<(), StoreError> {
         loop {
-            if let Some(r) = self.shared.check(self.seq) {
+            if let Some(r) = self.check() {
                 return r;
             }
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(r) = self.shared.check(self.seq) {
+            if let Some(r) = self.check() {
                 return r;
             }
             notified.await;
@@ -365,12 +407,12 @@ impl SyncTicket {
 
     /// Waits (blocking the thread) until the record is durable per the policy.
     pub fn wait_blocking(self) -> Result<(), StoreError> {
-        if let Some(r) = self.shared.check(self.seq) {
+        if let Some(r) = self.check() {
             return r;
         }
         let mut g = self.shared.block.lock();
         loop {
-            if let Some(r) = self.shared.check(self.seq) {
+            if let Some(r) = self.check() {
                 return r;
             }
             self.shared.block_cv.wait(&mut g);
@@ -541,7 +583,7 @@ impl Store {
         let shared = &self.inner.shared;
         let seq = {
             let mut p = shared.pending.lock();
-            if p.closing {
+            if p.closing || shared.stopped.load(Ordering::Acquire) {
                 u64::MAX
             } else {
                 f(&mut p);
@@ -554,11 +596,24 @@ impl Store {
         SyncTicket {
             shared: shared.clone(),
             seq,
+            too_large: false,
         }
     }
 
+    /// Largest payload [`Store::publish`] accepts (about 1 GiB).
+    pub const MAX_PAYLOAD: usize = record::MAX_BODY - record::PUBLISH_FIXED;
+
     /// Appends a publish record; the ticket completes when it is durable per policy.
+    /// A payload over [`Store::MAX_PAYLOAD`] is not stored and its ticket fails with
+    /// [`StoreError::TooLarge`].
     pub fn publish(&self, queue: u64, msg_id: u64, payload: Bytes) -> SyncTicket {
+        if payload.len() > Self::MAX_PAYLOAD {
+            return SyncTicket {
+                shared: self.inner.shared.clone(),
+                seq: u64::MAX,
+                too_large: true,
+            };
+        }
         self.enqueue(true, |p| {
             record::encode_publish(&mut p.buf, queue, msg_id, 0, &payload)
         })
@@ -568,7 +623,7 @@ impl Store {
         let shared = &self.inner.shared;
         {
             let mut p = shared.pending.lock();
-            if p.closing {
+            if p.closing || shared.stopped.load(Ordering::Acquire) {
                 return;
             }
             f(&mut p.buf);
@@ -603,6 +658,12 @@ impl Store {
     /// Removes a definition.
     pub fn delete_definition(&self, key: &str) -> SyncTicket {
         self.enqueue(true, |p| p.defs.push((key.to_owned(), None)))
+    }
+
+    /// A barrier: completes once everything submitted before it is durable per the
+    /// policy (under `always`, fsynced), including acks and delivered marks.
+    pub fn sync(&self) -> SyncTicket {
+        self.enqueue(true, |_| {})
     }
 
     /// Highest message id seen at recovery (the core continues above it).
@@ -651,6 +712,7 @@ impl Store {
             bytes_on_disk: c.bytes_on_disk.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),
             live_messages: c.live_messages.load(Ordering::Relaxed),
+            live_bytes: c.live_bytes.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
             pending_bytes,

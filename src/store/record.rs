@@ -56,7 +56,7 @@ fn begin(buf: &mut Vec<u8>, ty: u8) -> usize {
     start
 }
 
-fn finish(buf: &mut Vec<u8>, start: usize) {
+fn finish(buf: &mut [u8], start: usize) {
     let len = (buf.len() - start - HEADER) as u32;
     let len_le = len.to_le_bytes();
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len_le), &buf[start + HEADER..]);

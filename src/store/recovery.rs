@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::flusher::segment_path;
 use super::record::{self, Rec, FLAG_DELIVERED, PUBLISH_PAYLOAD_OFF};
-use super::state::{IdMap, Loc, SegInfo, State};
+use super::state::{IdMap, SegInfo, State};
 use super::{RecoveredMessage, RecoveryStats};
 
 /// Log progress every this many publish records read.
@@ -101,41 +101,43 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
     }
     stats.repaired = stats.truncated_bytes > 0 || stats.corrupt_records > 0;
 
-    // Group the live messages per queue, in publish (= message id) order.
-    let mut per_queue: IdMap<u64, Vec<(u64, Loc)>> = IdMap::default();
-    for (&(queue, id), loc) in &state.index {
-        per_queue.entry(queue).or_default().push((id, *loc));
-    }
-    // Slice payloads out of segments that are at least half live; copy them out of
-    // mostly dead segments so those buffers can be freed.
+    // Group the live messages per queue (exactly sized vectors, no intermediate copy),
+    // then sort each by message id = publish order. Payloads are slices of the segment
+    // buffers when the segment is at least half live, copies otherwise (so that a
+    // mostly dead segment's buffer is freed now).
     let copy: IdMap<u32, bool> = state
         .segs
         .iter()
         .map(|(id, s)| (*id, s.live_bytes * 2 < s.size))
         .collect();
+    let mut per_queue: IdMap<u64, Vec<RecoveredMessage>> = state
+        .queue_counts()
+        .map(|(q, n)| (q, Vec::with_capacity(n as usize)))
+        .collect();
+    for (key, loc) in &state.index {
+        let buf = &bufs[&loc.seg];
+        let start = loc.off as usize + PUBLISH_PAYLOAD_OFF;
+        let end = loc.off as usize + loc.len() as usize;
+        let payload = if copy[&loc.seg] {
+            Bytes::copy_from_slice(&buf[start..end])
+        } else {
+            buf.slice(start..end)
+        };
+        per_queue
+            .entry(state.queue_of(key))
+            .or_default()
+            .push(RecoveredMessage {
+                msg_id: key.id(),
+                payload,
+                delivered: loc.flags() & FLAG_DELIVERED != 0,
+            });
+    }
+    drop(bufs);
     let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = per_queue
         .into_iter()
-        .map(|(queue, mut msgs)| {
-            msgs.sort_unstable_by_key(|m| m.0);
-            let out = msgs
-                .into_iter()
-                .map(|(msg_id, loc)| {
-                    let buf = &bufs[&loc.seg];
-                    let start = loc.off as usize + PUBLISH_PAYLOAD_OFF;
-                    let end = loc.off as usize + loc.len as usize;
-                    let payload = if copy[&loc.seg] {
-                        Bytes::copy_from_slice(&buf[start..end])
-                    } else {
-                        buf.slice(start..end)
-                    };
-                    RecoveredMessage {
-                        msg_id,
-                        payload,
-                        delivered: loc.flags & FLAG_DELIVERED != 0,
-                    }
-                })
-                .collect();
-            (queue, out)
+        .map(|(q, mut msgs)| {
+            msgs.sort_unstable_by_key(|m| m.msg_id);
+            (q, msgs)
         })
         .collect();
     queues.sort_unstable_by_key(|q| q.0);

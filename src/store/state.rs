@@ -28,14 +28,48 @@ impl Hasher for IdHasher {
 
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// Index key: message id plus the queue's interned index. Packed to 12 bytes so that an
+/// index entry (key + [`Loc`]) takes 24 bytes instead of 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C, packed(4))]
+pub(crate) struct Key {
+    id: u64,
+    q: u32,
+}
+
+impl Key {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 /// Where a live message's publish record sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
     pub seg: u32,
     pub off: u32,
+    /// Whole record length, with the delivered flag in the top bit.
+    len_flags: u32,
+}
+
+const DELIVERED_BIT: u32 = 1 << 31;
+
+impl Loc {
     /// Whole record length.
-    pub len: u32,
-    pub flags: u8,
+    pub fn len(&self) -> u32 {
+        self.len_flags & !DELIVERED_BIT
+    }
+    /// Publish record flags ([`FLAG_DELIVERED`] or 0).
+    pub fn flags(&self) -> u8 {
+        if self.len_flags & DELIVERED_BIT != 0 {
+            FLAG_DELIVERED
+        } else {
+            0
+        }
+    }
+    fn set_delivered(&mut self) {
+        self.len_flags |= DELIVERED_BIT;
+    }
 }
 
 /// Accounting for one segment file.
@@ -56,17 +90,51 @@ pub(crate) struct SegInfo {
 /// Live index.
 #[derive(Default)]
 pub(crate) struct State {
-    pub index: IdMap<(u64, u64), Loc>,
+    pub index: IdMap<Key, Loc>,
     pub segs: BTreeMap<u32, SegInfo>,
-    pub queue_live: IdMap<u64, u64>,
+    /// Live messages per interned queue.
+    queue_live: IdMap<u32, u64>,
+    /// Interned queue ids: index -> queue id, and back.
+    queue_ids: Vec<u64>,
+    queue_idx: IdMap<u64, u32>,
     pub max_id: u64,
 }
 
 impl State {
+    fn key(&self, queue: u64, id: u64) -> Option<Key> {
+        self.queue_idx.get(&queue).map(|&q| Key { id, q })
+    }
+
+    fn key_or_intern(&mut self, queue: u64, id: u64) -> Key {
+        let next = self.queue_ids.len() as u32;
+        let q = *self.queue_idx.entry(queue).or_insert(next);
+        if q == next {
+            self.queue_ids.push(queue);
+        }
+        Key { id, q }
+    }
+
+    /// The queue id of a key.
+    pub fn queue_of(&self, k: &Key) -> u64 {
+        self.queue_ids[k.q as usize]
+    }
+
+    /// Live message count per queue id.
+    pub fn queue_counts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.queue_live
+            .iter()
+            .map(|(q, n)| (self.queue_ids[*q as usize], *n))
+    }
+
+    /// Location of a live message.
+    pub fn get(&self, queue: u64, id: u64) -> Option<&Loc> {
+        self.index.get(&self.key(queue, id)?)
+    }
+
     fn kill(segs: &mut BTreeMap<u32, SegInfo>, cur: u32, loc: &Loc) {
         if let Some(s) = segs.get_mut(&loc.seg) {
             s.live -= 1;
-            s.live_bytes -= u64::from(loc.len);
+            s.live_bytes -= u64::from(loc.len());
         }
         if loc.seg != cur {
             if let Some(c) = segs.get_mut(&cur) {
@@ -75,7 +143,7 @@ impl State {
         }
     }
 
-    fn dec_queue(&mut self, queue: u64) {
+    fn dec_queue(&mut self, queue: u32) {
         if let Some(n) = self.queue_live.get_mut(&queue) {
             *n -= 1;
             if *n == 0 {
@@ -91,36 +159,43 @@ impl State {
                 queue, id, flags, ..
             } => {
                 self.max_id = self.max_id.max(id);
-                let loc = Loc {
+                let mut loc = Loc {
                     seg,
                     off: off as u32,
-                    len: len as u32,
-                    flags,
+                    len_flags: len as u32,
                 };
+                if flags & FLAG_DELIVERED != 0 {
+                    loc.set_delivered();
+                }
                 let s = self.segs.entry(seg).or_default();
                 s.live += 1;
                 s.live_bytes += len as u64;
-                match self.index.insert((queue, id), loc) {
+                let key = self.key_or_intern(queue, id);
+                match self.index.insert(key, loc) {
                     Some(old) => {
-                        // Same key published again (e.g. a compaction copy): the old
-                        // record is superseded.
-                        if let Some(s) = self.segs.get_mut(&old.seg) {
-                            s.live -= 1;
-                            s.live_bytes -= u64::from(old.len);
-                        }
+                        // Same key published again (a compaction copy): the old record
+                        // is superseded. This segment must outlive the old one, or an
+                        // ack of the copy could be reclaimed while the original is
+                        // still on disk, and the original would come back.
+                        Self::kill(&mut self.segs, seg, &old);
                     }
-                    None => *self.queue_live.entry(queue).or_default() += 1,
+                    None => *self.queue_live.entry(key.q).or_default() += 1,
                 }
             }
             Rec::Ack { queue, id } => {
-                if let Some(loc) = self.index.remove(&(queue, id)) {
-                    Self::kill(&mut self.segs, seg, &loc);
-                    self.dec_queue(queue);
+                if let Some(key) = self.key(queue, id) {
+                    if let Some(loc) = self.index.remove(&key) {
+                        Self::kill(&mut self.segs, seg, &loc);
+                        self.dec_queue(key.q);
+                    }
                 }
             }
             Rec::Delivered { queue, id } => {
-                if let Some(loc) = self.index.get_mut(&(queue, id)) {
-                    loc.flags |= FLAG_DELIVERED;
+                let Some(key) = self.key(queue, id) else {
+                    return;
+                };
+                if let Some(loc) = self.index.get_mut(&key) {
+                    loc.set_delivered();
                     if loc.seg != seg {
                         let target = loc.seg;
                         if let Some(c) = self.segs.get_mut(&seg) {
@@ -130,10 +205,13 @@ impl State {
                 }
             }
             Rec::QueueDeleted { queue } => {
-                if self.queue_live.remove(&queue).is_some() {
+                let Some(&q) = self.queue_idx.get(&queue) else {
+                    return;
+                };
+                if self.queue_live.remove(&q).is_some() {
                     let segs = &mut self.segs;
                     self.index.retain(|k, loc| {
-                        if k.0 == queue {
+                        if k.q == q {
                             Self::kill(segs, seg, loc);
                             false
                         } else {
@@ -185,5 +263,10 @@ mod tests {
         st.apply(2, 50, 29, Rec::Ack { queue: 5, id: 1 });
         assert_eq!(st.index.len(), 1);
         assert_eq!(st.max_id, 3);
+        assert_eq!(st.get(2, 3).unwrap().off, 60);
+        st.apply(2, 71, 29, Rec::Delivered { queue: 2, id: 3 });
+        assert_eq!(st.get(2, 3).unwrap().flags(), FLAG_DELIVERED);
+        assert_eq!(st.get(2, 3).unwrap().len(), 30);
+        assert_eq!(std::mem::size_of::<(Key, Loc)>(), 24);
     }
 }
