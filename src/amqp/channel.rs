@@ -98,7 +98,16 @@ struct PendingPublish {
 
 enum TxOp {
     Publish(BasicPublish, Message),
-    Settle(Method),
+    /// Deliveries taken off the unacked list at ack time (so an unknown tag fails then,
+    /// as in RabbitMQ), settled at commit or put back at rollback.
+    Settle(Settle, Vec<(u64, Delivered)>),
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Requeue,
+    Discard,
 }
 
 /// A channel's state, owned by the connection's reader task.
@@ -175,10 +184,16 @@ impl Channel {
                 });
             }
             Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_) => {
-                if let Some(ops) = &mut self.tx {
-                    ops.push(TxOp::Settle(method.clone()));
-                } else {
-                    self.settle(ctx, method)?;
+                let (tag, multiple, how) = match method {
+                    Method::BasicAck(m) => (m.delivery_tag, m.multiple, Settle::Ack),
+                    Method::BasicNack(m) => (m.delivery_tag, m.multiple, settle_kind(m.requeue)),
+                    Method::BasicReject(m) => (m.delivery_tag, false, settle_kind(m.requeue)),
+                    _ => unreachable!("matched above"),
+                };
+                let list = self.take_unacked(tag, multiple)?;
+                match &mut self.tx {
+                    Some(ops) => ops.push(TxOp::Settle(how, list)),
+                    None => self.settle(ctx, how, list),
                 }
             }
             Method::ExchangeDeclare(m) => {
@@ -320,12 +335,12 @@ impl Channel {
                 // that precede it.
                 let list = self.recoverable(m.requeue)?;
                 self.reply(ctx, BasicRecoverOk {});
-                list.into_iter().for_each(Delivered::requeue);
+                list.into_iter().for_each(|(_, d)| d.requeue());
             }
             Method::BasicRecoverAsync(m) => {
                 self.recoverable(m.requeue)?
                     .into_iter()
-                    .for_each(Delivered::requeue);
+                    .for_each(|(_, d)| d.requeue());
             }
             Method::ConfirmSelect(m) => {
                 if self.tx.is_some() {
@@ -370,18 +385,29 @@ impl Channel {
                 for op in ops {
                     match op {
                         TxOp::Publish(p, msg) => self.route(ctx, &p, msg)?,
-                        TxOp::Settle(m) => self.settle(ctx, &m)?,
+                        TxOp::Settle(how, list) => self.settle(ctx, how, list),
                     }
                 }
                 self.reply(ctx, TxCommitOk {});
             }
             Method::TxRollback(_) => {
-                if self.tx.replace(Vec::new()).is_none() {
+                let Some(ops) = self.tx.replace(Vec::new()) else {
                     return Err(fail(
                         reply::PRECONDITION_FAILED,
                         "channel is not transactional",
                     ));
+                };
+                // Rolled-back acks leave their messages unacked, as before the transaction.
+                let mut st = self.sink.state.lock();
+                for op in ops {
+                    if let TxOp::Settle(_, list) = op {
+                        for (tag, d) in list {
+                            let pos = st.unacked.partition_point(|(t, _)| *t < tag);
+                            st.unacked.insert(pos, (tag, d));
+                        }
+                    }
                 }
+                drop(st);
                 self.reply(ctx, TxRollbackOk {});
             }
             Method::ChannelFlow(m) => {
@@ -500,7 +526,7 @@ impl Channel {
     }
 
     /// Takes the unacked deliveries a settle method refers to.
-    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Delivered>, AmqpError> {
+    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<(u64, Delivered)>, AmqpError> {
         let mut st = self.sink.state.lock();
         let unacked = &mut st.unacked;
         if multiple {
@@ -515,10 +541,10 @@ impl Channel {
                     format!("unknown delivery tag {tag}"),
                 ));
             }
-            Ok(unacked.drain(..n).map(|(_, d)| d).collect())
+            Ok(unacked.drain(..n).collect())
         } else {
             match unacked.binary_search_by_key(&tag, |(t, _)| *t) {
-                Ok(i) => Ok(vec![unacked.remove(i).expect("index found").1]),
+                Ok(i) => Ok(vec![unacked.remove(i).expect("index found")]),
                 Err(_) => Err(fail(
                     reply::PRECONDITION_FAILED,
                     format!("unknown delivery tag {tag}"),
@@ -527,34 +553,26 @@ impl Channel {
         }
     }
 
-    fn settle(&mut self, ctx: &ConnCtx, method: &Method) -> Result<(), AmqpError> {
+    fn settle(&mut self, ctx: &ConnCtx, how: Settle, list: Vec<(u64, Delivered)>) {
         let counters = ctx.broker.counters();
-        let (tag, multiple, requeue, ack) = match method {
-            Method::BasicAck(m) => (m.delivery_tag, m.multiple, false, true),
-            Method::BasicNack(m) => (m.delivery_tag, m.multiple, m.requeue, false),
-            Method::BasicReject(m) => (m.delivery_tag, false, m.requeue, false),
-            _ => return Ok(()),
-        };
-        let list = self.take_unacked(tag, multiple).map_err(|e| e.on(method))?;
-        for d in list {
-            if ack {
-                counters.acknowledged.inc();
-                d.ack();
-            } else if requeue {
-                d.requeue();
-            } else {
-                d.discard();
+        for (_, d) in list {
+            match how {
+                Settle::Ack => {
+                    counters.acknowledged.inc();
+                    d.ack();
+                }
+                Settle::Requeue => d.requeue(),
+                Settle::Discard => d.discard(),
             }
         }
         if self.credit.limit() > 0 {
             self.poke_consumers();
         }
-        Ok(())
     }
 
     /// The unacked deliveries basic.recover gives back (requeue=false is refused with
     /// 540, as RabbitMQ does).
-    fn recoverable(&mut self, requeue: bool) -> Result<Vec<Delivered>, AmqpError> {
+    fn recoverable(&mut self, requeue: bool) -> Result<Vec<(u64, Delivered)>, AmqpError> {
         if !requeue {
             return Err(fail(reply::NOT_IMPLEMENTED, "requeue=false"));
         }
@@ -735,6 +753,14 @@ impl Channel {
             d.requeue();
         }
         self.publish = None;
+    }
+}
+
+fn settle_kind(requeue: bool) -> Settle {
+    if requeue {
+        Settle::Requeue
+    } else {
+        Settle::Discard
     }
 }
 

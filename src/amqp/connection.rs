@@ -255,7 +255,11 @@ impl Connection {
             };
         }
         let result = match frame {
-            Frame::Heartbeat { .. } => Ok(Flow::Continue),
+            Frame::Heartbeat { channel: 0 } => Ok(Flow::Continue),
+            Frame::Heartbeat { channel } => Err(AmqpError::new(
+                reply::UNEXPECTED_FRAME,
+                format!("heartbeat frame on channel {channel}"),
+            )),
             Frame::Method { channel: 0, method } => self.on_connection_method(method),
             Frame::Method { channel, method } => self.on_channel_method(channel, method),
             Frame::Header {

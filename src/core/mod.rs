@@ -183,9 +183,7 @@ impl Broker {
         let refused = || {
             CoreError::new(
                 ErrorKind::AccessRefused,
-                format!(
-                    "Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
-                ),
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
             )
         };
         let u = self

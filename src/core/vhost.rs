@@ -461,6 +461,7 @@ impl VHost {
             ));
         }
         let x = self.exchange(exchange)?;
+        x.validate_binding(&arguments)?;
         x.bind(
             Destination::Queue(q.clone()),
             routing_key,
@@ -529,6 +530,7 @@ impl VHost {
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
+        s.validate_binding(&arguments)?;
         s.bind(
             Destination::Exchange(d.name.clone()),
             routing_key,
