@@ -17,6 +17,7 @@ use super::error::AmqpError;
 use super::methods::*;
 use super::writer::{Out, OutTx};
 use crate::content::Properties;
+use crate::core::message::shared_name;
 use crate::core::{
     Broker, ConnectionInfo, Consumer, Credit, Delivered, DeliverySink, ExchangeOptions, Message,
     Queue, QueueOptions, VHost,
@@ -121,6 +122,8 @@ pub(crate) struct Channel {
     tx: Option<Vec<TxOp>>,
     publish: Option<PendingPublish>,
     last_queue: Option<String>,
+    last_exchange: Arc<str>,
+    last_routing_key: Arc<str>,
 }
 
 struct Confirms {
@@ -149,6 +152,8 @@ impl Channel {
             tx: None,
             publish: None,
             last_queue: None,
+            last_exchange: Arc::from(""),
+            last_routing_key: Arc::from(""),
         }
     }
 
@@ -682,11 +687,12 @@ impl Channel {
                 .on_ids(60, 40));
             }
         }
-        let exchange: Arc<str> = Arc::from(p.method.exchange.as_str());
+        let exchange = shared_name(&mut self.last_exchange, &p.method.exchange);
+        let routing_key = shared_name(&mut self.last_routing_key, &p.method.routing_key);
         let msg = Message::new(
             ctx.broker.next_message_id(),
             exchange,
-            &p.method.routing_key,
+            routing_key,
             properties,
             &decoded,
             body,

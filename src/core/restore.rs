@@ -128,7 +128,7 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
             let msg = Message::new(
                 m.msg_id,
                 Arc::from(stored.exchange.as_str()),
-                &stored.routing_key,
+                Arc::from(stored.routing_key.as_str()),
                 stored.properties,
                 &props,
                 stored.body,
