@@ -315,11 +315,45 @@ async fn traffic(broker: &Broker) -> Connection {
     conn
 }
 
+/// memcache traffic: two sets, a hit and a miss; returns the bytes sent. Only one test
+/// in this binary talks memcache: its counters are process-wide.
+async fn memcache_traffic(addr: SocketAddr) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sent = 0u64;
+    let mut exchange = |req: &'static [u8], want: &'static [u8]| {
+        sent += req.len() as u64;
+        async move { (req, want) }
+    };
+    let steps = [
+        exchange(b"set mc.q 0 0 5\r\nhello\r\n", b"STORED\r\n").await,
+        exchange(b"set mc.q 7 0 3\r\nbye\r\n", b"STORED\r\n").await,
+        exchange(b"get mc.q\r\n", b"VALUE mc.q 0 5\r\nhello\r\nEND\r\n").await,
+        exchange(b"get mc.none\r\n", b"END\r\n").await,
+    ];
+    for (req, want) in steps {
+        s.write_all(req).await.unwrap();
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut got))
+            .await
+            .expect("memcache answer in time")
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    }
+    s.write_all(b"quit\r\n").await.unwrap();
+    sent += 6;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+    sent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_after_traffic_shows_exact_values() {
     let broker = Broker::start("qgate").await;
     let http = broker.bound.http;
     let conn = traffic(&broker).await;
+    let mc_sent = memcache_traffic(broker.bound.memcache).await;
+    let mc = r#"{vhost="/",queue="mc.q"}"#;
 
     let q1 = r#"{vhost="/",queue="scrape.q1"}"#;
     let q2 = r#"{vhost="/",queue="scrape.q2"}"#;
@@ -348,18 +382,22 @@ async fn scrape_after_traffic_shows_exact_values() {
         (format!("qgate_queue_messages_published_total{q2}"), 3.0),
         (format!("qgate_queue_messages_delivered_total{q2}"), 3.0),
         (format!("qgate_queue_messages_acked_total{q2}"), 3.0),
+        (format!("qgate_queue_messages_ready{mc}"), 1.0),
+        (format!("qgate_queue_messages_published_total{mc}"), 2.0),
+        (format!("qgate_queue_messages_delivered_total{mc}"), 1.0),
+        (format!("qgate_queue_messages_acked_total{mc}"), 1.0),
         (format!("qgate_queue_messages_ready{odd}"), 0.0),
         (format!("qgate_queue_messages_published_total{odd}"), 0.0),
         // broker-wide
-        ("qgate_queues".into(), 3.0),
+        ("qgate_queues".into(), 4.0),
         ("qgate_channels".into(), 1.0),
         ("qgate_consumers".into(), 1.0),
         ("qgate_global_consumers".into(), 1.0),
         (r#"qgate_connections{protocol="amqp"}"#.into(), 1.0),
         (r#"qgate_connections{protocol="memcache"}"#.into(), 0.0),
-        ("qgate_global_messages_received_total".into(), 9.0),
+        ("qgate_global_messages_received_total".into(), 11.0),
         ("qgate_global_messages_received_confirm_total".into(), 9.0),
-        ("qgate_global_messages_routed_total".into(), 8.0),
+        ("qgate_global_messages_routed_total".into(), 10.0),
         ("qgate_global_messages_confirmed_total".into(), 9.0),
         ("qgate_global_messages_unroutable_dropped_total".into(), 1.0),
         (
@@ -372,14 +410,42 @@ async fn scrape_after_traffic_shows_exact_values() {
         ),
         (
             "qgate_global_messages_delivered_get_auto_ack_total".into(),
-            1.0,
+            2.0,
         ),
-        ("qgate_global_messages_get_empty_total".into(), 1.0),
+        ("qgate_global_messages_get_empty_total".into(), 2.0),
         ("qgate_global_messages_redelivered_total".into(), 0.0),
         ("qgate_global_messages_acknowledged_total".into(), 3.0),
-        ("qgate_queues_declared_total".into(), 3.0),
-        ("qgate_queues_created_total".into(), 3.0),
+        ("qgate_queues_created_total".into(), 4.0),
         ("qgate_queues_deleted_total".into(), 0.0),
+        // memcache
+        (
+            r#"qgate_connections_opened_total{protocol="memcache"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"qgate_connections_closed_total{protocol="memcache"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"qgate_protocol_bytes_received_total{protocol="memcache"}"#.into(),
+            mc_sent as f64,
+        ),
+        (
+            r#"qgate_memcache_commands_total{command="get",result="hit"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"qgate_memcache_commands_total{command="get",result="miss"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"qgate_memcache_commands_total{command="set",result="total"}"#.into(),
+            2.0,
+        ),
+        (
+            r#"qgate_memcache_commands_total{command="delete",result="total"}"#.into(),
+            0.0,
+        ),
         (
             "qgate_identity_info".to_owned()
                 + &format!("{{qgate_node=\"{0}\",qgate_cluster=\"{0}\"}}", node(&s)),
@@ -398,10 +464,11 @@ async fn scrape_after_traffic_shows_exact_values() {
     assert!(s.value("qgate_process_open_fds") > 0.0);
     assert!(s.value("qgate_process_max_fds") > 0.0);
     assert!(s.value("qgate_disk_space_available_bytes") > 0.0);
+    assert!(s.value("qgate_queues_declared_total") >= 3.0);
+    // The memcache messages went to a durable queue: the store fsynced them.
+    assert!(s.value("qgate_store_fsyncs_total") >= 1.0);
+    assert!(s.value(r#"qgate_store_fsync_seconds_bucket{le="+Inf"}"#) >= 1.0);
     for name in [
-        r#"qgate_memcache_commands_total{command="get",result="hit"}"#,
-        r#"qgate_memcache_commands_total{command="get",result="miss"}"#,
-        r#"qgate_memcache_commands_total{command="set",result="stored"}"#,
         r#"qgate_message_size_bytes_bucket{le="+Inf"}"#,
         r#"qgate_store_fsync_seconds_bucket{le="+Inf"}"#,
         "qgate_store_fsyncs_total",
@@ -782,6 +849,7 @@ fn scrape_cost_10k_queues() {
             &broker,
             &scrape,
             qgate::metrics::memcache_counters(),
+            None,
             None,
         );
         best = best.min(start.elapsed());

@@ -44,6 +44,8 @@ pub struct Ctx {
     pub bound: Bound,
     /// Node name (`qgate@<hostname>`).
     pub node: Arc<str>,
+    /// Byte totals of closed connections, kept across scrapes.
+    pub closed: Arc<render::ClosedConnections>,
 }
 
 /// An HTTP response.
@@ -146,6 +148,7 @@ pub async fn serve(
         config,
         bound,
         node: node_name().into(),
+        closed: Arc::default(),
     };
     loop {
         let accepted = tokio::select! {
@@ -345,6 +348,7 @@ fn metrics(ctx: &Ctx) -> Response {
             node: &ctx.node,
         },
         super::memcache_counters(),
+        Some(&ctx.closed),
         recorded.as_deref(),
     );
     Response::new(200, render::CONTENT_TYPE, body)

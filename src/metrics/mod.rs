@@ -13,7 +13,8 @@
 //! Almost every number is read from the core when scraped: queue depths
 //! ([`crate::core::Queue::depth`]), per-queue totals ([`crate::core::stats::QueueCounters`]),
 //! broker totals ([`crate::core::BrokerCounters`]), open connections
-//! ([`crate::core::Broker::connections`]) and [`MemcacheCounters`]. The hot path pays one
+//! ([`crate::core::Broker::connections`]) and the memcache front end's
+//! [`MemcacheCounters`]. The hot path pays one
 //! relaxed atomic add per counter and nothing else: no `metrics` macro is called per
 //! message.
 //!
@@ -35,8 +36,6 @@ pub mod render;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-use crate::core::stats::Counter;
 
 /// Prefix under which code records `metrics` macros; replaced by the configured prefix.
 pub const RECORDED_PREFIX: &str = "qgate_";
@@ -62,71 +61,13 @@ pub const QUEUE_CONSUMERS: &str = "queue_consumers";
 /// Broker counter: messages received from publishers.
 pub const GLOBAL_MESSAGES_RECEIVED_TOTAL: &str = "global_messages_received_total";
 
-/// Counters the memcache front end increments, one relaxed atomic add per command.
-/// Rendered as `<prefix>_memcache_commands_total{command, result}`.
-#[derive(Debug, Default)]
-pub struct MemcacheCounters {
-    /// `get` that returned a message.
-    pub get_hits: Counter,
-    /// `get` that found no message (or no queue).
-    pub get_misses: Counter,
-    /// `set` answered `STORED`.
-    pub set_stored: Counter,
-    /// `set` that failed (`CLIENT_ERROR` / `SERVER_ERROR`).
-    pub set_errors: Counter,
-    /// `delete` of an existing queue.
-    pub delete_hits: Counter,
-    /// `delete` of a missing queue.
-    pub delete_misses: Counter,
-    /// `get <q>/open` that returned a message (reliable read).
-    pub open_hits: Counter,
-    /// `get <q>/open` that found nothing.
-    pub open_misses: Counter,
-    /// `get <q>/close` (acknowledge).
-    pub close: Counter,
-    /// `get <q>/abort` (requeue).
-    pub abort: Counter,
-    /// `get <q>/peek` that found a message.
-    pub peek_hits: Counter,
-    /// `get <q>/peek` that found nothing.
-    pub peek_misses: Counter,
-    /// `stats`.
-    pub stats: Counter,
-    /// `version`, `verbosity`, `quit` and other administrative commands.
-    pub other: Counter,
-    /// Unknown or malformed commands (`ERROR` / `CLIENT_ERROR`).
-    pub errors: Counter,
-}
+/// The memcache front end's counters (kept by the memcache session, one relaxed atomic
+/// add per command), rendered as `<prefix>_memcache_commands_total{command, result}`.
+pub use crate::memcache::stats::MemcacheCounters;
 
-impl MemcacheCounters {
-    /// `(command, result, value)` for every series, in rendering order.
-    pub fn series(&self) -> [(&'static str, &'static str, u64); 15] {
-        [
-            ("get", "hit", self.get_hits.get()),
-            ("get", "miss", self.get_misses.get()),
-            ("set", "stored", self.set_stored.get()),
-            ("set", "error", self.set_errors.get()),
-            ("delete", "deleted", self.delete_hits.get()),
-            ("delete", "not_found", self.delete_misses.get()),
-            ("open", "hit", self.open_hits.get()),
-            ("open", "miss", self.open_misses.get()),
-            ("close", "ok", self.close.get()),
-            ("abort", "ok", self.abort.get()),
-            ("peek", "hit", self.peek_hits.get()),
-            ("peek", "miss", self.peek_misses.get()),
-            ("stats", "ok", self.stats.get()),
-            ("other", "ok", self.other.get()),
-            ("invalid", "error", self.errors.get()),
-        ]
-    }
-}
-
-/// The process-wide memcache counters (one memcache front end per process serves them;
-/// tests that run several brokers in one process see the sum).
-pub fn memcache_counters() -> &'static MemcacheCounters {
-    static COUNTERS: OnceLock<MemcacheCounters> = OnceLock::new();
-    COUNTERS.get_or_init(MemcacheCounters::default)
-}
+/// The process-wide memcache counters (one memcache front end per process; tests that
+/// run several brokers in one process see the sum).
+pub use crate::memcache::stats::counters as memcache_counters;
 
 /// Installs the Prometheus recorder as the global `metrics` recorder, once per process,
 /// and returns its handle. Returns `None` when another recorder was installed first

@@ -21,9 +21,13 @@
 //! | `process_resident_memory_bytes`, `resident_memory_limit_bytes`, `process_open_fds`, `process_max_fds`, `process_open_tcp_sockets`, `process_max_tcp_sockets`, `disk_space_available_bytes`, `disk_space_available_limit_bytes` | gauge |
 //! | `store_fsync_seconds` (histogram), `store_fsyncs_total` | via the `metrics` recorder |
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::core::stats::{ProtocolCounters, MESSAGE_SIZE_BUCKETS};
 use crate::core::{Broker, Queue, QueueDepth};
@@ -47,12 +51,14 @@ pub struct Scrape<'a> {
     pub node: &'a str,
 }
 
-/// Renders one complete scrape.
+/// Renders one complete scrape. `closed` (kept across scrapes by the listener) keeps
+/// the per-protocol byte counters monotonic when connections close.
 pub fn render(
     out: &mut String,
     broker: &Broker,
     scrape: &Scrape<'_>,
     memcache: &MemcacheCounters,
+    closed: Option<&ClosedConnections>,
     recorded: Option<&str>,
 ) {
     let mut w = Writer {
@@ -62,12 +68,63 @@ pub fn render(
     let queues = queue_snapshot(broker);
     w.identity(scrape.node);
     w.global(broker, &queues);
-    w.protocols(broker, memcache);
+    w.protocols(broker, memcache, closed);
     w.message_size(broker);
     w.queues(&queues);
     w.process(broker, scrape.data_dir);
     if let Some(text) = recorded {
         append_recorded(w.out, text, scrape.prefix);
+    }
+}
+
+/// Byte totals of connections that have closed, as seen from scrape to scrape.
+///
+/// The core adds a closing connection's bytes to
+/// [`crate::core::stats::ProtocolCounters`] when it is fed; until then (and as a floor
+/// afterwards) this remembers each live connection's byte counts at every scrape and
+/// keeps those of connections that disappeared, so `protocol_bytes_*_total` never goes
+/// backwards. It misses what a connection transferred after the last scrape before it
+/// closed.
+#[derive(Debug, Default)]
+pub struct ClosedConnections {
+    state: Mutex<ClosedState>,
+}
+
+#[derive(Debug, Default)]
+struct ClosedState {
+    /// Connection id -> (protocol, bytes in, bytes out) at the last scrape.
+    live: HashMap<u64, (&'static str, u64, u64)>,
+    /// Protocol -> (bytes in, bytes out) of connections gone since.
+    gone: HashMap<&'static str, (u64, u64)>,
+}
+
+impl ClosedConnections {
+    /// Records the live connections; returns the closed totals per protocol.
+    fn update(
+        &self,
+        conns: &[Arc<crate::core::ConnectionInfo>],
+    ) -> HashMap<&'static str, (u64, u64)> {
+        let mut st = self.state.lock();
+        let mut live = HashMap::with_capacity(conns.len());
+        for c in conns {
+            live.insert(
+                c.id,
+                (
+                    c.protocol,
+                    c.bytes_in.load(Relaxed),
+                    c.bytes_out.load(Relaxed),
+                ),
+            );
+        }
+        let previous = std::mem::replace(&mut st.live, live);
+        for (id, (protocol, bytes_in, bytes_out)) in previous {
+            if !st.live.contains_key(&id) {
+                let e = st.gone.entry(protocol).or_default();
+                e.0 += bytes_in;
+                e.1 += bytes_out;
+            }
+        }
+        st.gone.clone()
     }
 }
 
@@ -234,7 +291,7 @@ impl Writer<'_> {
         let connections = broker.connections();
         let channels: u64 = connections
             .iter()
-            .map(|c| u64::from(c.channels.load(std::sync::atomic::Ordering::Relaxed)))
+            .map(|c| u64::from(c.channels.load(Relaxed)))
             .sum();
         let consumers: usize = queues.iter().map(|(_, d)| d.consumers).sum();
         self.single("queues", "gauge", "Queues available.", queues.len());
@@ -255,9 +312,7 @@ impl Writer<'_> {
             "global_publishers",
             "gauge",
             "Current number of publishers.",
-            l.publishers
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .max(0),
+            l.publishers.load(Relaxed).max(0),
         );
         let delivered = c.delivered_consume_auto_ack.get()
             + c.delivered_consume_manual_ack.get()
@@ -370,7 +425,12 @@ impl Writer<'_> {
         }
     }
 
-    fn protocols(&mut self, broker: &Broker, memcache: &MemcacheCounters) {
+    fn protocols(
+        &mut self,
+        broker: &Broker,
+        memcache: &MemcacheCounters,
+        closed: Option<&ClosedConnections>,
+    ) {
         struct Live {
             protocol: &'static str,
             connections: u64,
@@ -386,7 +446,8 @@ impl Writer<'_> {
                 bytes_out: 0,
             })
             .collect();
-        for c in broker.connections() {
+        let conns = broker.connections();
+        for c in &conns {
             let i = match live.iter().position(|l| l.protocol == c.protocol) {
                 Some(i) => i,
                 None => {
@@ -401,12 +462,26 @@ impl Writer<'_> {
             };
             let l = &mut live[i];
             l.connections += 1;
-            l.bytes_in += c.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
-            l.bytes_out += c.bytes_out.load(std::sync::atomic::Ordering::Relaxed);
+            l.bytes_in += c.bytes_in.load(Relaxed);
+            l.bytes_out += c.bytes_out.load(Relaxed);
         }
+        let gone = closed.map(|c| c.update(&conns)).unwrap_or_default();
         let lifecycle = &broker.counters().lifecycle;
-        let closed = |p: &str, f: fn(&ProtocolCounters) -> u64| -> u64 {
+        let counter = |p: &str, f: fn(&ProtocolCounters) -> u64| -> u64 {
             lifecycle.protocol(p).map(f).unwrap_or(0)
+        };
+        // The memcache session keeps its own process-wide totals, exact for the usual
+        // one broker per process: they are the floor of the memcache series.
+        let mc_total = memcache.total_connections.load(Relaxed);
+        let mc_closed = mc_total.saturating_sub(memcache.curr_connections.load(Relaxed));
+        let floor = |p: &str, name: &str| -> u64 {
+            match (p, name) {
+                ("memcache", "connections_opened_total") => mc_total,
+                ("memcache", "connections_closed_total") => mc_closed,
+                ("memcache", "protocol_bytes_received_total") => memcache.bytes_read.load(Relaxed),
+                ("memcache", "protocol_bytes_sent_total") => memcache.bytes_written.load(Relaxed),
+                _ => 0,
+            }
         };
         self.family("connections", "gauge", "Connections currently open.");
         for l in &live {
@@ -438,42 +513,58 @@ impl Writer<'_> {
         for (name, help, f) in families {
             self.family(name, "counter", help);
             for l in &live {
-                let v = closed(l.protocol, f);
+                let v = counter(l.protocol, f).max(floor(l.protocol, name));
+                self.sample(name, &[("protocol", l.protocol)], v);
+            }
+        }
+        type Bytes = (
+            &'static str,
+            &'static str,
+            fn(&Live) -> u64,
+            fn(&ProtocolCounters) -> u64,
+            fn((u64, u64)) -> u64,
+        );
+        let bytes: [Bytes; 2] = [
+            (
+                "protocol_bytes_received_total",
+                "Total number of bytes received from clients, by front end.",
+                |l| l.bytes_in,
+                |p| p.bytes_received_closed.get(),
+                |g| g.0,
+            ),
+            (
+                "protocol_bytes_sent_total",
+                "Total number of bytes sent to clients, by front end.",
+                |l| l.bytes_out,
+                |p| p.bytes_sent_closed.get(),
+                |g| g.1,
+            ),
+        ];
+        for (name, help, now, fed, seen) in bytes {
+            self.family(name, "counter", help);
+            for l in &live {
+                let gone = gone.get(l.protocol).copied().unwrap_or_default();
+                let closed = counter(l.protocol, fed).max(seen(gone));
+                let v = (now(l) + closed).max(floor(l.protocol, name));
                 self.sample(name, &[("protocol", l.protocol)], v);
             }
         }
         self.family(
-            "protocol_bytes_received_total",
-            "counter",
-            "Total number of bytes received from clients, by front end.",
-        );
-        for l in &live {
-            let v = l.bytes_in + closed(l.protocol, |p| p.bytes_received_closed.get());
-            self.sample(
-                "protocol_bytes_received_total",
-                &[("protocol", l.protocol)],
-                v,
-            );
-        }
-        self.family(
-            "protocol_bytes_sent_total",
-            "counter",
-            "Total number of bytes sent to clients, by front end.",
-        );
-        for l in &live {
-            let v = l.bytes_out + closed(l.protocol, |p| p.bytes_sent_closed.get());
-            self.sample("protocol_bytes_sent_total", &[("protocol", l.protocol)], v);
-        }
-        self.family(
             "memcache_commands_total",
             "counter",
-            "Total number of memcache commands, by command and result.",
+            "Total number of memcache commands, by command and result (get counts each key).",
         );
-        for (command, result, v) in memcache.series() {
+        let series = [
+            ("get", "hit", &memcache.get_hits),
+            ("get", "miss", &memcache.get_misses),
+            ("set", "total", &memcache.cmd_set),
+            ("delete", "total", &memcache.cmd_delete),
+        ];
+        for (command, result, v) in series {
             self.sample(
                 "memcache_commands_total",
                 &[("command", command), ("result", result)],
-                v,
+                v.load(Relaxed),
             );
         }
     }
