@@ -448,7 +448,10 @@ async fn scrape_after_traffic_shows_exact_values() {
         ),
         (
             "qgate_identity_info".to_owned()
-                + &format!("{{qgate_node=\"{0}\",qgate_cluster=\"{0}\"}}", node(&s)),
+                + &format!(
+                    "{{qgate_node=\"{0}\",qgate_cluster=\"{0}\",qgate_endpoint=\"per-object\"}}",
+                    node(&s)
+                ),
             1.0,
         ),
     ];
@@ -558,8 +561,9 @@ fn metric_names(expr: &str, prefix: &str) -> Vec<String> {
     out
 }
 
-/// With prefix `rabbitmq`, what the stock RabbitMQ-Overview dashboard (grafana.com
-/// 10991) and the issue's list query is present.
+/// With prefix `rabbitmq`, every metric the stock RabbitMQ-Overview dashboard (grafana.com
+/// 10991, as shipped in rabbitmq-server's deps/rabbitmq_prometheus) queries is present,
+/// with the labels and bucket bounds its PromQL selects on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_prefix_serves_rabbitmq_overview_metrics() {
     let broker = Broker::start("rabbitmq").await;
@@ -568,6 +572,7 @@ async fn rabbitmq_prefix_serves_rabbitmq_overview_metrics() {
     let required = [
         "rabbitmq_identity_info",
         "rabbitmq_build_info",
+        "rabbitmq_erlang_uptime_seconds",
         "rabbitmq_queues",
         "rabbitmq_connections",
         "rabbitmq_channels",
@@ -627,7 +632,23 @@ async fn rabbitmq_prefix_serves_rabbitmq_overview_metrics() {
         s.value(r#"rabbitmq_queue_messages_ready{vhost="/",queue="scrape.q1"}"#),
         3.0
     );
-    assert!(s.text.contains("rabbitmq_identity_info{rabbitmq_node=\""));
+    let identity = s
+        .text
+        .lines()
+        .find(|l| l.starts_with("rabbitmq_identity_info{"))
+        .expect("identity_info");
+    for label in ["rabbitmq_node=", "rabbitmq_cluster=", "rabbitmq_endpoint="] {
+        assert!(identity.contains(label), "{identity}");
+    }
+    assert!(s.text.contains("rabbitmq_build_info{rabbitmq_version=\""));
+    // The dashboard's message size panels select these exact bucket bounds.
+    for le in [
+        "100.0", "1000.0", "10000.0", "100000.0", "1e+06", "1e+07", "5e+07", "1e+08", "+Inf",
+    ] {
+        s.value(&format!(
+            "rabbitmq_message_size_bytes_bucket{{le=\"{le}\"}}"
+        ));
+    }
     promtool_check(&s.text);
     conn.close(200, "bye").await.ok();
     broker.stop().await;

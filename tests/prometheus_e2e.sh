@@ -9,8 +9,9 @@
 #      (scraping qgate every second) and data dir, publishes messages over memcache and
 #      (when pika is installed) AMQP, then asks Prometheus's HTTP API for
 #      qgate_queue_messages_ready{queue="..."} (exact values) and
-#      rate(qgate_global_messages_received_total[30s]) (> 0).
-# Exits non-zero on any failure; takes about 10-15 s.
+#      rate(qgate_global_messages_received_total[30s]) (> 0), and evaluates every
+#      PromQL expression of docker/grafana/dashboards/qgate.json (each must return data).
+# Exits non-zero on any failure; takes about 15 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -199,4 +200,39 @@ fi
 wait_for 'qgate_global_messages_received_total' "v == $total" "messages received"
 wait_for 'rate(qgate_global_messages_received_total[30s])' 'v > 0' "publish rate"
 wait_for 'sum(rate(qgate_memcache_commands_total{command="set"}[30s]))' 'v > 0' "memcache set rate"
+step "evaluating every PromQL expression of docker/grafana/dashboards/qgate.json"
+python3 - "$prom_url" docker/grafana/dashboards/qgate.json <<'EOF'
+import json, sys, urllib.parse, urllib.request
+prom, path = sys.argv[1], sys.argv[2]
+exprs = []
+def walk(v):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k == "expr" and isinstance(x, str):
+                exprs.append(x)
+            else:
+                walk(x)
+    elif isinstance(v, list):
+        for x in v:
+            walk(x)
+walk(json.load(open(path)))
+failed = []
+for e in exprs:
+    q = (e.replace("$instance", ".*").replace("$__rate_interval", "30s")
+          .replace("$__range", "1m").replace("$__interval", "5s"))
+    url = prom + "/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.load(r)
+    except Exception as err:
+        failed.append(f"{q}: {err}")
+        continue
+    if body.get("status") != "success":
+        failed.append(f"{q}: {body.get('error')}")
+    elif not body["data"]["result"]:
+        failed.append(f"{q}: no data")
+if failed:
+    sys.exit("dashboard queries failing:\n  " + "\n  ".join(failed))
+print(f"prometheus_e2e: ok: {len(exprs)} dashboard queries return data")
+EOF
 step "all checks passed"

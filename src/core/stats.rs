@@ -103,27 +103,24 @@ pub struct ProtocolCounters {
     pub messages_delivered: Counter,
 }
 
-/// Upper bounds (bytes) of the message size histogram buckets, as rabbitmq_prometheus.
-pub const MESSAGE_SIZE_BUCKETS: [u64; 12] = [
-    64,
-    256,
-    1024,
-    4096,
-    16384,
-    65536,
-    262_144,
-    1_048_576,
-    4_194_304,
-    16_777_216,
-    67_108_864,
-    268_435_456,
+/// Upper bounds (bytes) of the message size histogram buckets: rabbitmq_prometheus's,
+/// so that dashboards selecting `le="1e+06"` and the like work unchanged.
+pub const MESSAGE_SIZE_BUCKETS: [u64; 8] = [
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
 ];
 
 /// A fixed-bucket histogram of message body sizes: two relaxed atomic adds per message.
 #[derive(Debug, Default)]
 pub struct SizeHistogram {
     /// Non-cumulative counts per bucket of [`MESSAGE_SIZE_BUCKETS`], plus one for +Inf.
-    buckets: [Counter; 13],
+    buckets: [Counter; 9],
     sum: Counter,
 }
 
@@ -137,7 +134,7 @@ impl SizeHistogram {
     }
 
     /// Non-cumulative bucket counts (the last one is above the largest bound).
-    pub fn buckets(&self) -> [u64; 13] {
+    pub fn buckets(&self) -> [u64; 9] {
         std::array::from_fn(|i| self.buckets[i].get())
     }
 

@@ -8,7 +8,8 @@
 //!
 //! | name | type |
 //! |------|------|
-//! | `identity_info{<p>_node,<p>_cluster}`, `build_info{<p>_version,product}` | gauge (1) |
+//! | `identity_info{<p>_node,<p>_cluster,<p>_endpoint}`, `build_info{<p>_version,product}` | gauge (1) |
+//! | `erlang_uptime_seconds` (the name RabbitMQ dashboards query) | gauge |
 //! | `queues`, `channels`, `consumers`, `global_consumers`, `global_publishers` | gauge |
 //! | `connections{protocol}` | gauge |
 //! | `global_messages_{received,received_confirm,routed,confirmed,delivered,delivered_consume_auto_ack,delivered_consume_manual_ack,delivered_get_auto_ack,delivered_get_manual_ack,get_empty,redelivered,acknowledged,unroutable_dropped,unroutable_returned}_total` | counter |
@@ -36,6 +37,12 @@ use super::{MemcacheCounters, RECORDED_PREFIX};
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `le` labels of [`MESSAGE_SIZE_BUCKETS`], spelled as rabbitmq_prometheus spells them
+/// (dashboards select buckets by these exact strings).
+const MESSAGE_SIZE_LE: [&str; MESSAGE_SIZE_BUCKETS.len()] = [
+    "100.0", "1000.0", "10000.0", "100000.0", "1e+06", "1e+07", "5e+07", "1e+08",
+];
 
 /// Protocols that always get a series, even with no connection yet.
 const PROTOCOLS: [&str; 2] = ["amqp", "memcache"];
@@ -66,7 +73,7 @@ pub fn render(
         prefix: scrape.prefix,
     };
     let queues = queue_snapshot(broker);
-    w.identity(scrape.node);
+    w.identity(scrape.node, broker.uptime());
     w.global(broker, &queues);
     w.protocols(broker, memcache, closed);
     w.message_size(broker);
@@ -264,15 +271,26 @@ impl Writer<'_> {
         self.sample(name, &[], value);
     }
 
-    fn identity(&mut self, node: &str) {
+    fn identity(&mut self, node: &str, uptime: std::time::Duration) {
         let node_label = format!("{}_node", self.prefix);
         let cluster_label = format!("{}_cluster", self.prefix);
+        let endpoint_label = format!("{}_endpoint", self.prefix);
         let version_label = format!("{}_version", self.prefix);
         self.family("identity_info", "gauge", "Node and cluster identity.");
         self.sample(
             "identity_info",
-            &[(&node_label, node), (&cluster_label, node)],
+            &[
+                (&node_label, node),
+                (&cluster_label, node),
+                (&endpoint_label, "per-object"),
+            ],
             1u64,
+        );
+        self.single(
+            "erlang_uptime_seconds",
+            "gauge",
+            "Node uptime in seconds (named as rabbitmq_prometheus names it).",
+            uptime.as_secs_f64(),
         );
         self.family("build_info", "gauge", "Version of the broker.");
         self.sample(
@@ -578,12 +596,9 @@ impl Writer<'_> {
             "Size of messages received from publishers.",
         );
         let mut cumulative = 0u64;
-        let mut le = String::with_capacity(12);
-        for (i, bound) in MESSAGE_SIZE_BUCKETS.iter().enumerate() {
+        for (i, le) in MESSAGE_SIZE_LE.iter().enumerate() {
             cumulative += buckets[i];
-            le.clear();
-            let _ = write!(le, "{bound}");
-            self.sample("message_size_bytes_bucket", &[("le", &le)], cumulative);
+            self.sample("message_size_bytes_bucket", &[("le", le)], cumulative);
         }
         cumulative += buckets[MESSAGE_SIZE_BUCKETS.len()];
         self.sample("message_size_bytes_bucket", &[("le", "+Inf")], cumulative);
