@@ -105,6 +105,8 @@ async fn raw(addr: SocketAddr, request: Vec<u8>) -> (u16, String, String) {
         s.set_read_timeout(Some(WAIT)).unwrap();
         // The server may answer (and close) before it has read everything.
         let _ = s.write_all(&request);
+        // No more to send: a partial head then meets EOF instead of the read timeout.
+        let _ = s.shutdown(std::net::Shutdown::Write);
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
         let text = String::from_utf8_lossy(&buf).into_owned();
@@ -503,7 +505,20 @@ async fn scrape_after_traffic_shows_exact_values() {
         "dashboard metrics missing from the scrape: {missing:?}"
     );
 
+    // Byte counters never go backwards when a connection closes.
+    let amqp_in = r#"qgate_protocol_bytes_received_total{protocol="amqp"}"#;
+    let amqp_out = r#"qgate_protocol_bytes_sent_total{protocol="amqp"}"#;
+    let (before_in, before_out) = (s.value(amqp_in), s.value(amqp_out));
     conn.close(200, "bye").await.ok();
+    let after = scrape_until(http, |s| {
+        s.samples.get(r#"qgate_connections{protocol="amqp"}"#) == Some(&0.0)
+    })
+    .await;
+    assert_eq!(after.value(r#"qgate_connections{protocol="amqp"}"#), 0.0);
+    assert!(after.value(amqp_in) >= before_in);
+    assert!(after.value(amqp_out) >= before_out);
+    assert_eq!(after.value("qgate_channels"), 0.0);
+    assert_eq!(after.value("qgate_global_consumers"), 0.0);
     broker.stop().await;
 }
 
@@ -772,6 +787,18 @@ async fn admin_api_and_ctl() {
     let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
     big.extend(std::iter::repeat(b'a').take(20_000));
     assert_eq!(raw(http, big).await.0, 431);
+    // Junk of every kind: answered or dropped, never a crash.
+    let junk: [&[u8]; 6] = [
+        b"\x00\xff\xfe\r\n\r\n",
+        b"GET / HTTP/1.1\r\n",
+        b"GET /metrics HTTP/1.1 extra\r\n\r\n",
+        b"GET /api/queues/%2F/%ff HTTP/1.1\r\n\r\n",
+        b"GET http://host/api/overview HTTP/1.0\n\n",
+        b"\r\n\r\n",
+    ];
+    for j in junk {
+        let _ = raw(http, j.to_vec()).await;
+    }
     let (status, _, body) = get(http, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
