@@ -460,9 +460,20 @@ async fn scrape_after_traffic_shows_exact_values() {
     for (series, value) in &expect {
         assert_eq!(s.value(series), *value, "{series}");
     }
-    // Delivered over basic.consume: the per-queue counter is exact; the global
-    // delivered_consume_* counters are rendered but not fed by the AMQP front end yet.
-    assert!(s.value("qgate_global_messages_delivered_total") >= 3.0);
+    // Deliveries over basic.consume (2 to the q2 consumer) and gets (2 manual, 2 auto).
+    assert_eq!(
+        s.value("qgate_global_messages_delivered_consume_manual_ack_total"),
+        2.0
+    );
+    assert_eq!(
+        s.value("qgate_global_messages_delivered_consume_auto_ack_total"),
+        0.0
+    );
+    assert_eq!(s.value("qgate_global_messages_delivered_total"), 6.0);
+    assert_eq!(
+        s.value(r#"qgate_connections_opened_total{protocol="amqp"}"#),
+        1.0
+    );
     assert!(s.value(r#"qgate_protocol_bytes_received_total{protocol="amqp"}"#) > 0.0);
     assert!(s.value(r#"qgate_protocol_bytes_sent_total{protocol="amqp"}"#) > 0.0);
     assert!(s.value("qgate_process_resident_memory_bytes") > 0.0);

@@ -40,6 +40,7 @@ pub(crate) struct ConnCtx {
 /// tags, remembers unacknowledged deliveries and queues the bytes for the writer.
 pub(crate) struct ChannelSink {
     channel: u16,
+    broker: Broker,
     out: OutTx,
     cancel_notify: bool,
     state: Mutex<SinkState>,
@@ -60,11 +61,12 @@ impl DeliverySink for ChannelSink {
         }
         st.next_tag += 1;
         let tag = st.next_tag;
+        let redelivered = delivery.redelivered();
         let out = Out::Deliver {
             channel: self.channel,
             consumer: consumer.clone(),
             delivery_tag: tag,
-            redelivered: delivery.redelivered(),
+            redelivered,
             msg: delivery.entry.msg.clone(),
         };
         if !delivery.auto_ack {
@@ -73,6 +75,17 @@ impl DeliverySink for ChannelSink {
             // Settled already: dropping it touches nothing.
             drop(delivery);
         }
+        drop(st);
+        let counters = self.broker.counters();
+        if consumer.no_ack {
+            counters.delivered_consume_auto_ack.inc();
+        } else {
+            counters.delivered_consume_manual_ack.inc();
+        }
+        if redelivered {
+            counters.redelivered.inc();
+        }
+        counters.lifecycle.amqp.messages_delivered.inc();
         let _ = self.out.send(out);
         Ok(())
     }
@@ -124,6 +137,8 @@ pub(crate) struct Channel {
     last_queue: Option<String>,
     last_exchange: Arc<str>,
     last_routing_key: Arc<str>,
+    /// Counted in the publishers gauge since its first publish.
+    publishing: bool,
 }
 
 struct Confirms {
@@ -141,6 +156,7 @@ impl Channel {
             id,
             sink: Arc::new(ChannelSink {
                 channel: id,
+                broker: ctx.broker.clone(),
                 out: ctx.out.clone(),
                 cancel_notify: ctx.cancel_notify,
                 state: Mutex::new(SinkState::default()),
@@ -154,6 +170,7 @@ impl Channel {
             last_queue: None,
             last_exchange: Arc::from(""),
             last_routing_key: Arc::from(""),
+            publishing: false,
         }
     }
 
@@ -510,6 +527,7 @@ impl Channel {
                 if d.redelivered() {
                     counters.redelivered.inc();
                 }
+                counters.lifecycle.amqp.messages_delivered.inc();
                 let mut st = self.sink.state.lock();
                 st.next_tag += 1;
                 let tag = st.next_tag;
@@ -712,6 +730,14 @@ impl Channel {
 
     fn route(&mut self, ctx: &ConnCtx, p: &BasicPublish, msg: Message) -> Result<(), AmqpError> {
         let counters = ctx.broker.counters();
+        counters.lifecycle.amqp.messages_received.inc();
+        if !self.publishing {
+            self.publishing = true;
+            counters
+                .lifecycle
+                .publishers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let returned = if p.mandatory {
             Some(Arc::new(clone_message(&msg)))
         } else {
@@ -747,6 +773,10 @@ impl Channel {
     /// Tears the channel down: cancels its consumers and requeues what it held unacked,
     /// in original order.
     pub(crate) fn close(&mut self, ctx: &ConnCtx) {
+        if std::mem::take(&mut self.publishing) {
+            let publishers = &ctx.broker.counters().lifecycle.publishers;
+            publishers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let unacked = {
             let mut st = self.sink.state.lock();
             st.closed = true;

@@ -360,6 +360,12 @@ impl Session {
             priority: 0,
         };
         let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
+        self.broker
+            .counters()
+            .lifecycle
+            .memcache
+            .messages_received
+            .inc();
         Ok(routed.durable)
     }
 
@@ -434,6 +440,7 @@ impl Session {
             match hit {
                 Some((d, _)) => {
                     self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
+                    counters.lifecycle.memcache.messages_delivered.inc();
                     if d.redelivered() {
                         counters.redelivered.inc();
                     }
