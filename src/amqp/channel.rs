@@ -679,17 +679,6 @@ impl Channel {
     fn finish_publish(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("publish in progress");
         let (_, properties) = p.header.expect("header received");
-        let body = match p.body.len() {
-            0 => Bytes::new(),
-            1 => p.body.into_iter().next().expect("one part"),
-            _ => {
-                let mut b = BytesMut::with_capacity(p.received as usize);
-                for part in p.body {
-                    b.extend_from_slice(&part);
-                }
-                b.freeze()
-            }
-        };
         let decoded = Properties::decode(&properties).map_err(|e| {
             fail(reply::SYNTAX_ERROR, format!("bad content header: {e}")).on_ids(60, 40)
         })?;
@@ -707,13 +696,20 @@ impl Channel {
         }
         let exchange = shared_name(&mut self.last_exchange, &p.method.exchange);
         let routing_key = shared_name(&mut self.last_routing_key, &p.method.routing_key);
-        let msg = Message::new(
+        // Properties and body go into one compact allocation, so the read buffer they
+        // arrived in is not pinned by queued messages.
+        let mut content = BytesMut::with_capacity(properties.len() + p.received as usize);
+        content.extend_from_slice(&properties);
+        for part in &p.body {
+            content.extend_from_slice(part);
+        }
+        let msg = Message::from_content(
             ctx.broker.next_message_id(),
             exchange,
             routing_key,
-            properties,
+            content.freeze(),
+            properties.len(),
             &decoded,
-            body,
         );
         if let Some(ops) = &mut self.tx {
             // Unknown exchanges are reported at publish time, as RabbitMQ does.
@@ -739,7 +735,7 @@ impl Channel {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let returned = if p.mandatory {
-            Some(Arc::new(clone_message(&msg)))
+            Some(Arc::new(msg.clone()))
         } else {
             None
         };
@@ -797,19 +793,6 @@ fn settle_kind(requeue: bool) -> Settle {
         Settle::Requeue
     } else {
         Settle::Discard
-    }
-}
-
-fn clone_message(m: &Message) -> Message {
-    Message {
-        id: m.id,
-        exchange: m.exchange.clone(),
-        routing_key: m.routing_key.clone(),
-        properties: m.properties.clone(),
-        body: m.body.clone(),
-        persistent: m.persistent,
-        expiration_ms: m.expiration_ms,
-        priority: m.priority,
     }
 }
 

@@ -103,7 +103,7 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
                 &msg.exchange,
                 &msg.routing_key,
             );
-            encode_content(out, channel, 60, &msg.properties, &msg.body, frame_max);
+            encode_content(out, channel, 60, msg.properties(), msg.body(), frame_max);
         }
         Out::GetOk {
             channel,
@@ -120,7 +120,7 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
                 message_count,
             });
             encode_method(out, channel, &m);
-            encode_content(out, channel, 60, &msg.properties, &msg.body, frame_max);
+            encode_content(out, channel, 60, msg.properties(), msg.body(), frame_max);
         }
         Out::Return {
             channel,
@@ -135,7 +135,7 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
                 routing_key: msg.routing_key.to_string(),
             });
             encode_method(out, channel, &m);
-            encode_content(out, channel, 60, &msg.properties, &msg.body, frame_max);
+            encode_content(out, channel, 60, msg.properties(), msg.body(), frame_max);
         }
     }
 }

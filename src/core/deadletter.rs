@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::message::Message;
-use crate::content::{FieldTable, FieldValue, Properties};
+use crate::content::{FieldTable, FieldValue};
 
 /// Why a message was dead-lettered (the `reason` field of `x-death`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub fn dead_letter(
     reason: Reason,
     target: &DeadLetterTarget,
 ) -> (String, Message) {
-    let mut props = Properties::decode(&msg.properties).unwrap_or_default();
+    let mut props = msg.decode_properties();
     let mut headers = props.headers.take().unwrap_or_default();
     let mut deaths = match headers.get("x-death") {
         Some(FieldValue::Array(a)) => a.clone(),
@@ -119,15 +119,14 @@ pub fn dead_letter(
         .routing_key
         .clone()
         .unwrap_or_else(|| msg.routing_key.to_string());
-    let out = Message {
-        id: new_id,
-        exchange: Arc::from(target.exchange.as_str()),
-        routing_key: routing_key.as_str().into(),
-        properties: props.to_bytes(),
-        body: msg.body.clone(),
-        persistent: msg.persistent,
-        expiration_ms: None,
-        priority: msg.priority,
-    };
+    let properties = props.to_bytes();
+    let out = Message::new(
+        new_id,
+        Arc::from(target.exchange.as_str()),
+        Arc::from(routing_key.as_str()),
+        &properties,
+        &props,
+        msg.body(),
+    );
     (target.exchange.clone(), out)
 }

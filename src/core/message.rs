@@ -1,15 +1,22 @@
 //! Messages as the core holds them: one immutable, shared `Message` per publish, however
 //! many queues it is routed to, plus a small per-queue entry with queue-local state.
+//!
+//! Memory matters here (a deep queue holds millions): a message is one allocation for
+//! the struct and one for its content, the encoded properties followed by the body.
+//! Exchange and routing-key names are shared with the previous message of the same
+//! publisher (see [`shared_name`]).
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::content::{FieldTable, Properties};
 
-/// One published message. Shared (`Arc`) between every queue it was routed to; the body
-/// and the encoded properties are `Bytes`, never copied per queue or per consumer.
-#[derive(Debug)]
+const NO_EXPIRATION: u64 = u64::MAX;
+
+/// One published message. Shared (`Arc`) between every queue it was routed to; the
+/// content is `Bytes`, never copied per queue or per consumer.
+#[derive(Debug, Clone)]
 pub struct Message {
     /// Broker-wide increasing id; also the store's record id.
     pub id: u64,
@@ -17,47 +24,91 @@ pub struct Message {
     pub exchange: Arc<str>,
     /// Routing key it was published with (shared between messages with the same key).
     pub routing_key: Arc<str>,
-    /// The properties in their encoded form (flags + list), passed through untouched.
-    pub properties: Bytes,
-    /// The body.
-    pub body: Bytes,
+    /// Encoded properties (flags + list, passed through untouched) then the body.
+    content: Bytes,
+    props_len: u32,
+    /// Per-message TTL from the `expiration` property in ms, `NO_EXPIRATION` if none.
+    expiration: u64,
     /// delivery_mode 2.
     pub persistent: bool,
-    /// Per-message TTL from the `expiration` property, in milliseconds.
-    pub expiration_ms: Option<u64>,
     /// The `priority` property (0 when absent).
     pub priority: u8,
 }
 
 impl Message {
-    /// Builds a message from already-encoded properties, reading the few fields the core
-    /// acts on. `decoded` may be passed when the caller already decoded them.
+    /// Builds a message from its encoded properties and body, copied into one compact
+    /// allocation (so that the network read buffer they came from can be reused).
+    /// `decoded` is the decoded form of `properties`, for the fields the core acts on.
     pub fn new(
         id: u64,
         exchange: Arc<str>,
         routing_key: Arc<str>,
-        properties: Bytes,
+        properties: &[u8],
         decoded: &Properties,
-        body: Bytes,
+        body: &[u8],
+    ) -> Self {
+        let mut content = BytesMut::with_capacity(properties.len() + body.len());
+        content.put_slice(properties);
+        content.put_slice(body);
+        Self::from_content(
+            id,
+            exchange,
+            routing_key,
+            content.freeze(),
+            properties.len(),
+            decoded,
+        )
+    }
+
+    /// Builds a message around content that already is `properties ++ body` (zero-copy,
+    /// e.g. a slice of a recovered store segment).
+    pub fn from_content(
+        id: u64,
+        exchange: Arc<str>,
+        routing_key: Arc<str>,
+        content: Bytes,
+        props_len: usize,
+        decoded: &Properties,
     ) -> Self {
         Self {
             id,
             exchange,
             routing_key,
-            properties,
-            body,
-            persistent: decoded.delivery_mode == Some(2),
-            expiration_ms: decoded
+            content,
+            props_len: props_len as u32,
+            expiration: decoded
                 .expiration
                 .as_deref()
-                .and_then(|e| e.trim().parse::<u64>().ok()),
+                .and_then(|e| e.trim().parse::<u64>().ok())
+                .unwrap_or(NO_EXPIRATION),
+            persistent: decoded.delivery_mode == Some(2),
             priority: decoded.priority.unwrap_or(0),
         }
     }
 
+    /// The encoded properties.
+    pub fn properties(&self) -> &[u8] {
+        &self.content[..self.props_len as usize]
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.content[self.props_len as usize..]
+    }
+
+    /// The body as shared bytes (no copy).
+    pub fn body_bytes(&self) -> Bytes {
+        self.content.slice(self.props_len as usize..)
+    }
+
+    /// Per-message TTL from the `expiration` property, in milliseconds.
+    pub fn expiration_ms(&self) -> Option<u64> {
+        (self.expiration != NO_EXPIRATION).then_some(self.expiration)
+    }
+
     /// Decodes the properties (for routing on headers or reading a header back).
     pub fn decode_properties(&self) -> Properties {
-        Properties::decode(&self.properties).unwrap_or_default()
+        Properties::decode(self.properties()).unwrap_or_default()
     }
 
     /// The headers table, if any.
@@ -75,6 +126,9 @@ pub fn shared_name(slot: &mut Arc<str>, name: &str) -> Arc<str> {
     slot.clone()
 }
 
+/// When a queued message expires: never.
+pub const NEVER: u64 = u64::MAX;
+
 /// A message as it sits in one queue.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
@@ -82,8 +136,16 @@ pub struct QueuedMessage {
     pub msg: Arc<Message>,
     /// Position in this queue; requeued messages go back to their original place.
     pub seq: u64,
+    /// Deadline in ms on the broker clock after which the message is dropped at the
+    /// head; [`NEVER`] if it does not expire.
+    pub expires_at: u64,
     /// Set once the message has been delivered and returned.
     pub redelivered: bool,
-    /// Deadline in ms on the broker clock after which the message is dropped at the head.
-    pub expires_at: Option<u64>,
+}
+
+impl QueuedMessage {
+    /// The expiry deadline, if any.
+    pub fn deadline(&self) -> Option<u64> {
+        (self.expires_at != NEVER).then_some(self.expires_at)
+    }
 }

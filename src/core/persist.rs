@@ -16,15 +16,15 @@ pub fn encode_message(msg: &Message) -> Bytes {
     let ex = msg.exchange.as_bytes();
     let rk = msg.routing_key.as_bytes();
     let mut out = BytesMut::with_capacity(
-        2 + ex.len() + rk.len() + 4 + msg.properties.len() + msg.body.len(),
+        2 + ex.len() + rk.len() + 4 + msg.properties().len() + msg.body().len(),
     );
     out.put_u8(ex.len().min(255) as u8);
     out.put_slice(&ex[..ex.len().min(255)]);
     out.put_u8(rk.len().min(255) as u8);
     out.put_slice(&rk[..rk.len().min(255)]);
-    out.put_u32(msg.properties.len() as u32);
-    out.put_slice(&msg.properties);
-    out.put_slice(&msg.body);
+    out.put_u32(msg.properties().len() as u32);
+    out.put_slice(msg.properties());
+    out.put_slice(msg.body());
     out.freeze()
 }
 
@@ -34,10 +34,10 @@ pub struct StoredMessage {
     pub exchange: String,
     /// Routing key.
     pub routing_key: String,
-    /// Encoded properties.
-    pub properties: Bytes,
-    /// Body.
-    pub body: Bytes,
+    /// Encoded properties followed by the body (a slice of the record, no copy).
+    pub content: Bytes,
+    /// Length of the properties at the front of `content`.
+    pub props_len: usize,
 }
 
 /// Decodes a stored message record; `None` when it is malformed.
@@ -62,12 +62,11 @@ pub fn decode_message(mut rec: Bytes) -> Option<StoredMessage> {
     if rec.remaining() < n {
         return None;
     }
-    let properties = rec.split_to(n);
     Some(StoredMessage {
         exchange,
         routing_key,
-        properties,
-        body: rec,
+        content: rec,
+        props_len: n,
     })
 }
 

@@ -20,7 +20,7 @@ use super::clock::now_ms;
 use super::consumer::{Consumer, Delivered};
 use super::deadletter::{dead_letter, DeadLetterTarget, Reason};
 use super::error::{CoreError, CoreResult, ErrorKind};
-use super::message::{Message, QueuedMessage};
+use super::message::{Message, QueuedMessage, NEVER};
 use super::persist;
 use super::ready::Ready;
 use super::stats::QueueCounters;
@@ -203,7 +203,7 @@ impl Queue {
     /// message is persistent and this queue durable: it is safe once the ticket completes.
     pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Option<SyncTicket> {
         let now = now_ms();
-        let ttl = match (msg.expiration_ms, self.features.message_ttl) {
+        let ttl = match (msg.expiration_ms(), self.features.message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -224,7 +224,7 @@ impl Queue {
             msg,
             seq,
             redelivered: false,
-            expires_at: ttl.map(|t| now + t),
+            expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t)),
         });
         self.counters.published.inc();
         self.enforce_limits(&mut st);
@@ -262,7 +262,7 @@ impl Queue {
     /// getters, arm the head-expiry timer, republish dead letters.
     fn after_locked(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, State>) {
         let waiting = !st.ready.is_empty();
-        let head_deadline = st.ready.front().and_then(|m| m.expires_at);
+        let head_deadline = st.ready.front().and_then(QueuedMessage::deadline);
         let arm = match (head_deadline, st.expiry_timer) {
             (Some(d), None) => Some(d),
             (Some(d), Some(armed)) if d < armed => Some(d),
@@ -382,7 +382,7 @@ impl Queue {
             msg,
             seq,
             redelivered,
-            expires_at: None,
+            expires_at: NEVER,
         });
     }
 
@@ -447,7 +447,7 @@ impl Queue {
 
     fn drop_expired_head(&self, st: &mut State, now: u64) {
         while let Some(head) = st.ready.front() {
-            match head.expires_at {
+            match head.deadline() {
                 Some(t) if t <= now => {
                     if let Some(m) = st.ready.pop_front() {
                         self.counters.expired.inc();

@@ -44,7 +44,7 @@ impl Ready {
     pub(crate) fn push_back(&mut self, m: QueuedMessage) {
         let l = self.level(&m);
         self.len += 1;
-        self.bytes += m.msg.body.len();
+        self.bytes += m.msg.body().len();
         self.levels[l].push_back(m);
     }
 
@@ -52,7 +52,7 @@ impl Ready {
     pub(crate) fn insert_by_seq(&mut self, m: QueuedMessage) {
         let l = self.level(&m);
         self.len += 1;
-        self.bytes += m.msg.body.len();
+        self.bytes += m.msg.body().len();
         let level = &mut self.levels[l];
         let pos = level.partition_point(|x| x.seq < m.seq);
         level.insert(pos, m);
@@ -61,7 +61,7 @@ impl Ready {
     pub(crate) fn push_front(&mut self, m: QueuedMessage) {
         let l = self.level(&m);
         self.len += 1;
-        self.bytes += m.msg.body.len();
+        self.bytes += m.msg.body().len();
         self.levels[l].push_front(m);
     }
 
@@ -72,7 +72,7 @@ impl Ready {
     pub(crate) fn pop_front(&mut self) -> Option<QueuedMessage> {
         let m = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
         self.len -= 1;
-        self.bytes -= m.msg.body.len();
+        self.bytes -= m.msg.body().len();
         Some(m)
     }
 
@@ -80,7 +80,7 @@ impl Ready {
     pub(crate) fn pop_oldest_lowest(&mut self) -> Option<QueuedMessage> {
         let m = self.levels.iter_mut().find_map(|l| l.pop_front())?;
         self.len -= 1;
-        self.bytes -= m.msg.body.len();
+        self.bytes -= m.msg.body().len();
         Some(m)
     }
 

@@ -126,14 +126,14 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
                 tracing::warn!(queue = %q.name, msg = m.msg_id, "unreadable message record skipped");
                 continue;
             };
-            let props = Properties::decode(&stored.properties).unwrap_or_default();
-            let msg = Message::new(
+            let props = Properties::decode(&stored.content[..stored.props_len]).unwrap_or_default();
+            let msg = Message::from_content(
                 m.msg_id,
                 shared_name(&mut exchange, &stored.exchange),
                 shared_name(&mut routing_key, &stored.routing_key),
-                stored.properties,
+                stored.content,
+                stored.props_len,
                 &props,
-                stored.body,
             );
             q.restore(Arc::new(msg), m.delivered);
             restored += 1;

@@ -596,7 +596,7 @@ impl VHost {
         counters
             .lifecycle
             .message_size
-            .observe(msg.body.len() as u64);
+            .observe(msg.body().len() as u64);
         self.route_and_enqueue(exchange, msg, false)
     }
 

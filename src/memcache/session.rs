@@ -349,16 +349,20 @@ impl Session {
             return Ok(None);
         }
         let props = properties(flags, ttl);
-        let msg = Message {
-            id: self.broker.next_message_id(),
-            exchange: self.default_exchange.clone(),
-            routing_key: shared_name(&mut self.last_queue, queue),
-            properties: props,
-            body,
-            persistent: true,
-            expiration_ms: ttl,
-            priority: 0,
+        // What the core reads from the properties, without decoding them back.
+        let decoded = Properties {
+            delivery_mode: Some(2),
+            expiration: ttl.map(|t| t.to_string()),
+            ..Default::default()
         };
+        let msg = Message::new(
+            self.broker.next_message_id(),
+            self.default_exchange.clone(),
+            shared_name(&mut self.last_queue, queue),
+            &props,
+            &decoded,
+            &body,
+        );
         let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
         self.broker
             .counters()
@@ -416,7 +420,7 @@ impl Session {
                             &mut self.out,
                             key,
                             message_flags(&entry.msg),
-                            &entry.msg.body,
+                            entry.msg.body(),
                         );
                     }
                     None => {
@@ -445,7 +449,7 @@ impl Session {
                         counters.redelivered.inc();
                     }
                     let msg = d.entry.msg.clone();
-                    command::write_value(&mut self.out, key, message_flags(&msg), &msg.body);
+                    command::write_value(&mut self.out, key, message_flags(&msg), msg.body());
                     if auto_ack {
                         counters.delivered_get_auto_ack.inc();
                     } else {
