@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -95,20 +95,40 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let config = Arc::new(config);
-    tracker.spawn(crate::amqp::listener::serve(
-        amqp,
-        broker.clone(),
-        config.clone(),
-        shutdown.clone(),
-        tracker.clone(),
-    ));
-    tracker.spawn(crate::memcache::listener::serve(
-        memcache,
-        broker.clone(),
-        config.clone(),
-        shutdown.clone(),
-        tracker.clone(),
-    ));
+    {
+        let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());
+        tracker.spawn(accept_loop(
+            amqp,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, peer| {
+                crate::amqp::serve_connection(
+                    stream,
+                    peer,
+                    broker.clone(),
+                    config.clone(),
+                    shutdown.clone(),
+                )
+            },
+        ));
+    }
+    {
+        let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());
+        tracker.spawn(accept_loop(
+            memcache,
+            shutdown.clone(),
+            tracker.clone(),
+            move |stream, peer| {
+                crate::memcache::serve_connection(
+                    stream,
+                    peer,
+                    broker.clone(),
+                    config.clone(),
+                    shutdown.clone(),
+                )
+            },
+        ));
+    }
     tracker.spawn(crate::metrics::http::serve(
         http,
         broker.clone(),
@@ -130,6 +150,33 @@ pub async fn run(
     close_store(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts clients until `shutdown`, one tracked task per connection made by `serve`.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tracker.spawn(serve(stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
 }
 
 fn open_broker(config: &Config) -> Result<(Broker, Option<Store>), ServerError> {

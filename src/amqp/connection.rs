@@ -56,7 +56,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves one client until it goes away or the broker shuts down.
-pub(crate) async fn run(
+pub async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Broker,

@@ -16,5 +16,6 @@ pub mod methods;
 mod channel;
 mod connection;
 pub mod error;
-pub mod listener;
 mod writer;
+
+pub use connection::run as serve_connection;

@@ -6,7 +6,7 @@
 //! - [`command`]: [`Request`](command::Request) and its parts, the
 //!   [`ProtocolError`](command::ProtocolError) answers, and the response encoders
 //!   (`write_*`, straight into a `BytesMut`).
-//! - [`listener`] / `session`: the accept loop and the per-connection task that maps
+//! - `session` ([`serve_connection`]): the per-connection task that maps
 //!   requests onto the core (see `session.rs` for the mapping).
 //! - [`stats`]: the counters behind `stats` and the metrics.
 //! - [`parser`]: a nom parser with one function per rule of `grammar/memcache.abnf`, and
@@ -47,9 +47,10 @@
 //! [`parser::parse_request`] documents exactly which bytes each error consumes.
 
 pub mod command;
-pub mod listener;
 pub mod parser;
 mod session;
 pub mod stats;
 
 pub use session::FLAGS_HEADER;
+
+pub use session::run as serve_connection;

@@ -56,7 +56,7 @@ struct Session {
 }
 
 /// Serves one client until it quits, disconnects or the broker shuts down.
-pub(crate) async fn run(
+pub async fn run(
     mut stream: TcpStream,
     peer: SocketAddr,
     broker: Broker,
