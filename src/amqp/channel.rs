@@ -143,7 +143,7 @@ pub(crate) struct Channel {
 
 struct Confirms {
     next_seq: u64,
-    tx: mpsc::UnboundedSender<(u64, Option<SyncTicket>)>,
+    tx: mpsc::UnboundedSender<Pending>,
 }
 
 fn fail(code: u16, text: impl AsRef<str>) -> AmqpError {
@@ -761,7 +761,11 @@ impl Channel {
             counters.messages_received_confirm.inc();
             let seq = c.next_seq;
             c.next_seq += 1;
-            let _ = c.tx.send((seq, routed.durable));
+            let _ = c.tx.send(Pending {
+                seq,
+                ticket: routed.durable,
+                rejected: routed.rejected,
+            });
         }
         Ok(())
     }
@@ -796,11 +800,20 @@ fn settle_kind(requeue: bool) -> Settle {
     }
 }
 
+/// One publish awaiting its confirm.
+struct Pending {
+    seq: u64,
+    /// Completes when the message is on disk (persistent into a durable queue).
+    ticket: Option<SyncTicket>,
+    /// A queue refused it: the confirm is a nack.
+    rejected: bool,
+}
+
 /// Sends publisher confirms in publish order, coalescing ready ones into one
 /// `basic.ack(multiple)`. A publish waiting for the disk holds back later confirms only
 /// until its fsync returns; group commit makes that one fsync for many publishes.
 async fn confirm_task(
-    mut rx: mpsc::UnboundedReceiver<(u64, Option<SyncTicket>)>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
     out: OutTx,
     channel: u16,
     broker: Broker,
@@ -818,11 +831,17 @@ async fn confirm_task(
         let mut pending = Some(first);
         let mut acked: Option<u64> = None;
         let mut count = 0u64;
-        while let Some((seq, ticket)) = pending.take() {
-            let ok = match ticket {
-                Some(t) => t.wait().await.is_ok(),
-                None => true,
-            };
+        while let Some(Pending {
+            seq,
+            ticket,
+            rejected,
+        }) = pending.take()
+        {
+            let ok = !rejected
+                && match ticket {
+                    Some(t) => t.wait().await.is_ok(),
+                    None => true,
+                };
             if ok {
                 acked = Some(seq);
                 count += 1;

@@ -41,9 +41,18 @@ pub struct QueueOptions {
     pub arguments: FieldTable,
 }
 
+/// A queue at its length limit with `x-overflow: reject-publish` refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected;
+
 /// Queue-level limits and behaviours read from the `x-` arguments.
 #[derive(Debug, Clone, Default)]
 struct Features {
+    /// `x-overflow: reject-publish` (or `reject-publish-dlx`): refuse new messages at
+    /// the limit instead of dropping the oldest.
+    reject_publish: bool,
+    /// `x-single-active-consumer`: only the oldest consumer receives.
+    single_active: bool,
     message_ttl: Option<u64>,
     max_length: Option<usize>,
     max_length_bytes: Option<usize>,
@@ -71,7 +80,23 @@ impl Features {
                 "invalid arg 'x-expires': value 0 is zero",
             ));
         }
+        let reject_publish = match args.get_str("x-overflow").as_deref() {
+            None | Some("drop-head") => false,
+            Some("reject-publish") | Some("reject-publish-dlx") => true,
+            Some(other) => {
+                return Err(CoreError::new(
+                    ErrorKind::PreconditionFailed,
+                    format!("invalid arg 'x-overflow' for queue: '{other}'"),
+                ))
+            }
+        };
+        let single_active = matches!(
+            args.get("x-single-active-consumer"),
+            Some(crate::content::FieldValue::Bool(true))
+        );
         Ok(Self {
+            reject_publish,
+            single_active,
             message_ttl: non_negative_arg(args, "x-message-ttl")?,
             max_length: non_negative_arg(args, "x-max-length")?.map(|n| n as usize),
             max_length_bytes: non_negative_arg(args, "x-max-length-bytes")?.map(|n| n as usize),
@@ -201,7 +226,8 @@ impl Queue {
 
     /// Adds a message at the tail and dispatches. Returns the store's ticket when the
     /// message is persistent and this queue durable: it is safe once the ticket completes.
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Option<SyncTicket> {
+    /// A full queue with `x-overflow: reject-publish` refuses it.
+    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Result<Option<SyncTicket>, Rejected> {
         let now = now_ms();
         let ttl = match (msg.expiration_ms(), self.features.message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -209,7 +235,10 @@ impl Queue {
         };
         let mut st = self.state.lock();
         if st.deleted {
-            return None;
+            return Ok(None);
+        }
+        if self.features.reject_publish && self.is_full(&st, msg.body().len()) {
+            return Err(Rejected);
         }
         // Written under the queue lock so the store sees publishes in queue order.
         let ticket = match &self.store {
@@ -230,7 +259,15 @@ impl Queue {
         self.enforce_limits(&mut st);
         self.dispatch_locked(&mut st, now);
         self.after_locked(st);
-        ticket
+        Ok(ticket)
+    }
+
+    /// Whether one more message of `bytes` would go over a length limit.
+    fn is_full(&self, st: &State, bytes: usize) -> bool {
+        let f = &self.features;
+        f.max_length.is_some_and(|m| st.ready.len() >= m)
+            || f.max_length_bytes
+                .is_some_and(|m| st.ready.bytes() + bytes > m)
     }
 
     fn enforce_limits(&self, st: &mut State) {
@@ -402,8 +439,14 @@ impl Queue {
             if st.ready.is_empty() {
                 break;
             }
-            let n = st.consumers.len();
-            let start = st.next_consumer % n;
+            // With a single active consumer only the oldest registered one receives;
+            // the next takes over when it goes.
+            let n = if self.features.single_active {
+                1
+            } else {
+                st.consumers.len()
+            };
+            let start = if n == 1 { 0 } else { st.next_consumer % n };
             for i in 0..n {
                 let idx = (start + i) % n;
                 let consumer = st.consumers[idx].clone();

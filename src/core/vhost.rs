@@ -20,6 +20,9 @@ pub struct Routed {
     pub queues: usize,
     /// Set when the message must reach the disk before it may be confirmed.
     pub durable: Option<crate::store::SyncTicket>,
+    /// A queue refused it (`x-overflow: reject-publish` at its limit): a publisher
+    /// confirm must be a nack.
+    pub rejected: bool,
 }
 
 /// The result of a queue declare.
@@ -630,22 +633,46 @@ impl VHost {
                 ));
             }
             self.route(&x, &msg, &mut queues);
+            if queues.is_empty() {
+                self.route_alternate(&x, &msg, &mut queues);
+            }
         }
         if queues.is_empty() {
             return Ok(Routed::default());
         }
         counters.messages_routed.inc();
         let msg = Arc::new(msg);
-        let mut durable = None;
+        let mut routed = Routed {
+            queues: queues.len(),
+            ..Default::default()
+        };
         for q in &queues {
-            if let Some(ticket) = q.enqueue(msg.clone()) {
-                durable = Some(ticket);
+            match q.enqueue(msg.clone()) {
+                Ok(Some(ticket)) => routed.durable = Some(ticket),
+                Ok(None) => {}
+                Err(super::queue::Rejected) => routed.rejected = true,
             }
         }
-        Ok(Routed {
-            queues: queues.len(),
-            durable,
-        })
+        Ok(routed)
+    }
+
+    /// Unroutable through `x`: follow its `alternate-exchange` argument (and theirs),
+    /// as RabbitMQ does, stopping at a cycle.
+    fn route_alternate(&self, x: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
+        let mut seen: Vec<Arc<str>> = vec![x.name.clone()];
+        let mut current = x.clone();
+        while let Some(name) = current.options.arguments.get_str("alternate-exchange") {
+            let Ok(ae) = self.exchange(&name) else { return };
+            if seen.contains(&ae.name) {
+                return;
+            }
+            seen.push(ae.name.clone());
+            self.route(&ae, msg, out);
+            if !out.is_empty() {
+                return;
+            }
+            current = ae;
+        }
     }
 
     fn route(&self, x: &Arc<Exchange>, msg: &Message, out: &mut Vec<Arc<Queue>>) {
