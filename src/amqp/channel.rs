@@ -139,7 +139,12 @@ pub(crate) struct Channel {
     last_routing_key: Arc<str>,
     /// Counted in the publishers gauge since its first publish.
     publishing: bool,
+    /// The hidden queue of this channel's direct reply-to consumer.
+    reply_queue: Option<String>,
 }
+
+/// RabbitMQ's direct reply-to pseudo-queue.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 struct Confirms {
     next_seq: u64,
@@ -171,6 +176,7 @@ impl Channel {
             last_exchange: Arc::from(""),
             last_routing_key: Arc::from(""),
             publishing: false,
+            reply_queue: None,
         }
     }
 
@@ -461,9 +467,23 @@ impl Channel {
     }
 
     fn consume(&mut self, ctx: &ConnCtx, m: &BasicConsume) -> Result<(), AmqpError> {
-        let queue = ctx
-            .vhost
-            .queue(&self.default_queue(&m.queue)?, ctx.conn_id)?;
+        let queue = if m.queue == DIRECT_REPLY_TO {
+            // RabbitMQ's direct reply-to: a hidden per-channel queue stands in for the
+            // pseudo-queue; publishes from this channel with reply_to set to the
+            // pseudo-queue name are rewritten to point at it.
+            if !m.no_ack {
+                return Err(fail(
+                    reply::PRECONDITION_FAILED,
+                    "reply consumer cannot acknowledge",
+                ));
+            }
+            let q = ctx.vhost.declare_reply_queue(ctx.conn_id)?;
+            self.reply_queue = Some(q.name.clone());
+            q
+        } else {
+            ctx.vhost
+                .queue(&self.default_queue(&m.queue)?, ctx.conn_id)?
+        };
         let tag = if m.consumer_tag.is_empty() {
             ctx.broker.generate_name("amq.ctag-")
         } else {
@@ -679,7 +699,8 @@ impl Channel {
     fn finish_publish(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("publish in progress");
         let (_, properties) = p.header.expect("header received");
-        let decoded = Properties::decode(&properties).map_err(|e| {
+        let mut properties = properties;
+        let mut decoded = Properties::decode(&properties).map_err(|e| {
             fail(reply::SYNTAX_ERROR, format!("bad content header: {e}")).on_ids(60, 40)
         })?;
         if let Some(uid) = &decoded.user_id {
@@ -693,6 +714,17 @@ impl Channel {
                 )
                 .on_ids(60, 40));
             }
+        }
+        if decoded.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
+            let Some(name) = &self.reply_queue else {
+                return Err(fail(
+                    reply::PRECONDITION_FAILED,
+                    "fast reply consumer does not exist",
+                )
+                .on_ids(60, 40));
+            };
+            decoded.reply_to = Some(name.clone());
+            properties = decoded.to_bytes();
         }
         let exchange = shared_name(&mut self.last_exchange, &p.method.exchange);
         let routing_key = shared_name(&mut self.last_routing_key, &p.method.routing_key);

@@ -240,6 +240,28 @@ impl VHost {
 
     // ---- queues ----------------------------------------------------------------------
 
+    /// Creates the hidden queue behind RabbitMQ's direct reply-to for one channel:
+    /// `amq.rabbitmq.reply-to.<random>`, exclusive to `connection`, transient; replies
+    /// published to its name reach the channel's reply consumer.
+    pub fn declare_reply_queue(&self, connection: u64) -> CoreResult<Arc<Queue>> {
+        let name = self.shared.generate_name("amq.rabbitmq.reply-to.");
+        let queue = Queue::new(
+            self.shared.next_id(),
+            name.clone(),
+            self.me.clone(),
+            self.name.clone(),
+            QueueOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Some(connection),
+            None,
+        )?;
+        self.queues.write().insert(name, queue.clone());
+        Ok(queue)
+    }
+
     /// queue.declare. `connection` owns the queue when it is exclusive.
     pub fn declare_queue(
         &self,

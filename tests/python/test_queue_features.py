@@ -158,3 +158,36 @@ def test_alternate_exchange_catches_unroutable(ch):
     ch.exchange_declare(main, "direct", arguments={"alternate-exchange": ae})
     ch.basic_publish(main, "no-binding", b"caught", mandatory=True)
     assert get_all(ch, aeq) == [b"caught"]
+
+
+def test_direct_reply_to_rpc(broker, ch):
+    """RabbitMQ's direct reply-to: no reply queue is declared by the client."""
+    requests = uniq("rpc")
+    ch.queue_declare(requests)
+    server = pika.BlockingConnection(broker.params())
+    try:
+        sch = server.channel()
+        replies = []
+        ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append((p, b)), auto_ack=True)
+        ch.basic_publish("", requests, b"6", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c1"))
+        method, props, body = None, None, None
+        deadline = time.monotonic() + 5
+        while method is None and time.monotonic() < deadline:
+            method, props, body = sch.basic_get(requests, auto_ack=True)
+        assert method is not None
+        assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
+        sch.basic_publish("", props.reply_to, b"%d" % (int(body) * 7),
+                          pika.BasicProperties(correlation_id=props.correlation_id))
+        deadline = time.monotonic() + 5
+        while not replies and time.monotonic() < deadline:
+            ch.connection.process_data_events(0.05)
+        assert [(p.correlation_id, b) for p, b in replies] == [("c1", b"42")]
+    finally:
+        server.close()
+
+
+def test_direct_reply_to_needs_the_consumer_first(ch):
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.basic_publish("", "anything", b"x", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+        ch.queue_declare(uniq("sync"))  # a round trip to see the channel close
+    assert e.value.reply_code == 406
