@@ -119,21 +119,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
+        // Handlers are installed before any listener is bound, so a signal that arrives
+        // as soon as the `listening` lines appear is already a clean shutdown.
+        let signals = Signals::install()?;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.wait().await;
             signal.cancel();
         });
-        qgate::server::run(config, shutdown, |_| {}).await
+        qgate::server::run(config, shutdown, |_| {}).await?;
+        anyhow::Ok(())
     })?;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::{Broker, CoreConfig, User};
+use crate::store::{FsyncPolicy, Store, StoreConfig};
 
 /// A fatal start-up problem.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +132,29 @@ pub async fn run(
     Ok(())
 }
 
-fn open_broker(config: &Config) -> Result<(Broker, Option<crate::store::Store>), ServerError> {
-    Ok((Broker::new(core_config(config)), None))
+fn open_broker(config: &Config) -> Result<(Broker, Option<Store>), ServerError> {
+    let fsync: FsyncPolicy = config
+        .storage
+        .fsync
+        .parse()
+        .map_err(|e| ServerError::Store(format!("invalid fsync policy: {e}")))?;
+    let mut store_config = StoreConfig::new(&config.storage.data_dir);
+    store_config.fsync = fsync;
+    let (store, recovered) = Store::open(store_config)
+        .map_err(|e| ServerError::Store(format!("{}: {e}", config.storage.data_dir.display())))?;
+    let broker = Broker::with_store(
+        core_config(config),
+        Some(store.clone()),
+        store.max_msg_id() + 1,
+    );
+    broker.restore(recovered);
+    Ok((broker, Some(store)))
 }
 
-fn close_store(_store: Option<crate::store::Store>) {}
+fn close_store(store: Option<Store>) {
+    if let Some(store) = store {
+        if let Err(e) = store.close() {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+    }
+}

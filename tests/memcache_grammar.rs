@@ -1104,3 +1104,107 @@ proptest! {
         prop_assert_eq!(drive(&bytes, &Limits::default()), events);
     }
 }
+
+// ------------------------------------------------------------------ responses
+
+#[test]
+fn encoders_round_trip_through_the_response_rules() {
+    use qgate::memcache::command::*;
+    let mut out = BytesMut::new();
+    write_value(&mut out, b"q", 7, b"a\r\nb");
+    write_value(&mut out, b"r", 0, b"");
+    write_end(&mut out);
+    let (rest, values) = p::get_response(&out).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(
+        values,
+        vec![(&b"q"[..], 7, &b"a\r\nb"[..]), (&b"r"[..], 0, &b""[..])]
+    );
+
+    let mut out = BytesMut::new();
+    write_stat(&mut out, "pid", 42);
+    write_stat(&mut out, "q", "3/1");
+    write_end(&mut out);
+    let (rest, stats) = p::stats_response(&out).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(
+        stats,
+        vec![(&b"pid"[..], &b"42"[..]), (&b"q"[..], &b"3/1"[..])]
+    );
+
+    let singles: Vec<fn(&mut BytesMut)> = vec![
+        write_stored,
+        write_not_stored,
+        write_deleted,
+        write_not_found,
+        write_ok,
+        write_error,
+        write_end,
+        |o| write_version(o, "0.1.0"),
+        |o| write_client_error(o, "bad data chunk"),
+        |o| write_server_error(o, "out of memory storing object"),
+    ];
+    for w in singles {
+        let mut out = BytesMut::new();
+        w(&mut out);
+        assert_eq!(p::response(&out), Ok((&b""[..], &out[..])), "{out:?}");
+    }
+    for e in [
+        ProtocolError::Error,
+        ProtocolError::BadCommandLine,
+        ProtocolError::DeleteUsage,
+        ProtocolError::BadDataChunk,
+        ProtocolError::LineTooLong,
+        ProtocolError::TooLarge,
+    ] {
+        assert_eq!(p::response(e.answer()), Ok((&b""[..], e.answer())));
+    }
+}
+
+proptest! {
+    #[test]
+    fn other_responses_prefixes_ask_for_more(
+        name in "[!-~]{1,20}",
+        value in "[ -~]{1,20}",
+        text in "[ -~]{1,40}",
+    ) {
+        use qgate::memcache::command::*;
+        let mut stats = BytesMut::new();
+        write_stat(&mut stats, &name, &value);
+        write_end(&mut stats);
+        let mut client = BytesMut::new();
+        write_client_error(&mut client, &text);
+        let mut server = BytesMut::new();
+        write_server_error(&mut server, &text);
+        let mut version = BytesMut::new();
+        write_version(&mut version, &name);
+        for bytes in [stats, client, server, version] {
+            prop_assert_eq!(p::response(&bytes), Ok((&b""[..], &bytes[..])));
+            for cut in 0..bytes.len() {
+                prop_assert!(
+                    matches!(p::response(&bytes[..cut]), Err(nom::Err::Incomplete(_))),
+                    "{:?}",
+                    String::from_utf8_lossy(&bytes[..cut])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn write_value_round_trips(
+        key in "[!-~]{1,250}",
+        flags in any::<u32>(),
+        data in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut out = BytesMut::new();
+        qgate::memcache::command::write_value(&mut out, key.as_bytes(), flags, &data);
+        qgate::memcache::command::write_end(&mut out);
+        let (rest, values) = p::get_response(&out).unwrap();
+        prop_assert!(rest.is_empty());
+        prop_assert_eq!(values, vec![(key.as_bytes(), flags, &data[..])]);
+        // Every strict prefix asks for more.
+        for cut in 0..out.len() {
+            prop_assert!(matches!(p::get_response(&out[..cut]), Err(nom::Err::Incomplete(_))), "cut {}", cut);
+        }
+    }
+}

@@ -163,6 +163,10 @@ impl Channel {
         let conn = ctx.conn_id;
         match method {
             Method::BasicPublish(p) => {
+                if p.immediate {
+                    // RabbitMQ 3.x removed immediate delivery and answers the same way.
+                    return Err(fail(reply::NOT_IMPLEMENTED, "immediate=true"));
+                }
                 self.publish = Some(PendingPublish {
                     method: p.clone(),
                     header: None,
@@ -312,10 +316,17 @@ impl Channel {
             }
             Method::BasicGet(m) => self.get(ctx, m)?,
             Method::BasicRecover(m) => {
-                self.recover(m.requeue)?;
+                // recover-ok goes out before the redeliveries: clients drop deliveries
+                // that precede it.
+                let list = self.recoverable(m.requeue)?;
                 self.reply(ctx, BasicRecoverOk {});
+                list.into_iter().for_each(Delivered::requeue);
             }
-            Method::BasicRecoverAsync(m) => self.recover(m.requeue)?,
+            Method::BasicRecoverAsync(m) => {
+                self.recoverable(m.requeue)?
+                    .into_iter()
+                    .for_each(Delivered::requeue);
+            }
             Method::ConfirmSelect(m) => {
                 if self.tx.is_some() {
                     return Err(fail(
@@ -541,15 +552,13 @@ impl Channel {
         Ok(())
     }
 
-    fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+    /// The unacked deliveries basic.recover gives back (requeue=false is refused with
+    /// 540, as RabbitMQ does).
+    fn recoverable(&mut self, requeue: bool) -> Result<Vec<Delivered>, AmqpError> {
         if !requeue {
             return Err(fail(reply::NOT_IMPLEMENTED, "requeue=false"));
         }
-        let list = self.take_unacked(0, true)?;
-        for d in list {
-            d.requeue();
-        }
-        Ok(())
+        self.take_unacked(0, true)
     }
 
     /// Channel-wide credit was freed or raised: let every queue we consume from dispatch.
@@ -738,6 +747,7 @@ fn clone_message(m: &Message) -> Message {
         body: m.body.clone(),
         persistent: m.persistent,
         expiration_ms: m.expiration_ms,
+        priority: m.priority,
     }
 }
 

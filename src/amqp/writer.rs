@@ -141,6 +141,7 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
 }
 
 /// Runs until `done` is cancelled (then flushes what is queued) or the socket fails.
+/// Returns the socket, still open: the connection decides when to close it.
 pub(crate) async fn run(
     mut socket: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Out>,
@@ -148,8 +149,9 @@ pub(crate) async fn run(
     heartbeat: u16,
     info: Arc<ConnectionInfo>,
     done: CancellationToken,
-) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+) -> OwnedWriteHalf {
+    // Grows with the traffic; an idle connection keeps almost nothing.
+    let mut buf = BytesMut::new();
     let period = if heartbeat > 0 {
         Duration::from_millis(heartbeat as u64 * 500)
     } else {
@@ -185,7 +187,7 @@ pub(crate) async fn run(
         }
         if flush(&mut socket, &mut buf, &info).await.is_err() {
             done.cancel();
-            return;
+            return socket;
         }
         wrote_since_tick = true;
     }
@@ -194,7 +196,7 @@ pub(crate) async fn run(
         encode(&mut buf, item, frame_max);
     }
     let _ = flush(&mut socket, &mut buf, &info).await;
-    let _ = socket.shutdown().await;
+    socket
 }
 
 async fn flush(
@@ -210,7 +212,7 @@ async fn flush(
         .fetch_add(buf.len() as u64, Ordering::Relaxed);
     buf.clear();
     if buf.capacity() > 4 * BATCH_BYTES {
-        *buf = BytesMut::with_capacity(64 * 1024);
+        *buf = BytesMut::new();
     }
     Ok(())
 }

@@ -239,9 +239,10 @@ impl Delivered {
         self.settle(Settle::Requeue);
     }
 
-    /// Rejects without requeue: dropped (dead-lettering is not implemented).
+    /// Rejects without requeue: dead-lettered when the queue has a dead-letter
+    /// exchange, dropped otherwise.
     pub fn discard(mut self) {
-        self.settle(Settle::Ack);
+        self.settle(Settle::Reject);
     }
 
     fn settle(&mut self, how: Settle) {
@@ -253,6 +254,7 @@ impl Delivered {
         match how {
             Settle::Ack => queue.settle_acked(&self.entry),
             Settle::Requeue => queue.settle_requeued(self.entry.clone()),
+            Settle::Reject => queue.settle_rejected(self.entry.clone()),
         }
         if let Some(c) = &self.consumer {
             c.release(1);
@@ -264,6 +266,7 @@ impl Delivered {
 enum Settle {
     Ack,
     Requeue,
+    Reject,
 }
 
 impl Drop for Delivered {

@@ -25,6 +25,8 @@ pub struct Message {
     pub persistent: bool,
     /// Per-message TTL from the `expiration` property, in milliseconds.
     pub expiration_ms: Option<u64>,
+    /// The `priority` property (0 when absent).
+    pub priority: u8,
 }
 
 impl Message {
@@ -49,6 +51,7 @@ impl Message {
                 .expiration
                 .as_deref()
                 .and_then(|e| e.trim().parse::<u64>().ok()),
+            priority: decoded.priority.unwrap_or(0),
         }
     }
 

@@ -9,11 +9,13 @@
 
 pub mod clock;
 pub mod consumer;
+pub mod deadletter;
 pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod persist;
 pub mod queue;
+mod ready;
 pub mod stats;
 pub mod vhost;
 
@@ -268,6 +270,10 @@ impl Broker {
 }
 
 impl Shared {
+    pub(crate) fn next_message_id(&self) -> u64 {
+        self.next_msg_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -292,16 +298,16 @@ impl Shared {
 
     fn put_def(&self, key: String, table: crate::content::FieldTable) {
         if let Some(store) = &self.store {
-            // Definitions are rare: wait for the disk so a declare-ok means durable.
-            let _ = store
-                .put_definition(&key, persist::encode_table(&table))
-                .wait_blocking();
+            // Not waited for: the store writes definitions in the same flush as, and
+            // before, any message record that follows, so a confirmed message never
+            // outlives the definition of its queue, and declares never block on the disk.
+            let _ = store.put_definition(&key, persist::encode_table(&table));
         }
     }
 
     fn del_def(&self, key: String) {
         if let Some(store) = &self.store {
-            let _ = store.delete_definition(&key).wait_blocking();
+            let _ = store.delete_definition(&key);
         }
     }
 

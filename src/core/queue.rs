@@ -1,12 +1,16 @@
-//! A queue: ready messages in FIFO order, the count of unacknowledged ones, its
-//! consumers, and dispatch.
+//! A queue: ready messages in FIFO (or priority) order, the count of unacknowledged
+//! ones, its consumers, dispatch, and the queue-level `x-` features: message TTL with
+//! proactive expiry at the head, length limits, dead-lettering, priorities, and
+//! `x-expires` for unused queues.
 //!
 //! All state sits behind one short mutex per queue. Dispatch runs inline in whoever made
 //! progress possible (a publish, an ack, a new consumer), so there is no task per queue
-//! and no global lock on the hot path.
+//! and no global lock on the hot path. Timers (head expiry, `x-expires`) are tokio tasks
+//! armed only for queues that use them. Dead letters are collected under the lock and
+//! republished after it is released, so a dead-letter cycle cannot deadlock.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -14,10 +18,13 @@ use tokio::sync::Notify;
 
 use super::clock::now_ms;
 use super::consumer::{Consumer, Delivered};
+use super::deadletter::{dead_letter, DeadLetterTarget, Reason};
 use super::error::{CoreError, CoreResult, ErrorKind};
 use super::message::{Message, QueuedMessage};
 use super::persist;
+use super::ready::Ready;
 use super::stats::QueueCounters;
+use super::vhost::VHost;
 use crate::content::FieldTable;
 use crate::store::{Store, SyncTicket};
 
@@ -34,6 +41,47 @@ pub struct QueueOptions {
     pub arguments: FieldTable,
 }
 
+/// Queue-level limits and behaviours read from the `x-` arguments.
+#[derive(Debug, Clone, Default)]
+struct Features {
+    message_ttl: Option<u64>,
+    max_length: Option<usize>,
+    max_length_bytes: Option<usize>,
+    expires: Option<u64>,
+    max_priority: u8,
+    dead_letter: Option<DeadLetterTarget>,
+}
+
+impl Features {
+    fn from_arguments(args: &FieldTable) -> CoreResult<Self> {
+        let max_priority = match non_negative_arg(args, "x-max-priority")? {
+            Some(p) if p > 255 => {
+                return Err(CoreError::new(
+                    ErrorKind::PreconditionFailed,
+                    format!("invalid arg 'x-max-priority': {p} is larger than 255"),
+                ))
+            }
+            Some(p) => p as u8,
+            None => 0,
+        };
+        let expires = non_negative_arg(args, "x-expires")?;
+        if expires == Some(0) {
+            return Err(CoreError::new(
+                ErrorKind::PreconditionFailed,
+                "invalid arg 'x-expires': value 0 is zero",
+            ));
+        }
+        Ok(Self {
+            message_ttl: non_negative_arg(args, "x-message-ttl")?,
+            max_length: non_negative_arg(args, "x-max-length")?.map(|n| n as usize),
+            max_length_bytes: non_negative_arg(args, "x-max-length-bytes")?.map(|n| n as usize),
+            expires,
+            max_priority,
+            dead_letter: DeadLetterTarget::from_arguments(args),
+        })
+    }
+}
+
 /// A queue.
 pub struct Queue {
     /// Name, unique in its vhost.
@@ -48,23 +96,27 @@ pub struct Queue {
     pub owner: Option<u64>,
     /// Lifetime counters.
     pub counters: QueueCounters,
-    message_ttl: Option<u64>,
-    max_length: Option<usize>,
+    features: Features,
     /// Set for durable queues when the broker has a store: persistent messages go there.
     store: Option<Store>,
+    home: Weak<VHost>,
     state: Mutex<State>,
     arrivals: Notify,
+    last_used: AtomicU64,
 }
 
-#[derive(Default)]
 struct State {
-    ready: VecDeque<QueuedMessage>,
+    ready: Ready,
     unacked: usize,
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     next_seq: u64,
     had_consumers: bool,
     deleted: bool,
+    /// Deadline of the armed head-expiry timer, if any.
+    expiry_timer: Option<u64>,
+    /// Dead letters collected under the lock, republished after it.
+    dead: Vec<(QueuedMessage, Reason)>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -88,27 +140,41 @@ impl Queue {
     pub(crate) fn new(
         id: u64,
         name: String,
+        home: Weak<VHost>,
         vhost: Arc<str>,
         options: QueueOptions,
         owner: Option<u64>,
         store: Option<Store>,
     ) -> CoreResult<Arc<Self>> {
-        let message_ttl = non_negative_arg(&options.arguments, "x-message-ttl")?;
-        let max_length = non_negative_arg(&options.arguments, "x-max-length")?.map(|n| n as usize);
-        let options_durable = options.durable;
-        Ok(Arc::new(Self {
+        let features = Features::from_arguments(&options.arguments)?;
+        let queue = Arc::new(Self {
             name,
             vhost,
             id,
             owner: if options.exclusive { owner } else { None },
+            store: if options.durable { store } else { None },
             options,
             counters: QueueCounters::default(),
-            message_ttl,
-            max_length,
-            store: if options_durable { store } else { None },
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                ready: Ready::new(features.max_priority),
+                unacked: 0,
+                consumers: Vec::new(),
+                next_consumer: 0,
+                next_seq: 0,
+                had_consumers: false,
+                deleted: false,
+                expiry_timer: None,
+                dead: Vec::new(),
+            }),
+            features,
+            home,
             arrivals: Notify::new(),
-        }))
+            last_used: AtomicU64::new(now_ms()),
+        });
+        if queue.features.expires.is_some() {
+            queue.arm_unused_timer();
+        }
+        Ok(queue)
     }
 
     /// Ready, unacked and consumer counts.
@@ -126,11 +192,18 @@ impl Queue {
         self.state.lock().deleted
     }
 
+    /// Marks the queue used (declare, get, consume): restarts its `x-expires` clock.
+    pub fn touch(&self) {
+        if self.features.expires.is_some() {
+            self.last_used.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
     /// Adds a message at the tail and dispatches. Returns the store's ticket when the
     /// message is persistent and this queue durable: it is safe once the ticket completes.
     pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Option<SyncTicket> {
         let now = now_ms();
-        let ttl = match (msg.expiration_ms, self.message_ttl) {
+        let ttl = match (msg.expiration_ms, self.features.message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -154,21 +227,135 @@ impl Queue {
             expires_at: ttl.map(|t| now + t),
         });
         self.counters.published.inc();
-        if let Some(max) = self.max_length {
-            while st.ready.len() > max {
-                if let Some(m) = st.ready.pop_front() {
-                    self.forget(&m);
-                }
-                self.counters.dropped.inc();
+        self.enforce_limits(&mut st);
+        self.dispatch_locked(&mut st, now);
+        self.after_locked(st);
+        ticket
+    }
+
+    fn enforce_limits(&self, st: &mut State) {
+        let f = &self.features;
+        loop {
+            let over = f.max_length.is_some_and(|m| st.ready.len() > m)
+                || f.max_length_bytes.is_some_and(|m| st.ready.bytes() > m);
+            if !over {
+                break;
             }
+            let Some(m) = st.ready.pop_oldest_lowest() else {
+                break;
+            };
+            self.counters.dropped.inc();
+            self.drop_message(st, m, Reason::MaxLen);
         }
-        self.dispatch_locked(&mut st);
+    }
+
+    /// A message leaves the queue for good without being delivered: dead-letter it if
+    /// the queue says so, and forget it in the store.
+    fn drop_message(&self, st: &mut State, m: QueuedMessage, reason: Reason) {
+        self.forget(&m);
+        if self.features.dead_letter.is_some() {
+            st.dead.push((m, reason));
+        }
+    }
+
+    /// Releases the lock, then does what must not happen under it: wake waiting
+    /// getters, arm the head-expiry timer, republish dead letters.
+    fn after_locked(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, State>) {
         let waiting = !st.ready.is_empty();
+        let head_deadline = st.ready.front().and_then(|m| m.expires_at);
+        let arm = match (head_deadline, st.expiry_timer) {
+            (Some(d), None) => Some(d),
+            (Some(d), Some(armed)) if d < armed => Some(d),
+            _ => None,
+        };
+        if let Some(d) = arm {
+            st.expiry_timer = Some(d);
+        }
+        let dead = std::mem::take(&mut st.dead);
         drop(st);
         if waiting {
             self.arrivals.notify_one();
         }
-        ticket
+        if let Some(deadline) = arm {
+            self.arm_expiry_timer(deadline);
+        }
+        if !dead.is_empty() {
+            self.publish_dead(dead);
+        }
+    }
+
+    fn arm_expiry_timer(self: &Arc<Self>, deadline: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let wait = deadline.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if let Some(q) = weak.upgrade() {
+                q.on_expiry_timer(deadline);
+            }
+        });
+    }
+
+    fn on_expiry_timer(self: &Arc<Self>, deadline: u64) {
+        let mut st = self.state.lock();
+        if st.expiry_timer == Some(deadline) {
+            st.expiry_timer = None;
+        }
+        if st.deleted {
+            return;
+        }
+        let now = now_ms();
+        self.drop_expired_head(&mut st, now);
+        self.dispatch_locked(&mut st, now);
+        self.after_locked(st);
+    }
+
+    fn arm_unused_timer(self: &Arc<Self>) {
+        let Some(expires) = self.features.expires else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            loop {
+                let Some(q) = weak.upgrade() else { return };
+                let idle_since = q.last_used.load(Ordering::Relaxed);
+                let due = idle_since + expires;
+                let now = now_ms();
+                if now >= due {
+                    let in_use = q.depth().consumers > 0;
+                    if q.is_deleted() {
+                        return;
+                    }
+                    if !in_use {
+                        if let Some(v) = q.home.upgrade() {
+                            v.expire_queue(&q);
+                        }
+                        return;
+                    }
+                    q.touch();
+                    continue;
+                }
+                drop(q);
+                tokio::time::sleep(Duration::from_millis(due - now)).await;
+            }
+        });
+    }
+
+    fn publish_dead(&self, dead: Vec<(QueuedMessage, Reason)>) {
+        let (Some(target), Some(vhost)) = (&self.features.dead_letter, self.home.upgrade()) else {
+            return;
+        };
+        for (m, reason) in dead {
+            let id = vhost.shared.next_message_id();
+            let (exchange, msg) = dead_letter(&m.msg, id, &self.name, reason, target);
+            // A missing dead-letter exchange drops the message, as in RabbitMQ.
+            let _ = vhost.publish_internal(&exchange, msg);
+        }
     }
 
     /// Removes a message that is gone for good from the store.
@@ -202,19 +389,14 @@ impl Queue {
     /// Delivers ready messages to consumers with credit, round robin.
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        self.dispatch_locked(&mut st);
-        let waiting = !st.ready.is_empty();
-        drop(st);
-        if waiting {
-            self.arrivals.notify_one();
-        }
+        self.dispatch_locked(&mut st, now_ms());
+        self.after_locked(st);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: u64) {
         if st.consumers.is_empty() {
             return;
         }
-        let now = now_ms();
         'outer: while !st.ready.is_empty() {
             self.drop_expired_head(st, now);
             if st.ready.is_empty() {
@@ -268,9 +450,9 @@ impl Queue {
             match head.expires_at {
                 Some(t) if t <= now => {
                     if let Some(m) = st.ready.pop_front() {
-                        self.forget(&m);
+                        self.counters.expired.inc();
+                        self.drop_message(st, m, Reason::Expired);
                     }
-                    self.counters.expired.inc();
                 }
                 _ => break,
             }
@@ -280,9 +462,13 @@ impl Queue {
     /// Takes the head message (basic.get). With `auto_ack` it is settled at once.
     /// Returns the delivery and the number of messages still ready.
     pub fn get(self: &Arc<Self>, auto_ack: bool) -> Option<(Delivered, usize)> {
+        self.touch();
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st, now_ms());
-        let entry = st.ready.pop_front()?;
+        let Some(entry) = st.ready.pop_front() else {
+            self.after_locked(st);
+            return None;
+        };
         self.counters.delivered.inc();
         if entry.redelivered {
             self.counters.redelivered.inc();
@@ -295,7 +481,7 @@ impl Queue {
             st.unacked += 1;
         }
         let remaining = st.ready.len();
-        drop(st);
+        self.after_locked(st);
         Some((
             Delivered::new(self.clone(), entry, None, auto_ack),
             remaining,
@@ -326,20 +512,22 @@ impl Queue {
     }
 
     /// A copy of the head message without removing it.
-    pub fn peek(&self) -> Option<QueuedMessage> {
+    pub fn peek(self: &Arc<Self>) -> Option<QueuedMessage> {
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st, now_ms());
-        st.ready.front().cloned()
+        let head = st.ready.front().cloned();
+        self.after_locked(st);
+        head
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> usize {
         let mut st = self.state.lock();
-        let n = st.ready.len();
-        for m in st.ready.drain(..) {
-            self.forget(&m);
+        let all = st.ready.drain_all();
+        for m in &all {
+            self.forget(m);
         }
-        n
+        all.len()
     }
 
     pub(crate) fn settle_acked(&self, entry: &QueuedMessage) {
@@ -350,6 +538,14 @@ impl Queue {
         self.counters.acked.inc();
     }
 
+    /// Rejected without requeue: dead-lettered when the queue has a target, else gone.
+    pub(crate) fn settle_rejected(self: &Arc<Self>, entry: QueuedMessage) {
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(1);
+        self.drop_message(&mut st, entry, Reason::Rejected);
+        self.after_locked(st);
+    }
+
     pub(crate) fn settle_requeued(&self, mut entry: QueuedMessage) {
         entry.redelivered = true;
         let mut st = self.state.lock();
@@ -357,13 +553,12 @@ impl Queue {
         if st.deleted {
             return;
         }
-        // Back to its original position: usually at or near the head.
-        let pos = st.ready.partition_point(|m| m.seq < entry.seq);
-        st.ready.insert(pos, entry);
+        st.ready.insert_by_seq(entry);
     }
 
     /// Registers a consumer and starts dispatching to it.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> CoreResult<()> {
+        self.touch();
         let mut st = self.state.lock();
         if st.deleted {
             return Err(CoreError::no_queue(&self.name, &self.vhost));
@@ -381,14 +576,16 @@ impl Queue {
         }
         st.consumers.push(consumer);
         st.had_consumers = true;
-        self.dispatch_locked(&mut st);
+        self.dispatch_locked(&mut st, now_ms());
+        self.after_locked(st);
         Ok(())
     }
 
-    /// Removes the consumer `tag` of `connection`. Returns true when the queue is
-    /// auto-delete and has just lost its last consumer.
+    /// Removes a consumer. Returns true when the queue is auto-delete and has just lost
+    /// its last consumer.
     pub(crate) fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         consumer.deactivate();
+        self.touch();
         let mut st = self.state.lock();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
         self.options.auto_delete && st.had_consumers && st.consumers.is_empty() && !st.deleted
@@ -399,8 +596,7 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> usize {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.ready.len();
-        st.ready.clear();
+        let n = st.ready.drain_all().len();
         if let Some(store) = &self.store {
             store.delete_queue(self.id);
         }

@@ -39,6 +39,7 @@ pub struct Declared {
 pub struct VHost {
     /// Name (e.g. `/`).
     pub name: Arc<str>,
+    me: std::sync::Weak<VHost>,
     pub(crate) shared: Arc<Shared>,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
@@ -54,7 +55,8 @@ const DEFAULT_EXCHANGE_DENIED: &str = "operation not permitted on the default ex
 
 impl VHost {
     pub(crate) fn new(name: &str, shared: Arc<Shared>) -> Arc<Self> {
-        let vhost = Arc::new(Self {
+        let vhost = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             name: name.into(),
             shared,
             exchanges: RwLock::new(HashMap::new()),
@@ -246,6 +248,7 @@ impl VHost {
         self.shared.counters.queues_declared.inc();
         if passive {
             let queue = self.queue(name, connection)?;
+            queue.touch();
             return Ok(Self::declared(queue, false));
         }
         let generated;
@@ -266,11 +269,13 @@ impl VHost {
             let q = q.clone();
             drop(map);
             self.check_queue_equivalent(&q, &options, connection)?;
+            q.touch();
             return Ok(Self::declared(q, false));
         }
         let queue = Queue::new(
             self.shared.next_id(),
             name.to_owned(),
+            self.me.clone(),
             self.name.clone(),
             options,
             Some(connection),
@@ -409,6 +414,11 @@ impl VHost {
             self.shared.unpersist_queue(&self.name, q);
         }
         n
+    }
+
+    /// Deletes a queue whose `x-expires` time passed unused.
+    pub(crate) fn expire_queue(&self, q: &Arc<Queue>) {
+        self.remove_queue(q);
     }
 
     /// Deletes every exclusive queue owned by `connection` (it closed).
@@ -579,8 +589,23 @@ impl VHost {
     /// Routes a message and enqueues it on every matching queue.
     /// `internal_ok` allows publishing to internal exchanges (never for clients).
     pub fn publish(&self, exchange: &str, msg: Message) -> CoreResult<Routed> {
+        self.shared.counters.messages_received.inc();
+        self.route_and_enqueue(exchange, msg, false)
+    }
+
+    /// Republishes a dead letter: internal exchanges are allowed, and it does not count
+    /// as a message received from a client.
+    pub(crate) fn publish_internal(&self, exchange: &str, msg: Message) -> CoreResult<Routed> {
+        self.route_and_enqueue(exchange, msg, true)
+    }
+
+    fn route_and_enqueue(
+        &self,
+        exchange: &str,
+        msg: Message,
+        internal_ok: bool,
+    ) -> CoreResult<Routed> {
         let counters = &self.shared.counters;
-        counters.messages_received.inc();
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.is_empty() {
             if let Some(q) = self.queues.read().get(&*msg.routing_key) {
@@ -588,7 +613,7 @@ impl VHost {
             }
         } else {
             let x = self.exchange(exchange)?;
-            if x.options.internal {
+            if x.options.internal && !internal_ok {
                 return Err(CoreError::new(
                     ErrorKind::AccessRefused,
                     format!(
@@ -660,6 +685,7 @@ impl VHost {
         let q = Queue::new(
             id,
             name.to_owned(),
+            self.me.clone(),
             self.name.clone(),
             options,
             None,

@@ -174,7 +174,8 @@ pub enum ProtocolError {
     /// The octets after a set's data block were not CRLF.
     #[error("CLIENT_ERROR bad data chunk")]
     BadDataChunk,
-    /// A command line longer than `Limits::max_line`.
+    /// A command line longer than `Limits::max_line`. memcached has no answer for this
+    /// (it closes the connection); this wording is qgate's.
     #[error("CLIENT_ERROR line too long")]
     LineTooLong,
     /// A set's data block larger than `Limits::max_message` (memcacheq's wording).

@@ -176,16 +176,24 @@ impl Discard {
 ///   `Request::Set::data` gives the body's offsets within those bytes.
 /// - `Err` cannot happen: every malformed input is a [`Parsed::Error`] value.
 ///
-/// What is consumed for each error (memcached's choices, copied on purpose):
-/// - a bad command line (ERROR, CLIENT_ERROR): the line only. For a bad `set` line the
-///   data block is *not* skipped: memcached cannot know its length, so the next line
-///   is parsed as a command (usually answered `ERROR`).
-/// - a data block not followed by CRLF: the line plus `<bytes> + 2` bytes, as
-///   memcached reads them; what follows is parsed as the next command line.
-/// - a data block over `max_message`: the line plus whatever of the `<bytes> + 2`
-///   bytes is already in `buf`; the rest is a [`Discard::Bytes`].
-/// - a line without a newline in its first `max_line` bytes: through its newline if
-///   `buf` holds it, else all of `buf` and a [`Discard::ThroughNewline`].
+/// What is consumed for each error (memcached's choices unless said otherwise):
+/// - a bad command line (`ERROR`, `CLIENT_ERROR bad command line format`): the line
+///   only. For a bad `set` line the data block is *not* skipped: its length is not
+///   trusted, so the next line is parsed as a command (usually answered `ERROR`).
+/// - a data block not followed by CRLF (`CLIENT_ERROR bad data chunk`): the line plus
+///   `<bytes> + 2` bytes, as memcached and memcacheq 0.2.1 read them; what follows is parsed as the next
+///   command line (so `set q 0 0 3\r\nabcdef\r\n` is answered `CLIENT_ERROR bad data
+///   chunk` then `ERROR` for `f\r\n`). Nothing is stored.
+/// - a data block over `max_message` (`SERVER_ERROR out of memory storing object`): the
+///   line plus whatever of the `<bytes> + 2` bytes is already in `buf`; the rest is a
+///   [`Discard::Bytes`]. Decided on the line alone, before any of the block is buffered.
+/// - a line with no `\n` in its first `max_line` bytes (`CLIENT_ERROR line too long`):
+///   through its `\n` if `buf` holds it, else all of `buf` and a
+///   [`Discard::ThroughNewline`]. Not memcached's choice: memcached 1.6 closes the
+///   connection on such a line (and lets a long `get` grow its buffer); qgate keeps the
+///   connection usable and bounds every line, `get` included.
+///
+/// Errors are answered even when the line said `noreply`.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parsed)>, Infallible> {
     if buf.is_empty() {
         return Ok(None);
@@ -214,72 +222,16 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parse
     let n = tokens.count;
     let word = |i: usize| tokens.get(i);
 
+    // Two steps, as memcached: the command word and the number of words pick the
+    // command (anything else is `ERROR`); then the command's grammar rule checks the
+    // arguments (a failure is a `CLIENT_ERROR`).
     let parsed = match word(0) {
-        b"set" => {
-            if !(5..=6).contains(&n) {
-                return done(line_len, Parsed::error(ProtocolError::Error));
-            }
-            let Ok((_, set)) = all_consuming(set_line)(body) else {
-                return done(line_len, Parsed::error(ProtocolError::BadCommandLine));
-            };
-            let block = set.bytes + 2;
-            if set.bytes > limits.max_message {
-                let now = block.min(buf.len() - line_len);
-                let discard = if now == block {
-                    Discard::Nothing
-                } else {
-                    Discard::Bytes(block - now)
-                };
-                return done(
-                    line_len + now,
-                    Parsed::Error {
-                        error: ProtocolError::TooLarge,
-                        discard,
-                    },
-                );
-            }
-            let end = line_len + block;
-            if buf.len() < end {
-                return Ok(None);
-            }
-            if &buf[end - 2..end] != b"\r\n" {
-                return done(end, Parsed::error(ProtocolError::BadDataChunk));
-            }
-            return done(
-                end,
-                Parsed::Request(Request::Set {
-                    key: ascii_string(set.key),
-                    flags: set.flags,
-                    exptime: set.exptime,
-                    data: line_len..line_len + set.bytes,
-                    noreply: set.noreply,
-                }),
-            );
-        }
+        b"set" if (5..=6).contains(&n) => return Ok(set_request(buf, line_len, body, limits)),
         b"get" if n >= 2 => match all_consuming(get_cmd)(body) {
             Ok((_, keys)) => Parsed::Request(Request::Get { keys }),
             Err(_) => Parsed::error(ProtocolError::BadCommandLine),
         },
-        b"delete" if (2..=4).contains(&n) => {
-            let hold_zero = n >= 3 && word(2) == b"0";
-            let noreply = n >= 3 && word(n - 1) == b"noreply";
-            let args_ok = match n {
-                2 => true,
-                3 => hold_zero || noreply,
-                _ => hold_zero && noreply,
-            };
-            if !args_ok {
-                Parsed::error(ProtocolError::DeleteUsage)
-            } else {
-                match all_consuming(delete_cmd)(body) {
-                    Ok((_, (key, noreply))) => Parsed::Request(Request::Delete {
-                        key: ascii_string(key),
-                        noreply,
-                    }),
-                    Err(_) => Parsed::error(ProtocolError::BadCommandLine),
-                }
-            }
-        }
+        b"delete" if (2..=4).contains(&n) => delete_request(&tokens, body),
         b"stats" if n == 1 || (n == 2 && word(1) == b"queue") => {
             match all_consuming(stats_cmd)(body) {
                 Ok((_, kind)) => Parsed::Request(Request::Stats(kind)),
@@ -303,6 +255,69 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parse
         _ => Parsed::error(ProtocolError::Error),
     };
     done(line_len, parsed)
+}
+
+/// A `set` line with 4 or 5 arguments, and its data block.
+/// `None`: the data block has not all arrived yet.
+fn set_request(
+    buf: &[u8],
+    line_len: usize,
+    body: &[u8],
+    limits: &Limits,
+) -> Option<(usize, Parsed)> {
+    let Ok((_, set)) = all_consuming(set_line)(body) else {
+        return Some((line_len, Parsed::error(ProtocolError::BadCommandLine)));
+    };
+    let block = set.bytes + 2;
+    if set.bytes > limits.max_message {
+        // Refuse on the line alone; drop what of the block is here, the rest later.
+        let now = block.min(buf.len() - line_len);
+        let discard = if now == block {
+            Discard::Nothing
+        } else {
+            Discard::Bytes(block - now)
+        };
+        let error = ProtocolError::TooLarge;
+        return Some((line_len + now, Parsed::Error { error, discard }));
+    }
+    let end = line_len + block;
+    if buf.len() < end {
+        return None;
+    }
+    if &buf[end - 2..end] != b"\r\n" {
+        return Some((end, Parsed::error(ProtocolError::BadDataChunk)));
+    }
+    let request = Request::Set {
+        key: ascii_string(set.key),
+        flags: set.flags,
+        exptime: set.exptime,
+        data: line_len..line_len + set.bytes,
+        noreply: set.noreply,
+    };
+    Some((end, Parsed::Request(request)))
+}
+
+/// A `delete` line with 1 to 3 arguments. The extra arguments are checked first, as
+/// memcached does, for its distinct usage answer.
+fn delete_request(tokens: &Tokens<'_>, body: &[u8]) -> Parsed {
+    let n = tokens.count;
+    let hold_zero = n >= 3 && tokens.get(2) == b"0";
+    let noreply = n >= 3 && tokens.get(n - 1) == b"noreply";
+    let args_ok = match n {
+        2 => true,
+        3 => hold_zero || noreply,
+        _ => hold_zero && noreply,
+    };
+    if !args_ok {
+        return Parsed::error(ProtocolError::DeleteUsage);
+    }
+    match all_consuming(delete_cmd)(body) {
+        Ok((_, (key, noreply))) => Parsed::Request(Request::Delete {
+            key: ascii_string(key),
+            noreply,
+        }),
+        Err(_) => Parsed::error(ProtocolError::BadCommandLine),
+    }
 }
 
 fn done(consumed: usize, parsed: Parsed) -> Result<Option<(usize, Parsed)>, Infallible> {
@@ -649,6 +664,18 @@ pub fn eol(input: &[u8]) -> Res<'_, ()> {
 // rules inside them are complete parsers; the streaming literal that must follow each
 // token (SP, CRLF) is what asks for more input.
 
+/// A token rule in a streaming context: at the end of the input the token may still
+/// arrive, so that is `Incomplete`, not an error.
+fn more<'a, T>(rule: impl Fn(&'a [u8]) -> Res<'a, T>) -> impl Fn(&'a [u8]) -> Res<'a, T> {
+    move |input: &'a [u8]| {
+        if input.is_empty() {
+            Err(nom::Err::Incomplete(Needed::new(1)))
+        } else {
+            rule(input)
+        }
+    }
+}
+
 fn crlf(input: &[u8]) -> Res<'_, &[u8]> {
     tag("\r\n")(input)
 }
@@ -681,8 +708,15 @@ pub fn get_response(input: &[u8]) -> Res<'_, Vec<Value<'_>>> {
 
 /// `value-reply = "VALUE" SP key SP flags SP bytes CRLF data-block`
 pub fn value_reply(input: &[u8]) -> Res<'_, Value<'_>> {
-    let (i, (_, key, _, flags, _, len, _)) =
-        tuple((tag("VALUE "), key, tag(" "), flags, tag(" "), bytes, crlf))(input)?;
+    let (i, (_, key, _, flags, _, len, _)) = tuple((
+        tag("VALUE "),
+        more(key),
+        tag(" "),
+        more(flags),
+        tag(" "),
+        more(bytes),
+        crlf,
+    ))(input)?;
     let (i, data) = data_block(len)(i)?;
     Ok((i, (key, flags, data)))
 }
@@ -695,7 +729,13 @@ pub fn stats_response(input: &[u8]) -> Res<'_, Vec<(&[u8], &[u8])>> {
 /// `stat-reply = "STAT" SP stat-name SP stat-value CRLF`
 pub fn stat_reply(input: &[u8]) -> Res<'_, (&[u8], &[u8])> {
     map(
-        tuple((tag("STAT "), stat_name, tag(" "), stat_value, crlf)),
+        tuple((
+            tag("STAT "),
+            more(stat_name),
+            tag(" "),
+            more(stat_value),
+            crlf,
+        )),
         |(_, name, _, value, _)| (name, value),
     )(input)
 }
@@ -712,7 +752,10 @@ pub fn stat_value(input: &[u8]) -> Res<'_, &[u8]> {
 
 /// `version-reply = "VERSION" SP 1*( %x21-7E ) CRLF`
 pub fn version_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("VERSION "), terminated(take_while1(is_key_char), crlf))(input)
+    preceded(
+        tag("VERSION "),
+        terminated(more(take_while1(is_key_char)), crlf),
+    )(input)
 }
 
 /// `stored-reply = "STORED" CRLF`
@@ -752,12 +795,12 @@ pub fn error_reply(input: &[u8]) -> Res<'_, ()> {
 
 /// `client-error-reply = "CLIENT_ERROR" SP error-text CRLF`; returns the text.
 pub fn client_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("CLIENT_ERROR "), terminated(error_text, crlf))(input)
+    preceded(tag("CLIENT_ERROR "), terminated(more(error_text), crlf))(input)
 }
 
 /// `server-error-reply = "SERVER_ERROR" SP error-text CRLF`; returns the text.
 pub fn server_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("SERVER_ERROR "), terminated(error_text, crlf))(input)
+    preceded(tag("SERVER_ERROR "), terminated(more(error_text), crlf))(input)
 }
 
 /// `error-text = 1*( %x20-7E )`

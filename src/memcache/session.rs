@@ -210,24 +210,15 @@ fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
     }
 }
 
-/// The key as the client wrote it, for the `VALUE` line.
-fn request_key(k: &GetKey) -> String {
-    let o = &k.options;
-    let mut key = k.queue.clone();
-    if let Some(ms) = o.timeout_ms {
-        key.push_str(&format!("/t={ms}"));
-    }
-    for (on, name) in [
-        (o.close, "/close"),
-        (o.open, "/open"),
-        (o.abort, "/abort"),
-        (o.peek, "/peek"),
-    ] {
-        if on {
-            key.push_str(name);
-        }
-    }
-    key
+/// The keys of a `get` line as the client wrote them (suffixes included, in the
+/// client's order), for the `VALUE` lines. The parser has already checked the line, so
+/// its words after the command map one-to-one onto the parsed keys.
+fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
+    let line = frame.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.split(|b| *b == b' ' || *b == b'\r' || *b == b'\t')
+        .filter(|w| !w.is_empty())
+        .skip(1)
+        .collect()
 }
 
 impl Session {
@@ -278,7 +269,7 @@ impl Session {
                     }
                 }
             }
-            Request::Get { keys } => self.get(keys, shutdown).await,
+            Request::Get { keys } => self.get(keys, &request_keys(frame), shutdown).await,
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
                 let existed = self.vhost.find_queue(&key).is_some();
@@ -319,6 +310,24 @@ impl Session {
         }
     }
 
+    /// Declares a queue as memcache producers expect it: durable, not exclusive, not
+    /// auto-delete, so that `queue_declare(q, durable=True)` over AMQP matches it.
+    fn declare(&self, queue: &str) -> Result<(), String> {
+        let options = QueueOptions {
+            durable: true,
+            ..Default::default()
+        };
+        match self
+            .vhost
+            .declare_queue(queue, options, false, self.info.id)
+        {
+            Ok(_) => Ok(()),
+            // Another connection's exclusive queue: publishing to it is still allowed.
+            Err(e) if e.kind == ErrorKind::ResourceLocked => Ok(()),
+            Err(e) => Err(e.text),
+        }
+    }
+
     fn set(
         &mut self,
         queue: &str,
@@ -327,20 +336,7 @@ impl Session {
         body: Bytes,
     ) -> Result<Option<SyncTicket>, String> {
         if self.vhost.find_queue(queue).is_none() {
-            let options = QueueOptions {
-                durable: true,
-                ..Default::default()
-            };
-            match self
-                .vhost
-                .declare_queue(queue, options, false, self.info.id)
-            {
-                Ok(_) => {}
-                // Someone else's exclusive queue (or a reserved name): we may still
-                // publish to an existing one; a reserved name cannot be created.
-                Err(e) if e.kind == ErrorKind::ResourceLocked => {}
-                Err(e) => return Err(e.text),
-            }
+            self.declare(queue)?;
         }
         let ttl = ttl_ms(exptime);
         if ttl == Some(0) {
@@ -356,12 +352,13 @@ impl Session {
             body,
             persistent: true,
             expiration_ms: ttl,
+            priority: 0,
         };
         let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
         Ok(routed.durable)
     }
 
-    async fn get(&mut self, keys: Vec<GetKey>, shutdown: &CancellationToken) {
+    async fn get(&mut self, keys: Vec<GetKey>, raw: &[&[u8]], shutdown: &CancellationToken) {
         // Refuse the whole command before answering anything when a key asks for a
         // second open read on the same queue.
         for k in &keys {
@@ -373,10 +370,10 @@ impl Session {
                 return;
             }
         }
-        for k in keys {
+        for (i, k) in keys.into_iter().enumerate() {
             self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             let o = k.options;
-            let key = request_key(&k);
+            let key: &[u8] = raw.get(i).copied().unwrap_or(k.queue.as_bytes());
             if o.close {
                 if let Some(d) = self.open.remove(&k.queue) {
                     d.ack();
@@ -390,6 +387,11 @@ impl Session {
             if !k.options.fetches() {
                 continue;
             }
+            // A timed read waits on the queue a later `set` will use, so it declares it
+            // the way `set` does.
+            if o.timeout_ms.is_some_and(|ms| ms > 0) && self.vhost.find_queue(&k.queue).is_none() {
+                let _ = self.declare(&k.queue);
+            }
             let Ok(queue) = self.vhost.queue(&k.queue, self.info.id) else {
                 self.counters.get_misses.fetch_add(1, Ordering::Relaxed);
                 self.broker.counters().get_empty.inc();
@@ -401,7 +403,7 @@ impl Session {
                         self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
                         command::write_value(
                             &mut self.out,
-                            key.as_bytes(),
+                            key,
                             message_flags(&entry.msg),
                             &entry.msg.body,
                         );
@@ -431,12 +433,7 @@ impl Session {
                         counters.redelivered.inc();
                     }
                     let msg = d.entry.msg.clone();
-                    command::write_value(
-                        &mut self.out,
-                        key.as_bytes(),
-                        message_flags(&msg),
-                        &msg.body,
-                    );
+                    command::write_value(&mut self.out, key, message_flags(&msg), &msg.body);
                     if auto_ack {
                         counters.delivered_get_auto_ack.inc();
                     } else {

@@ -1,41 +1,743 @@
-//! Temporary stand-in for the store (replaced by the store work).
-#![allow(missing_docs)]
+//! Durable storage engine: persistent messages and definitions, recovery, fsync policy.
+//!
+//! The store knows nothing of the core: it keeps opaque records `(queue id, message id,
+//! payload)` plus an opaque `key -> value` map of definitions.
+//!
+//! # Design
+//! - One store-wide append-only log split into segment files `segments/NNNNNNNNN.seg`
+//!   (default 32 MiB). Each record is framed `magic | len | crc32c | type | fields`
+//!   (see `record.rs`): Publish(queue, msg id, flags, payload), Ack, Delivered,
+//!   QueueDeleted, and MaxId (first record of every segment, so the message id
+//!   high-water mark survives even when every older segment is reclaimed).
+//! - Definitions live in a small file rewritten atomically (temp + fsync + rename +
+//!   fsync dir) by the same flusher thread, before the records of the same batch.
+//! - Group commit: callers append encoded records to one in-memory batch under a mutex
+//!   and get a [`SyncTicket`] (an `Arc` clone plus a sequence number, no allocation). One
+//!   dedicated OS thread takes the whole batch, writes it with one `write`, runs one
+//!   `fdatasync`, publishes "synced up to sequence N" and wakes every waiter. Whatever
+//!   arrives during the fsync goes into the next one. No timers on the waited path under
+//!   `always`; records nobody waits for (acks, delivered) ride along with the next
+//!   fsync, or are synced 10 ms after the previous one if the store goes idle.
+//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location`
+//!   (24 bytes per live message, plus hash table slack) and, per segment, its live count
+//!   and the set of older segments its Ack / Delivered / QueueDeleted records (and
+//!   compaction copies) refer to. A segment is deleted when it is not the active one,
+//!   holds no live publish, and every segment it refers to is already gone and that
+//!   unlink fsynced (so deleting it can never resurrect a message). A sizeable active
+//!   segment with nothing live is sealed early so a drained queue leaves almost nothing
+//!   on disk. When garbage exceeds both half of the disk and one segment, the oldest
+//!   segment that is mostly dead (or that keeps dead segments alive) is compacted: its live publishes
+//!   are copied forward, synced, and the segment deleted. Recovery returns each queue's
+//!   messages sorted by message id (ids are globally increasing), so copies do not
+//!   disturb the order.
+//! - Recovery reads each segment with one `read`, verifies every CRC, resynchronises on
+//!   the magic after a corrupt region and truncates a torn tail. Payloads are `Bytes`
+//!   slices of the segment buffer when at least half of that segment is live (no
+//!   per-message allocation; a buffer is freed once the core has dropped every message
+//!   sliced from it, i.e. in FIFO order as queues drain), and copied out otherwise (so a
+//!   mostly dead segment does not stay pinned in memory).
+//!
+//! # Guarantees
+//! Under `always`, a completed ticket means the record (and everything submitted before
+//! it) is on disk: it survives `kill -9` and power loss. Under `interval:<ms>` it means
+//! written to the OS: it survives `kill -9`, and a power loss loses at most the last
+//! interval. Under `never`, the same as interval, with no bound but the OS's writeback.
+//! Acks are at-least-once: an ack not yet covered by an fsync may be lost in a crash,
+//! and the message then comes back (with `delivered = true` if that mark was synced).
+//! A torn or corrupt tail is truncated and a corrupt record in the middle skipped, both
+//! logged and counted in [`RecoveryStats`]; corruption that destroys an ack record can
+//! bring that message back, never lose another.
+//!
+//! # Use from the core
+//! [`Store::open`] and [`Store::close`] block (recovery reads every segment; close joins
+//! the flusher): call them before the runtime serves traffic or from `spawn_blocking`.
+//! `publish`, `ack`, `delivered`, `delete_queue` and the definition calls never block on
+//! disk. Definitions are written before the records of the same batch, so a queue's
+//! definition is durable no later than its messages; after a crash, the queues in
+//! [`Recovered::queues`] that have no definition (deleted just before the crash) should
+//! be dropped with [`Store::delete_queue`].
+
+mod defs;
+mod flusher;
+mod record;
+mod recovery;
+mod state;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
-#[derive(Clone, Debug)]
-pub struct Store;
-#[derive(Debug)]
-pub struct SyncTicket;
-impl SyncTicket {
-    pub async fn wait(self) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    pub fn wait_blocking(self) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    pub fn is_done(&self) -> bool {
-        true
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::Notify;
+
+/// Name of the marker written by a clean [`Store::close`].
+const CLEAN: &str = "CLEAN";
+/// Name of the lock file.
+const LOCK: &str = "LOCK";
+/// Directory holding the segment files.
+const SEGMENTS: &str = "segments";
+/// How many recent fsync durations [`StoreStats`] keeps.
+const RECENT_FSYNCS: usize = 1024;
+
+/// When the store calls `fdatasync`, and what a [`SyncTicket`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every ticket completes only after the fsync covering its record returned
+    /// (group commit: one fsync for everything pending).
+    Always,
+    /// Tickets complete once the record is written to the OS; the log is fsynced at
+    /// most once per interval (and on close).
+    Interval(Duration),
+    /// Tickets complete once written to the OS; fsync only on close.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        match s.to_ascii_lowercase().as_str() {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            other => other
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.trim().trim_end_matches("ms").parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
+                .ok_or_else(|| {
+                    StoreError::InvalidConfig(format!(
+                        "fsync policy {s:?}: expected always, never or interval:<ms>"
+                    ))
+                }),
+        }
     }
 }
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Never => f.write_str("never"),
+            FsyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (or another open store in this one) holds the directory.
+    #[error("data directory {0} is locked by another qgate process")]
+    Locked(PathBuf),
+    /// An I/O error while opening.
+    #[error("store I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The store was closed before the record could be written.
+    #[error("store is closed")]
+    Closed,
+    /// The flusher hit an I/O error and stopped (fail-stop: nothing later is durable).
+    #[error("store failed: {0}")]
+    Failed(String),
+    /// The payload exceeds [`Store::MAX_PAYLOAD`]; nothing was stored.
+    #[error("payload too large for the store")]
+    TooLarge,
+    /// Bad configuration value.
+    #[error("invalid store configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory (created if missing).
+    pub dir: PathBuf,
+    /// Fsync policy.
+    pub fsync: FsyncPolicy,
+    /// Target segment file size in bytes (default 32 MiB; clamped to 4 KiB..=1 GiB).
+    pub segment_size: u64,
+}
+
+impl StoreConfig {
+    /// Default segment size: 32 MiB.
+    pub const DEFAULT_SEGMENT_SIZE: u64 = 32 << 20;
+
+    /// A config for `dir` with the defaults (`always`, 32 MiB segments).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            dir: dir.into(),
+            fsync: FsyncPolicy::Always,
+            segment_size: Self::DEFAULT_SEGMENT_SIZE,
+        }
+    }
+}
+
+/// One recovered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredMessage {
+    /// Message id as given to [`Store::publish`].
     pub msg_id: u64,
+    /// Payload as given to [`Store::publish`].
     pub payload: Bytes,
+    /// The message had been handed to a consumer (redeliver with redelivered=true).
     pub delivered: bool,
 }
-pub struct Recovered {
-    pub definitions: Vec<(String, Bytes)>,
-    pub queues: Vec<(u64, Vec<RecoveredMessage>)>,
+
+/// What recovery did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryStats {
+    /// Live messages recovered.
+    pub messages: u64,
+    /// Queues with at least one live message.
+    pub queues: u64,
+    /// Segment files read.
+    pub segments: u64,
+    /// Bytes read from segment files.
+    pub bytes_read: u64,
+    /// Bytes dropped from torn or corrupt segment tails (the files were truncated).
+    pub truncated_bytes: u64,
+    /// Corrupt regions skipped in the middle of segments (each is one or more records).
+    pub corrupt_records: u64,
+    /// Bytes in those regions.
+    pub corrupt_bytes: u64,
+    /// The previous run ended with [`Store::close`] (clean marker found).
+    pub clean_shutdown: bool,
+    /// A repair was needed: a tail was truncated or a corrupt region skipped.
+    pub repaired: bool,
+    /// Time taken.
+    pub elapsed: Duration,
 }
+
+/// Everything recovered at open.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Definitions (`key -> value`), sorted by key.
+    pub definitions: Vec<(String, Bytes)>,
+    /// Per queue (sorted by queue id), its live messages in original publish order.
+    pub queues: Vec<(u64, Vec<RecoveredMessage>)>,
+    /// Statistics.
+    pub stats: RecoveryStats,
+}
+
+/// A snapshot of store counters.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// fdatasync calls so far.
+    pub fsyncs_total: u64,
+    /// Sum of their durations, in seconds.
+    pub fsync_seconds_total: f64,
+    /// Durations of the most recent fsyncs (up to 1024), in seconds, oldest first.
+    pub recent_fsync_seconds: Vec<f64>,
+    /// Write batches (one write syscall per segment touched).
+    pub batches: u64,
+    /// Bytes written to segment files (including compaction copies).
+    pub bytes_written: u64,
+    /// Current size of all segment files.
+    pub bytes_on_disk: u64,
+    /// Current number of segment files.
+    pub segments: u64,
+    /// Messages currently live in the store.
+    pub live_messages: u64,
+    /// Bytes of their records (the rest of `bytes_on_disk` is garbage awaiting
+    /// reclamation).
+    pub live_bytes: u64,
+    /// Segments compacted so far.
+    pub compactions: u64,
+    /// Segment files deleted so far.
+    pub segments_deleted: u64,
+    /// Bytes waiting for the flusher.
+    pub pending_bytes: u64,
+    /// Highest sequence number handed to a ticket.
+    pub submitted_seq: u64,
+    /// Every record with a sequence number up to this one has been written to the OS.
+    pub written_seq: u64,
+    /// Every record with a sequence number up to this one has been fsynced.
+    pub synced_seq: u64,
+}
+
+/// Records waiting for the flusher.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    defs: Vec<(String, Option<Bytes>)>,
+    seq: u64,
+    need_sync: bool,
+    closing: bool,
+    clean: bool,
+}
+
+/// Counters shared by the flusher and readers.
+#[derive(Default)]
+struct Counters {
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+    recent: Mutex<VecDeque<f64>>,
+    batches: AtomicU64,
+    bytes_written: AtomicU64,
+    bytes_on_disk: AtomicU64,
+    segments: AtomicU64,
+    live_messages: AtomicU64,
+    live_bytes: AtomicU64,
+    compactions: AtomicU64,
+    segments_deleted: AtomicU64,
+}
+
+/// State shared between handles, tickets and the flusher thread.
+struct Shared {
+    pending: Mutex<Pending>,
+    work: Condvar,
+    policy: FsyncPolicy,
+    written_seq: AtomicU64,
+    synced_seq: AtomicU64,
+    stopped: AtomicBool,
+    error: Mutex<Option<String>>,
+    notify: Notify,
+    block: Mutex<()>,
+    block_cv: Condvar,
+    counters: Counters,
+}
+
+impl Shared {
+    fn done_seq(&self) -> u64 {
+        match self.policy {
+            FsyncPolicy::Always => self.synced_seq.load(Ordering::Acquire),
+            _ => self.written_seq.load(Ordering::Acquire),
+        }
+    }
+
+    fn check(&self, seq: u64) -> Option<Result<(), StoreError>> {
+        if self.done_seq() >= seq {
+            return Some(Ok(()));
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            if self.done_seq() >= seq {
+                return Some(Ok(()));
+            }
+            return Some(Err(match self.error.lock().clone() {
+                Some(e) => StoreError::Failed(e),
+                None => StoreError::Closed,
+            }));
+        }
+        None
+    }
+
+    /// Wakes every ticket waiter (async and blocking).
+    fn wake_all(&self) {
+        self.notify.notify_waiters();
+        let _g = self.block.lock();
+        self.block_cv.notify_all();
+    }
+
+    fn record_fsync(&self, d: Duration) {
+        let c = &self.counters;
+        c.fsyncs.fetch_add(1, Ordering::Relaxed);
+        c.fsync_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        {
+            let mut r = c.recent.lock();
+            if r.len() == RECENT_FSYNCS {
+                r.pop_front();
+            }
+            r.push_back(d.as_secs_f64());
+        }
+        metrics::counter!("qgate_store_fsyncs_total").increment(1);
+        metrics::histogram!("qgate_store_fsync_seconds").record(d.as_secs_f64());
+    }
+}
+
+/// Completes when a record is as durable as the fsync policy promises.
+///
+/// Cheap: a reference to the store's shared state plus a sequence number.
+pub struct SyncTicket {
+    shared: Arc<Shared>,
+    seq: u64,
+    too_large: bool,
+}
+
+impl fmt::Debug for SyncTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncTicket")
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl SyncTicket {
+    /// Sequence number of the record (compare with [`StoreStats::synced_seq`]).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn check(&self) -> Option<Result<(), StoreError>> {
+        if self.too_large {
+            return Some(Err(StoreError::TooLarge));
+        }
+        self.shared.check(self.seq)
+    }
+
+    /// True once [`SyncTicket::wait`] would return immediately.
+    pub fn is_done(&self) -> bool {
+        self.check().is_some()
+    }
+
+    /// Waits (async) until the record is durable per the policy.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        loop {
+            if let Some(r) = self.check() {
+                return r;
+            }
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.check() {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits (blocking the thread) until the record is durable per the policy.
+    pub fn wait_blocking(self) -> Result<(), StoreError> {
+        if let Some(r) = self.check() {
+            return r;
+        }
+        let mut g = self.shared.block.lock();
+        loop {
+            if let Some(r) = self.check() {
+                return r;
+            }
+            self.shared.block_cv.wait(&mut g);
+        }
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    lock: Mutex<Option<File>>,
+    max_id: u64,
+    dir: PathBuf,
+}
+
+impl Inner {
+    fn shutdown(&self, clean: bool) -> Result<(), StoreError> {
+        let Some(handle) = self.thread.lock().take() else {
+            return Ok(());
+        };
+        {
+            let mut p = self.shared.pending.lock();
+            p.closing = true;
+            p.clean = clean;
+        }
+        self.shared.work.notify_one();
+        let joined = handle.join();
+        self.lock.lock().take();
+        if joined.is_err() {
+            return Err(StoreError::Failed("store flusher thread panicked".into()));
+        }
+        match self.shared.error.lock().clone() {
+            Some(e) => Err(StoreError::Failed(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Flush what is pending but leave no clean marker: only close() is clean.
+        if let Err(e) = self.shutdown(false) {
+            tracing::error!(error = %e, "store shutdown on drop failed");
+        }
+    }
+}
+
+/// The durable store. Cheap to clone; all clones share one flusher.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("policy", &self.inner.shared.policy)
+            .finish()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(LOCK))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Locked(dir.to_path_buf()));
+        }
+        return Err(StoreError::Io(e));
+    }
+    Ok(f)
+}
+
 impl Store {
-    pub fn publish(&self, _q: u64, _m: u64, _p: Bytes) -> SyncTicket {
-        SyncTicket
+    /// Opens (creating if needed) the store in `cfg.dir`: takes the directory lock,
+    /// recovers definitions and live messages, and starts the flusher thread.
+    pub fn open(cfg: StoreConfig) -> Result<(Store, Recovered), StoreError> {
+        let started = Instant::now();
+        let dir = cfg.dir.clone();
+        fs::create_dir_all(&dir)?;
+        let lock = lock_dir(&dir)?;
+        let seg_dir = dir.join(SEGMENTS);
+        fs::create_dir_all(&seg_dir)?;
+        let clean = dir.join(CLEAN).exists();
+        let segment_size = cfg.segment_size.clamp(4096, 1 << 30);
+
+        let defs_map = defs::load(&dir);
+        match fs::remove_file(dir.join(defs::TMP)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(dir = %dir.display(), clean, "store: recovering");
+        let rec = recovery::recover(&seg_dir)?;
+        let mut stats = rec.stats;
+        stats.clean_shutdown = clean;
+        stats.elapsed = started.elapsed();
+        if clean {
+            fs::remove_file(dir.join(CLEAN))?;
+        }
+        defs::sync_dir(&dir)?;
+        tracing::info!(
+            queues = stats.queues,
+            messages = stats.messages,
+            segments = stats.segments,
+            definitions = defs_map.len(),
+            truncated_bytes = stats.truncated_bytes,
+            corrupt_records = stats.corrupt_records,
+            seconds = stats.elapsed.as_secs_f64(),
+            "store: recovered"
+        );
+        let recovered = Recovered {
+            definitions: defs_map
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            queues: rec.queues,
+            stats,
+        };
+        let max_id = rec.state.max_id;
+
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            work: Condvar::new(),
+            policy: cfg.fsync,
+            written_seq: AtomicU64::new(0),
+            synced_seq: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            error: Mutex::new(None),
+            notify: Notify::new(),
+            block: Mutex::new(()),
+            block_cv: Condvar::new(),
+            counters: Counters::default(),
+        });
+        let writer = flusher::Writer::new(
+            dir.clone(),
+            seg_dir,
+            cfg.fsync,
+            segment_size,
+            rec.state,
+            defs_map,
+            shared.clone(),
+        )?;
+        let handle = std::thread::Builder::new()
+            .name("qgate-store".into())
+            .spawn(move || writer.run())?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                shared,
+                thread: Mutex::new(Some(handle)),
+                lock: Mutex::new(Some(lock)),
+                max_id,
+                dir,
+            }),
+        };
+        Ok((store, recovered))
     }
-    pub fn ack(&self, _q: u64, _m: u64) {}
-    pub fn delivered(&self, _q: u64, _m: u64) {}
-    pub fn delete_queue(&self, _q: u64) {}
-    pub fn put_definition(&self, _k: &str, _v: Bytes) -> SyncTicket {
-        SyncTicket
+
+    fn enqueue(&self, need_sync: bool, f: impl FnOnce(&mut Pending)) -> SyncTicket {
+        let shared = &self.inner.shared;
+        let seq = {
+            let mut p = shared.pending.lock();
+            if p.closing || shared.stopped.load(Ordering::Acquire) {
+                u64::MAX
+            } else {
+                f(&mut p);
+                p.seq += 1;
+                p.need_sync |= need_sync;
+                p.seq
+            }
+        };
+        shared.work.notify_one();
+        SyncTicket {
+            shared: shared.clone(),
+            seq,
+            too_large: false,
+        }
     }
-    pub fn delete_definition(&self, _k: &str) -> SyncTicket {
-        SyncTicket
+
+    /// Largest payload [`Store::publish`] accepts (about 1 GiB).
+    pub const MAX_PAYLOAD: usize = record::MAX_BODY - record::PUBLISH_FIXED;
+
+    /// Appends a publish record; the ticket completes when it is durable per policy.
+    /// A payload over [`Store::MAX_PAYLOAD`] is not stored and its ticket fails with
+    /// [`StoreError::TooLarge`].
+    pub fn publish(&self, queue: u64, msg_id: u64, payload: Bytes) -> SyncTicket {
+        if payload.len() > Self::MAX_PAYLOAD {
+            return SyncTicket {
+                shared: self.inner.shared.clone(),
+                seq: u64::MAX,
+                too_large: true,
+            };
+        }
+        self.enqueue(true, |p| {
+            record::encode_publish(&mut p.buf, queue, msg_id, 0, &payload)
+        })
+    }
+
+    fn small(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        let shared = &self.inner.shared;
+        {
+            let mut p = shared.pending.lock();
+            if p.closing || shared.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            f(&mut p.buf);
+        }
+        shared.work.notify_one();
+    }
+
+    /// Records that a message was acked (or otherwise removed). Does not wait; it is
+    /// made durable by the next fsync (a lost ack means an at-least-once redelivery).
+    pub fn ack(&self, queue: u64, msg_id: u64) {
+        self.small(|b| record::encode_pair(b, record::T_ACK, queue, msg_id));
+    }
+
+    /// Records that a message was handed to a consumer (recovered with
+    /// `delivered = true`). Does not wait.
+    pub fn delivered(&self, queue: u64, msg_id: u64) {
+        self.small(|b| record::encode_pair(b, record::T_DELIVERED, queue, msg_id));
+    }
+
+    /// Drops every message of `queue` stored so far. The ticket may be ignored.
+    pub fn delete_queue(&self, queue: u64) -> SyncTicket {
+        self.enqueue(true, |p| {
+            record::encode_one(&mut p.buf, record::T_QUEUE_DELETED, queue)
+        })
+    }
+
+    /// Sets a definition.
+    pub fn put_definition(&self, key: &str, value: Bytes) -> SyncTicket {
+        self.enqueue(true, |p| p.defs.push((key.to_owned(), Some(value))))
+    }
+
+    /// Removes a definition.
+    pub fn delete_definition(&self, key: &str) -> SyncTicket {
+        self.enqueue(true, |p| p.defs.push((key.to_owned(), None)))
+    }
+
+    /// A barrier: completes once everything submitted before it is durable per the
+    /// policy (under `always`, fsynced), including acks and delivered marks.
+    pub fn sync(&self) -> SyncTicket {
+        self.enqueue(true, |_| {})
+    }
+
+    /// Highest message id seen at recovery (the core continues above it).
+    pub fn max_msg_id(&self) -> u64 {
+        self.inner.max_id
+    }
+
+    /// The fsync policy in use.
+    pub fn policy(&self) -> FsyncPolicy {
+        self.inner.shared.policy
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Flushes and fsyncs everything, writes the clean marker, stops the flusher and
+    /// releases the directory lock. Blocks the calling thread until done (call it from
+    /// `spawn_blocking` or at shutdown). Later calls are no-ops; later writes fail
+    /// with [`StoreError::Closed`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.inner.shutdown(true)
+    }
+
+    /// Every record with a sequence number up to this one has been fsynced (cheap; for
+    /// tests and assertions against [`SyncTicket::seq`]).
+    pub fn synced_seq(&self) -> u64 {
+        self.inner.shared.synced_seq.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StoreStats {
+        let sh = &self.inner.shared;
+        let c = &sh.counters;
+        let (pending_bytes, submitted_seq) = {
+            let p = sh.pending.lock();
+            (p.buf.len() as u64, p.seq)
+        };
+        StoreStats {
+            fsyncs_total: c.fsyncs.load(Ordering::Relaxed),
+            fsync_seconds_total: c.fsync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            recent_fsync_seconds: c.recent.lock().iter().copied().collect(),
+            batches: c.batches.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            bytes_on_disk: c.bytes_on_disk.load(Ordering::Relaxed),
+            segments: c.segments.load(Ordering::Relaxed),
+            live_messages: c.live_messages.load(Ordering::Relaxed),
+            live_bytes: c.live_bytes.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
+            pending_bytes,
+            submitted_seq,
+            written_seq: sh.written_seq.load(Ordering::Acquire),
+            synced_seq: sh.synced_seq.load(Ordering::Acquire),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_parse_display() {
+        for s in ["always", "never", "interval:250"] {
+            let p: FsyncPolicy = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+        }
+        assert_eq!(
+            "interval:5".parse::<FsyncPolicy>().unwrap(),
+            FsyncPolicy::Interval(Duration::from_millis(5))
+        );
+        assert!("interval:".parse::<FsyncPolicy>().is_err());
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
     }
 }

@@ -1,0 +1,272 @@
+//! In-memory index of live messages and per-segment accounting.
+//!
+//! The same `apply` runs at recovery (records read back in log order) and at run time
+//! (records as the flusher writes them), so both always agree on what is live.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::record::{Rec, FLAG_DELIVERED};
+
+/// A small multiplicative hasher for integer keys (ids are not attacker controlled).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Index key: message id plus the queue's interned index. Packed to 12 bytes so that an
+/// index entry (key + [`Loc`]) takes 24 bytes instead of 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C, packed(4))]
+pub(crate) struct Key {
+    id: u64,
+    q: u32,
+}
+
+impl Key {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Where a live message's publish record sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub seg: u32,
+    pub off: u32,
+    /// Whole record length, with the delivered flag in the top bit.
+    len_flags: u32,
+}
+
+const DELIVERED_BIT: u32 = 1 << 31;
+
+impl Loc {
+    /// Whole record length.
+    pub fn len(&self) -> u32 {
+        self.len_flags & !DELIVERED_BIT
+    }
+    /// Publish record flags ([`FLAG_DELIVERED`] or 0).
+    pub fn flags(&self) -> u8 {
+        if self.len_flags & DELIVERED_BIT != 0 {
+            FLAG_DELIVERED
+        } else {
+            0
+        }
+    }
+    fn set_delivered(&mut self) {
+        self.len_flags |= DELIVERED_BIT;
+    }
+}
+
+/// Accounting for one segment file.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SegInfo {
+    /// File size in bytes.
+    pub size: u64,
+    /// Live publish records in it.
+    pub live: u64,
+    /// Bytes of those records.
+    pub live_bytes: u64,
+    /// Older segments holding publishes that records in this segment kill or flag
+    /// (ack, delivered, queue deleted). This segment may only be deleted once all of
+    /// them are gone, or those publishes would come back.
+    pub refs: BTreeSet<u32>,
+}
+
+/// Live index.
+#[derive(Default)]
+pub(crate) struct State {
+    pub index: IdMap<Key, Loc>,
+    pub segs: BTreeMap<u32, SegInfo>,
+    /// Live messages per interned queue.
+    queue_live: IdMap<u32, u64>,
+    /// Interned queue ids: index -> queue id, and back.
+    queue_ids: Vec<u64>,
+    queue_idx: IdMap<u64, u32>,
+    pub max_id: u64,
+}
+
+impl State {
+    fn key(&self, queue: u64, id: u64) -> Option<Key> {
+        self.queue_idx.get(&queue).map(|&q| Key { id, q })
+    }
+
+    fn key_or_intern(&mut self, queue: u64, id: u64) -> Key {
+        let next = self.queue_ids.len() as u32;
+        let q = *self.queue_idx.entry(queue).or_insert(next);
+        if q == next {
+            self.queue_ids.push(queue);
+        }
+        Key { id, q }
+    }
+
+    /// The queue id of a key.
+    pub fn queue_of(&self, k: &Key) -> u64 {
+        self.queue_ids[k.q as usize]
+    }
+
+    /// Live message count per queue id.
+    pub fn queue_counts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.queue_live
+            .iter()
+            .map(|(q, n)| (self.queue_ids[*q as usize], *n))
+    }
+
+    /// Location of a live message.
+    pub fn get(&self, queue: u64, id: u64) -> Option<&Loc> {
+        self.index.get(&self.key(queue, id)?)
+    }
+
+    fn kill(segs: &mut BTreeMap<u32, SegInfo>, cur: u32, loc: &Loc) {
+        if let Some(s) = segs.get_mut(&loc.seg) {
+            s.live -= 1;
+            s.live_bytes -= u64::from(loc.len());
+        }
+        if loc.seg != cur {
+            if let Some(c) = segs.get_mut(&cur) {
+                c.refs.insert(loc.seg);
+            }
+        }
+    }
+
+    fn dec_queue(&mut self, queue: u32) {
+        if let Some(n) = self.queue_live.get_mut(&queue) {
+            *n -= 1;
+            if *n == 0 {
+                self.queue_live.remove(&queue);
+            }
+        }
+    }
+
+    /// Applies one record found at `off` (length `len`) of segment `seg`.
+    pub fn apply(&mut self, seg: u32, off: usize, len: usize, rec: Rec<'_>) {
+        match rec {
+            Rec::Publish {
+                queue, id, flags, ..
+            } => {
+                self.max_id = self.max_id.max(id);
+                let mut loc = Loc {
+                    seg,
+                    off: off as u32,
+                    len_flags: len as u32,
+                };
+                if flags & FLAG_DELIVERED != 0 {
+                    loc.set_delivered();
+                }
+                let s = self.segs.entry(seg).or_default();
+                s.live += 1;
+                s.live_bytes += len as u64;
+                let key = self.key_or_intern(queue, id);
+                match self.index.insert(key, loc) {
+                    Some(old) => {
+                        // Same key published again (a compaction copy): the old record
+                        // is superseded. This segment must outlive the old one, or an
+                        // ack of the copy could be reclaimed while the original is
+                        // still on disk, and the original would come back.
+                        Self::kill(&mut self.segs, seg, &old);
+                    }
+                    None => *self.queue_live.entry(key.q).or_default() += 1,
+                }
+            }
+            Rec::Ack { queue, id } => {
+                if let Some(key) = self.key(queue, id) {
+                    if let Some(loc) = self.index.remove(&key) {
+                        Self::kill(&mut self.segs, seg, &loc);
+                        self.dec_queue(key.q);
+                    }
+                }
+            }
+            Rec::Delivered { queue, id } => {
+                let Some(key) = self.key(queue, id) else {
+                    return;
+                };
+                if let Some(loc) = self.index.get_mut(&key) {
+                    loc.set_delivered();
+                    if loc.seg != seg {
+                        let target = loc.seg;
+                        if let Some(c) = self.segs.get_mut(&seg) {
+                            c.refs.insert(target);
+                        }
+                    }
+                }
+            }
+            Rec::QueueDeleted { queue } => {
+                let Some(&q) = self.queue_idx.get(&queue) else {
+                    return;
+                };
+                if self.queue_live.remove(&q).is_some() {
+                    let segs = &mut self.segs;
+                    self.index.retain(|k, loc| {
+                        if k.q == q {
+                            Self::kill(segs, seg, loc);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+            }
+            Rec::MaxId(m) => self.max_id = self.max_id.max(m),
+        }
+    }
+
+    /// Total bytes in segment files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segs.values().map(|s| s.size).sum()
+    }
+
+    /// Total bytes of live records.
+    pub fn live_bytes(&self) -> u64 {
+        self.segs.values().map(|s| s.live_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_refs_and_queue_delete() {
+        let mut st = State::default();
+        st.segs.insert(1, SegInfo::default());
+        st.segs.insert(2, SegInfo::default());
+        let p = |q, id| Rec::Publish {
+            queue: q,
+            id,
+            flags: 0,
+            payload: b"",
+        };
+        st.apply(1, 0, 30, p(1, 1));
+        st.apply(1, 30, 30, p(1, 2));
+        st.apply(1, 60, 30, p(2, 3));
+        st.apply(2, 0, 29, Rec::Ack { queue: 1, id: 1 });
+        assert_eq!(st.segs[&1].live, 2);
+        assert!(st.segs[&2].refs.contains(&1));
+        st.apply(2, 29, 21, Rec::QueueDeleted { queue: 1 });
+        assert_eq!(st.segs[&1].live, 1);
+        assert_eq!(st.index.len(), 1);
+        // Unknown ack is ignored.
+        st.apply(2, 50, 29, Rec::Ack { queue: 5, id: 1 });
+        assert_eq!(st.index.len(), 1);
+        assert_eq!(st.max_id, 3);
+        assert_eq!(st.get(2, 3).unwrap().off, 60);
+        st.apply(2, 71, 29, Rec::Delivered { queue: 2, id: 3 });
+        assert_eq!(st.get(2, 3).unwrap().flags(), FLAG_DELIVERED);
+        assert_eq!(st.get(2, 3).unwrap().len(), 30);
+        assert_eq!(std::mem::size_of::<(Key, Loc)>(), 24);
+    }
+}
