@@ -416,7 +416,6 @@ async fn produce(
     window
         .drain_until(Instant::now() + Duration::from_secs(5), &mut done)
         .await;
-    drop(done);
     t.published = published;
     t
 }
