@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod config;
 pub mod content;
 pub mod core;
+pub mod ctl;
 pub mod memcache;
 pub mod metrics;
 pub mod server;

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the broker (the default).
     Serve(ServeArgs),
+    /// Inspect a running broker, rabbitmqctl-style (list_queues, status, ...).
+    Ctl(qgate::ctl::CtlArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Ctl(args)) => qgate::ctl::run(args).map_err(Into::into),
         None => serve(cli.serve),
     };
     match result {

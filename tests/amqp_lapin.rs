@@ -2636,7 +2636,7 @@ async fn invalid_queue_arguments_are_406() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: queue.bind to a headers exchange accepts any x-match value (RabbitMQ: 406 'Invalid x-match field value')"]
+
 async fn invalid_x_match_is_406() {
     let broker = start_broker();
     let (_conn, ch) = open(&broker).await;
@@ -2658,7 +2658,7 @@ async fn invalid_x_match_is_406() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: in tx mode an unknown delivery tag is only detected at tx.commit, after the transaction's earlier publishes were already routed (RabbitMQ: 406 at ack time, nothing routed)"]
+
 async fn failed_transaction_routes_nothing() {
     let broker = start_broker();
     let (conn, ch) = open(&broker).await;
@@ -2718,7 +2718,7 @@ async fn shutdown_closes_connections_with_320() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: basic.publish with immediate=true is accepted silently (RabbitMQ 3.x: connection.close 540 NOT_IMPLEMENTED 'immediate=true')"]
+
 async fn publish_immediate_is_540() {
     let broker = start_broker();
     let (conn, ch) = open(&broker).await;

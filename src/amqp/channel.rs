@@ -17,6 +17,7 @@ use super::error::AmqpError;
 use super::methods::*;
 use super::writer::{Out, OutTx};
 use crate::content::Properties;
+use crate::core::message::shared_name;
 use crate::core::{
     Broker, ConnectionInfo, Consumer, Credit, Delivered, DeliverySink, ExchangeOptions, Message,
     Queue, QueueOptions, VHost,
@@ -39,6 +40,7 @@ pub(crate) struct ConnCtx {
 /// tags, remembers unacknowledged deliveries and queues the bytes for the writer.
 pub(crate) struct ChannelSink {
     channel: u16,
+    broker: Broker,
     out: OutTx,
     cancel_notify: bool,
     state: Mutex<SinkState>,
@@ -59,11 +61,12 @@ impl DeliverySink for ChannelSink {
         }
         st.next_tag += 1;
         let tag = st.next_tag;
+        let redelivered = delivery.redelivered();
         let out = Out::Deliver {
             channel: self.channel,
             consumer: consumer.clone(),
             delivery_tag: tag,
-            redelivered: delivery.redelivered(),
+            redelivered,
             msg: delivery.entry.msg.clone(),
         };
         if !delivery.auto_ack {
@@ -72,6 +75,17 @@ impl DeliverySink for ChannelSink {
             // Settled already: dropping it touches nothing.
             drop(delivery);
         }
+        drop(st);
+        let counters = self.broker.counters();
+        if consumer.no_ack {
+            counters.delivered_consume_auto_ack.inc();
+        } else {
+            counters.delivered_consume_manual_ack.inc();
+        }
+        if redelivered {
+            counters.redelivered.inc();
+        }
+        counters.lifecycle.amqp.messages_delivered.inc();
         let _ = self.out.send(out);
         Ok(())
     }
@@ -98,7 +112,16 @@ struct PendingPublish {
 
 enum TxOp {
     Publish(BasicPublish, Message),
-    Settle(Method),
+    /// Deliveries taken off the unacked list at ack time (so an unknown tag fails then,
+    /// as in RabbitMQ), settled at commit or put back at rollback.
+    Settle(Settle, Vec<(u64, Delivered)>),
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Requeue,
+    Discard,
 }
 
 /// A channel's state, owned by the connection's reader task.
@@ -112,6 +135,10 @@ pub(crate) struct Channel {
     tx: Option<Vec<TxOp>>,
     publish: Option<PendingPublish>,
     last_queue: Option<String>,
+    last_exchange: Arc<str>,
+    last_routing_key: Arc<str>,
+    /// Counted in the publishers gauge since its first publish.
+    publishing: bool,
 }
 
 struct Confirms {
@@ -129,6 +156,7 @@ impl Channel {
             id,
             sink: Arc::new(ChannelSink {
                 channel: id,
+                broker: ctx.broker.clone(),
                 out: ctx.out.clone(),
                 cancel_notify: ctx.cancel_notify,
                 state: Mutex::new(SinkState::default()),
@@ -140,6 +168,9 @@ impl Channel {
             tx: None,
             publish: None,
             last_queue: None,
+            last_exchange: Arc::from(""),
+            last_routing_key: Arc::from(""),
+            publishing: false,
         }
     }
 
@@ -175,10 +206,16 @@ impl Channel {
                 });
             }
             Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_) => {
-                if let Some(ops) = &mut self.tx {
-                    ops.push(TxOp::Settle(method.clone()));
-                } else {
-                    self.settle(ctx, method)?;
+                let (tag, multiple, how) = match method {
+                    Method::BasicAck(m) => (m.delivery_tag, m.multiple, Settle::Ack),
+                    Method::BasicNack(m) => (m.delivery_tag, m.multiple, settle_kind(m.requeue)),
+                    Method::BasicReject(m) => (m.delivery_tag, false, settle_kind(m.requeue)),
+                    _ => unreachable!("matched above"),
+                };
+                let list = self.take_unacked(tag, multiple)?;
+                match &mut self.tx {
+                    Some(ops) => ops.push(TxOp::Settle(how, list)),
+                    None => self.settle(ctx, how, list),
                 }
             }
             Method::ExchangeDeclare(m) => {
@@ -320,12 +357,12 @@ impl Channel {
                 // that precede it.
                 let list = self.recoverable(m.requeue)?;
                 self.reply(ctx, BasicRecoverOk {});
-                list.into_iter().for_each(Delivered::requeue);
+                list.into_iter().for_each(|(_, d)| d.requeue());
             }
             Method::BasicRecoverAsync(m) => {
                 self.recoverable(m.requeue)?
                     .into_iter()
-                    .for_each(Delivered::requeue);
+                    .for_each(|(_, d)| d.requeue());
             }
             Method::ConfirmSelect(m) => {
                 if self.tx.is_some() {
@@ -370,18 +407,29 @@ impl Channel {
                 for op in ops {
                     match op {
                         TxOp::Publish(p, msg) => self.route(ctx, &p, msg)?,
-                        TxOp::Settle(m) => self.settle(ctx, &m)?,
+                        TxOp::Settle(how, list) => self.settle(ctx, how, list),
                     }
                 }
                 self.reply(ctx, TxCommitOk {});
             }
             Method::TxRollback(_) => {
-                if self.tx.replace(Vec::new()).is_none() {
+                let Some(ops) = self.tx.replace(Vec::new()) else {
                     return Err(fail(
                         reply::PRECONDITION_FAILED,
                         "channel is not transactional",
                     ));
+                };
+                // Rolled-back acks leave their messages unacked, as before the transaction.
+                let mut st = self.sink.state.lock();
+                for op in ops {
+                    if let TxOp::Settle(_, list) = op {
+                        for (tag, d) in list {
+                            let pos = st.unacked.partition_point(|(t, _)| *t < tag);
+                            st.unacked.insert(pos, (tag, d));
+                        }
+                    }
                 }
+                drop(st);
                 self.reply(ctx, TxRollbackOk {});
             }
             Method::ChannelFlow(m) => {
@@ -479,6 +527,7 @@ impl Channel {
                 if d.redelivered() {
                     counters.redelivered.inc();
                 }
+                counters.lifecycle.amqp.messages_delivered.inc();
                 let mut st = self.sink.state.lock();
                 st.next_tag += 1;
                 let tag = st.next_tag;
@@ -500,7 +549,7 @@ impl Channel {
     }
 
     /// Takes the unacked deliveries a settle method refers to.
-    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<Delivered>, AmqpError> {
+    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<(u64, Delivered)>, AmqpError> {
         let mut st = self.sink.state.lock();
         let unacked = &mut st.unacked;
         if multiple {
@@ -515,10 +564,10 @@ impl Channel {
                     format!("unknown delivery tag {tag}"),
                 ));
             }
-            Ok(unacked.drain(..n).map(|(_, d)| d).collect())
+            Ok(unacked.drain(..n).collect())
         } else {
             match unacked.binary_search_by_key(&tag, |(t, _)| *t) {
-                Ok(i) => Ok(vec![unacked.remove(i).expect("index found").1]),
+                Ok(i) => Ok(vec![unacked.remove(i).expect("index found")]),
                 Err(_) => Err(fail(
                     reply::PRECONDITION_FAILED,
                     format!("unknown delivery tag {tag}"),
@@ -527,34 +576,26 @@ impl Channel {
         }
     }
 
-    fn settle(&mut self, ctx: &ConnCtx, method: &Method) -> Result<(), AmqpError> {
+    fn settle(&mut self, ctx: &ConnCtx, how: Settle, list: Vec<(u64, Delivered)>) {
         let counters = ctx.broker.counters();
-        let (tag, multiple, requeue, ack) = match method {
-            Method::BasicAck(m) => (m.delivery_tag, m.multiple, false, true),
-            Method::BasicNack(m) => (m.delivery_tag, m.multiple, m.requeue, false),
-            Method::BasicReject(m) => (m.delivery_tag, false, m.requeue, false),
-            _ => return Ok(()),
-        };
-        let list = self.take_unacked(tag, multiple).map_err(|e| e.on(method))?;
-        for d in list {
-            if ack {
-                counters.acknowledged.inc();
-                d.ack();
-            } else if requeue {
-                d.requeue();
-            } else {
-                d.discard();
+        for (_, d) in list {
+            match how {
+                Settle::Ack => {
+                    counters.acknowledged.inc();
+                    d.ack();
+                }
+                Settle::Requeue => d.requeue(),
+                Settle::Discard => d.discard(),
             }
         }
         if self.credit.limit() > 0 {
             self.poke_consumers();
         }
-        Ok(())
     }
 
     /// The unacked deliveries basic.recover gives back (requeue=false is refused with
     /// 540, as RabbitMQ does).
-    fn recoverable(&mut self, requeue: bool) -> Result<Vec<Delivered>, AmqpError> {
+    fn recoverable(&mut self, requeue: bool) -> Result<Vec<(u64, Delivered)>, AmqpError> {
         if !requeue {
             return Err(fail(reply::NOT_IMPLEMENTED, "requeue=false"));
         }
@@ -664,11 +705,12 @@ impl Channel {
                 .on_ids(60, 40));
             }
         }
-        let exchange: Arc<str> = Arc::from(p.method.exchange.as_str());
+        let exchange = shared_name(&mut self.last_exchange, &p.method.exchange);
+        let routing_key = shared_name(&mut self.last_routing_key, &p.method.routing_key);
         let msg = Message::new(
             ctx.broker.next_message_id(),
             exchange,
-            &p.method.routing_key,
+            routing_key,
             properties,
             &decoded,
             body,
@@ -688,6 +730,14 @@ impl Channel {
 
     fn route(&mut self, ctx: &ConnCtx, p: &BasicPublish, msg: Message) -> Result<(), AmqpError> {
         let counters = ctx.broker.counters();
+        counters.lifecycle.amqp.messages_received.inc();
+        if !self.publishing {
+            self.publishing = true;
+            counters
+                .lifecycle
+                .publishers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let returned = if p.mandatory {
             Some(Arc::new(clone_message(&msg)))
         } else {
@@ -723,6 +773,10 @@ impl Channel {
     /// Tears the channel down: cancels its consumers and requeues what it held unacked,
     /// in original order.
     pub(crate) fn close(&mut self, ctx: &ConnCtx) {
+        if std::mem::take(&mut self.publishing) {
+            let publishers = &ctx.broker.counters().lifecycle.publishers;
+            publishers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let unacked = {
             let mut st = self.sink.state.lock();
             st.closed = true;
@@ -735,6 +789,14 @@ impl Channel {
             d.requeue();
         }
         self.publish = None;
+    }
+}
+
+fn settle_kind(requeue: bool) -> Settle {
+    if requeue {
+        Settle::Requeue
+    } else {
+        Settle::Discard
     }
 }
 

@@ -218,6 +218,15 @@ impl Connection {
         }
     }
 
+    fn lifecycle(&self) -> &crate::core::stats::LifecycleCounters {
+        &self.ctx.broker.counters().lifecycle
+    }
+
+    fn channel_closed(&self) {
+        self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+        self.lifecycle().channels_closed.inc();
+    }
+
     fn send(&self, channel: u16, m: impl Into<Method>) {
         let _ = self.ctx.out.send(Out::Method(channel, m.into()));
     }
@@ -255,7 +264,11 @@ impl Connection {
             };
         }
         let result = match frame {
-            Frame::Heartbeat { .. } => Ok(Flow::Continue),
+            Frame::Heartbeat { channel: 0 } => Ok(Flow::Continue),
+            Frame::Heartbeat { channel } => Err(AmqpError::new(
+                reply::UNEXPECTED_FRAME,
+                format!("heartbeat frame on channel {channel}"),
+            )),
             Frame::Method { channel: 0, method } => self.on_connection_method(method),
             Frame::Method { channel, method } => self.on_channel_method(channel, method),
             Frame::Header {
@@ -325,6 +338,7 @@ impl Connection {
                 self.channels
                     .insert(id, Slot::Open(Box::new(Channel::new(id, &self.ctx))));
                 self.ctx.info.channels.fetch_add(1, Ordering::Relaxed);
+                self.lifecycle().channels_opened.inc();
                 self.send(
                     id,
                     ChannelOpenOk {
@@ -357,7 +371,7 @@ impl Connection {
                     Method::ChannelClose(_) => {
                         ch.close(&self.ctx);
                         self.channels.remove(&id);
-                        self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+                        self.channel_closed();
                         self.send(id, ChannelCloseOk {});
                         return Ok(Flow::Continue);
                     }
@@ -406,7 +420,7 @@ impl Connection {
             Err(e) => {
                 if let Some(Slot::Open(mut ch)) = self.channels.insert(id, Slot::Closing) {
                     ch.close(&self.ctx);
-                    self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+                    self.channel_closed();
                 }
                 self.send(
                     id,
@@ -423,10 +437,11 @@ impl Connection {
     }
 
     fn teardown(&mut self) {
-        for (_, slot) in self.channels.drain() {
+        let channels = std::mem::take(&mut self.channels);
+        for (_, slot) in channels {
             if let Slot::Open(mut ch) = slot {
                 ch.close(&self.ctx);
-                self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+                self.channel_closed();
             }
         }
     }

@@ -122,7 +122,7 @@ pub fn dead_letter(
     let out = Message {
         id: new_id,
         exchange: Arc::from(target.exchange.as_str()),
-        routing_key: routing_key.clone().into(),
+        routing_key: routing_key.as_str().into(),
         properties: props.to_bytes(),
         body: msg.body.clone(),
         persistent: msg.persistent,

@@ -150,6 +150,32 @@ impl Exchange {
         })
     }
 
+    /// Checks binding arguments the exchange type gives meaning to (headers: `x-match`).
+    pub fn validate_binding(&self, arguments: &FieldTable) -> CoreResult<()> {
+        if self.kind != ExchangeKind::Headers {
+            return Ok(());
+        }
+        match arguments.get("x-match") {
+            None => Ok(()),
+            Some(FieldValue::LongString(v))
+                if matches!(&v[..], b"all" | b"any" | b"all-with-x" | b"any-with-x") =>
+            {
+                Ok(())
+            }
+            Some(other) => Err(CoreError::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                    match other {
+                        FieldValue::LongString(v) =>
+                            format!("<<\"{}\">>", String::from_utf8_lossy(v)),
+                        v => format!("{v:?}"),
+                    }
+                ),
+            )),
+        }
+    }
+
     /// Adds a binding; binding twice is a no-op as in RabbitMQ.
     pub fn bind(&self, destination: Destination, routing_key: &str, arguments: FieldTable) {
         let mut b = self.bindings.write();
@@ -319,9 +345,9 @@ fn headers_match(args: &FieldTable, headers: &FieldTable) -> bool {
         Some(h) => matches!(v, FieldValue::Void) || same_value(h, v),
     };
     if any {
-        relevant.any(|e| matches(e))
+        relevant.any(matches)
     } else {
-        relevant.all(|e| matches(e))
+        relevant.all(matches)
     }
 }
 

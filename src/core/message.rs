@@ -15,8 +15,8 @@ pub struct Message {
     pub id: u64,
     /// Exchange it was published to (as given by the publisher).
     pub exchange: Arc<str>,
-    /// Routing key it was published with.
-    pub routing_key: Box<str>,
+    /// Routing key it was published with (shared between messages with the same key).
+    pub routing_key: Arc<str>,
     /// The properties in their encoded form (flags + list), passed through untouched.
     pub properties: Bytes,
     /// The body.
@@ -35,7 +35,7 @@ impl Message {
     pub fn new(
         id: u64,
         exchange: Arc<str>,
-        routing_key: &str,
+        routing_key: Arc<str>,
         properties: Bytes,
         decoded: &Properties,
         body: Bytes,
@@ -43,7 +43,7 @@ impl Message {
         Self {
             id,
             exchange,
-            routing_key: routing_key.into(),
+            routing_key,
             properties,
             body,
             persistent: decoded.delivery_mode == Some(2),
@@ -64,6 +64,15 @@ impl Message {
     pub fn headers(&self) -> Option<FieldTable> {
         self.decode_properties().headers
     }
+}
+
+/// Reuses `slot` when it already holds `name`, else replaces it: publishers send the same
+/// exchange and routing key again and again, so messages share one allocation of each.
+pub fn shared_name(slot: &mut Arc<str>, name: &str) -> Arc<str> {
+    if &**slot != name {
+        *slot = Arc::from(name);
+    }
+    slot.clone()
 }
 
 /// A message as it sits in one queue.

@@ -105,6 +105,11 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.shared.connections.remove(&self.info.id);
+        self.shared.counters.lifecycle.connection_closed(
+            self.info.protocol,
+            self.info.bytes_in.load(Ordering::Relaxed),
+            self.info.bytes_out.load(Ordering::Relaxed),
+        );
         for v in self.shared.vhosts.read().values() {
             v.connection_closed(self.info.id);
         }
@@ -183,9 +188,7 @@ impl Broker {
         let refused = || {
             CoreError::new(
                 ErrorKind::AccessRefused,
-                format!(
-                    "Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
-                ),
+                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
             )
         };
         let u = self
@@ -243,6 +246,7 @@ impl Broker {
             connected_at: SystemTime::now(),
         });
         self.shared.connections.insert(id, info.clone());
+        self.shared.counters.lifecycle.connection_opened(protocol);
         ConnectionGuard {
             shared: self.shared.clone(),
             info,

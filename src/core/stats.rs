@@ -78,4 +78,113 @@ pub struct BrokerCounters {
     pub queues_created: Counter,
     /// Queues deleted.
     pub queues_deleted: Counter,
+    /// Connection, channel and per-protocol totals.
+    pub lifecycle: LifecycleCounters,
+}
+
+// ---- Counters the metrics exporter reads but the front ends / core do not yet feed.
+// Each is one relaxed atomic add where it is fed; until then it reads 0.
+
+/// Per-protocol totals (one per front end).
+#[derive(Debug, Default)]
+pub struct ProtocolCounters {
+    /// Connections accepted.
+    pub connections_opened: Counter,
+    /// Connections closed.
+    pub connections_closed: Counter,
+    /// Bytes received on connections that have closed (live ones are summed from
+    /// `ConnectionInfo::bytes_in` at scrape time).
+    pub bytes_received_closed: Counter,
+    /// Bytes sent on connections that have closed.
+    pub bytes_sent_closed: Counter,
+    /// Messages published through this front end.
+    pub messages_received: Counter,
+    /// Messages delivered through this front end (consume and get).
+    pub messages_delivered: Counter,
+}
+
+/// Upper bounds (bytes) of the message size histogram buckets: rabbitmq_prometheus's,
+/// so that dashboards selecting `le="1e+06"` and the like work unchanged.
+pub const MESSAGE_SIZE_BUCKETS: [u64; 8] = [
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+];
+
+/// A fixed-bucket histogram of message body sizes: two relaxed atomic adds per message.
+#[derive(Debug, Default)]
+pub struct SizeHistogram {
+    /// Non-cumulative counts per bucket of [`MESSAGE_SIZE_BUCKETS`], plus one for +Inf.
+    buckets: [Counter; 9],
+    sum: Counter,
+}
+
+impl SizeHistogram {
+    /// Records one message of `bytes` bytes.
+    #[inline]
+    pub fn observe(&self, bytes: u64) {
+        let i = MESSAGE_SIZE_BUCKETS.partition_point(|&b| b < bytes);
+        self.buckets[i].inc();
+        self.sum.add(bytes);
+    }
+
+    /// Non-cumulative bucket counts (the last one is above the largest bound).
+    pub fn buckets(&self) -> [u64; 9] {
+        std::array::from_fn(|i| self.buckets[i].get())
+    }
+
+    /// Sum of observed sizes.
+    pub fn sum(&self) -> u64 {
+        self.sum.get()
+    }
+}
+
+/// Broker-wide counters that need feeding from connection / channel life cycles.
+#[derive(Debug, Default)]
+pub struct LifecycleCounters {
+    /// AMQP front end.
+    pub amqp: ProtocolCounters,
+    /// memcache front end.
+    pub memcache: ProtocolCounters,
+    /// Channels opened (AMQP).
+    pub channels_opened: Counter,
+    /// Channels closed (AMQP).
+    pub channels_closed: Counter,
+    /// Channels (or sessions) currently publishing: incremented on a channel's first
+    /// publish, decremented when that channel closes.
+    pub publishers: std::sync::atomic::AtomicI64,
+    /// Sizes of published message bodies.
+    pub message_size: SizeHistogram,
+}
+
+impl LifecycleCounters {
+    /// The counters of front end `protocol` (`amqp` / `memcache`).
+    pub fn protocol(&self, protocol: &str) -> Option<&ProtocolCounters> {
+        match protocol {
+            "amqp" => Some(&self.amqp),
+            "memcache" => Some(&self.memcache),
+            _ => None,
+        }
+    }
+
+    /// Records a connection of `protocol` being registered.
+    pub fn connection_opened(&self, protocol: &str) {
+        if let Some(p) = self.protocol(protocol) {
+            p.connections_opened.inc();
+        }
+    }
+
+    /// Records a connection going away with its byte totals.
+    pub fn connection_closed(&self, protocol: &str, bytes_in: u64, bytes_out: u64) {
+        if let Some(p) = self.protocol(protocol) {
+            p.connections_closed.inc();
+            p.bytes_received_closed.add(bytes_in);
+            p.bytes_sent_closed.add(bytes_out);
+        }
+    }
 }

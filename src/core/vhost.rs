@@ -461,6 +461,7 @@ impl VHost {
             ));
         }
         let x = self.exchange(exchange)?;
+        x.validate_binding(&arguments)?;
         x.bind(
             Destination::Queue(q.clone()),
             routing_key,
@@ -529,6 +530,7 @@ impl VHost {
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
+        s.validate_binding(&arguments)?;
         s.bind(
             Destination::Exchange(d.name.clone()),
             routing_key,
@@ -589,7 +591,12 @@ impl VHost {
     /// Routes a message and enqueues it on every matching queue.
     /// `internal_ok` allows publishing to internal exchanges (never for clients).
     pub fn publish(&self, exchange: &str, msg: Message) -> CoreResult<Routed> {
-        self.shared.counters.messages_received.inc();
+        let counters = &self.shared.counters;
+        counters.messages_received.inc();
+        counters
+            .lifecycle
+            .message_size
+            .observe(msg.body.len() as u64);
         self.route_and_enqueue(exchange, msg, false)
     }
 

@@ -27,6 +27,7 @@ use super::parser::{parse_request, Discard, Limits, Parsed};
 use super::stats::{self, MemcacheCounters};
 use crate::config::Config;
 use crate::content::{FieldTable, FieldValue, Properties};
+use crate::core::message::shared_name;
 use crate::core::{Broker, ConnectionInfo, Delivered, ErrorKind, Message, QueueOptions, VHost};
 use crate::store::SyncTicket;
 
@@ -50,6 +51,8 @@ struct Session {
     /// Answers may not be written before these complete (STORED after fsync).
     tickets: Vec<SyncTicket>,
     quit: bool,
+    default_exchange: Arc<str>,
+    last_queue: Arc<str>,
 }
 
 /// Serves one client until it quits, disconnects or the broker shuts down.
@@ -81,6 +84,8 @@ pub(crate) async fn run(
         out: BytesMut::with_capacity(16 * 1024),
         tickets: Vec::new(),
         quit: false,
+        default_exchange: Arc::from(""),
+        last_queue: Arc::from(""),
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
@@ -346,8 +351,8 @@ impl Session {
         let props = properties(flags, ttl);
         let msg = Message {
             id: self.broker.next_message_id(),
-            exchange: Arc::from(""),
-            routing_key: queue.into(),
+            exchange: self.default_exchange.clone(),
+            routing_key: shared_name(&mut self.last_queue, queue),
             properties: props,
             body,
             persistent: true,
@@ -355,6 +360,12 @@ impl Session {
             priority: 0,
         };
         let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
+        self.broker
+            .counters()
+            .lifecycle
+            .memcache
+            .messages_received
+            .inc();
         Ok(routed.durable)
     }
 
@@ -429,6 +440,7 @@ impl Session {
             match hit {
                 Some((d, _)) => {
                     self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
+                    counters.lifecycle.memcache.messages_delivered.inc();
                     if d.redelivered() {
                         counters.redelivered.inc();
                     }
