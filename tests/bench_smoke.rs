@@ -195,6 +195,40 @@ fn amqp_mode_with_confirms_and_persistence() {
 }
 
 #[test]
+fn amqp_mode_raw_engine_moves_messages() {
+    let b = start_broker("raw");
+    let url = format!("amqp://guest:guest@{}/%2f", b.amqp);
+    for extra in [&["--ack", "manual"][..], &["--persistent", "--confirm"][..]] {
+        let mut args = vec![
+            "amqp",
+            "--engine",
+            "raw",
+            "--url",
+            &url,
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--queues",
+            "2",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = bench(&args);
+        assert!(
+            ok,
+            "qgate-bench amqp --engine raw {extra:?} failed:\n{out}\n{err}"
+        );
+        assert!(result_field(&out, "consumed") > 0.0, "{out}");
+        assert!(result_field(&out, "published") > 0.0, "{out}");
+        assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+    }
+}
+
+#[test]
 fn memcache_mode_moves_messages() {
     let b = start_broker("memcache");
     for pipeline in ["1", "16"] {
@@ -249,6 +283,7 @@ fn unreachable_server_is_an_error() {
     let addr = format!("127.0.0.1:{port}");
     for args in [
         vec!["amqp", "--url", &url, "--duration", "1s"],
+        vec!["amqp", "--engine", "raw", "--url", &url, "--duration", "1s"],
         vec!["memcache", "--addr", &addr, "--duration", "1s"],
         vec!["idle", "--addr", &addr, "--connections", "1"],
     ] {

@@ -23,6 +23,8 @@ mod hist;
 mod idle;
 #[path = "qgate-bench/memcache.rs"]
 mod memcache;
+#[path = "qgate-bench/raw.rs"]
+mod raw;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -56,6 +56,9 @@ pub struct AmqpArgs {
     /// bound; ignored without consumers).
     #[arg(long, default_value_t = 10_000)]
     pub max_backlog: u64,
+    /// Manual ack: one basic.ack (multiple=true) per N deliveries instead of one each.
+    #[arg(long, default_value_t = 1)]
+    pub multi_ack: u64,
     /// Publishes (or unconfirmed publishes, with --confirm) in flight per producer.
     #[arg(long, default_value_t = 100)]
     pub window: usize,
@@ -68,6 +71,20 @@ pub struct AmqpArgs {
     /// Leave the queues in place at the end (default: delete them).
     #[arg(long)]
     pub keep: bool,
+    /// Client of the producers and consumers: lapin (a real client library, the
+    /// reference), or raw (hand-written frames on tokio sockets, pipelined; cheaper per
+    /// message, to see how far a broker goes when the client is not the limit).
+    #[arg(long, value_enum, default_value_t = Engine::Lapin)]
+    pub engine: Engine,
+}
+
+/// Which AMQP client drives the load.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// lapin.
+    Lapin,
+    /// Hand-written frames.
+    Raw,
 }
 
 /// Consumer acknowledgement mode.
@@ -151,6 +168,20 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
     let backlog = Backlog::new(if a.consumers == 0 { 0 } else { a.max_backlog });
     let quota = Arc::new(std::sync::atomic::AtomicU64::new(a.count));
 
+    if a.engine == Engine::Raw {
+        let (total, secs) = match crate::raw::run(&a, &queues, backlog).await {
+            Ok(r) => r,
+            Err(e) => {
+                cleanup(&a, &ch, &queues, &mut Tally::default()).await;
+                return Err(e);
+            }
+        };
+        let mut total = total;
+        cleanup(&a, &ch, &queues, &mut total).await;
+        let _ = admin.close(200, "bench done").await;
+        return Ok(summary(&a, queues.len(), secs, total));
+    }
+
     // Connect everyone first, then start the clock.
     let mut prod_chans = Vec::new();
     let mut conns = Vec::new();
@@ -209,8 +240,9 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
     let mut tasks = Vec::new();
     for (i, ch) in prod_chans.into_iter().enumerate() {
         let q: Arc<str> = queues[i % queues.len()].as_str().into();
+        // Arc: a lapin Channel clone costs a dozen reference counts, per message.
         tasks.push(tokio::spawn(produce(
-            ch,
+            Arc::new(ch),
             q,
             a.clone(),
             span,
@@ -221,12 +253,13 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
     let mut ctasks = Vec::new();
     for (ch, consumer) in consumers {
         ctasks.push(tokio::spawn(consume(
-            ch,
+            Arc::new(ch),
             consumer,
             a.ack,
             span,
             backlog.clone(),
             a.window,
+            a.multi_ack.max(1),
         )));
     }
     let mut total = Tally::default();
@@ -247,17 +280,26 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
     } else {
         a.duration.as_secs_f64()
     };
+    cleanup(&a, &ch, &queues, &mut total).await;
+    for c in conns {
+        let _ = c.close(200, "bench done").await;
+    }
+    let _ = admin.close(200, "bench done").await;
+    Ok(summary(&a, queues.len(), secs, total))
+}
+
+async fn cleanup(a: &AmqpArgs, ch: &Channel, queues: &[String], total: &mut Tally) {
     if !a.keep {
-        for q in &queues {
+        for q in queues {
             if let Err(e) = ch.queue_delete(q, QueueDeleteOptions::default()).await {
                 total.error(format!("queue.delete {q}: {e}"));
             }
         }
     }
-    for c in conns {
-        let _ = c.close(200, "bench done").await;
-    }
-    let _ = admin.close(200, "bench done").await;
+}
+
+/// Prints the report; true when the run counted no error.
+fn summary(a: &AmqpArgs, queues: usize, secs: f64, mut total: Tally) -> bool {
     if a.confirm {
         // The published rate is the confirmed rate.
         total.published = total.confirmed;
@@ -266,10 +308,11 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
     let mut extra = vec![
         ("producers", a.producers.to_string()),
         ("consumers", a.consumers.to_string()),
-        ("queues", queues.len().to_string()),
+        ("queues", queues.to_string()),
         ("size", a.size.to_string()),
         ("persistent", a.persistent.to_string()),
         ("confirm", a.confirm.to_string()),
+        ("engine", format!("{:?}", a.engine).to_lowercase()),
     ];
     if a.confirm {
         println!(
@@ -288,14 +331,14 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
         ));
     }
     report("amqp", secs, &total, &extra);
-    Ok(total.errors == 0)
+    total.errors == 0
 }
 
 /// Result of one publish: Ok(confirm latency in ns, if confirmed) or an error text.
 type PubResult = Result<Option<u64>, String>;
 
 async fn produce(
-    ch: Channel,
+    ch: Arc<Channel>,
     queue: Arc<str>,
     a: AmqpArgs,
     span: Span,
@@ -373,24 +416,25 @@ async fn produce(
     window
         .drain_until(Instant::now() + Duration::from_secs(5), &mut done)
         .await;
-    drop(done);
     t.published = published;
     t
 }
 
 async fn consume(
-    ch: Channel,
+    ch: Arc<Channel>,
     mut consumer: lapin::Consumer,
     ack: AckMode,
     span: Span,
     backlog: Arc<Backlog>,
     window: usize,
+    multi_ack: u64,
 ) -> Tally {
     use futures_core::Stream;
     let mut t = Tally::default();
     let mut acks: Window<Result<(), String>> = Window::new(window);
     let mut errs: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::from_std(span.end);
+    let mut unacked = 0u64;
     loop {
         let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut consumer).poll_next(cx));
         let item = match tokio::time::timeout_at(deadline, next).await {
@@ -415,13 +459,20 @@ async fn consume(
                 t.latency.record(ns);
             }
         }
-        if ack == AckMode::Manual {
+        unacked += 1;
+        if ack == AckMode::Manual && unacked >= multi_ack {
+            unacked = 0;
             let ch2 = ch.clone();
             let tag = delivery.delivery_tag;
             let fut: BoxFut<Result<(), String>> = Box::pin(async move {
-                ch2.basic_ack(tag, BasicAckOptions::default())
-                    .await
-                    .map_err(|e| format!("basic.ack: {e}"))
+                ch2.basic_ack(
+                    tag,
+                    BasicAckOptions {
+                        multiple: multi_ack > 1,
+                    },
+                )
+                .await
+                .map_err(|e| format!("basic.ack: {e}"))
             });
             acks.push(fut, &mut |r| {
                 if let Err(e) = r {

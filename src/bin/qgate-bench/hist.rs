@@ -38,7 +38,8 @@ fn upper(i: usize) -> u64 {
     }
     let shift = i / SUB - 1;
     let top = i - shift * SUB; // in [SUB, 2*SUB)
-    ((top + 1) << shift).saturating_sub(1)
+    let end = ((top as u128 + 1) << shift) - 1;
+    end.min(u64::MAX as u128) as u64
 }
 
 impl Histogram {

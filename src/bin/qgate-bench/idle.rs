@@ -36,9 +36,15 @@ pub struct IdleArgs {
     pub hold: Duration,
 }
 
+/// Appends a method frame on channel 0.
 fn frame(out: &mut Vec<u8>, class: u16, method: u16, args: &[u8]) {
+    method_frame(out, 0, class, method, args)
+}
+
+/// Appends a method frame.
+pub fn method_frame(out: &mut Vec<u8>, channel: u16, class: u16, method: u16, args: &[u8]) {
     out.push(1);
-    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&channel.to_be_bytes());
     out.extend_from_slice(&((4 + args.len()) as u32).to_be_bytes());
     out.extend_from_slice(&class.to_be_bytes());
     out.extend_from_slice(&method.to_be_bytes());
@@ -46,13 +52,14 @@ fn frame(out: &mut Vec<u8>, class: u16, method: u16, args: &[u8]) {
     out.push(0xCE);
 }
 
-fn shortstr(out: &mut Vec<u8>, s: &str) {
+/// Appends a short string.
+pub fn shortstr(out: &mut Vec<u8>, s: &str) {
     out.push(s.len().min(255) as u8);
     out.extend_from_slice(&s.as_bytes()[..s.len().min(255)]);
 }
 
-/// Reads one frame; returns (class, method) of a method frame on channel 0.
-async fn read_method(s: &mut TcpStream) -> Result<(u16, u16, Vec<u8>), String> {
+/// Reads one frame; returns (class, method, payload) of a method frame.
+pub async fn read_method(s: &mut TcpStream) -> Result<(u16, u16, Vec<u8>), String> {
     let mut head = [0u8; 7];
     s.read_exact(&mut head)
         .await
@@ -77,11 +84,31 @@ async fn read_method(s: &mut TcpStream) -> Result<(u16, u16, Vec<u8>), String> {
     Ok((class, method, payload))
 }
 
+/// Where and as whom to connect.
+pub struct Login<'a> {
+    pub addr: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub vhost: &'a str,
+}
+
+impl<'a> From<&'a IdleArgs> for Login<'a> {
+    fn from(a: &'a IdleArgs) -> Self {
+        Login {
+            addr: &a.addr,
+            user: &a.user,
+            password: &a.password,
+            vhost: &a.vhost,
+        }
+    }
+}
+
 /// Opens one connection through connection.open-ok.
-pub async fn handshake(a: &IdleArgs) -> Result<TcpStream, String> {
-    let mut s = TcpStream::connect(&a.addr)
+pub async fn handshake(a: Login<'_>) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(a.addr)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", a.addr))?;
+    let _ = s.set_nodelay(true);
     s.write_all(b"AMQP\x00\x00\x09\x01")
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -115,7 +142,7 @@ pub async fn handshake(a: &IdleArgs) -> Result<TcpStream, String> {
     args.extend_from_slice(&0u16.to_be_bytes()); // heartbeat off: the connection stays idle
     frame(&mut out, 10, 31, &args);
     args.clear();
-    shortstr(&mut args, &a.vhost);
+    shortstr(&mut args, a.vhost);
     shortstr(&mut args, "");
     args.push(0);
     frame(&mut out, 10, 40, &args);
@@ -145,7 +172,7 @@ fn raise_nofile() {
 pub async fn run(a: IdleArgs) -> Result<bool, String> {
     raise_nofile();
     // The first one alone: an unreachable broker fails fast with one message.
-    let first = handshake(&a).await?;
+    let first = handshake((&a).into()).await?;
     let started = Instant::now();
     let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
     let mut tasks = Vec::with_capacity(a.connections);
@@ -154,7 +181,7 @@ pub async fn run(a: IdleArgs) -> Result<bool, String> {
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         let args = args.clone();
         tasks.push(tokio::spawn(async move {
-            let r = handshake(&args).await;
+            let r = handshake(args.as_ref().into()).await;
             drop(permit);
             r
         }));
