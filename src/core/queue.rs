@@ -228,7 +228,6 @@ impl Queue {
     /// message is persistent and this queue durable: it is safe once the ticket completes.
     /// A full queue with `x-overflow: reject-publish` refuses it.
     pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Result<Option<SyncTicket>, Rejected> {
-        let now = now_ms();
         let ttl = match (msg.expiration_ms(), self.features.message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -253,11 +252,11 @@ impl Queue {
             msg,
             seq,
             redelivered: false,
-            expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t)),
+            expires_at: ttl.map_or(NEVER, |t| now_ms().saturating_add(t)),
         });
         self.counters.published.inc();
         self.enforce_limits(&mut st);
-        self.dispatch_locked(&mut st, now);
+        self.dispatch_locked(&mut st);
         self.after_locked(st);
         Ok(ticket)
     }
@@ -343,9 +342,8 @@ impl Queue {
         if st.deleted {
             return;
         }
-        let now = now_ms();
-        self.drop_expired_head(&mut st, now);
-        self.dispatch_locked(&mut st, now);
+        self.drop_expired_head(&mut st);
+        self.dispatch_locked(&mut st);
         self.after_locked(st);
     }
 
@@ -426,16 +424,16 @@ impl Queue {
     /// Delivers ready messages to consumers with credit, round robin.
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        self.dispatch_locked(&mut st, now_ms());
+        self.dispatch_locked(&mut st);
         self.after_locked(st);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: u64) {
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
         if st.consumers.is_empty() {
             return;
         }
         'outer: while !st.ready.is_empty() {
-            self.drop_expired_head(st, now);
+            self.drop_expired_head(st);
             if st.ready.is_empty() {
                 break;
             }
@@ -488,16 +486,17 @@ impl Queue {
         }
     }
 
-    fn drop_expired_head(&self, st: &mut State, now: u64) {
-        while let Some(head) = st.ready.front() {
-            match head.deadline() {
-                Some(t) if t <= now => {
-                    if let Some(m) = st.ready.pop_front() {
-                        self.counters.expired.inc();
-                        self.drop_message(st, m, Reason::Expired);
-                    }
-                }
-                _ => break,
+    /// Drops expired messages at the head. The clock is read only when the head has a
+    /// deadline: most queues never pay for it.
+    fn drop_expired_head(&self, st: &mut State) {
+        let mut now = None;
+        while let Some(deadline) = st.ready.front().and_then(QueuedMessage::deadline) {
+            if deadline > *now.get_or_insert_with(now_ms) {
+                break;
+            }
+            if let Some(m) = st.ready.pop_front() {
+                self.counters.expired.inc();
+                self.drop_message(st, m, Reason::Expired);
             }
         }
     }
@@ -507,7 +506,7 @@ impl Queue {
     pub fn get(self: &Arc<Self>, auto_ack: bool) -> Option<(Delivered, usize)> {
         self.touch();
         let mut st = self.state.lock();
-        self.drop_expired_head(&mut st, now_ms());
+        self.drop_expired_head(&mut st);
         let Some(entry) = st.ready.pop_front() else {
             self.after_locked(st);
             return None;
@@ -557,7 +556,7 @@ impl Queue {
     /// A copy of the head message without removing it.
     pub fn peek(self: &Arc<Self>) -> Option<QueuedMessage> {
         let mut st = self.state.lock();
-        self.drop_expired_head(&mut st, now_ms());
+        self.drop_expired_head(&mut st);
         let head = st.ready.front().cloned();
         self.after_locked(st);
         head
@@ -619,7 +618,7 @@ impl Queue {
         }
         st.consumers.push(consumer);
         st.had_consumers = true;
-        self.dispatch_locked(&mut st, now_ms());
+        self.dispatch_locked(&mut st);
         self.after_locked(st);
         Ok(())
     }
