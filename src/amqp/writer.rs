@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{encode_content, encode_heartbeat, encode_method};
 use super::methods::{BasicGetOk, BasicReturn, Method, FRAME_END, FRAME_METHOD};
-use crate::core::{ConnectionInfo, Consumer, Message};
+use crate::core::{ConnectionInfo, Consumer, Message, Queue};
 
 /// Something to send to the client.
 pub(crate) enum Out {
@@ -27,6 +27,8 @@ pub(crate) enum Out {
         delivery_tag: u64,
         redelivered: bool,
         msg: Arc<Message>,
+        /// For a no-ack consumer: the queue to dispatch again once this is written.
+        window: Option<Arc<Queue>>,
     },
     /// basic.get-ok + content.
     GetOk {
@@ -93,6 +95,7 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
             delivery_tag,
             redelivered,
             msg,
+            window,
         } => {
             encode_deliver(
                 out,
@@ -104,6 +107,11 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
                 &msg.routing_key,
             );
             encode_content(out, channel, 60, msg.properties(), msg.body(), frame_max);
+            if let Some(queue) = window {
+                if consumer.written() {
+                    queue.dispatch();
+                }
+            }
         }
         Out::GetOk {
             channel,

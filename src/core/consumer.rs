@@ -75,6 +75,9 @@ impl Credit {
     }
 }
 
+/// Deliveries to a no-ack consumer that may wait in its connection's write queue.
+pub const NO_ACK_WINDOW: u32 = 1000;
+
 /// Where a queue hands messages for one consumer. Implemented by front ends.
 ///
 /// Called with the queue's lock held: implementations must not block and must not call
@@ -130,7 +133,10 @@ impl Consumer {
             no_ack,
             exclusive,
             connection,
-            own_credit: Credit::new(prefetch),
+            // No-ack consumers have no prefetch (as in RabbitMQ), but a bounded window of
+            // deliveries not yet written to their socket: a slow client leaves messages
+            // in the queue instead of in the broker's write buffers.
+            own_credit: Credit::new(if no_ack { NO_ACK_WINDOW } else { prefetch }),
             group_credit,
             sink,
             active: AtomicBool::new(true),
@@ -140,7 +146,7 @@ impl Consumer {
     /// Takes credit for one delivery (always succeeds for no-ack consumers).
     pub(crate) fn try_acquire(&self) -> bool {
         if self.no_ack {
-            return self.is_active();
+            return self.is_active() && self.own_credit.try_acquire();
         }
         if !self.is_active() || !self.own_credit.try_acquire() {
             return false;
@@ -155,10 +161,17 @@ impl Consumer {
 
     /// Returns credit after `n` deliveries were settled.
     pub fn release(&self, n: u32) {
+        self.own_credit.release(n);
         if !self.no_ack {
-            self.own_credit.release(n);
             self.group_credit.release(n);
         }
+    }
+
+    /// A no-ack delivery has been written to the client's socket: its place in the
+    /// write window frees up. True when the window was full, so the queue should
+    /// dispatch again.
+    pub fn written(&self) -> bool {
+        self.own_credit.release(1)
     }
 
     /// True until cancelled.

@@ -904,3 +904,32 @@ def test_many_channels_on_one_connection(conn):
     assert sorted(get_all(chans[-1], q), key=int) == [b"%d" % i for i in range(50)]
     numbers = {c.channel_number for c in chans}
     assert len(numbers) == 50
+
+
+@pytest.mark.qgate_only
+def test_stalled_no_ack_consumer_leaves_messages_in_the_queue(broker, ch):
+    """A no-ack consumer that stops reading its socket does not make the broker buffer
+    the whole queue for it: what it cannot take stays ready in the queue (qgate bounds
+    the deliveries waiting in a connection's write buffers; RabbitMQ does the same with
+    its credit flow, with other numbers)."""
+    import socket
+    from rawamqp import RawConnection, channel_open, basic_consume, queue_declare
+
+    q = uniq("stalled")
+    ch.queue_declare(q)
+    raw = RawConnection(broker.amqp_host, broker.amqp_port)
+    raw.handshake()
+    raw.send(channel_open(1))
+    raw.expect((20, 11))
+    raw.send(basic_consume(1, q, tag="stalled", no_ack=True))
+    raw.expect((60, 21))
+    # Shrink our receive buffer so TCP pushes back early, then stop reading.
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = b"x" * 4096
+    for _ in range(5000):
+        ch.basic_publish("", q, body)
+    ch.confirm_delivery()  # a round trip: every publish above has been routed
+    time.sleep(0.5)
+    ready = ch.queue_declare(q, passive=True).method.message_count
+    assert ready > 2000, "only %d of 5000 messages left in the queue" % ready
+    raw.close()
