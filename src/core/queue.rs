@@ -26,7 +26,7 @@ use super::ready::Ready;
 use super::stats::QueueCounters;
 use super::vhost::VHost;
 use crate::content::FieldTable;
-use crate::store::{Store, SyncTicket};
+use crate::store::{FsyncPolicy, Store, SyncTicket};
 
 /// How a queue was declared.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -239,10 +239,13 @@ impl Queue {
         if self.features.reject_publish && self.is_full(&st, msg.body().len()) {
             return Err(Rejected);
         }
-        // Written under the queue lock so the store sees publishes in queue order.
+        // Written under the queue lock so the store sees publishes in queue order. Only
+        // under `--fsync always` does anyone wait for the ticket: with `interval` and
+        // `never` a confirm / STORED means "accepted", and the write follows at once.
         let ticket = match &self.store {
             Some(store) if msg.persistent => {
-                Some(store.publish(self.id, msg.id, persist::encode_message(&msg)))
+                let ticket = store.publish(self.id, msg.id, persist::encode_message(&msg));
+                (store.policy() == FsyncPolicy::Always).then_some(ticket)
             }
             _ => None,
         };
