@@ -23,6 +23,8 @@ pub const DEFAULT_FRAME_MAX: u32 = 131_072;
 pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
 /// Default largest AMQP message body (RabbitMQ's max_message_size).
 pub const DEFAULT_MAX_MESSAGE: u64 = 128 * 1024 * 1024;
+/// Default memory high watermark: RabbitMQ's, 40% of physical memory.
+pub const DEFAULT_MEMORY_HIGH_WATERMARK: &str = "0.4";
 /// Default largest memcache data block.
 pub const DEFAULT_MEMCACHE_MAX_MESSAGE: usize = 1024 * 1024;
 
@@ -44,6 +46,10 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Virtual hosts.
     pub vhosts: Vec<String>,
+    /// Memory the queued messages may hold before publishers are blocked: a fraction of
+    /// physical memory (`0.4`, RabbitMQ's default), a number of bytes (`536870912`), or
+    /// `0` for no limit.
+    pub memory_high_watermark: String,
 }
 
 /// `[amqp]`
@@ -121,6 +127,7 @@ impl Default for Config {
                 loopback_only: true,
             }],
             vhosts: vec!["/".into()],
+            memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
         }
     }
 }
@@ -188,6 +195,8 @@ pub struct Overrides {
     pub metrics_prefix: Option<String>,
     /// `--heartbeat` / `QGATE_HEARTBEAT`
     pub heartbeat: Option<u16>,
+    /// `--memory-high-watermark` / `QGATE_MEMORY_HIGH_WATERMARK`
+    pub memory_high_watermark: Option<String>,
 }
 
 /// A configuration problem.
@@ -264,6 +273,25 @@ impl Config {
         if let Some(v) = o.heartbeat {
             self.amqp.heartbeat = v;
         }
+        if let Some(v) = o.memory_high_watermark {
+            self.memory_high_watermark = v;
+        }
+    }
+
+    /// The memory high watermark in bytes (0 = none), given the machine's memory.
+    pub fn memory_high_watermark_bytes(&self, physical: u64) -> Result<u64, ConfigError> {
+        let v = self.memory_high_watermark.trim();
+        let invalid = || ConfigError::Invalid {
+            name: "memory_high_watermark",
+            reason: format!("'{v}' is neither a fraction of memory (0.4) nor a byte count"),
+        };
+        if let Ok(bytes) = v.parse::<u64>() {
+            return Ok(bytes);
+        }
+        match v.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok((physical as f64 * f) as u64),
+            _ => Err(invalid()),
+        }
     }
 
     /// Checks ranges and formats; kept apart from the structs.
@@ -297,6 +325,7 @@ impl Config {
                 reason: format!("vhost '{}' is not in vhosts", self.memcache.vhost),
             });
         }
+        self.memory_high_watermark_bytes(1)?;
         let name = &self.http.metrics_prefix;
         if name.is_empty()
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

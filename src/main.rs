@@ -64,6 +64,10 @@ struct ServeArgs {
     /// Heartbeat proposed to AMQP clients, seconds [default: 60]
     #[arg(long, env = "QGATE_HEARTBEAT")]
     heartbeat: Option<u16>,
+    /// Memory queued messages may hold before publishers are blocked: a fraction of
+    /// physical memory, a byte count, or 0 for none [default: 0.4]
+    #[arg(long, env = "QGATE_MEMORY_HIGH_WATERMARK")]
+    memory_high_watermark: Option<String>,
 }
 
 impl ServeArgs {
@@ -83,6 +87,7 @@ impl ServeArgs {
             memcache_vhost: self.memcache_vhost,
             metrics_prefix: self.metrics_prefix,
             heartbeat: self.heartbeat,
+            memory_high_watermark: self.memory_high_watermark,
         });
         config.validate()?;
         Ok(config)

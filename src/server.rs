@@ -60,8 +60,23 @@ async fn bind(protocol: &'static str, addr: &str) -> Result<TcpListener, ServerE
     Ok(listener)
 }
 
+/// Physical memory of the machine, in bytes.
+pub fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (page, pages) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PAGESIZE),
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+        )
+    };
+    (page.max(0) as u64).saturating_mul(pages.max(0) as u64)
+}
+
 fn core_config(config: &Config) -> CoreConfig {
     CoreConfig {
+        memory_high_watermark: config
+            .memory_high_watermark_bytes(physical_memory())
+            .unwrap_or(0),
         vhosts: config.vhosts.clone(),
         users: config
             .users
@@ -92,8 +107,22 @@ pub async fn run(
         http: http.local_addr().expect("bound"),
     };
     on_bound(bound);
-
     let tracker = TaskTracker::new();
+
+    // The memory alarm is re-evaluated a few times a second.
+    {
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => broker.check_memory(),
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
+
     let config = Arc::new(config);
     {
         let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());

@@ -50,6 +50,7 @@ struct Negotiated {
     user: String,
     vhost: String,
     cancel_notify: bool,
+    blocked_notify: bool,
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,6 +107,8 @@ pub async fn run(
         channel_max: negotiated.channel_max,
         frame_max: negotiated.frame_max,
         state: ConnectionState::Open,
+        publisher: false,
+        blocked_notify: negotiated.blocked_notify,
     };
     conn.serve(&mut rd, &mut buf, negotiated.heartbeat, &shutdown)
         .await;
@@ -130,6 +133,10 @@ struct Connection {
     channel_max: u16,
     frame_max: u32,
     state: ConnectionState,
+    /// Has published: the memory alarm pauses this connection.
+    publisher: bool,
+    /// The client asked for connection.blocked / unblocked notifications.
+    blocked_notify: bool,
 }
 
 enum Flow {
@@ -189,6 +196,9 @@ impl Connection {
                     buf.reserve(chunk);
                 }
             }
+            if self.publisher && self.state == ConnectionState::Open {
+                self.wait_while_blocked(shutdown).await;
+            }
             let wait = match closing_deadline {
                 Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
                 None => silence,
@@ -207,6 +217,8 @@ impl Connection {
                         return;
                     }
                 },
+                // An idle publisher is told at once when the alarm goes off.
+                _ = self.ctx.broker.flow().wait_blocked(), if self.publisher && self.state == ConnectionState::Open => {}
                 _ = shutdown.cancelled(), if self.state == ConnectionState::Open => {
                     self.close_connection(AmqpError::new(
                         reply::CONNECTION_FORCED,
@@ -215,6 +227,30 @@ impl Connection {
                     closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
             }
+        }
+    }
+
+    /// The memory alarm is raised: stop reading from this publishing connection (TCP
+    /// pushes back on the client) until it clears, telling clients that asked.
+    async fn wait_while_blocked(&mut self, shutdown: &CancellationToken) {
+        let flow = self.ctx.broker.flow();
+        if !flow.is_blocked() {
+            return;
+        }
+        if self.blocked_notify {
+            self.send(
+                0,
+                ConnectionBlocked {
+                    reason: "low on memory".into(),
+                },
+            );
+        }
+        tokio::select! {
+            _ = flow.wait_unblocked() => {}
+            _ = shutdown.cancelled() => {}
+        }
+        if self.blocked_notify {
+            self.send(0, ConnectionUnblocked {});
         }
     }
 
@@ -270,7 +306,10 @@ impl Connection {
                 format!("heartbeat frame on channel {channel}"),
             )),
             Frame::Method { channel: 0, method } => self.on_connection_method(method),
-            Frame::Method { channel, method } => self.on_channel_method(channel, method),
+            Frame::Method { channel, method } => {
+                self.publisher |= matches!(method, Method::BasicPublish(_));
+                self.on_channel_method(channel, method)
+            }
             Frame::Header {
                 channel,
                 class_id,
@@ -507,6 +546,7 @@ fn server_properties() -> FieldTable {
         "consumer_cancel_notify",
         "per_consumer_qos",
         "authentication_failure_close",
+        "connection.blocked",
     ] {
         caps.insert(c, FieldValue::Bool(true));
     }
@@ -590,13 +630,20 @@ async fn handshake(
         let start_ok = match next_method(rd, buf, ours.max(4096), info).await? {
             Method::ConnectionStartOk(m) => m,
             other => {
-                return Err(AmqpError::new(reply::COMMAND_INVALID, "expected connection.start-ok").on(&other))
+                return Err(
+                    AmqpError::new(reply::COMMAND_INVALID, "expected connection.start-ok")
+                        .on(&other),
+                )
             }
         };
-        let cancel_notify = matches!(
-            start_ok.client_properties.get("capabilities"),
-            Some(FieldValue::Table(c)) if matches!(c.get("consumer_cancel_notify"), Some(FieldValue::Bool(true)))
-        );
+        let capability = |name: &str| {
+            matches!(
+                start_ok.client_properties.get("capabilities"),
+                Some(FieldValue::Table(c)) if matches!(c.get(name), Some(FieldValue::Bool(true)))
+            )
+        };
+        let cancel_notify = capability("consumer_cancel_notify");
+        let blocked_notify = capability("connection.blocked");
         let (user, pass) = credentials(&start_ok)?;
         broker
             .authenticate(&user, &pass, peer.ip())
@@ -613,7 +660,12 @@ async fn handshake(
         .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?;
         let tune_ok = match next_method(rd, buf, ours.max(4096), info).await? {
             Method::ConnectionTuneOk(m) => m,
-            other => return Err(AmqpError::new(reply::COMMAND_INVALID, "expected connection.tune-ok").on(&other)),
+            other => {
+                return Err(
+                    AmqpError::new(reply::COMMAND_INVALID, "expected connection.tune-ok")
+                        .on(&other),
+                )
+            }
         };
         let frame_max = match tune_ok.frame_max {
             0 => ours,
@@ -637,7 +689,11 @@ async fn handshake(
         };
         let open = match next_method(rd, buf, frame_max, info).await? {
             Method::ConnectionOpen(m) => m,
-            other => return Err(AmqpError::new(reply::COMMAND_INVALID, "expected connection.open").on(&other)),
+            other => {
+                return Err(
+                    AmqpError::new(reply::COMMAND_INVALID, "expected connection.open").on(&other),
+                )
+            }
         };
         if broker.vhost(&open.virtual_host).is_none() {
             return Err(AmqpError::new(
@@ -646,9 +702,14 @@ async fn handshake(
             )
             .on_ids(10, 40));
         }
-        write_method(wr, ConnectionOpenOk { reserved_1: String::new() })
-            .await
-            .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?;
+        write_method(
+            wr,
+            ConnectionOpenOk {
+                reserved_1: String::new(),
+            },
+        )
+        .await
+        .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?;
         Ok(Negotiated {
             frame_max,
             channel_max,
@@ -656,6 +717,7 @@ async fn handshake(
             user,
             vhost: open.virtual_host,
             cancel_notify,
+            blocked_notify,
         })
     }
     .await;

@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod deadletter;
 pub mod error;
 pub mod exchange;
+pub mod flow;
 pub mod message;
 pub mod persist;
 pub mod queue;
@@ -57,6 +58,8 @@ pub struct CoreConfig {
     pub vhosts: Vec<String>,
     /// Users (every user may use every vhost).
     pub users: Vec<User>,
+    /// Memory the queued messages may hold before publishers are blocked (0 = no limit).
+    pub memory_high_watermark: u64,
 }
 
 impl Default for CoreConfig {
@@ -68,6 +71,7 @@ impl Default for CoreConfig {
                 password: "guest".into(),
                 loopback_only: true,
             }],
+            memory_high_watermark: 0,
         }
     }
 }
@@ -127,6 +131,7 @@ pub(crate) struct Shared {
     rng: Mutex<u64>,
     connections: DashMap<u64, Arc<ConnectionInfo>>,
     started: Instant,
+    flow: flow::FlowControl,
 }
 
 /// The broker: a cheap handle, clone freely.
@@ -165,6 +170,7 @@ impl Broker {
             rng: Mutex::new(seed | 1),
             connections: DashMap::new(),
             started: Instant::now(),
+            flow: flow::FlowControl::new(config.memory_high_watermark),
         });
         for name in &config.vhosts {
             let v = VHost::new(name, shared.clone());
@@ -218,6 +224,30 @@ impl Broker {
     /// Broker-wide counters.
     pub fn counters(&self) -> &BrokerCounters {
         &self.shared.counters
+    }
+
+    /// Publisher flow control (the memory alarm).
+    pub fn flow(&self) -> &flow::FlowControl {
+        &self.shared.flow
+    }
+
+    /// Estimated memory held by ready messages in every queue.
+    pub fn queued_memory(&self) -> u64 {
+        self.vhosts()
+            .iter()
+            .flat_map(|v| v.queues())
+            .map(|q| {
+                let d = q.depth();
+                d.bytes as u64 + d.ready as u64 * flow::PER_MESSAGE_OVERHEAD
+            })
+            .sum()
+    }
+
+    /// Re-evaluates the memory alarm (the server calls this periodically).
+    pub fn check_memory(&self) {
+        if self.shared.flow.limit() != 0 {
+            self.shared.flow.update(self.queued_memory());
+        }
     }
 
     /// The store, when durability is enabled.

@@ -159,6 +159,8 @@ pub struct QueueDepth {
     pub unacked: usize,
     /// Active consumers.
     pub consumers: usize,
+    /// Content bytes (properties + bodies) of the ready messages.
+    pub bytes: usize,
 }
 
 impl Queue {
@@ -209,6 +211,7 @@ impl Queue {
             ready: st.ready.len(),
             unacked: st.unacked,
             consumers: st.consumers.len(),
+            bytes: st.ready.bytes(),
         }
     }
 

@@ -53,6 +53,8 @@ struct Session {
     quit: bool,
     default_exchange: Arc<str>,
     last_queue: Arc<str>,
+    /// Has sent `set`: the memory alarm pauses this connection.
+    publisher: bool,
 }
 
 /// Serves one client until it quits, disconnects or the broker shuts down.
@@ -86,6 +88,7 @@ pub async fn run(
         quit: false,
         default_exchange: Arc::from(""),
         last_queue: Arc::from(""),
+        publisher: false,
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
@@ -143,6 +146,14 @@ pub async fn run(
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
+        }
+        // The memory alarm pauses producers: stop reading from a connection that sets
+        // until it clears (TCP pushes back; the text protocol has no notification).
+        if s.publisher && s.broker.flow().is_blocked() {
+            tokio::select! {
+                _ = s.broker.flow().wait_unblocked() => {}
+                _ = shutdown.cancelled() => break,
+            }
         }
         tokio::select! {
             r = stream.read_buf(&mut buf) => match r {
@@ -256,6 +267,7 @@ impl Session {
                 noreply,
             } => {
                 self.counters.cmd_set.fetch_add(1, Ordering::Relaxed);
+                self.publisher = true;
                 let body = frame.slice(data);
                 match self.set(&key, flags, exptime, body) {
                     Ok(ticket) => {

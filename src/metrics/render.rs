@@ -691,11 +691,28 @@ impl Writer<'_> {
             "Memory used in bytes.",
             p.rss,
         );
+        let watermark = broker.flow().limit();
         self.single(
             "resident_memory_limit_bytes",
             "gauge",
-            "Memory high watermark in bytes (qgate has no memory alarm: the physical memory).",
-            p.physical,
+            "Memory high watermark in bytes (the physical memory when there is none).",
+            if watermark == 0 {
+                p.physical
+            } else {
+                watermark
+            },
+        );
+        self.single(
+            "alarms_memory_used_watermark",
+            "gauge",
+            "1 while the memory alarm blocks publishers.",
+            broker.flow().is_blocked() as u64,
+        );
+        self.single(
+            "queued_messages_memory_bytes",
+            "gauge",
+            "Estimated memory held by ready messages (what the memory alarm watches).",
+            broker.queued_memory(),
         );
         self.single(
             "process_open_fds",

@@ -182,3 +182,38 @@ def test_crash_rounds(data_dir):
     # The rounds must actually have exercised both front ends.
     assert totals["confirmed"] > 0 and totals["stored"] > 0
     print("crash rounds: %s" % totals)
+
+
+def test_memory_alarm_blocks_and_unblocks_publishers(data_dir):
+    """Past --memory-high-watermark, publishing connections are paused and told
+    (connection.blocked); once the queue drains they resume (connection.unblocked)."""
+    b = Qgate(data_dir, fsync="never", extra=["--memory-high-watermark", "300000"]).start()
+    try:
+        events = []
+        pub = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.amqp_port))
+        pub.add_on_connection_blocked_callback(lambda c, m: events.append("blocked"))
+        pub.add_on_connection_unblocked_callback(lambda c, m: events.append("unblocked"))
+        pch = pub.channel()
+        pch.queue_declare("alarm")
+        for i in range(600):
+            pch.basic_publish("", "alarm", b"%04d" % i + b"x" * 1020)
+        deadline = time.time() + 10
+        while "blocked" not in events and time.time() < deadline:
+            pub.process_data_events(0.1)
+        assert events == ["blocked"]
+        # A consumer on another connection is not blocked and drains the queue.
+        conn, ch = channel(b)
+        drained = drain(ch, "alarm")
+        assert len(drained) >= 290
+        deadline = time.time() + 10
+        while "unblocked" not in events and time.time() < deadline:
+            pub.process_data_events(0.1)
+        assert events == ["blocked", "unblocked"]
+        # Everything published was kept: the alarm paused the publisher, it lost nothing.
+        pub.process_data_events(0.5)
+        rest = drain(ch, "alarm")
+        assert len(drained) + len(rest) == 600
+        pub.close()
+        conn.close()
+    finally:
+        assert b.stop() == 0

@@ -1,0 +1,76 @@
+//! Publisher flow control: when the messages held in queues pass a memory high
+//! watermark, front ends stop reading from connections that publish (AMQP tells clients
+//! that asked with `connection.blocked`), and resume below it — RabbitMQ's memory
+//! alarm, measured on what qgate itself holds rather than on the allocator's RSS, which
+//! does not shrink when queues drain.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+/// Estimated memory a queued message costs beyond its content (message struct, queue
+/// entry, allocator overhead), measured on 1,000,000 100-byte messages.
+pub const PER_MESSAGE_OVERHEAD: u64 = 160;
+
+/// The broker's memory alarm.
+#[derive(Debug)]
+pub struct FlowControl {
+    limit: AtomicU64,
+    blocked: AtomicBool,
+    changes: watch::Sender<bool>,
+}
+
+impl FlowControl {
+    /// An alarm at `limit` bytes (0 = never).
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit: AtomicU64::new(limit),
+            blocked: AtomicBool::new(false),
+            changes: watch::channel(false).0,
+        }
+    }
+
+    /// The high watermark in bytes (0 = off).
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// True while publishers must wait.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// Records how much queued messages hold; raises or clears the alarm.
+    pub fn update(&self, queued: u64) {
+        let limit = self.limit();
+        let blocked = limit != 0 && queued > limit;
+        if self.blocked.swap(blocked, Ordering::AcqRel) != blocked {
+            if blocked {
+                tracing::warn!(
+                    queued,
+                    limit,
+                    "memory high watermark reached: blocking publishers"
+                );
+            } else {
+                tracing::info!(
+                    queued,
+                    limit,
+                    "memory below the high watermark: publishers resume"
+                );
+            }
+            self.changes.send_replace(blocked);
+        }
+    }
+
+    /// Waits until the alarm is raised.
+    pub async fn wait_blocked(&self) {
+        let mut rx = self.changes.subscribe();
+        let _ = rx.wait_for(|blocked| *blocked).await;
+    }
+
+    /// Waits until the alarm is clear.
+    pub async fn wait_unblocked(&self) {
+        let mut rx = self.changes.subscribe();
+        let _ = rx.wait_for(|blocked| !blocked).await;
+    }
+}
