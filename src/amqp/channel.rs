@@ -192,6 +192,20 @@ impl Channel {
 
     /// Handles one method (anything but channel.open/close, which the connection owns).
     pub(crate) fn handle(&mut self, ctx: &ConnCtx, method: Method) -> Result<(), AmqpError> {
+        // The hot path: a publish keeps its decoded method, no copy.
+        if let Method::BasicPublish(p) = method {
+            if p.immediate {
+                // RabbitMQ 3.x removed immediate delivery and answers the same way.
+                return Err(fail(reply::NOT_IMPLEMENTED, "immediate=true").on_ids(60, 40));
+            }
+            self.publish = Some(PendingPublish {
+                method: p,
+                header: None,
+                body: Vec::new(),
+                received: 0,
+            });
+            return Ok(());
+        }
         let result = self.dispatch(ctx, &method);
         result.map_err(|e| if e.class_id == 0 { e.on(&method) } else { e })
     }
@@ -200,18 +214,6 @@ impl Channel {
         let v = &ctx.vhost;
         let conn = ctx.conn_id;
         match method {
-            Method::BasicPublish(p) => {
-                if p.immediate {
-                    // RabbitMQ 3.x removed immediate delivery and answers the same way.
-                    return Err(fail(reply::NOT_IMPLEMENTED, "immediate=true"));
-                }
-                self.publish = Some(PendingPublish {
-                    method: p.clone(),
-                    header: None,
-                    body: Vec::new(),
-                    received: 0,
-                });
-            }
             Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_) => {
                 let (tag, multiple, how) = match method {
                     Method::BasicAck(m) => (m.delivery_tag, m.multiple, Settle::Ack),

@@ -638,12 +638,27 @@ impl VHost {
         internal_ok: bool,
     ) -> CoreResult<Routed> {
         let counters = &self.shared.counters;
-        let mut queues: Vec<Arc<Queue>> = Vec::new();
         if exchange.is_empty() {
-            if let Some(q) = self.queues.read().get(&*msg.routing_key) {
-                queues.push(q.clone());
-            }
-        } else {
+            // The default exchange: straight to the queue named by the routing key.
+            let Some(q) = self.queues.read().get(&*msg.routing_key).cloned() else {
+                return Ok(Routed::default());
+            };
+            counters.messages_routed.inc();
+            return Ok(match q.enqueue(Arc::new(msg)) {
+                Ok(durable) => Routed {
+                    queues: 1,
+                    durable,
+                    rejected: false,
+                },
+                Err(super::queue::Rejected) => Routed {
+                    queues: 1,
+                    durable: None,
+                    rejected: true,
+                },
+            });
+        }
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        {
             let x = self.exchange(exchange)?;
             if x.options.internal && !internal_ok {
                 return Err(CoreError::new(
