@@ -268,7 +268,7 @@ impl Connection {
     }
 
     fn close_connection(&mut self, e: AmqpError) {
-        tracing::debug!(peer = %self.ctx.info.peer, code = e.code, text = %e.text, "closing connection");
+        tracing::debug!(peer = %self.ctx.info.peer, code = e.code, text = ?e.text, "closing connection");
         self.send(
             0,
             ConnectionClose {
@@ -725,7 +725,7 @@ async fn handshake(
         Ok(n) => Ok(n),
         Err(e) => {
             if e.code != reply::CONNECTION_FORCED {
-                tracing::info!(peer = %peer, code = e.code, text = %e.text, "connection refused");
+                tracing::info!(peer = %peer, code = e.code, text = ?e.text, "connection refused");
                 let _ = write_method(
                     wr,
                     ConnectionClose {
