@@ -17,7 +17,7 @@ use super::error::AmqpError;
 use super::methods::*;
 use super::writer::{Out, OutTx};
 use crate::content::Properties;
-use crate::core::message::shared_name;
+use crate::core::message::Names;
 use crate::core::{
     Broker, ConnectionInfo, Consumer, Credit, Delivered, DeliverySink, ExchangeOptions, Message,
     Queue, QueueOptions, VHost,
@@ -136,8 +136,7 @@ pub(crate) struct Channel {
     tx: Option<Vec<TxOp>>,
     publish: Option<PendingPublish>,
     last_queue: Option<String>,
-    last_exchange: Arc<str>,
-    last_routing_key: Arc<str>,
+    last_names: Arc<Names>,
     /// Counted in the publishers gauge since its first publish.
     publishing: bool,
     /// The hidden queue of this channel's direct reply-to consumer.
@@ -174,8 +173,7 @@ impl Channel {
             tx: None,
             publish: None,
             last_queue: None,
-            last_exchange: Arc::from(""),
-            last_routing_key: Arc::from(""),
+            last_names: Arc::default(),
             publishing: false,
             reply_queue: None,
         }
@@ -729,8 +727,11 @@ impl Channel {
             decoded.reply_to = Some(name.clone());
             properties = decoded.to_bytes();
         }
-        let exchange = shared_name(&mut self.last_exchange, &p.method.exchange);
-        let routing_key = shared_name(&mut self.last_routing_key, &p.method.routing_key);
+        let names = Names::share(
+            &mut self.last_names,
+            &p.method.exchange,
+            &p.method.routing_key,
+        );
         // Properties and body go into one compact allocation, so the read buffer they
         // arrived in is not pinned by queued messages.
         let mut content = BytesMut::with_capacity(properties.len() + p.received as usize);
@@ -740,8 +741,7 @@ impl Channel {
         }
         let msg = Message::from_content(
             ctx.broker.next_message_id(),
-            exchange,
-            routing_key,
+            names,
             content.freeze(),
             properties.len(),
             &decoded,

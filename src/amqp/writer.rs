@@ -103,8 +103,8 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
                 &consumer.tag,
                 delivery_tag,
                 redelivered,
-                &msg.exchange,
-                &msg.routing_key,
+                msg.exchange(),
+                msg.routing_key(),
             );
             encode_content(out, channel, 60, msg.properties(), msg.body(), frame_max);
             if let Some(queue) = window {
@@ -123,8 +123,8 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
             let m = Method::BasicGetOk(BasicGetOk {
                 delivery_tag,
                 redelivered,
-                exchange: msg.exchange.to_string(),
-                routing_key: msg.routing_key.to_string(),
+                exchange: msg.exchange().to_string(),
+                routing_key: msg.routing_key().to_string(),
                 message_count,
             });
             encode_method(out, channel, &m);
@@ -139,8 +139,8 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
             let m = Method::BasicReturn(BasicReturn {
                 reply_code,
                 reply_text,
-                exchange: msg.exchange.to_string(),
-                routing_key: msg.routing_key.to_string(),
+                exchange: msg.exchange().to_string(),
+                routing_key: msg.routing_key().to_string(),
             });
             encode_method(out, channel, &m);
             encode_content(out, channel, 60, msg.properties(), msg.body(), frame_max);

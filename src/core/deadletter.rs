@@ -2,12 +2,11 @@
 //! expired, or dropped by a length limit is republished with an `x-death` history, as
 //! RabbitMQ 3.x does.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::message::Message;
+use super::message::{Message, Names};
 use crate::content::{FieldTable, FieldValue};
 
 /// Why a message was dead-lettered (the `reason` field of `x-death`).
@@ -98,8 +97,11 @@ pub fn dead_letter(
             t.insert("reason", s(reason.as_str()));
             t.insert("queue", s(queue));
             t.insert("time", FieldValue::Timestamp(now));
-            t.insert("exchange", s(&msg.exchange));
-            t.insert("routing-keys", FieldValue::Array(vec![s(&msg.routing_key)]));
+            t.insert("exchange", s(msg.exchange()));
+            t.insert(
+                "routing-keys",
+                FieldValue::Array(vec![s(msg.routing_key())]),
+            );
             if let Some(e) = &props.expiration {
                 t.insert("original-expiration", s(e));
             }
@@ -108,7 +110,7 @@ pub fn dead_letter(
     };
     deaths.insert(0, FieldValue::Table(entry));
     if headers.get("x-first-death-reason").is_none() {
-        headers.insert("x-first-death-exchange", s(&msg.exchange));
+        headers.insert("x-first-death-exchange", s(msg.exchange()));
         headers.insert("x-first-death-queue", s(queue));
         headers.insert("x-first-death-reason", s(reason.as_str()));
     }
@@ -118,12 +120,11 @@ pub fn dead_letter(
     let routing_key = target
         .routing_key
         .clone()
-        .unwrap_or_else(|| msg.routing_key.to_string());
+        .unwrap_or_else(|| msg.routing_key().to_string());
     let properties = props.to_bytes();
     let out = Message::new(
         new_id,
-        Arc::from(target.exchange.as_str()),
-        Arc::from(routing_key.as_str()),
+        Names::new(&target.exchange, &routing_key),
         &properties,
         &props,
         msg.body(),

@@ -4,7 +4,7 @@
 //! Memory matters here (a deep queue holds millions): a message is one allocation for
 //! the struct and one for its content, the encoded properties followed by the body.
 //! Exchange and routing-key names are shared with the previous message of the same
-//! publisher (see [`shared_name`]).
+//! publisher (see [`Names::share`]).
 
 use std::sync::Arc;
 
@@ -20,10 +20,9 @@ const NO_EXPIRATION: u64 = u64::MAX;
 pub struct Message {
     /// Broker-wide increasing id; also the store's record id.
     pub id: u64,
-    /// Exchange it was published to (as given by the publisher).
-    pub exchange: Arc<str>,
-    /// Routing key it was published with (shared between messages with the same key).
-    pub routing_key: Arc<str>,
+    /// Exchange and routing key it was published with, shared between messages that
+    /// have the same.
+    names: Arc<Names>,
     /// Encoded properties (flags + list, passed through untouched) then the body.
     content: Bytes,
     props_len: u32,
@@ -41,8 +40,7 @@ impl Message {
     /// `decoded` is the decoded form of `properties`, for the fields the core acts on.
     pub fn new(
         id: u64,
-        exchange: Arc<str>,
-        routing_key: Arc<str>,
+        names: Arc<Names>,
         properties: &[u8],
         decoded: &Properties,
         body: &[u8],
@@ -50,30 +48,21 @@ impl Message {
         let mut content = BytesMut::with_capacity(properties.len() + body.len());
         content.put_slice(properties);
         content.put_slice(body);
-        Self::from_content(
-            id,
-            exchange,
-            routing_key,
-            content.freeze(),
-            properties.len(),
-            decoded,
-        )
+        Self::from_content(id, names, content.freeze(), properties.len(), decoded)
     }
 
     /// Builds a message around content that already is `properties ++ body` (zero-copy,
     /// e.g. a slice of a recovered store segment).
     pub fn from_content(
         id: u64,
-        exchange: Arc<str>,
-        routing_key: Arc<str>,
+        names: Arc<Names>,
         content: Bytes,
         props_len: usize,
         decoded: &Properties,
     ) -> Self {
         Self {
             id,
-            exchange,
-            routing_key,
+            names,
             content,
             props_len: props_len as u32,
             expiration: decoded
@@ -84,6 +73,16 @@ impl Message {
             persistent: decoded.delivery_mode == Some(2),
             priority: decoded.priority.unwrap_or(0),
         }
+    }
+
+    /// The exchange it was published to.
+    pub fn exchange(&self) -> &str {
+        &self.names.exchange
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        &self.names.routing_key
     }
 
     /// The encoded properties.
@@ -117,13 +116,31 @@ impl Message {
     }
 }
 
-/// Reuses `slot` when it already holds `name`, else replaces it: publishers send the same
-/// exchange and routing key again and again, so messages share one allocation of each.
-pub fn shared_name(slot: &mut Arc<str>, name: &str) -> Arc<str> {
-    if &**slot != name {
-        *slot = Arc::from(name);
+/// The exchange and routing key of a message.
+#[derive(Debug, PartialEq, Eq, Default)]
+pub struct Names {
+    exchange: Box<str>,
+    routing_key: Box<str>,
+}
+
+impl Names {
+    /// A pair of names.
+    pub fn new(exchange: &str, routing_key: &str) -> Arc<Self> {
+        Arc::new(Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        })
     }
-    slot.clone()
+
+    /// Reuses `slot` when it already holds these names, else replaces it: publishers
+    /// send the same exchange and routing key again and again, so their messages share
+    /// one allocation.
+    pub fn share(slot: &mut Arc<Names>, exchange: &str, routing_key: &str) -> Arc<Names> {
+        if &*slot.exchange != exchange || &*slot.routing_key != routing_key {
+            *slot = Names::new(exchange, routing_key);
+        }
+        slot.clone()
+    }
 }
 
 /// When a queued message expires: never.

@@ -13,8 +13,8 @@ use crate::content::{FieldTable, FieldValue};
 
 /// Encodes a message for the store.
 pub fn encode_message(msg: &Message) -> Bytes {
-    let ex = msg.exchange.as_bytes();
-    let rk = msg.routing_key.as_bytes();
+    let ex = msg.exchange().as_bytes();
+    let rk = msg.routing_key().as_bytes();
     let mut out = BytesMut::with_capacity(
         2 + ex.len() + rk.len() + 4 + msg.properties().len() + msg.body().len(),
     );

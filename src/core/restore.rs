@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::message::shared_name;
+use super::message::Names;
 use super::persist::{decode_message, decode_table};
 use super::{Broker, ExchangeKind, ExchangeOptions, Message, QueueOptions};
 use crate::content::{FieldTable, FieldValue, Properties};
@@ -112,7 +112,7 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
         }
     }
     let mut restored = 0u64;
-    let (mut exchange, mut routing_key) = (Arc::<str>::from(""), Arc::<str>::from(""));
+    let mut names = Arc::<Names>::default();
     for (queue_id, messages) in recovered.queues {
         let Some((vhost, q)) = by_id.get(&queue_id) else {
             if let Some(store) = &shared.store {
@@ -129,8 +129,7 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
             let props = Properties::decode(&stored.content[..stored.props_len]).unwrap_or_default();
             let msg = Message::from_content(
                 m.msg_id,
-                shared_name(&mut exchange, &stored.exchange),
-                shared_name(&mut routing_key, &stored.routing_key),
+                Names::share(&mut names, &stored.exchange, &stored.routing_key),
                 stored.content,
                 stored.props_len,
                 &props,

@@ -640,7 +640,7 @@ impl VHost {
         let counters = &self.shared.counters;
         if exchange.is_empty() {
             // The default exchange: straight to the queue named by the routing key.
-            let Some(q) = self.queues.read().get(&*msg.routing_key).cloned() else {
+            let Some(q) = self.queues.read().get(msg.routing_key()).cloned() else {
                 return Ok(Routed::default());
             };
             counters.messages_routed.inc();
@@ -719,7 +719,7 @@ impl VHost {
             None
         };
         let mut dests = Vec::new();
-        x.route(&msg.routing_key, headers.as_ref(), &mut dests);
+        x.route(msg.routing_key(), headers.as_ref(), &mut dests);
         let mut visited: Vec<Arc<str>> = vec![x.name.clone()];
         while let Some(d) = dests.pop() {
             match d {
@@ -739,7 +739,7 @@ impl VHost {
                         } else {
                             None
                         };
-                        next.route(&msg.routing_key, headers.as_ref(), &mut dests);
+                        next.route(msg.routing_key(), headers.as_ref(), &mut dests);
                     }
                 }
             }

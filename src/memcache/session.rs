@@ -27,7 +27,7 @@ use super::parser::{parse_request, Discard, Limits, Parsed};
 use super::stats::{self, MemcacheCounters};
 use crate::config::Config;
 use crate::content::{FieldTable, FieldValue, Properties};
-use crate::core::message::shared_name;
+use crate::core::message::Names;
 use crate::core::{Broker, ConnectionInfo, Delivered, ErrorKind, Message, QueueOptions, VHost};
 use crate::store::SyncTicket;
 
@@ -51,8 +51,7 @@ struct Session {
     /// Answers may not be written before these complete (STORED after fsync).
     tickets: Vec<SyncTicket>,
     quit: bool,
-    default_exchange: Arc<str>,
-    last_queue: Arc<str>,
+    last_names: Arc<Names>,
     /// Has sent `set`: the memory alarm pauses this connection.
     publisher: bool,
 }
@@ -86,8 +85,7 @@ pub async fn run(
         out: BytesMut::with_capacity(16 * 1024),
         tickets: Vec::new(),
         quit: false,
-        default_exchange: Arc::from(""),
-        last_queue: Arc::from(""),
+        last_names: Arc::default(),
         publisher: false,
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -369,8 +367,7 @@ impl Session {
         };
         let msg = Message::new(
             self.broker.next_message_id(),
-            self.default_exchange.clone(),
-            shared_name(&mut self.last_queue, queue),
+            Names::share(&mut self.last_names, "", queue),
             &props,
             &decoded,
             &body,
