@@ -19,7 +19,8 @@
 //!   `always`; records nobody waits for (acks, delivered) ride along with the next
 //!   fsync, or are synced 10 ms after the previous one if the store goes idle.
 //! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location`
-//!   (24 bytes per live message, plus hash table slack) and, per segment, its live count
+//!   (a vector of 24-byte entries sorted by message id, see `index.rs`: 24 to 30 bytes
+//!   per live message, no hashing) and, per segment, its live count
 //!   and the set of older segments its Ack / Delivered / QueueDeleted records (and
 //!   compaction copies) refer to. A segment is deleted when it is not the active one,
 //!   holds no live publish, and every segment it refers to is already gone and that
@@ -59,6 +60,7 @@
 
 mod defs;
 mod flusher;
+mod index;
 mod record;
 mod recovery;
 mod state;

@@ -101,44 +101,45 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
     }
     stats.repaired = stats.truncated_bytes > 0 || stats.corrupt_records > 0;
 
-    // Group the live messages per queue (exactly sized vectors, no intermediate copy),
-    // then sort each by message id = publish order. Payloads are slices of the segment
-    // buffers when the segment is at least half live, copies otherwise (so that a
-    // mostly dead segment's buffer is freed now).
-    let copy: IdMap<u32, bool> = state
-        .segs
-        .iter()
-        .map(|(id, s)| (*id, s.live_bytes * 2 < s.size))
+    // The index is sorted by message id = publish order. Drop its tombstones and
+    // spare capacity, then walk it once, appending each message to its queue's exactly
+    // sized vector. Payloads are slices of the segment buffers when the segment is at
+    // least half live, copies otherwise (so that a mostly dead segment's buffer is freed
+    // now).
+    state.index.shrink_to_fit();
+    let segs: IdMap<u32, (Bytes, bool)> = bufs
+        .into_iter()
+        .filter_map(|(id, buf)| {
+            let s = state.segs.get(&id)?;
+            (s.live > 0).then(|| (id, (buf, s.live_bytes * 2 < s.size)))
+        })
         .collect();
-    let mut per_queue: IdMap<u64, Vec<RecoveredMessage>> = state
-        .queue_counts()
-        .map(|(q, n)| (q, Vec::with_capacity(n as usize)))
-        .collect();
-    for (key, loc) in &state.index {
-        let buf = &bufs[&loc.seg];
+    let mut per_queue: Vec<Vec<RecoveredMessage>> =
+        (0..state.interned_queues()).map(|_| Vec::new()).collect();
+    for (q, n) in state.interned_counts() {
+        per_queue[q as usize] = Vec::with_capacity(n as usize);
+    }
+    for (id, q, loc) in state.index.iter() {
+        let (buf, copy) = &segs[&loc.seg];
         let start = loc.off as usize + PUBLISH_PAYLOAD_OFF;
         let end = loc.off as usize + loc.len() as usize;
-        let payload = if copy[&loc.seg] {
+        let payload = if *copy {
             Bytes::copy_from_slice(&buf[start..end])
         } else {
             buf.slice(start..end)
         };
-        per_queue
-            .entry(state.queue_of(key))
-            .or_default()
-            .push(RecoveredMessage {
-                msg_id: key.id(),
-                payload,
-                delivered: loc.flags() & FLAG_DELIVERED != 0,
-            });
+        per_queue[q as usize].push(RecoveredMessage {
+            msg_id: id,
+            payload,
+            delivered: loc.flags() & FLAG_DELIVERED != 0,
+        });
     }
-    drop(bufs);
+    drop(segs);
     let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = per_queue
         .into_iter()
-        .map(|(q, mut msgs)| {
-            msgs.sort_unstable_by_key(|m| m.msg_id);
-            (q, msgs)
-        })
+        .enumerate()
+        .filter(|(_, msgs)| !msgs.is_empty())
+        .map(|(q, msgs)| (state.queue_of(q as u32), msgs))
         .collect();
     queues.sort_unstable_by_key(|q| q.0);
     stats.messages = state.index.len() as u64;
