@@ -56,12 +56,6 @@ impl Index {
         self.main.len() - self.dead + self.spill.len()
     }
 
-    /// Bytes held by the index (heap), for measurements.
-    #[allow(dead_code)]
-    pub fn heap_bytes(&self) -> usize {
-        self.main.capacity() * std::mem::size_of::<Entry>() + self.spill.len() * 48
-    }
-
     fn find(&self, id: u64, q: u32) -> Result<usize, usize> {
         let key = (id, q);
         // Most lookups are for recent or oldest entries; a plain binary search is

@@ -32,11 +32,11 @@
 //!   messages sorted by message id (ids are globally increasing), so copies do not
 //!   disturb the order.
 //! - Recovery reads each segment with one `read`, verifies every CRC, resynchronises on
-//!   the magic after a corrupt region and truncates a torn tail. Payloads are `Bytes`
-//!   slices of the segment buffer when at least half of that segment is live (no
-//!   per-message allocation; a buffer is freed once the core has dropped every message
-//!   sliced from it, i.e. in FIFO order as queues drain), and copied out otherwise (so a
-//!   mostly dead segment does not stay pinned in memory).
+//!   the magic after a corrupt region and truncates a torn tail. Each segment buffer is
+//!   then compacted in place to just its live payloads (record headers, acks and dead
+//!   publishes dropped, the allocation shrunk) and the payloads are `Bytes` slices of it:
+//!   no per-message allocation, nothing dead kept in memory, and a buffer is freed once
+//!   the core has dropped every message sliced from it (in FIFO order as queues drain).
 //!
 //! # Guarantees
 //! Under `always`, a completed ticket means the record (and everything submitted before

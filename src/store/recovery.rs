@@ -40,7 +40,7 @@ fn list_segments(seg_dir: &Path) -> io::Result<Vec<u32>> {
 pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
     let mut state = State::default();
     let mut stats = RecoveryStats::default();
-    let mut bufs: IdMap<u32, Bytes> = IdMap::default();
+    let mut bufs: IdMap<u32, Vec<u8>> = IdMap::default();
     let mut publishes = 0u64;
     let started = std::time::Instant::now();
 
@@ -97,51 +97,13 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
                 s.size = rep.valid_end as u64;
             }
         }
-        bufs.insert(id, Bytes::from(data));
+        bufs.insert(id, data);
     }
     stats.repaired = stats.truncated_bytes > 0 || stats.corrupt_records > 0;
 
-    // The index is sorted by message id = publish order. Drop its tombstones and
-    // spare capacity, then walk it once, appending each message to its queue's exactly
-    // sized vector. Payloads are slices of the segment buffers when the segment is at
-    // least half live, copies otherwise (so that a mostly dead segment's buffer is freed
-    // now).
+    // Drop the index's tombstones and spare capacity.
     state.index.shrink_to_fit();
-    let segs: IdMap<u32, (Bytes, bool)> = bufs
-        .into_iter()
-        .filter_map(|(id, buf)| {
-            let s = state.segs.get(&id)?;
-            (s.live > 0).then(|| (id, (buf, s.live_bytes * 2 < s.size)))
-        })
-        .collect();
-    let mut per_queue: Vec<Vec<RecoveredMessage>> =
-        (0..state.interned_queues()).map(|_| Vec::new()).collect();
-    for (q, n) in state.interned_counts() {
-        per_queue[q as usize] = Vec::with_capacity(n as usize);
-    }
-    for (id, q, loc) in state.index.iter() {
-        let (buf, copy) = &segs[&loc.seg];
-        let start = loc.off as usize + PUBLISH_PAYLOAD_OFF;
-        let end = loc.off as usize + loc.len() as usize;
-        let payload = if *copy {
-            Bytes::copy_from_slice(&buf[start..end])
-        } else {
-            buf.slice(start..end)
-        };
-        per_queue[q as usize].push(RecoveredMessage {
-            msg_id: id,
-            payload,
-            delivered: loc.flags() & FLAG_DELIVERED != 0,
-        });
-    }
-    drop(segs);
-    let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = per_queue
-        .into_iter()
-        .enumerate()
-        .filter(|(_, msgs)| !msgs.is_empty())
-        .map(|(q, msgs)| (state.queue_of(q as u32), msgs))
-        .collect();
-    queues.sort_unstable_by_key(|q| q.0);
+    let queues = collect(&state, bufs);
     stats.messages = state.index.len() as u64;
     stats.queues = queues.len() as u64;
     Ok(Recovery {
@@ -149,4 +111,75 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
         queues,
         stats,
     })
+}
+
+/// Hands the live messages back per queue (sorted by queue id), each queue's in message
+/// id order = publish order (the index is sorted by id).
+///
+/// Each segment buffer is first compacted in place to just its live payloads (moved
+/// down in offset order, so a move never overwrites a payload still to be moved) and
+/// shrunk, and the payloads are zero-copy slices of it: no per-message allocation, and
+/// nothing dead (record headers, acks, acked or superseded publishes) stays in memory.
+/// A buffer is freed once the core has dropped every message sliced from it.
+fn collect(state: &State, mut bufs: IdMap<u32, Vec<u8>>) -> Vec<(u64, Vec<RecoveredMessage>)> {
+    // Per segment with live publishes: (record offset, record length) of each, sorted by
+    // offset; after compaction the second field is the payload's offset in the buffer.
+    let mut live: IdMap<u32, Vec<(u32, u32)>> = state
+        .segs
+        .iter()
+        .filter(|(_, s)| s.live > 0)
+        .map(|(id, s)| (*id, Vec::with_capacity(s.live as usize)))
+        .collect();
+    for (_, _, loc) in state.index.iter() {
+        live.entry(loc.seg).or_default().push((loc.off, loc.len()));
+    }
+    let mut payloads: IdMap<u32, Bytes> = IdMap::default();
+    for (seg, recs) in live.iter_mut() {
+        let mut buf = bufs
+            .remove(seg)
+            .expect("every segment with live records was read");
+        recs.sort_unstable_by_key(|r| r.0);
+        let mut end = 0usize;
+        for r in recs.iter_mut() {
+            let start = r.0 as usize + PUBLISH_PAYLOAD_OFF;
+            let stop = r.0 as usize + r.1 as usize;
+            debug_assert!(end <= start);
+            buf.copy_within(start..stop, end);
+            r.1 = end as u32;
+            end += stop - start;
+        }
+        buf.truncate(end);
+        buf.shrink_to_fit();
+        payloads.insert(*seg, Bytes::from(buf));
+    }
+    drop(bufs);
+
+    let mut per_queue: Vec<Vec<RecoveredMessage>> =
+        (0..state.interned_queues()).map(|_| Vec::new()).collect();
+    for (q, n) in state.interned_counts() {
+        per_queue[q as usize] = Vec::with_capacity(n as usize);
+    }
+    for (id, q, loc) in state.index.iter() {
+        let recs = &live[&loc.seg];
+        let i = recs
+            .binary_search_by_key(&loc.off, |r| r.0)
+            .expect("indexed record");
+        let start = recs[i].1 as usize;
+        let end = start + loc.len() as usize - PUBLISH_PAYLOAD_OFF;
+        per_queue[q as usize].push(RecoveredMessage {
+            msg_id: id,
+            payload: payloads[&loc.seg].slice(start..end),
+            delivered: loc.flags() & FLAG_DELIVERED != 0,
+        });
+    }
+    drop(live);
+    drop(payloads);
+    let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = per_queue
+        .into_iter()
+        .enumerate()
+        .filter(|(_, msgs)| !msgs.is_empty())
+        .map(|(q, msgs)| (state.queue_of(q as u32), msgs))
+        .collect();
+    queues.sort_unstable_by_key(|q| q.0);
+    queues
 }
