@@ -1,15 +1,16 @@
-//! Compact index of live messages: `(message id, interned queue) -> location`.
+//! Compact index of live messages: `(interned queue, message id) -> location`.
 //!
 //! Message ids are globally increasing and publishes reach the log almost in id order,
-//! so the index is one vector of 24-byte entries sorted by `(id, queue)`: an append is
-//! a push (or a short shift near the end when concurrent publishers race), a lookup is
-//! a binary search, and there is no hash table slack. A removal leaves a tombstone in
-//! place (so that the order holds); tombstones are purged in one linear pass once they
-//! make up a quarter of the vector, which keeps removal amortised O(1) and the vector
-//! at most a third larger than the live set. A compaction copy re-publishes an existing
-//! key and so only updates its entry in place. The rare entry that would land far from
-//! the end goes to a small ordered spill map instead of shifting the whole vector; the
-//! spill is merged back at the next purge.
+//! so each queue's part of the index is one vector of 16-byte entries sorted by id: an
+//! append is a push (or a short shift near the end when concurrent publishers race), a
+//! lookup is a binary search, and there is no hash table slack. An entry keeps the id
+//! as a 32-bit offset from the queue's base id, rebased as the queue drains. A removal
+//! leaves a tombstone in place (so that the order holds); tombstones are purged in one
+//! linear pass once they make up a quarter of the vector, which keeps removal amortised
+//! O(1) and the vector at most a third larger than the live set. A compaction copy
+//! re-publishes an existing key and so only updates its entry in place. The rare entry
+//! that would land far from the end, or outside the 32-bit window, goes to a small
+//! ordered spill map instead; the spill is merged back at the next purge when it fits.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +18,8 @@ use super::state::Loc;
 
 /// An entry more than this many places from the end goes to the spill map.
 const NEAR_END: usize = 1024;
-/// Tombstones are purged when there are more than this many and more than a quarter of
-/// the entries.
+/// Tombstones (or spilled entries) are purged (merged) when there are more than this
+/// many and more than a quarter (an eighth) of the entries.
 const MIN_PURGE: usize = 1024;
 
 /// `Loc::off` of a tombstone (real offsets are below 2 GiB).
@@ -26,67 +27,73 @@ const DEAD: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
-    id: u64,
-    q: u32,
+    /// Message id minus the queue's base id.
+    lo: u32,
     loc: Loc,
 }
 
 impl Entry {
-    fn key(&self) -> (u64, u32) {
-        (self.id, self.q)
-    }
     fn is_dead(&self) -> bool {
         self.loc.off == DEAD
     }
 }
 
+/// One queue's entries.
 #[derive(Default)]
-pub(crate) struct Index {
-    /// Sorted by `(id, q)`, tombstones included.
+struct QueueIndex {
+    /// Id of `lo == 0`.
+    base: u64,
+    /// Sorted by id, tombstones included.
     main: Vec<Entry>,
     /// Tombstones in `main`.
     dead: usize,
-    /// Entries that arrived far out of order.
-    spill: BTreeMap<(u64, u32), Loc>,
+    /// Entries that arrived far out of order or outside the window.
+    spill: BTreeMap<u64, Loc>,
+    /// Merge the spill back only once it is larger than this (after a merge that left
+    /// entries behind, so that a stuck window does not purge on every insert).
+    spill_floor: usize,
 }
 
-impl Index {
-    /// Live entries.
-    pub fn len(&self) -> usize {
+impl QueueIndex {
+    fn len(&self) -> usize {
         self.main.len() - self.dead + self.spill.len()
     }
 
-    fn find(&self, id: u64, q: u32) -> Result<usize, usize> {
-        let key = (id, q);
-        // Most lookups are for recent or oldest entries; a plain binary search is
-        // O(log n) either way.
-        self.main.binary_search_by(|e| e.key().cmp(&key))
+    /// `Ok(i)`: `main[i]` has this id (maybe a tombstone); `Err(Some(p))`: it would go
+    /// at `p`; `Err(None)`: outside the window.
+    fn find(&self, id: u64) -> Result<usize, Option<usize>> {
+        let Some(lo) = id
+            .checked_sub(self.base)
+            .and_then(|d| u32::try_from(d).ok())
+        else {
+            return Err(if self.main.is_empty() { Some(0) } else { None });
+        };
+        self.main.binary_search_by_key(&lo, |e| e.lo).map_err(Some)
     }
 
-    pub fn get(&self, id: u64, q: u32) -> Option<&Loc> {
-        match self.find(id, q) {
+    fn get(&self, id: u64) -> Option<&Loc> {
+        match self.find(id) {
             Ok(i) => {
                 let e = &self.main[i];
                 (!e.is_dead()).then_some(&e.loc)
             }
-            Err(_) => self.spill.get(&(id, q)),
+            Err(_) => self.spill.get(&id),
         }
     }
 
-    pub fn get_mut(&mut self, id: u64, q: u32) -> Option<&mut Loc> {
-        match self.find(id, q) {
+    fn get_mut(&mut self, id: u64) -> Option<&mut Loc> {
+        match self.find(id) {
             Ok(i) => {
                 let e = &mut self.main[i];
                 (!e.is_dead()).then_some(&mut e.loc)
             }
-            Err(_) => self.spill.get_mut(&(id, q)),
+            Err(_) => self.spill.get_mut(&id),
         }
     }
 
-    /// Inserts or replaces; returns the location replaced.
-    pub fn insert(&mut self, id: u64, q: u32, loc: Loc) -> Option<Loc> {
+    fn insert(&mut self, id: u64, loc: Loc) -> Option<Loc> {
         debug_assert!(loc.off != DEAD);
-        match self.find(id, q) {
+        match self.find(id) {
             Ok(i) => {
                 let e = &mut self.main[i];
                 if e.is_dead() {
@@ -98,32 +105,48 @@ impl Index {
                 }
             }
             Err(p) => {
-                if let Some(old) = self.spill.get_mut(&(id, q)) {
+                if let Some(old) = self.spill.get_mut(&id) {
                     return Some(std::mem::replace(old, loc));
                 }
-                let e = Entry { id, q, loc };
-                if p == self.main.len() {
-                    self.main.push(e);
-                } else if p > 0 && self.main[p - 1].is_dead() {
-                    // main[p-2] < main[p-1] < key < main[p]: reuse the tombstone.
-                    self.main[p - 1] = e;
-                    self.dead -= 1;
-                } else if self.main.len() - p <= NEAR_END {
-                    self.main.insert(p, e);
-                } else {
-                    self.spill.insert((id, q), loc);
-                    if self.spill.len() > MIN_PURGE && self.spill.len() * 8 > self.main.len() {
-                        self.purge();
+                match p {
+                    Some(_) if self.main.is_empty() => {
+                        self.base = id;
+                        self.main.push(Entry { lo: 0, loc });
                     }
+                    Some(p) => {
+                        let e = Entry {
+                            lo: (id - self.base) as u32,
+                            loc,
+                        };
+                        if p == self.main.len() {
+                            self.main.push(e);
+                        } else if p > 0 && self.main[p - 1].is_dead() {
+                            // main[p-2] < main[p-1] < id < main[p]: reuse the tombstone.
+                            self.main[p - 1] = e;
+                            self.dead -= 1;
+                        } else if self.main.len() - p <= NEAR_END {
+                            self.main.insert(p, e);
+                        } else {
+                            self.spill_insert(id, loc);
+                        }
+                    }
+                    None => self.spill_insert(id, loc),
                 }
                 None
             }
         }
     }
 
-    /// Removes; returns the location removed.
-    pub fn remove(&mut self, id: u64, q: u32) -> Option<Loc> {
-        match self.find(id, q) {
+    fn spill_insert(&mut self, id: u64, loc: Loc) {
+        self.spill.insert(id, loc);
+        let n = self.spill.len();
+        if n > MIN_PURGE && n * 8 > self.main.len() && n > self.spill_floor {
+            self.purge();
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Loc> {
+        match self.find(id) {
             Ok(i) => {
                 let e = &mut self.main[i];
                 if e.is_dead() {
@@ -132,51 +155,49 @@ impl Index {
                 let loc = e.loc;
                 e.loc.off = DEAD;
                 self.dead += 1;
-                self.maybe_purge();
+                if self.dead > MIN_PURGE && self.dead * 4 > self.main.len() {
+                    self.purge();
+                }
                 Some(loc)
             }
-            Err(_) => self.spill.remove(&(id, q)),
+            Err(_) => self.spill.remove(&id),
         }
     }
 
-    /// Removes every entry of queue `q`, calling `f` with each location removed.
-    pub fn remove_queue(&mut self, q: u32, mut f: impl FnMut(&Loc)) {
-        for e in self.main.iter_mut() {
-            if e.q == q && !e.is_dead() {
-                f(&e.loc);
-                e.loc.off = DEAD;
-                self.dead += 1;
-            }
-        }
-        self.spill.retain(|k, loc| {
-            if k.1 == q {
-                f(loc);
-                false
-            } else {
-                true
-            }
-        });
-        self.maybe_purge();
-    }
-
-    fn maybe_purge(&mut self) {
-        if self.dead > MIN_PURGE && self.dead * 4 > self.main.len() {
-            self.purge();
-        }
-    }
-
-    /// Drops the tombstones, merges the spill map back and releases spare capacity
-    /// beyond a quarter of the live entries.
-    pub fn purge(&mut self) {
+    /// Drops the tombstones, rebases, merges back what of the spill map fits in the
+    /// window and releases spare capacity beyond a quarter of the live entries.
+    fn purge(&mut self) {
         self.main.retain(|e| !e.is_dead());
         self.dead = 0;
-        if !self.spill.is_empty() {
-            let spill = std::mem::take(&mut self.spill);
-            self.main.reserve_exact(spill.len());
-            self.main
-                .extend(spill.into_iter().map(|((id, q), loc)| Entry { id, q, loc }));
+        if self.spill.is_empty() {
+            // Rebase on the oldest entry.
+            if let Some(first) = self.main.first().map(|e| e.lo) {
+                self.base += u64::from(first);
+                for e in &mut self.main {
+                    e.lo -= first;
+                }
+            }
+        } else {
+            let base = self.base;
+            let mut all: Vec<(u64, Loc)> = self
+                .main
+                .iter()
+                .map(|e| (base + u64::from(e.lo), e.loc))
+                .collect();
+            all.extend(std::mem::take(&mut self.spill));
             // Two sorted runs: a merge.
-            self.main.sort_by_key(Entry::key);
+            all.sort_by_key(|x| x.0);
+            self.main.clear();
+            self.base = all.first().map_or(0, |x| x.0);
+            for (id, loc) in all {
+                match u32::try_from(id - self.base) {
+                    Ok(lo) => self.main.push(Entry { lo, loc }),
+                    Err(_) => {
+                        self.spill.insert(id, loc);
+                    }
+                }
+            }
+            self.spill_floor = self.spill.len() * 2;
         }
         let len = self.main.len();
         if self.main.capacity() > len + len / 4 + 64 {
@@ -184,20 +205,101 @@ impl Index {
         }
     }
 
-    /// Like [`Index::purge`], and leaves no spare capacity at all (after recovery).
-    pub fn shrink_to_fit(&mut self) {
-        self.purge();
-        self.main.shrink_to_fit();
-    }
-
-    /// Live entries `(id, q, loc)`: those of the main vector in `(id, q)` order, then
-    /// those of the spill map in the same order (empty after a purge).
-    pub fn iter(&self) -> impl Iterator<Item = (u64, u32, &Loc)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (u64, &Loc)> + '_ {
+        let base = self.base;
         self.main
             .iter()
             .filter(|e| !e.is_dead())
-            .map(|e| (e.id, e.q, &e.loc))
-            .chain(self.spill.iter().map(|(k, loc)| (k.0, k.1, loc)))
+            .map(move |e| (base + u64::from(e.lo), &e.loc))
+            .chain(self.spill.iter().map(|(id, loc)| (*id, loc)))
+    }
+}
+
+/// The index: one [`QueueIndex`] per interned queue.
+#[derive(Default)]
+pub(crate) struct Index {
+    queues: Vec<QueueIndex>,
+    live: usize,
+}
+
+impl Index {
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Live entries of queue `q`.
+    pub fn queue_len(&self, q: u32) -> usize {
+        self.queues.get(q as usize).map_or(0, QueueIndex::len)
+    }
+
+    pub fn get(&self, id: u64, q: u32) -> Option<&Loc> {
+        self.queues.get(q as usize)?.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: u64, q: u32) -> Option<&mut Loc> {
+        self.queues.get_mut(q as usize)?.get_mut(id)
+    }
+
+    /// Inserts or replaces; returns the location replaced.
+    pub fn insert(&mut self, id: u64, q: u32, loc: Loc) -> Option<Loc> {
+        let q = q as usize;
+        if self.queues.len() <= q {
+            self.queues.resize_with(q + 1, QueueIndex::default);
+        }
+        let old = self.queues[q].insert(id, loc);
+        if old.is_none() {
+            self.live += 1;
+        }
+        old
+    }
+
+    /// Removes; returns the location removed.
+    pub fn remove(&mut self, id: u64, q: u32) -> Option<Loc> {
+        let loc = self.queues.get_mut(q as usize)?.remove(id);
+        if loc.is_some() {
+            self.live -= 1;
+        }
+        loc
+    }
+
+    /// Removes every entry of queue `q`, calling `f` with each location removed.
+    pub fn remove_queue(&mut self, q: u32, mut f: impl FnMut(&Loc)) {
+        let Some(qi) = self.queues.get_mut(q as usize) else {
+            return;
+        };
+        let qi = std::mem::take(qi);
+        self.live -= qi.len();
+        for (_, loc) in qi.iter() {
+            f(loc);
+        }
+    }
+
+    /// Drops every tombstone, merges back the spill maps (where they fit) and leaves no
+    /// spare capacity (after recovery).
+    pub fn shrink_to_fit(&mut self) {
+        for qi in &mut self.queues {
+            qi.purge();
+            qi.main.shrink_to_fit();
+        }
+    }
+
+    /// Live entries of queue `q` as `(id, loc)`, in id order once
+    /// [`Index::shrink_to_fit`] has run (before, spilled entries come last; after it,
+    /// whatever stays spilled lies beyond the window, above every entry of `main`).
+    pub fn iter_queue(&self, q: u32) -> impl Iterator<Item = (u64, &Loc)> + '_ {
+        self.queues
+            .get(q as usize)
+            .into_iter()
+            .flat_map(|qi| qi.iter())
+    }
+
+    /// Live entries `(id, q, loc)`, queue by queue.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u32, &Loc)> + '_ {
+        self.queues
+            .iter()
+            .enumerate()
+            .flat_map(|(q, qi)| qi.iter().map(move |(id, loc)| (id, q as u32, loc)))
     }
 }
 
@@ -211,13 +313,13 @@ mod tests {
     }
 
     #[test]
-    fn entry_is_24_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    fn entry_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
-    #[test]
-    fn matches_a_map() {
-        // Random operations, including far out of order inserts, against a BTreeMap.
+    fn run(big_jumps: bool) {
+        // Random operations, including far out of order inserts and (optionally) ids
+        // more than 2^32 apart, against a BTreeMap.
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut rnd = move |n: u64| {
             x ^= x << 13;
@@ -226,7 +328,7 @@ mod tests {
             x % n
         };
         let mut idx = Index::default();
-        let mut model: BTreeMap<(u64, u32), Loc> = BTreeMap::new();
+        let mut model: BTreeMap<(u32, u64), Loc> = BTreeMap::new();
         let mut next = 0u64;
         for step in 0..200_000u64 {
             let op = rnd(100);
@@ -234,26 +336,27 @@ mod tests {
             if op < 40 {
                 // Publish, mostly in order, sometimes slightly or far out of order.
                 next += 1;
+                if big_jumps && rnd(5000) == 0 {
+                    next += 1 << 32;
+                }
                 let id = match rnd(20) {
                     0 => rnd(next + 1),
                     1 => next.saturating_sub(rnd(50)),
                     _ => next,
                 };
                 let l = loc(step);
-                assert_eq!(idx.insert(id, q, l), model.insert((id, q), l));
+                assert_eq!(idx.insert(id, q, l), model.insert((q, id), l));
             } else if op < 80 {
-                let id = if rnd(2) == 0 {
-                    model.keys().next().map_or(0, |k| k.0)
-                } else {
-                    rnd(next + 1)
+                let first = model.range((q, 0)..(q + 1, 0)).next().map(|(k, _)| k.1);
+                let id = match first {
+                    Some(id) if rnd(2) == 0 => id,
+                    _ => rnd(next + 1),
                 };
-                let q2 = model.keys().next().map_or(q, |k| k.1);
-                assert_eq!(idx.remove(id, q2), model.remove(&(id, q2)));
-                assert_eq!(idx.remove(id, q), model.remove(&(id, q)));
+                assert_eq!(idx.remove(id, q), model.remove(&(q, id)));
             } else if op < 95 {
                 let id = rnd(next + 1);
-                assert_eq!(idx.get(id, q), model.get(&(id, q)));
-                if let (Some(a), Some(b)) = (idx.get_mut(id, q), model.get_mut(&(id, q))) {
+                assert_eq!(idx.get(id, q), model.get(&(q, id)));
+                if let (Some(a), Some(b)) = (idx.get_mut(id, q), model.get_mut(&(q, id))) {
                     a.set_delivered();
                     b.set_delivered();
                 }
@@ -262,7 +365,7 @@ mod tests {
                 idx.remove_queue(q, |l| got.push(*l));
                 let mut want = Vec::new();
                 model.retain(|k, l| {
-                    if k.1 == q {
+                    if k.0 == q {
                         want.push(*l);
                         false
                     } else {
@@ -273,13 +376,37 @@ mod tests {
                 want.sort_by_key(|l| (l.seg, l.off));
                 assert_eq!(got, want);
             } else if op < 97 {
-                idx.purge();
+                idx.shrink_to_fit();
             }
             assert_eq!(idx.len(), model.len());
+            assert_eq!(
+                idx.queue_len(q),
+                model.range((q, 0)..(q + 1, 0)).count(),
+                "step {step}"
+            );
         }
         idx.shrink_to_fit();
-        let got: Vec<_> = idx.iter().map(|(id, q, l)| ((id, q), *l)).collect();
-        let want: Vec<_> = model.into_iter().collect();
+        // After shrink_to_fit, both iterators are in (queue, id) order.
+        let got: Vec<_> = idx.iter().map(|(id, q, l)| ((q, id), *l)).collect();
+        let want: Vec<_> = model.iter().map(|(k, l)| (*k, *l)).collect();
         assert_eq!(got, want);
+        for q in 0..3 {
+            let got: Vec<_> = idx.iter_queue(q).map(|(id, l)| (id, *l)).collect();
+            let want: Vec<_> = model
+                .range((q, 0)..(q + 1, 0))
+                .map(|(k, l)| (k.1, *l))
+                .collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn matches_a_map() {
+        run(false);
+    }
+
+    #[test]
+    fn matches_a_map_across_id_windows() {
+        run(true);
     }
 }

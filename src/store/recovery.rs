@@ -154,32 +154,30 @@ fn collect(state: &State, mut bufs: IdMap<u32, Vec<u8>>) -> Vec<(u64, Vec<Recove
     }
     drop(bufs);
 
-    let mut per_queue: Vec<Vec<RecoveredMessage>> =
-        (0..state.interned_queues()).map(|_| Vec::new()).collect();
-    for (q, n) in state.interned_counts() {
-        per_queue[q as usize] = Vec::with_capacity(n as usize);
-    }
-    for (id, q, loc) in state.index.iter() {
-        let recs = &live[&loc.seg];
-        let i = recs
-            .binary_search_by_key(&loc.off, |r| r.0)
-            .expect("indexed record");
-        let start = recs[i].1 as usize;
-        let end = start + loc.len() as usize - PUBLISH_PAYLOAD_OFF;
-        per_queue[q as usize].push(RecoveredMessage {
-            msg_id: id,
-            payload: payloads[&loc.seg].slice(start..end),
-            delivered: loc.flags() & FLAG_DELIVERED != 0,
-        });
+    let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = Vec::new();
+    for q in 0..state.interned_queues() as u32 {
+        let n = state.index.queue_len(q);
+        if n == 0 {
+            continue;
+        }
+        let mut msgs = Vec::with_capacity(n);
+        for (id, loc) in state.index.iter_queue(q) {
+            let recs = &live[&loc.seg];
+            let i = recs
+                .binary_search_by_key(&loc.off, |r| r.0)
+                .expect("indexed record");
+            let start = recs[i].1 as usize;
+            let end = start + loc.len() as usize - PUBLISH_PAYLOAD_OFF;
+            msgs.push(RecoveredMessage {
+                msg_id: id,
+                payload: payloads[&loc.seg].slice(start..end),
+                delivered: loc.flags() & FLAG_DELIVERED != 0,
+            });
+        }
+        queues.push((state.queue_of(q), msgs));
     }
     drop(live);
     drop(payloads);
-    let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = per_queue
-        .into_iter()
-        .enumerate()
-        .filter(|(_, msgs)| !msgs.is_empty())
-        .map(|(q, msgs)| (state.queue_of(q as u32), msgs))
-        .collect();
     queues.sort_unstable_by_key(|q| q.0);
     queues
 }

@@ -90,8 +90,6 @@ pub(crate) struct SegInfo {
 pub(crate) struct State {
     pub index: Index,
     pub segs: BTreeMap<u32, SegInfo>,
-    /// Live messages per interned queue.
-    queue_live: IdMap<u32, u64>,
     /// Interned queue ids: index -> queue id, and back.
     queue_ids: Vec<u64>,
     queue_idx: IdMap<u64, u32>,
@@ -118,11 +116,6 @@ impl State {
         self.queue_ids.len()
     }
 
-    /// Live message count per interned queue.
-    pub fn interned_counts(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.queue_live.iter().map(|(q, n)| (*q, *n))
-    }
-
     /// Location of a live message.
     pub fn get(&self, queue: u64, id: u64) -> Option<&Loc> {
         self.index.get(id, *self.queue_idx.get(&queue)?)
@@ -140,15 +133,6 @@ impl State {
         }
     }
 
-    fn dec_queue(&mut self, queue: u32) {
-        if let Some(n) = self.queue_live.get_mut(&queue) {
-            *n -= 1;
-            if *n == 0 {
-                self.queue_live.remove(&queue);
-            }
-        }
-    }
-
     /// Applies one record found at `off` (length `len`) of segment `seg`.
     pub fn apply(&mut self, seg: u32, off: usize, len: usize, rec: Rec<'_>) {
         match rec {
@@ -161,22 +145,18 @@ impl State {
                 s.live += 1;
                 s.live_bytes += len as u64;
                 let q = self.intern(queue);
-                match self.index.insert(id, q, loc) {
-                    Some(old) => {
-                        // Same key published again (a compaction copy): the old record
-                        // is superseded. This segment must outlive the old one, or an
-                        // ack of the copy could be reclaimed while the original is
-                        // still on disk, and the original would come back.
-                        Self::kill(&mut self.segs, seg, &old);
-                    }
-                    None => *self.queue_live.entry(q).or_default() += 1,
+                if let Some(old) = self.index.insert(id, q, loc) {
+                    // Same key published again (a compaction copy): the old record is
+                    // superseded. This segment must outlive the old one, or an ack of
+                    // the copy could be reclaimed while the original is still on disk,
+                    // and the original would come back.
+                    Self::kill(&mut self.segs, seg, &old);
                 }
             }
             Rec::Ack { queue, id } => {
                 if let Some(&q) = self.queue_idx.get(&queue) {
                     if let Some(loc) = self.index.remove(id, q) {
                         Self::kill(&mut self.segs, seg, &loc);
-                        self.dec_queue(q);
                     }
                 }
             }
@@ -198,10 +178,8 @@ impl State {
                 let Some(&q) = self.queue_idx.get(&queue) else {
                     return;
                 };
-                if self.queue_live.remove(&q).is_some() {
-                    let segs = &mut self.segs;
-                    self.index.remove_queue(q, |loc| Self::kill(segs, seg, loc));
-                }
+                let segs = &mut self.segs;
+                self.index.remove_queue(q, |loc| Self::kill(segs, seg, loc));
             }
             Rec::MaxId(m) => self.max_id = self.max_id.max(m),
         }
