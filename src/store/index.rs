@@ -108,6 +108,15 @@ impl QueueIndex {
                 if let Some(old) = self.spill.get_mut(&id) {
                     return Some(std::mem::replace(old, loc));
                 }
+                let p = match p {
+                    // Only tombstones left (a drained queue): start afresh at this id.
+                    None if self.dead == self.main.len() => {
+                        self.main.clear();
+                        self.dead = 0;
+                        Some(0)
+                    }
+                    p => p,
+                };
                 match p {
                     Some(_) if self.main.is_empty() => {
                         self.base = id;
