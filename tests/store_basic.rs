@@ -261,3 +261,57 @@ fn handles_are_send_sync() {
     s.close().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One message id in several queues (fanout), ids published far out of order and
+/// whole queues drained: each (queue, id) is tracked on its own and every queue comes
+/// back in id order, whatever order the ids were written in.
+#[test]
+fn shared_ids_and_out_of_order_ids() {
+    let dir = temp_dir("ooo");
+    let mut c = cfg(&dir);
+    c.fsync = FsyncPolicy::Never;
+    c.segment_size = 64 << 10;
+    {
+        let (s, _) = Store::open(c.clone()).unwrap();
+        // Same id in queues 1, 2 and 3.
+        for q in 1..=3 {
+            s.publish(q, 7, Bytes::from(format!("q{q}")));
+        }
+        // Queue 4: 5000 ids written newest first (every insert far from the end),
+        // then every third acked and the rest of the first 100 marked delivered.
+        for id in (1000..6000u64).rev() {
+            s.publish(4, id, Bytes::from(format!("m{id}")));
+        }
+        for id in (1000..6000u64).step_by(3) {
+            s.ack(4, id);
+        }
+        for id in 1000..1100u64 {
+            s.delivered(4, id);
+        }
+        // Queue 5: filled and drained, then one more far later id.
+        for id in 10_000..12_000u64 {
+            s.publish(5, id, Bytes::from_static(b"x"));
+        }
+        for id in 10_000..12_000u64 {
+            s.ack(5, id);
+        }
+        s.publish(5, 1 << 40, Bytes::from_static(b"late"));
+        s.ack(1, 7);
+        s.delete_queue(3);
+        s.sync().wait_blocking().unwrap();
+    }
+    let (s, rec) = Store::open(c).unwrap();
+    assert!(msgs(&rec, 1).is_empty());
+    assert_eq!(msgs(&rec, 2), vec![(7, "q2".to_string(), false)]);
+    assert!(msgs(&rec, 3).is_empty());
+    let want: Vec<_> = (1000..6000u64)
+        .filter(|id| (id - 1000) % 3 != 0)
+        .map(|id| (id, format!("m{id}"), id < 1100))
+        .collect();
+    assert_eq!(msgs(&rec, 4), want);
+    assert_eq!(msgs(&rec, 5), vec![(1 << 40, "late".to_string(), false)]);
+    assert_eq!(s.max_msg_id(), 1 << 40);
+    assert_eq!(s.stats().live_messages, 1 + want.len() as u64 + 1);
+    s.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -23,7 +23,12 @@ fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
-        let md = e.metadata().unwrap();
+        // The flusher deletes segments concurrently: one listed may be gone already.
+        let md = match e.metadata() {
+            Ok(md) => md,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => panic!("{}: {err}", e.path().display()),
+        };
         total += if md.is_dir() {
             dir_size(&e.path())
         } else {

@@ -18,24 +18,25 @@
 //!   arrives during the fsync goes into the next one. No timers on the waited path under
 //!   `always`; records nobody waits for (acks, delivered) ride along with the next
 //!   fsync, or are synced 10 ms after the previous one if the store goes idle.
-//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location`
-//!   (24 bytes per live message, plus hash table slack) and, per segment, its live count
-//!   and the set of older segments its Ack / Delivered / QueueDeleted records (and
-//!   compaction copies) refer to. A segment is deleted when it is not the active one,
-//!   holds no live publish, and every segment it refers to is already gone and that
-//!   unlink fsynced (so deleting it can never resurrect a message). A sizeable active
-//!   segment with nothing live is sealed early so a drained queue leaves almost nothing
-//!   on disk. When garbage exceeds both half of the disk and one segment, the oldest
-//!   segment that is mostly dead (or that keeps dead segments alive) is compacted: its live publishes
-//!   are copied forward, synced, and the segment deleted. Recovery returns each queue's
-//!   messages sorted by message id (ids are globally increasing), so copies do not
-//!   disturb the order.
+//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location` (per
+//!   queue, a vector of 16-byte entries sorted by message id, see `index.rs`: 16 bytes
+//!   per live message plus vector slack, none right after recovery) and, per segment,
+//!   its live count and the set of older segments its Ack / Delivered / QueueDeleted
+//!   records (and compaction copies) refer to. A segment is deleted when it is not the
+//!   active one, holds no live publish, and every segment it refers to is already gone
+//!   and that unlink fsynced (so deleting it can never resurrect a message). A sizeable
+//!   active segment with nothing live is sealed early so a drained queue leaves almost
+//!   nothing on disk. When garbage exceeds both half of the disk and one segment, the
+//!   oldest segment that is mostly dead (or that keeps dead segments alive) is
+//!   compacted: its live publishes are copied forward, synced, and the segment deleted.
+//!   Recovery returns each queue's messages sorted by message id (ids are globally
+//!   increasing), so copies do not disturb the order.
 //! - Recovery reads each segment with one `read`, verifies every CRC, resynchronises on
-//!   the magic after a corrupt region and truncates a torn tail. Payloads are `Bytes`
-//!   slices of the segment buffer when at least half of that segment is live (no
-//!   per-message allocation; a buffer is freed once the core has dropped every message
-//!   sliced from it, i.e. in FIFO order as queues drain), and copied out otherwise (so a
-//!   mostly dead segment does not stay pinned in memory).
+//!   the magic after a corrupt region and truncates a torn tail. Each segment buffer is
+//!   then compacted in place to just its live payloads (record headers, acks and dead
+//!   publishes dropped, the allocation shrunk) and the payloads are `Bytes` slices of it:
+//!   no per-message allocation, nothing dead kept in memory, and a buffer is freed once
+//!   the core has dropped every message sliced from it (in FIFO order as queues drain).
 //!
 //! # Guarantees
 //! Under `always`, a completed ticket means the record (and everything submitted before
@@ -59,6 +60,7 @@
 
 mod defs;
 mod flusher;
+mod index;
 mod record;
 mod recovery;
 mod state;

@@ -40,7 +40,7 @@ fn list_segments(seg_dir: &Path) -> io::Result<Vec<u32>> {
 pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
     let mut state = State::default();
     let mut stats = RecoveryStats::default();
-    let mut bufs: IdMap<u32, Bytes> = IdMap::default();
+    let mut bufs: IdMap<u32, Vec<u8>> = IdMap::default();
     let mut publishes = 0u64;
     let started = std::time::Instant::now();
 
@@ -97,50 +97,13 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
                 s.size = rep.valid_end as u64;
             }
         }
-        bufs.insert(id, Bytes::from(data));
+        bufs.insert(id, data);
     }
     stats.repaired = stats.truncated_bytes > 0 || stats.corrupt_records > 0;
 
-    // Group the live messages per queue (exactly sized vectors, no intermediate copy),
-    // then sort each by message id = publish order. Payloads are slices of the segment
-    // buffers when the segment is at least half live, copies otherwise (so that a
-    // mostly dead segment's buffer is freed now).
-    let copy: IdMap<u32, bool> = state
-        .segs
-        .iter()
-        .map(|(id, s)| (*id, s.live_bytes * 2 < s.size))
-        .collect();
-    let mut per_queue: IdMap<u64, Vec<RecoveredMessage>> = state
-        .queue_counts()
-        .map(|(q, n)| (q, Vec::with_capacity(n as usize)))
-        .collect();
-    for (key, loc) in &state.index {
-        let buf = &bufs[&loc.seg];
-        let start = loc.off as usize + PUBLISH_PAYLOAD_OFF;
-        let end = loc.off as usize + loc.len() as usize;
-        let payload = if copy[&loc.seg] {
-            Bytes::copy_from_slice(&buf[start..end])
-        } else {
-            buf.slice(start..end)
-        };
-        per_queue
-            .entry(state.queue_of(key))
-            .or_default()
-            .push(RecoveredMessage {
-                msg_id: key.id(),
-                payload,
-                delivered: loc.flags() & FLAG_DELIVERED != 0,
-            });
-    }
-    drop(bufs);
-    let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = per_queue
-        .into_iter()
-        .map(|(q, mut msgs)| {
-            msgs.sort_unstable_by_key(|m| m.msg_id);
-            (q, msgs)
-        })
-        .collect();
-    queues.sort_unstable_by_key(|q| q.0);
+    // Drop the index's tombstones and spare capacity.
+    state.index.shrink_to_fit();
+    let queues = collect(&state, bufs);
     stats.messages = state.index.len() as u64;
     stats.queues = queues.len() as u64;
     Ok(Recovery {
@@ -148,4 +111,73 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
         queues,
         stats,
     })
+}
+
+/// Hands the live messages back per queue (sorted by queue id), each queue's in message
+/// id order = publish order (the index is sorted by id).
+///
+/// Each segment buffer is first compacted in place to just its live payloads (moved
+/// down in offset order, so a move never overwrites a payload still to be moved) and
+/// shrunk, and the payloads are zero-copy slices of it: no per-message allocation, and
+/// nothing dead (record headers, acks, acked or superseded publishes) stays in memory.
+/// A buffer is freed once the core has dropped every message sliced from it.
+fn collect(state: &State, mut bufs: IdMap<u32, Vec<u8>>) -> Vec<(u64, Vec<RecoveredMessage>)> {
+    // Per segment with live publishes: (record offset, record length) of each, sorted by
+    // offset; after compaction the second field is the payload's offset in the buffer.
+    let mut live: IdMap<u32, Vec<(u32, u32)>> = state
+        .segs
+        .iter()
+        .filter(|(_, s)| s.live > 0)
+        .map(|(id, s)| (*id, Vec::with_capacity(s.live as usize)))
+        .collect();
+    for (_, _, loc) in state.index.iter() {
+        live.entry(loc.seg).or_default().push((loc.off, loc.len()));
+    }
+    let mut payloads: IdMap<u32, Bytes> = IdMap::default();
+    for (seg, recs) in live.iter_mut() {
+        let mut buf = bufs
+            .remove(seg)
+            .expect("every segment with live records was read");
+        recs.sort_unstable_by_key(|r| r.0);
+        let mut end = 0usize;
+        for r in recs.iter_mut() {
+            let start = r.0 as usize + PUBLISH_PAYLOAD_OFF;
+            let stop = r.0 as usize + r.1 as usize;
+            debug_assert!(end <= start);
+            buf.copy_within(start..stop, end);
+            r.1 = end as u32;
+            end += stop - start;
+        }
+        buf.truncate(end);
+        buf.shrink_to_fit();
+        payloads.insert(*seg, Bytes::from(buf));
+    }
+    drop(bufs);
+
+    let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = Vec::new();
+    for q in 0..state.interned_queues() as u32 {
+        let n = state.index.queue_len(q);
+        if n == 0 {
+            continue;
+        }
+        let mut msgs = Vec::with_capacity(n);
+        for (id, loc) in state.index.iter_queue(q) {
+            let recs = &live[&loc.seg];
+            let i = recs
+                .binary_search_by_key(&loc.off, |r| r.0)
+                .expect("indexed record");
+            let start = recs[i].1 as usize;
+            let end = start + loc.len() as usize - PUBLISH_PAYLOAD_OFF;
+            msgs.push(RecoveredMessage {
+                msg_id: id,
+                payload: payloads[&loc.seg].slice(start..end),
+                delivered: loc.flags() & FLAG_DELIVERED != 0,
+            });
+        }
+        queues.push((state.queue_of(q), msgs));
+    }
+    drop(live);
+    drop(payloads);
+    queues.sort_unstable_by_key(|q| q.0);
+    queues
 }

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::index::Index;
 use super::record::{Rec, FLAG_DELIVERED};
 
 /// A small multiplicative hasher for integer keys (ids are not attacker controlled).
@@ -27,21 +28,6 @@ impl Hasher for IdHasher {
 }
 
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-/// Index key: message id plus the queue's interned index. Packed to 12 bytes so that an
-/// index entry (key + [`Loc`]) takes 24 bytes instead of 32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(C, packed(4))]
-pub(crate) struct Key {
-    id: u64,
-    q: u32,
-}
-
-impl Key {
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-}
 
 /// Where a live message's publish record sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +53,20 @@ impl Loc {
             0
         }
     }
-    fn set_delivered(&mut self) {
+    pub(crate) fn set_delivered(&mut self) {
         self.len_flags |= DELIVERED_BIT;
+    }
+    pub(crate) fn new(seg: u32, off: u32, len: u32, delivered: bool) -> Loc {
+        debug_assert!(len & DELIVERED_BIT == 0);
+        let mut loc = Loc {
+            seg,
+            off,
+            len_flags: len,
+        };
+        if delivered {
+            loc.set_delivered();
+        }
+        loc
     }
 }
 
@@ -90,10 +88,8 @@ pub(crate) struct SegInfo {
 /// Live index.
 #[derive(Default)]
 pub(crate) struct State {
-    pub index: IdMap<Key, Loc>,
+    pub index: Index,
     pub segs: BTreeMap<u32, SegInfo>,
-    /// Live messages per interned queue.
-    queue_live: IdMap<u32, u64>,
     /// Interned queue ids: index -> queue id, and back.
     queue_ids: Vec<u64>,
     queue_idx: IdMap<u64, u32>,
@@ -101,34 +97,28 @@ pub(crate) struct State {
 }
 
 impl State {
-    fn key(&self, queue: u64, id: u64) -> Option<Key> {
-        self.queue_idx.get(&queue).map(|&q| Key { id, q })
-    }
-
-    fn key_or_intern(&mut self, queue: u64, id: u64) -> Key {
+    fn intern(&mut self, queue: u64) -> u32 {
         let next = self.queue_ids.len() as u32;
         let q = *self.queue_idx.entry(queue).or_insert(next);
         if q == next {
             self.queue_ids.push(queue);
         }
-        Key { id, q }
+        q
     }
 
-    /// The queue id of a key.
-    pub fn queue_of(&self, k: &Key) -> u64 {
-        self.queue_ids[k.q as usize]
+    /// The queue id of an interned queue.
+    pub fn queue_of(&self, q: u32) -> u64 {
+        self.queue_ids[q as usize]
     }
 
-    /// Live message count per queue id.
-    pub fn queue_counts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.queue_live
-            .iter()
-            .map(|(q, n)| (self.queue_ids[*q as usize], *n))
+    /// Number of interned queues (interned indexes are `0..n`).
+    pub fn interned_queues(&self) -> usize {
+        self.queue_ids.len()
     }
 
     /// Location of a live message.
     pub fn get(&self, queue: u64, id: u64) -> Option<&Loc> {
-        self.index.get(&self.key(queue, id)?)
+        self.index.get(id, *self.queue_idx.get(&queue)?)
     }
 
     fn kill(segs: &mut BTreeMap<u32, SegInfo>, cur: u32, loc: &Loc) {
@@ -143,15 +133,6 @@ impl State {
         }
     }
 
-    fn dec_queue(&mut self, queue: u32) {
-        if let Some(n) = self.queue_live.get_mut(&queue) {
-            *n -= 1;
-            if *n == 0 {
-                self.queue_live.remove(&queue);
-            }
-        }
-    }
-
     /// Applies one record found at `off` (length `len`) of segment `seg`.
     pub fn apply(&mut self, seg: u32, off: usize, len: usize, rec: Rec<'_>) {
         match rec {
@@ -159,42 +140,31 @@ impl State {
                 queue, id, flags, ..
             } => {
                 self.max_id = self.max_id.max(id);
-                let mut loc = Loc {
-                    seg,
-                    off: off as u32,
-                    len_flags: len as u32,
-                };
-                if flags & FLAG_DELIVERED != 0 {
-                    loc.set_delivered();
-                }
+                let loc = Loc::new(seg, off as u32, len as u32, flags & FLAG_DELIVERED != 0);
                 let s = self.segs.entry(seg).or_default();
                 s.live += 1;
                 s.live_bytes += len as u64;
-                let key = self.key_or_intern(queue, id);
-                match self.index.insert(key, loc) {
-                    Some(old) => {
-                        // Same key published again (a compaction copy): the old record
-                        // is superseded. This segment must outlive the old one, or an
-                        // ack of the copy could be reclaimed while the original is
-                        // still on disk, and the original would come back.
-                        Self::kill(&mut self.segs, seg, &old);
-                    }
-                    None => *self.queue_live.entry(key.q).or_default() += 1,
+                let q = self.intern(queue);
+                if let Some(old) = self.index.insert(id, q, loc) {
+                    // Same key published again (a compaction copy): the old record is
+                    // superseded. This segment must outlive the old one, or an ack of
+                    // the copy could be reclaimed while the original is still on disk,
+                    // and the original would come back.
+                    Self::kill(&mut self.segs, seg, &old);
                 }
             }
             Rec::Ack { queue, id } => {
-                if let Some(key) = self.key(queue, id) {
-                    if let Some(loc) = self.index.remove(&key) {
+                if let Some(&q) = self.queue_idx.get(&queue) {
+                    if let Some(loc) = self.index.remove(id, q) {
                         Self::kill(&mut self.segs, seg, &loc);
-                        self.dec_queue(key.q);
                     }
                 }
             }
             Rec::Delivered { queue, id } => {
-                let Some(key) = self.key(queue, id) else {
+                let Some(&q) = self.queue_idx.get(&queue) else {
                     return;
                 };
-                if let Some(loc) = self.index.get_mut(&key) {
+                if let Some(loc) = self.index.get_mut(id, q) {
                     loc.set_delivered();
                     if loc.seg != seg {
                         let target = loc.seg;
@@ -208,17 +178,8 @@ impl State {
                 let Some(&q) = self.queue_idx.get(&queue) else {
                     return;
                 };
-                if self.queue_live.remove(&q).is_some() {
-                    let segs = &mut self.segs;
-                    self.index.retain(|k, loc| {
-                        if k.q == q {
-                            Self::kill(segs, seg, loc);
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                }
+                let segs = &mut self.segs;
+                self.index.remove_queue(q, |loc| Self::kill(segs, seg, loc));
             }
             Rec::MaxId(m) => self.max_id = self.max_id.max(m),
         }
@@ -267,6 +228,6 @@ mod tests {
         st.apply(2, 71, 29, Rec::Delivered { queue: 2, id: 3 });
         assert_eq!(st.get(2, 3).unwrap().flags(), FLAG_DELIVERED);
         assert_eq!(st.get(2, 3).unwrap().len(), 30);
-        assert_eq!(std::mem::size_of::<(Key, Loc)>(), 24);
+        assert_eq!(std::mem::size_of::<Loc>(), 12);
     }
 }
