@@ -193,6 +193,11 @@ fn ttl_ms(exptime: i64) -> Option<u64> {
 
 /// The flags a message carries (0 when it has none, e.g. published over AMQP).
 fn message_flags(msg: &Message) -> u32 {
+    // Most messages a memcache client reads were set with flags 0 and no TTL: their
+    // properties are exactly the shared encoding, so nothing needs decoding.
+    if msg.properties() == &plain_properties()[..] {
+        return 0;
+    }
     match msg
         .headers()
         .as_ref()
@@ -203,24 +208,29 @@ fn message_flags(msg: &Message) -> u32 {
     }
 }
 
-fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
-    // The common case (flags 0, no TTL) is encoded once.
+fn encode_properties(flags: u32, ttl: Option<u64>) -> Bytes {
+    let mut headers = FieldTable::new();
+    headers.insert(FLAGS_HEADER, FieldValue::I64(flags as i64));
+    Properties {
+        headers: Some(headers),
+        delivery_mode: Some(2),
+        expiration: ttl.map(|t| t.to_string()),
+        ..Default::default()
+    }
+    .to_bytes()
+}
+
+/// The properties of a `set` with flags 0 and no TTL, encoded once.
+fn plain_properties() -> &'static Bytes {
     static PLAIN: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    let build = |flags: u32, ttl: Option<u64>| {
-        let mut headers = FieldTable::new();
-        headers.insert(FLAGS_HEADER, FieldValue::I64(flags as i64));
-        Properties {
-            headers: Some(headers),
-            delivery_mode: Some(2),
-            expiration: ttl.map(|t| t.to_string()),
-            ..Default::default()
-        }
-        .to_bytes()
-    };
+    PLAIN.get_or_init(|| encode_properties(0, None))
+}
+
+fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
     if flags == 0 && ttl.is_none() {
-        PLAIN.get_or_init(|| build(0, None)).clone()
+        plain_properties().clone()
     } else {
-        build(flags, ttl)
+        encode_properties(flags, ttl)
     }
 }
 

@@ -337,6 +337,15 @@ impl Writer {
                         None => shared.work.wait(&mut p),
                     }
                 }
+                // Let records nobody is waiting for gather into one write.
+                if !p.urgent(self.policy) && !p.buf.is_empty() {
+                    let until = std::time::Instant::now() + super::COALESCE;
+                    while !p.urgent(self.policy) {
+                        if shared.work.wait_until(&mut p, until).timed_out() {
+                            break;
+                        }
+                    }
+                }
                 std::mem::swap(&mut p.buf, &mut batch);
                 (
                     p.seq,

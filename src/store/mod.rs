@@ -277,6 +277,26 @@ struct Pending {
     clean: bool,
 }
 
+/// Records nobody waits for (acks, delivered marks, and everything under `interval` and
+/// `never`) are written in batches: the flusher lets them gather for this long, or until
+/// this many bytes are pending, instead of waking for each one.
+pub(crate) const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
+pub(crate) const COALESCE_BYTES: usize = 256 * 1024;
+
+impl Pending {
+    /// Whether the flusher must write now rather than let more records gather.
+    pub(crate) fn urgent(&self, policy: FsyncPolicy) -> bool {
+        self.closing
+            || !self.defs.is_empty()
+            || (policy == FsyncPolicy::Always && self.need_sync)
+            || self.buf.len() >= COALESCE_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.defs.is_empty()
+    }
+}
+
 /// Counters shared by the flusher and readers.
 #[derive(Default)]
 struct Counters {
@@ -583,18 +603,23 @@ impl Store {
 
     fn enqueue(&self, need_sync: bool, f: impl FnOnce(&mut Pending)) -> SyncTicket {
         let shared = &self.inner.shared;
-        let seq = {
+        let (seq, wake) = {
             let mut p = shared.pending.lock();
             if p.closing || shared.stopped.load(Ordering::Acquire) {
-                u64::MAX
+                (u64::MAX, true)
             } else {
+                let was_empty = p.is_empty();
                 f(&mut p);
                 p.seq += 1;
                 p.need_sync |= need_sync;
-                p.seq
+                (p.seq, was_empty || p.urgent(shared.policy))
             }
         };
-        shared.work.notify_one();
+        // The flusher is woken by the first record of a batch and by anything urgent;
+        // records in between join the batch without a wake-up each.
+        if wake {
+            shared.work.notify_one();
+        }
         SyncTicket {
             shared: shared.clone(),
             seq,
@@ -623,14 +648,18 @@ impl Store {
 
     fn small(&self, f: impl FnOnce(&mut Vec<u8>)) {
         let shared = &self.inner.shared;
-        {
+        let wake = {
             let mut p = shared.pending.lock();
             if p.closing || shared.stopped.load(Ordering::Acquire) {
                 return;
             }
+            let was_empty = p.is_empty();
             f(&mut p.buf);
+            was_empty || p.urgent(shared.policy)
+        };
+        if wake {
+            shared.work.notify_one();
         }
-        shared.work.notify_one();
     }
 
     /// Records that a message was acked (or otherwise removed). Does not wait; it is
