@@ -133,41 +133,19 @@ impl VHost {
         kind: ExchangeKind,
         o: &ExchangeOptions,
     ) -> CoreResult<()> {
-        let name = &x.name;
-        let vhost = &self.name;
-        let differs = |arg: &str, got: String, cur: String| {
-            Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{vhost}': \
-                     received '{got}' but current is '{cur}'"
-                ),
-            ))
-        };
-        if x.kind != kind {
-            return differs("type", kind.as_str().into(), x.kind.as_str().into());
-        }
-        if x.options.durable != o.durable {
-            return differs(
-                "durable",
-                o.durable.to_string(),
-                x.options.durable.to_string(),
-            );
-        }
-        if x.options.auto_delete != o.auto_delete {
-            return differs(
-                "auto_delete",
-                o.auto_delete.to_string(),
-                x.options.auto_delete.to_string(),
-            );
-        }
-        if x.options.internal != o.internal {
-            return differs(
-                "internal",
-                o.internal.to_string(),
-                x.options.internal.to_string(),
-            );
-        }
+        let (name, vhost) = (&*x.name, &*self.name);
+        let b = |v: bool| v.to_string();
+        first_difference(
+            "exchange",
+            name,
+            vhost,
+            &[
+                ("type", kind.as_str().into(), x.kind.as_str().into()),
+                ("durable", b(o.durable), b(x.options.durable)),
+                ("auto_delete", b(o.auto_delete), b(x.options.auto_delete)),
+                ("internal", b(o.internal), b(x.options.internal)),
+            ],
+        )?;
         if !x.options.arguments.equivalent(&o.arguments) {
             return Err(CoreError::new(
                 ErrorKind::PreconditionFailed,
@@ -335,40 +313,29 @@ impl VHost {
         if q.owner.is_some_and(|c| c != connection) || q.options.exclusive != o.exclusive {
             return Err(CoreError::locked(name, vhost));
         }
-        let differs = |arg: &str, got: String, cur: String| {
-            Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{vhost}': \
-                     received '{got}' but current is '{cur}'"
-                ),
-            ))
-        };
-        if q.options.durable != o.durable {
-            return differs(
-                "durable",
-                o.durable.to_string(),
-                q.options.durable.to_string(),
-            );
-        }
-        if q.options.auto_delete != o.auto_delete {
-            return differs(
-                "auto_delete",
-                o.auto_delete.to_string(),
-                q.options.auto_delete.to_string(),
-            );
-        }
-        let cur = &q.options.arguments;
-        for (k, v) in o.arguments.0.iter().chain(cur.0.iter()) {
-            let (got, have) = (o.arguments.get(k), cur.get(k));
-            if got != have {
-                let show = |x: Option<&crate::content::FieldValue>| match x {
-                    None => "none".to_owned(),
-                    Some(v) => describe(v),
-                };
-                let _ = v;
-                return differs(k, show(got), show(have));
-            }
+        let b = |v: bool| v.to_string();
+        first_difference(
+            "queue",
+            name,
+            vhost,
+            &[
+                ("durable", b(o.durable), b(q.options.durable)),
+                ("auto_delete", b(o.auto_delete), b(q.options.auto_delete)),
+            ],
+        )?;
+        let show = |x: Option<&crate::content::FieldValue>| x.map_or("none".to_owned(), describe);
+        let (new, cur) = (&o.arguments, &q.options.arguments);
+        let args: Vec<(&str, String, String)> = new
+            .0
+            .iter()
+            .chain(cur.0.iter())
+            // Compared with their types, as RabbitMQ does (`1000` as a long is not
+            // `1000` as a short string); the text only reports the difference.
+            .filter(|(k, _)| new.get(k) != cur.get(k))
+            .map(|(k, _)| (k.as_str(), show(new.get(k)), show(cur.get(k))))
+            .collect();
+        if let Some((arg, got, current)) = args.into_iter().next() {
+            return Err(inequivalent("queue", name, vhost, arg, &got, &current));
         }
         Ok(())
     }
@@ -778,6 +745,30 @@ impl VHost {
             .entry(name.to_owned())
             .or_insert_with(|| Exchange::new(name, kind, options));
     }
+}
+
+/// Fails on the first argument whose redeclared value differs from the current one.
+fn first_difference(
+    what: &str,
+    name: &str,
+    vhost: &str,
+    args: &[(&str, String, String)],
+) -> CoreResult<()> {
+    match args.iter().find(|(_, got, cur)| got != cur) {
+        None => Ok(()),
+        Some((arg, got, cur)) => Err(inequivalent(what, name, vhost, arg, got, cur)),
+    }
+}
+
+/// RabbitMQ's wording for a redeclaration that does not match.
+fn inequivalent(what: &str, name: &str, vhost: &str, arg: &str, got: &str, cur: &str) -> CoreError {
+    CoreError::new(
+        ErrorKind::PreconditionFailed,
+        format!(
+            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': \
+             received '{got}' but current is '{cur}'"
+        ),
+    )
 }
 
 fn describe(v: &crate::content::FieldValue) -> String {
