@@ -44,6 +44,12 @@ pub(crate) struct Writer {
     /// Data written since the last fdatasync of the active segment.
     dirty: bool,
     last_sync: Instant,
+    /// How long the last fdatasync took.
+    last_fsync_time: std::time::Duration,
+    /// Records (publishes, definitions) the last batch committed, and the pending
+    /// sequence number it ended at: group commit expects as many writers again.
+    last_batch_records: u64,
+    taken_seq: u64,
     scratch: Vec<u8>,
 }
 
@@ -71,6 +77,9 @@ impl Writer {
             shared,
             dirty: false,
             last_sync: Instant::now(),
+            last_fsync_time: std::time::Duration::ZERO,
+            last_batch_records: 0,
+            taken_seq: 0,
             scratch: Vec::new(),
         };
         w.state.segs.entry(next).or_default().size = size;
@@ -98,7 +107,8 @@ impl Writer {
     fn fdatasync(&mut self) -> io::Result<()> {
         let t = Instant::now();
         self.active.sync_data()?;
-        self.shared.record_fsync(t.elapsed());
+        self.last_fsync_time = t.elapsed();
+        self.shared.record_fsync(self.last_fsync_time);
         self.dirty = false;
         self.last_sync = Instant::now();
         Ok(())
@@ -346,6 +356,24 @@ impl Writer {
                         }
                     }
                 }
+                // Group commit with concurrent writers: when the last fsync served several
+                // writers and fewer have arrived, give the others up to the time of one
+                // fsync to join this one (PostgreSQL's commit_delay/commit_siblings,
+                // adaptive: a lone writer or an idle broker never waits).
+                let expected = self.last_batch_records;
+                if self.policy == FsyncPolicy::Always && p.need_sync && expected > 1 {
+                    let until = Instant::now()
+                        + self
+                            .last_fsync_time
+                            .min(std::time::Duration::from_millis(1));
+                    while p.seq.saturating_sub(self.taken_seq) < expected && !p.closing {
+                        if shared.work.wait_until(&mut p, until).timed_out() {
+                            break;
+                        }
+                    }
+                }
+                self.last_batch_records = p.seq.saturating_sub(self.taken_seq);
+                self.taken_seq = p.seq;
                 std::mem::swap(&mut p.buf, &mut batch);
                 (
                     p.seq,
