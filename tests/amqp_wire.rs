@@ -238,42 +238,7 @@ fn tune(channel_max: u16, frame_max: u32, heartbeat: u16) -> ConnectionTuneOk {
 
 /// A fresh lapin client can connect, declare, publish and get.
 async fn assert_broker_serves(broker: &Broker) {
-    use lapin::options::*;
-    let conn = within(
-        "lapin connect",
-        lapin::Connection::connect(&broker.uri(), lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("a fresh client connects after the error");
-    let ch = within("channel", conn.create_channel()).await.unwrap();
-    let q = unique("alive");
-    within(
-        "declare",
-        ch.queue_declare(
-            &q,
-            QueueDeclareOptions::default(),
-            lapin::types::FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    within(
-        "publish",
-        ch.basic_publish(
-            "",
-            &q,
-            BasicPublishOptions::default(),
-            b"alive",
-            lapin::BasicProperties::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    let m = within("get", ch.basic_get(&q, BasicGetOptions { no_ack: true }))
-        .await
-        .unwrap()
-        .expect("the published message");
-    assert_eq!(m.delivery.data, b"alive");
+    common::round_trip(&broker.uri()).await;
 }
 
 /// A hand-built frame.

@@ -12,7 +12,6 @@ use common::{
 };
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 
 /// `qgate` with no `QGATE_*` variables inherited from the test environment.
 fn qgate() -> Command {
@@ -23,42 +22,6 @@ fn qgate() -> Command {
         }
     }
     cmd
-}
-
-/// Connects with lapin and round-trips one message through a fresh queue.
-async fn amqp_works(uri: &str) -> Connection {
-    let conn = within(
-        "lapin connect",
-        Connection::connect(uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect");
-    let ch = within("channel", conn.create_channel()).await.unwrap();
-    let q = common::unique("cli");
-    within(
-        "declare",
-        ch.queue_declare(&q, QueueDeclareOptions::default(), FieldTable::default()),
-    )
-    .await
-    .unwrap();
-    within(
-        "publish",
-        ch.basic_publish(
-            "",
-            &q,
-            BasicPublishOptions::default(),
-            b"cli",
-            lapin::BasicProperties::default(),
-        ),
-    )
-    .await
-    .unwrap();
-    let m = within("get", ch.basic_get(&q, BasicGetOptions { no_ack: true }))
-        .await
-        .unwrap()
-        .expect("message");
-    assert_eq!(m.delivery.data, b"cli");
-    conn
 }
 
 fn assert_loopback_ephemeral(addrs: &Addrs) {
@@ -95,7 +58,7 @@ async fn prints_three_listening_lines_and_serves() {
         std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {a}: {e}"));
     }
-    amqp_works(&broker.addrs.amqp_uri()).await;
+    common::round_trip(&broker.addrs.amqp_uri()).await;
 }
 
 #[test]
@@ -138,7 +101,7 @@ fn invalid_listen_address_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_connections_with_320_and_exits_0() {
     let mut broker = spawn_broker(&[]);
-    let conn = amqp_works(&broker.addrs.amqp_uri()).await;
+    let conn = common::round_trip(&broker.addrs.amqp_uri()).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     conn.on_error(move |e| {
         let _ = tx.send(e);
@@ -198,7 +161,7 @@ async fn env_sets_the_listen_addresses() {
         .env("QGATE_DATA_DIR", dir.path());
     let broker = spawn_command(cmd, Some(dir));
     assert_loopback_ephemeral(&broker.addrs);
-    amqp_works(&broker.addrs.amqp_uri()).await;
+    common::round_trip(&broker.addrs.amqp_uri()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +195,7 @@ async fn config_file_then_env_then_flags() {
     assert_loopback_ephemeral(&broker.addrs);
     // The file's vhost list is in force.
     let uri = format!("amqp://guest:guest@{}/from-file", broker.addrs.amqp);
-    amqp_works(&uri).await;
+    common::round_trip(&uri).await;
     drop(taken);
 }
 
@@ -270,7 +233,7 @@ async fn serve_subcommand_is_the_default() {
     ])
     .arg(dir.path());
     let broker = spawn_command(cmd, Some(dir));
-    amqp_works(&broker.addrs.amqp_uri()).await;
+    common::round_trip(&broker.addrs.amqp_uri()).await;
 }
 
 const FLAGS: &[&str] = &[
@@ -343,7 +306,7 @@ fn signal_right_after_the_listening_lines_exits_0() {
 async fn exchange_binding_cycle_does_not_loop() {
     use lapin::publisher_confirm::Confirmation;
     let broker = spawn_broker(&[]);
-    let conn = amqp_works(&broker.addrs.amqp_uri()).await;
+    let conn = common::round_trip(&broker.addrs.amqp_uri()).await;
     let ch = within("channel", conn.create_channel()).await.unwrap();
     let a = common::unique("cycle-a");
     let b = common::unique("cycle-b");

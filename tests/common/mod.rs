@@ -405,3 +405,47 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Connects with lapin and round-trips one message through a fresh queue.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub async fn round_trip(uri: &str) -> lapin::Connection {
+    let conn = within(
+        "lapin connect",
+        lapin::Connection::connect(uri, lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect");
+    let ch = within("channel", conn.create_channel()).await.unwrap();
+    let q = unique("cli");
+    within(
+        "declare",
+        ch.queue_declare(
+            &q,
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    within(
+        "publish",
+        ch.basic_publish(
+            "",
+            &q,
+            lapin::options::BasicPublishOptions::default(),
+            b"cli",
+            lapin::BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let m = within(
+        "get",
+        ch.basic_get(&q, lapin::options::BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .unwrap()
+    .expect("message");
+    assert_eq!(m.delivery.data, b"cli");
+    conn
+}
