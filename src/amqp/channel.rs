@@ -115,7 +115,26 @@ enum TxOp {
     Publish(BasicPublish, Message),
     /// Deliveries taken off the unacked list at ack time (so an unknown tag fails then,
     /// as in RabbitMQ), settled at commit or put back at rollback.
-    Settle(Settle, Vec<(u64, Delivered)>),
+    Settle(Settle, Taken),
+}
+
+/// Deliveries taken off the unacked list by one ack, nack, reject or recover: a single
+/// one without a heap allocation, or a run of them.
+struct Taken {
+    one: Option<(u64, Delivered)>,
+    many: Vec<(u64, Delivered)>,
+}
+
+impl IntoIterator for Taken {
+    type Item = (u64, Delivered);
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<(u64, Delivered)>,
+        std::vec::IntoIter<(u64, Delivered)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.one.into_iter().chain(self.many)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -570,7 +589,7 @@ impl Channel {
     }
 
     /// Takes the unacked deliveries a settle method refers to.
-    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Vec<(u64, Delivered)>, AmqpError> {
+    fn take_unacked(&self, tag: u64, multiple: bool) -> Result<Taken, AmqpError> {
         let mut st = self.sink.state.lock();
         let unacked = &mut st.unacked;
         if multiple {
@@ -585,10 +604,17 @@ impl Channel {
                     format!("unknown delivery tag {tag}"),
                 ));
             }
-            Ok(unacked.drain(..n).collect())
+            Ok(Taken {
+                one: None,
+                many: unacked.drain(..n).collect(),
+            })
         } else {
             match unacked.binary_search_by_key(&tag, |(t, _)| *t) {
-                Ok(i) => Ok(vec![unacked.remove(i).expect("index found")]),
+                // The common single ack allocates nothing.
+                Ok(i) => Ok(Taken {
+                    one: unacked.remove(i),
+                    many: Vec::new(),
+                }),
                 Err(_) => Err(fail(
                     reply::PRECONDITION_FAILED,
                     format!("unknown delivery tag {tag}"),
@@ -597,7 +623,7 @@ impl Channel {
         }
     }
 
-    fn settle(&mut self, ctx: &ConnCtx, how: Settle, list: Vec<(u64, Delivered)>) {
+    fn settle(&mut self, ctx: &ConnCtx, how: Settle, list: Taken) {
         let counters = ctx.broker.counters();
         for (_, d) in list {
             match how {
@@ -616,7 +642,7 @@ impl Channel {
 
     /// The unacked deliveries basic.recover gives back (requeue=false is refused with
     /// 540, as RabbitMQ does).
-    fn recoverable(&mut self, requeue: bool) -> Result<Vec<(u64, Delivered)>, AmqpError> {
+    fn recoverable(&mut self, requeue: bool) -> Result<Taken, AmqpError> {
         if !requeue {
             return Err(fail(reply::NOT_IMPLEMENTED, "requeue=false"));
         }
