@@ -136,6 +136,10 @@ pub async fn run(
                     }
                 }
                 Parsed::Error { error, discard: d } => {
+                    // memcacheq counts a set whose data block it read, even a bad one.
+                    if error == command::ProtocolError::BadDataChunk {
+                        s.counters.cmd_set.fetch_add(1, Ordering::Relaxed);
+                    }
                     s.out.extend_from_slice(error.answer());
                     discard = d;
                 }

@@ -18,8 +18,8 @@ pub struct MemcacheCounters {
     /// Keys looked up by `get` (each key that fetches or peeks counts once):
     /// memcacheq's `get_cmds`, memcached's `cmd_get`.
     pub cmd_get: AtomicU64,
-    /// Completed `set` commands (data block read): memcacheq's `set_cmds`, memcached's
-    /// `cmd_set`.
+    /// Completed `set` commands (data block read, also one answered `CLIENT_ERROR bad
+    /// data chunk`): memcacheq's `set_cmds`, memcached's `cmd_set`.
     pub cmd_set: AtomicU64,
     /// `set` commands answered `STORED`: memcacheq's `set_hits`.
     pub set_hits: AtomicU64,
