@@ -50,6 +50,10 @@ pub struct Config {
     /// physical memory (`0.4`, RabbitMQ's default), a number of bytes (`536870912`), or
     /// `0` for no limit.
     pub memory_high_watermark: String,
+    /// Free space the data directory's file system must keep, or publishers are blocked:
+    /// RabbitMQ's `disk_free_limit` (`50MB`, its default; `1GB`, `2GiB`, a byte count,
+    /// `mem_relative:1.0` for a multiple of physical memory, or `0` for no disk alarm).
+    pub disk_free_limit: String,
 }
 
 /// `[amqp]`
@@ -128,6 +132,7 @@ impl Default for Config {
             }],
             vhosts: vec!["/".into()],
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
+            disk_free_limit: crate::core::disk_alarm::DEFAULT_LIMIT.into(),
         }
     }
 }
@@ -197,6 +202,8 @@ pub struct Overrides {
     pub heartbeat: Option<u16>,
     /// `--memory-high-watermark` / `QGATE_MEMORY_HIGH_WATERMARK`
     pub memory_high_watermark: Option<String>,
+    /// `--disk-free-limit` / `QGATE_DISK_FREE_LIMIT`
+    pub disk_free_limit: Option<String>,
 }
 
 /// A configuration problem.
@@ -244,6 +251,7 @@ pub fn setting_label(name: &str) -> String {
         "http.metrics_prefix" => "metrics-prefix",
         "amqp.heartbeat" => "heartbeat",
         "memory_high_watermark" => "memory-high-watermark",
+        "disk_free_limit" => "disk-free-limit",
         _ => return name.to_owned(),
     };
     let env = format!("QGATE_{}", flag.replace('-', "_").to_ascii_uppercase());
@@ -298,6 +306,19 @@ impl Config {
         if let Some(v) = o.memory_high_watermark {
             self.memory_high_watermark = v;
         }
+        if let Some(v) = o.disk_free_limit {
+            self.disk_free_limit = v;
+        }
+    }
+
+    /// The disk free limit in bytes (0 = no disk alarm), given the machine's memory.
+    pub fn disk_free_limit_bytes(&self, physical: u64) -> Result<u64, ConfigError> {
+        crate::core::disk_alarm::parse_limit(&self.disk_free_limit, physical).map_err(|reason| {
+            ConfigError::Invalid {
+                name: "disk_free_limit",
+                reason,
+            }
+        })
     }
 
     /// The memory high watermark in bytes (0 = none), given the machine's memory.
@@ -348,6 +369,7 @@ impl Config {
             });
         }
         self.memory_high_watermark_bytes(1)?;
+        self.disk_free_limit_bytes(1)?;
         let name = &self.http.metrics_prefix;
         if name.is_empty()
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -389,5 +411,24 @@ mod tests {
         c.amqp.listen = "nonsense".into();
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn disk_free_limit() {
+        let mut c = Config::default();
+        assert_eq!(c.disk_free_limit_bytes(1 << 30).unwrap(), 50_000_000);
+        c = toml::from_str("disk_free_limit = \"mem_relative:2.0\"").unwrap();
+        assert_eq!(c.disk_free_limit_bytes(1 << 30).unwrap(), 2 << 30);
+        c.apply(Overrides {
+            disk_free_limit: Some("1GB".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.disk_free_limit_bytes(1).unwrap(), 1_000_000_000);
+        c.disk_free_limit = "lots".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--disk-free-limit, QGATE_DISK_FREE_LIMIT"),
+            "{e}"
+        );
     }
 }

@@ -68,6 +68,10 @@ struct ServeArgs {
     /// physical memory, a byte count, or 0 for none [default: 0.4]
     #[arg(long, env = "QGATE_MEMORY_HIGH_WATERMARK")]
     memory_high_watermark: Option<String>,
+    /// Free disk space below which publishers are blocked (RabbitMQ's disk_free_limit):
+    /// 50MB, 1GB, 2GiB, bytes, mem_relative:<f>, or 0 for none [default: 50MB]
+    #[arg(long, env = "QGATE_DISK_FREE_LIMIT")]
+    disk_free_limit: Option<String>,
 }
 
 impl ServeArgs {
@@ -88,6 +92,7 @@ impl ServeArgs {
             metrics_prefix: self.metrics_prefix,
             heartbeat: self.heartbeat,
             memory_high_watermark: self.memory_high_watermark,
+            disk_free_limit: self.disk_free_limit,
         });
         config.validate()?;
         // Settings whose grammar belongs to a layer below config are checked here too,

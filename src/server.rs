@@ -123,6 +123,30 @@ pub async fn run(
         });
     }
 
+    // The disk alarm checks the data directory's free space, sooner when near the limit.
+    {
+        let limit = config.disk_free_limit_bytes(physical_memory()).unwrap_or(0);
+        broker.flow().disk().set_limit(limit);
+        let (broker, dir, shutdown) = (
+            broker.clone(),
+            config.storage.data_dir.clone(),
+            shutdown.clone(),
+        );
+        tracker.spawn(async move {
+            loop {
+                match crate::core::disk_alarm::free_bytes(&dir) {
+                    Ok(free) => broker.flow().update_disk(free),
+                    Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "disk free space check failed"),
+                }
+                let wait = broker.flow().disk().next_interval();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
+
     let config = Arc::new(config);
     {
         let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());

@@ -230,7 +230,7 @@ impl Connection {
         }
     }
 
-    /// The memory alarm is raised: stop reading from this publishing connection (TCP
+    /// The memory or disk alarm is raised: stop reading from this publishing connection (TCP
     /// pushes back on the client) until it clears, telling clients that asked.
     async fn wait_while_blocked(&mut self, shutdown: &CancellationToken) {
         let flow = self.ctx.broker.flow();
@@ -241,7 +241,7 @@ impl Connection {
             self.send(
                 0,
                 ConnectionBlocked {
-                    reason: "low on memory".into(),
+                    reason: flow.reason().into(),
                 },
             );
         }

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
+use super::disk_alarm::DiskAlarm;
+
 /// Estimated memory a queued message costs beyond its content (message struct, queue
 /// entry, allocator overhead), measured on 1,000,000 100-byte messages.
 pub const PER_MESSAGE_OVERHEAD: u64 = 160;
@@ -18,6 +20,8 @@ pub struct FlowControl {
     limit: AtomicU64,
     blocked: AtomicBool,
     changes: watch::Sender<bool>,
+    /// The disk alarm blocks publishers too (see `disk_alarm.rs`).
+    disk: DiskAlarm,
 }
 
 impl FlowControl {
@@ -27,6 +31,7 @@ impl FlowControl {
             limit: AtomicU64::new(limit),
             blocked: AtomicBool::new(false),
             changes: watch::channel(false).0,
+            disk: DiskAlarm::default(),
         }
     }
 
@@ -35,9 +40,60 @@ impl FlowControl {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// True while publishers must wait.
+    /// True while publishers must wait (memory or disk alarm).
     pub fn is_blocked(&self) -> bool {
+        self.memory_alarm() || self.disk.is_alarmed()
+    }
+
+    /// True while the memory alarm is on.
+    pub fn memory_alarm(&self) -> bool {
         self.blocked.load(Ordering::Acquire)
+    }
+
+    /// The disk alarm.
+    pub fn disk(&self) -> &DiskAlarm {
+        &self.disk
+    }
+
+    /// Why publishers are blocked, in RabbitMQ's `connection.blocked` words.
+    pub fn reason(&self) -> &'static str {
+        match (self.memory_alarm(), self.disk.is_alarmed()) {
+            (true, true) => "low on memory & disk",
+            (false, true) => "low on disk",
+            _ => "low on memory",
+        }
+    }
+
+    /// Records the free space measured on the data directory's file system; raises or
+    /// clears the disk alarm.
+    pub fn update_disk(&self, free: u64) {
+        let Some(alarmed) = self.disk.record(free) else {
+            return;
+        };
+        let limit = self.disk.limit();
+        if alarmed {
+            tracing::warn!(
+                free,
+                limit,
+                "free disk space below the limit: blocking publishers"
+            );
+        } else {
+            tracing::info!(
+                free,
+                limit,
+                "free disk space above the limit: publishers resume"
+            );
+        }
+        self.publish_state();
+    }
+
+    /// Tells waiters whether either alarm now blocks (read under the channel's lock, so
+    /// that two alarms changing at once cannot leave a stale state behind).
+    fn publish_state(&self) {
+        self.changes.send_if_modified(|b| {
+            let now = self.is_blocked();
+            std::mem::replace(b, now) != now
+        });
     }
 
     /// Records how much queued messages hold; raises or clears the alarm.
@@ -58,7 +114,7 @@ impl FlowControl {
                     "memory below the high watermark: publishers resume"
                 );
             }
-            self.changes.send_replace(blocked);
+            self.publish_state();
         }
     }
 

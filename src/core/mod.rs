@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod consumer;
 pub mod deadletter;
+pub mod disk_alarm;
 pub mod error;
 pub mod exchange;
 pub mod flow;

@@ -155,7 +155,7 @@ pub async fn run(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        // The memory alarm pauses producers: stop reading from a connection that sets
+        // The memory or disk alarm pauses producers: stop reading from a connection that sets
         // until it clears (TCP pushes back; the text protocol has no notification).
         if s.publisher && s.broker.flow().is_blocked() {
             tokio::select! {
@@ -171,6 +171,9 @@ pub async fn run(
                     s.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                 }
             },
+            // An idle setter is paused at once when an alarm goes off, not after the
+            // next set it sends.
+            _ = s.broker.flow().wait_blocked(), if s.publisher => {}
             _ = shutdown.cancelled() => break,
         }
     }

@@ -20,7 +20,7 @@
 //! | `message_size_bytes` | histogram |
 //! | `queue_messages_ready`, `queue_messages_unacked`, `queue_messages`, `queue_consumers` `{vhost,queue}` | gauge |
 //! | `queue_messages_{published,delivered,acked,redelivered,expired,dropped}_total{vhost,queue}` | counter |
-//! | `process_resident_memory_bytes`, `resident_memory_limit_bytes`, `process_open_fds`, `process_max_fds`, `process_open_tcp_sockets`, `process_max_tcp_sockets`, `disk_space_available_bytes`, `disk_space_available_limit_bytes` | gauge |
+//! | `process_resident_memory_bytes`, `resident_memory_limit_bytes`, `process_open_fds`, `process_max_fds`, `process_open_tcp_sockets`, `process_max_tcp_sockets`, `disk_space_available_bytes`, `disk_space_available_limit_bytes`, `alarms_free_disk_space_watermark` | gauge |
 //! | `store_fsync_seconds` (histogram), `store_fsyncs_total` | via the `metrics` recorder |
 
 use std::collections::HashMap;
@@ -713,7 +713,7 @@ impl Writer<'_> {
             "alarms_memory_used_watermark",
             "gauge",
             "1 while the memory alarm blocks publishers.",
-            broker.flow().is_blocked() as u64,
+            broker.flow().memory_alarm() as u64,
         );
         self.single(
             "queued_messages_memory_bytes",
@@ -754,8 +754,14 @@ impl Writer<'_> {
         self.single(
             "disk_space_available_limit_bytes",
             "gauge",
-            "Free disk space low watermark in bytes (qgate has no disk alarm: 0).",
-            0u64,
+            "Free disk space low watermark in bytes (--disk-free-limit; 0 = no disk alarm).",
+            broker.flow().disk().limit(),
+        );
+        self.single(
+            "alarms_free_disk_space_watermark",
+            "gauge",
+            "1 while the disk alarm blocks publishers.",
+            broker.flow().disk().is_alarmed() as u64,
         );
     }
 }

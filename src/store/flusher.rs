@@ -3,14 +3,23 @@
 //! Loop: take everything pending (one swap under the mutex), rewrite definitions if
 //! they changed, write the records (one `write` per segment touched), `fdatasync` once
 //! if the policy asks, publish the new written / synced sequence numbers, wake the
-//! waiters, then reclaim dead segments and maybe compact one.
+//! waiters, then reclaim dead segments and take one bounded step of a compaction.
+//!
+//! Compaction is split so that it never holds a batch back for long: the compactor
+//! thread reads the victim segment and verifies and parses its records (the bulk of the
+//! work, and all of its reads); the flusher then copies forward the records that are
+//! still live, a bounded chunk per loop turn, between batches. Checking liveness and
+//! appending the copy both happen on the flusher, in log order, so a copy can never
+//! overtake an ack and resurrect a message; the victim goes only once every live record
+//! has been copied and those copies are fsynced.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,6 +35,72 @@ const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Size of a fresh segment (just its MaxId record).
 const EMPTY_SEGMENT: u64 = (record::HEADER + 9) as u64;
+
+/// A compaction step copies at most this many bytes of live records ...
+const COMPACT_STEP_BYTES: usize = 1 << 20;
+/// ... and looks up at most this many records (most may be dead).
+const COMPACT_STEP_RECORDS: usize = 16 * 1024;
+
+/// The publish records of a segment chosen for compaction, read and verified by the
+/// compactor thread; the flusher copies the live ones forward step by step.
+pub(crate) struct Scanned {
+    victim: u32,
+    data: Bytes,
+    /// `(queue, msg id, record offset, payload start, payload end)`.
+    recs: Vec<(u64, u64, u32, u32, u32)>,
+    next: usize,
+    copied: u64,
+    started: Instant,
+}
+
+/// What the compactor thread hands back for one victim.
+pub(crate) type ScanResult = io::Result<Option<Scanned>>;
+
+/// Reads and parses one victim segment (a sealed, fsynced file nobody writes to).
+fn scan_segment(seg_dir: &Path, victim: u32) -> ScanResult {
+    let started = Instant::now();
+    let data = match fs::read(segment_path(seg_dir, victim)) {
+        Ok(d) => d,
+        // Reclaimed meanwhile (everything in it was acked): nothing to do.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let base = data.as_ptr() as usize;
+    let mut recs = Vec::new();
+    record::scan(&data, |off, _, rec| {
+        if let Rec::Publish {
+            queue, id, payload, ..
+        } = rec
+        {
+            let start = payload.as_ptr() as usize - base;
+            recs.push((
+                queue,
+                id,
+                off as u32,
+                start as u32,
+                (start + payload.len()) as u32,
+            ));
+        }
+    });
+    Ok(Some(Scanned {
+        victim,
+        data: Bytes::from(data),
+        recs,
+        next: 0,
+        copied: 0,
+        started,
+    }))
+}
+
+/// The compactor thread: scans the victims the flusher names, hands each result back
+/// through the pending batch (which wakes the flusher) until the flusher goes away.
+fn compactor(seg_dir: PathBuf, rx: mpsc::Receiver<u32>, shared: Arc<Shared>) {
+    while let Ok(victim) = rx.recv() {
+        let res = scan_segment(&seg_dir, victim);
+        shared.pending.lock().compacted = Some(res);
+        shared.work.notify_one();
+    }
+}
 
 pub(crate) fn segment_path(seg_dir: &Path, id: u32) -> PathBuf {
     seg_dir.join(format!("{id:09}.seg"))
@@ -51,6 +126,16 @@ pub(crate) struct Writer {
     last_batch_records: u64,
     taken_seq: u64,
     scratch: Vec<u8>,
+    /// Victims named to the compactor thread (`None` once the flusher exits).
+    to_compactor: Option<mpsc::Sender<u32>>,
+    compactor: Option<JoinHandle<()>>,
+    /// A victim is being scanned by the compactor thread.
+    scan_in_flight: bool,
+    /// The compaction being copied forward, step by step.
+    compacting: Option<Scanned>,
+    /// Victims whose copies were written since the last fdatasync: they must not be
+    /// deleted before the copies are durable.
+    unsynced_victims: BTreeSet<u32>,
 }
 
 impl Writer {
@@ -65,6 +150,13 @@ impl Writer {
     ) -> io::Result<Writer> {
         let next = state.segs.keys().next_back().map_or(1, |id| id + 1);
         let (active, size) = Self::create_segment(&seg_dir, next, state.max_id)?;
+        let (tx, rx) = mpsc::channel();
+        let compactor = {
+            let (dir, shared) = (seg_dir.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("qgate-compact".into())
+                .spawn(move || compactor(dir, rx, shared))?
+        };
         let mut w = Writer {
             dir,
             seg_dir,
@@ -81,6 +173,11 @@ impl Writer {
             last_batch_records: 0,
             taken_seq: 0,
             scratch: Vec::new(),
+            to_compactor: Some(tx),
+            compactor: Some(compactor),
+            scan_in_flight: false,
+            compacting: None,
+            unsynced_victims: BTreeSet::new(),
         };
         w.state.segs.entry(next).or_default().size = size;
         // The new file and the recovery truncations must be durable before we run.
@@ -111,6 +208,7 @@ impl Writer {
         self.shared.record_fsync(self.last_fsync_time);
         self.dirty = false;
         self.last_sync = Instant::now();
+        self.unsynced_victims.clear();
         Ok(())
     }
 
@@ -200,6 +298,7 @@ impl Writer {
                 }
                 let s = &self.state.segs[&id];
                 let free = s.live == 0
+                    && !self.unsynced_victims.contains(&id)
                     && s.refs
                         .iter()
                         .all(|r| !self.state.segs.contains_key(r) && !gone.contains(r));
@@ -228,14 +327,15 @@ impl Writer {
     }
 
     /// When more than half of the disk, and at least a segment's worth, is garbage,
-    /// copies forward the live publishes of the oldest segment that is mostly dead (or
-    /// that keeps dead segments alive).
-    fn maybe_compact(&mut self) -> io::Result<bool> {
+    /// the oldest segment that is mostly dead (or that keeps dead segments alive) and
+    /// refers to nothing left on disk (so that it can be deleted right after its live
+    /// records are copied).
+    fn pick_victim(&self) -> Option<u32> {
         let disk = self.state.disk_bytes();
         let live = self.state.live_bytes();
         let garbage = disk - live;
         if garbage < self.segment_size || garbage * 2 < disk {
-            return Ok(false);
+            return None;
         }
         // A segment is wanted gone if it is dead or mostly dead; it then also wants
         // gone every older segment it refers to (they keep it alive). Newest first so
@@ -249,58 +349,106 @@ impl Writer {
                 pinned.extend(s.refs.iter().copied());
             }
         }
-        // Oldest first; only a segment that refers to nothing left on disk, so that it
-        // can be deleted right after its live records are copied.
         let segs = &self.state.segs;
-        let cand = segs.iter().find(|(id, s)| {
-            **id != self.active_id
-                && s.live > 0
-                && (s.live_bytes * 2 < s.size || pinned.contains(*id))
-                && s.refs.iter().all(|r| !segs.contains_key(r))
-        });
-        let Some((&victim, _)) = cand else {
-            return Ok(false);
-        };
-        let t = Instant::now();
-        let data = fs::read(segment_path(&self.seg_dir, victim))?;
-        let mut out = std::mem::take(&mut self.scratch);
-        out.clear();
-        let state = &self.state;
-        let mut copied = 0u64;
-        record::scan(&data, |off, _, rec| {
-            if let Rec::Publish {
-                queue, id, payload, ..
-            } = rec
-            {
-                if let Some(loc) = state.get(queue, id) {
-                    if loc.seg == victim && loc.off as usize == off {
-                        record::encode_publish(&mut out, queue, id, loc.flags(), payload);
-                        copied += 1;
-                    }
+        segs.iter()
+            .find(|(id, s)| {
+                **id != self.active_id
+                    && s.live > 0
+                    && (s.live_bytes * 2 < s.size || pinned.contains(*id))
+                    && s.refs.iter().all(|r| !segs.contains_key(r))
+            })
+            .map(|(&id, _)| id)
+    }
+
+    /// One bounded step of compaction: names a victim to the compactor thread when
+    /// none is in progress, or copies forward the next chunk of the scanned one.
+    /// Returns true when a compaction finished (its victim can now be reclaimed).
+    fn compact_step(&mut self) -> io::Result<bool> {
+        let Some(mut sc) = self.compacting.take() else {
+            if !self.scan_in_flight {
+                if let (Some(victim), Some(tx)) = (self.pick_victim(), &self.to_compactor) {
+                    self.scan_in_flight = tx.send(victim).is_ok();
+                    self.shared
+                        .counters
+                        .compacting
+                        .store(self.scan_in_flight, Ordering::Relaxed);
                 }
             }
-        });
-        self.write_records(&out)?;
-        // The copies must be durable before the original goes, whatever the policy.
-        if self.dirty {
-            self.fdatasync()?;
+            return Ok(false);
+        };
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let end = (sc.next + COMPACT_STEP_RECORDS).min(sc.recs.len());
+        while sc.next < end && out.len() < COMPACT_STEP_BYTES {
+            let (queue, id, off, start, stop) = sc.recs[sc.next];
+            sc.next += 1;
+            if let Some(loc) = self.state.get(queue, id) {
+                if loc.seg == sc.victim && loc.off == off {
+                    let payload = &sc.data[start as usize..stop as usize];
+                    record::encode_publish(&mut out, queue, id, loc.flags(), payload);
+                    sc.copied += 1;
+                }
+            }
+        }
+        if !out.is_empty() {
+            self.write_records(&out)?;
+            self.unsynced_victims.insert(sc.victim);
+            // Under `always` the next batch's fsync covers the copies; otherwise sync
+            // each step so that the final one is short.
+            if self.policy != FsyncPolicy::Always {
+                self.fdatasync()?;
+            }
         }
         out.clear();
         if out.capacity() > (4 << 20) {
             out.shrink_to(4 << 20);
         }
         self.scratch = out;
-        self.shared
-            .counters
-            .compactions
-            .fetch_add(1, Ordering::Relaxed);
+        if sc.next < sc.recs.len() {
+            self.compacting = Some(sc);
+            return Ok(false);
+        }
+        // The copies must be durable before the original goes, whatever the policy.
+        if self.dirty && self.unsynced_victims.contains(&sc.victim) {
+            self.fdatasync()?;
+        }
+        let c = &self.shared.counters;
+        c.compactions.fetch_add(1, Ordering::Relaxed);
+        c.compacting.store(false, Ordering::Relaxed);
         tracing::debug!(
-            segment = victim,
-            copied,
-            ms = t.elapsed().as_millis() as u64,
+            segment = sc.victim,
+            copied = sc.copied,
+            ms = sc.started.elapsed().as_millis() as u64,
             "store: compacted segment"
         );
         Ok(true)
+    }
+
+    /// Takes the compactor thread's answer, if one came.
+    fn take_scan(&mut self, res: Option<ScanResult>) -> io::Result<()> {
+        let Some(res) = res else { return Ok(()) };
+        self.scan_in_flight = false;
+        match res? {
+            Some(sc) => self.compacting = Some(sc),
+            None => self
+                .shared
+                .counters
+                .compacting
+                .store(false, Ordering::Relaxed),
+        }
+        Ok(())
+    }
+
+    /// Stops the compactor thread (it finishes the scan it is in, if any).
+    fn stop_compactor(&mut self) {
+        self.to_compactor.take();
+        if let Some(h) = self.compactor.take() {
+            let _ = h.join();
+        }
+        self.shared
+            .counters
+            .compacting
+            .store(false, Ordering::Relaxed);
     }
 
     fn write_clean_marker(&self) -> io::Result<()> {
@@ -312,6 +460,7 @@ impl Writer {
 
     pub(crate) fn run(mut self) {
         let res = self.run_inner();
+        self.stop_compactor();
         if let Err(e) = &res {
             tracing::error!(error = %e, "store: I/O error, store stopped (fail-stop)");
             *self.shared.error.lock() = Some(e.to_string());
@@ -327,10 +476,14 @@ impl Writer {
         let mut batch: Vec<u8> = Vec::new();
         loop {
             batch.clear();
-            let (last_seq, need_sync, defs_ops, closing, clean) = {
+            let (last_seq, need_sync, defs_ops, closing, clean, scan) = {
                 let mut p = shared.pending.lock();
                 loop {
                     if !p.buf.is_empty() || !p.defs.is_empty() || p.need_sync || p.closing {
+                        break;
+                    }
+                    // A compaction step to take, or the compactor's answer to collect.
+                    if self.compacting.is_some() || p.compacted.is_some() {
                         break;
                     }
                     let deadline = match self.policy {
@@ -381,8 +534,10 @@ impl Writer {
                     std::mem::take(&mut p.defs),
                     p.closing,
                     p.clean,
+                    p.compacted.take(),
                 )
             };
+            self.take_scan(scan)?;
             if !defs_ops.is_empty() {
                 for (k, v) in defs_ops {
                     match v {
@@ -416,7 +571,7 @@ impl Writer {
             }
 
             self.reclaim()?;
-            if self.maybe_compact()? {
+            if self.compact_step()? {
                 self.reclaim()?;
             }
             self.publish_stats();

@@ -29,6 +29,8 @@
 //!   nothing on disk. When garbage exceeds both half of the disk and one segment, the
 //!   oldest segment that is mostly dead (or that keeps dead segments alive) is
 //!   compacted: its live publishes are copied forward, synced, and the segment deleted.
+//!   A compaction thread reads and verifies the victim; the flusher copies what is
+//!   still live in bounded steps between batches, so confirms do not wait behind it.
 //!   Recovery returns each queue's messages sorted by message id (ids are globally
 //!   increasing), so copies do not disturb the order.
 //! - Recovery reads each segment with one `read`, verifies every CRC, resynchronises on
@@ -254,6 +256,8 @@ pub struct StoreStats {
     pub live_bytes: u64,
     /// Segments compacted so far.
     pub compactions: u64,
+    /// A compaction is in progress (its victim being scanned or copied forward).
+    pub compacting: bool,
     /// Segment files deleted so far.
     pub segments_deleted: u64,
     /// Bytes waiting for the flusher.
@@ -275,6 +279,8 @@ struct Pending {
     need_sync: bool,
     closing: bool,
     clean: bool,
+    /// The compactor thread's scan of a victim, for the flusher to copy forward.
+    compacted: Option<flusher::ScanResult>,
 }
 
 /// Records nobody waits for (acks, delivered marks, and everything under `interval` and
@@ -311,6 +317,7 @@ struct Counters {
     live_bytes: AtomicU64,
     compactions: AtomicU64,
     segments_deleted: AtomicU64,
+    compacting: AtomicBool,
 }
 
 /// State shared between handles, tickets and the flusher thread.
@@ -757,6 +764,7 @@ impl Store {
             live_messages: c.live_messages.load(Ordering::Relaxed),
             live_bytes: c.live_bytes.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
+            compacting: c.compacting.load(Ordering::Relaxed),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
             pending_bytes,
             submitted_seq,
