@@ -37,7 +37,7 @@ const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(10);
 const EMPTY_SEGMENT: u64 = (record::HEADER + 9) as u64;
 
 /// A compaction step copies at most this many bytes of live records ...
-const COMPACT_STEP_BYTES: usize = 1 << 20;
+const COMPACT_STEP_BYTES: usize = 256 << 10;
 /// ... and looks up at most this many records (most may be dead).
 const COMPACT_STEP_RECORDS: usize = 16 * 1024;
 
