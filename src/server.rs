@@ -134,11 +134,17 @@ pub async fn run(
         );
         tracker.spawn(async move {
             loop {
-                match crate::core::disk_alarm::free_bytes(&dir) {
-                    Ok(free) => broker.flow().update_disk(free),
-                    Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "disk free space check failed"),
-                }
-                let wait = broker.flow().disk().next_interval();
+                let wait = match crate::core::disk_alarm::free_bytes(&dir) {
+                    Ok(free) => {
+                        broker.flow().update_disk(free);
+                        broker.flow().disk().next_interval()
+                    }
+                    // Keeps the last state; retried at the longest interval, not spammed.
+                    Err(e) => {
+                        tracing::warn!(error = %e, dir = %dir.display(), "disk free space check failed");
+                        Duration::from_secs(10)
+                    }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => break,
