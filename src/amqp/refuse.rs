@@ -1,7 +1,10 @@
-//! A connection over the listener's `connection_max`: refused the way RabbitMQ refuses
-//! it, so that clients report a reason instead of a reset. The client gets the normal
-//! start and tune, and its connection.open is answered with connection.close 530
-//! NOT_ALLOWED `connection refused: node connection limit (N) is reached`. Nothing of
+//! A connection over the listener's `connection_max`: refused with a reason, so that
+//! clients report it instead of a reset or a hang. The client gets the normal start and
+//! tune, and its connection.open is answered with connection.close 530 NOT_ALLOWED
+//! `connection refused: node connection limit (N) is reached`: where RabbitMQ refuses a
+//! vhost or user over its connection limit, and with the same code. (RabbitMQ 3.10.8's
+//! node-wide `connection_max` only stops its listener accepting, checked on a private
+//! node: clients then wait in the TCP backlog, which no client reports well.) Nothing of
 //! the broker is touched (no login, no registration); the whole exchange must finish
 //! within the handshake timeout.
 

@@ -178,8 +178,8 @@ def test_memcache_get_of_many_keys_not_read_stays_bounded(start):
 def test_amqp_connection_max_refuses_with_a_reason(start):
     q = start("--amqp-connection-max", "2")
     a, b = pika_conn(q), pika_conn(q)
-    # As with RabbitMQ, the close comes at connection.open, which pika reports as a
-    # ProbableAccessDeniedError carrying the broker's close.
+    # The close comes at connection.open (as RabbitMQ's vhost and user connection
+    # limits), which pika reports as a ProbableAccessDeniedError carrying the close.
     with pytest.raises(pika.exceptions.AMQPConnectionError) as e:
         pika_conn(q)
     assert "(530) 'NOT_ALLOWED - connection refused: node connection limit (2) is reached'" in str(e.value)
