@@ -3,8 +3,9 @@
 //! tune, and its connection.open is answered with connection.close 530 NOT_ALLOWED
 //! `connection refused: node connection limit (N) is reached`: where RabbitMQ refuses a
 //! vhost or user over its connection limit, and with the same code. (RabbitMQ 3.10.8's
-//! node-wide `connection_max` only stops its listener accepting, checked on a private
-//! node: clients then wait in the TCP backlog, which no client reports well.) Nothing of
+//! node-wide `connection_max` is only its TCP listener's accept limit, per acceptor: no
+//! AMQP answer at all, and a private node with `connection_max = 1` still let 3 clients
+//! in.) Nothing of
 //! the broker is touched (no login, no registration); the whole exchange must finish
 //! within the handshake timeout.
 
