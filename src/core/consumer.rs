@@ -350,3 +350,71 @@ impl Drop for Delivered {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+
+    impl DeliverySink for NoSink {
+        fn deliver(&self, _: &Arc<Consumer>, d: Delivered) -> Result<(), Delivered> {
+            Err(d)
+        }
+        fn cancelled(&self, _: &Arc<Consumer>) {}
+    }
+
+    fn consumer(no_ack: bool, prefetch: u32) -> Arc<Consumer> {
+        Consumer::new(
+            "c".into(),
+            no_ack,
+            false,
+            1,
+            prefetch,
+            Arc::new(Credit::new(0)),
+            Arc::new(NoSink),
+        )
+    }
+
+    #[test]
+    fn unlimited_prefetch_with_acks_still_has_a_write_window() {
+        let c = consumer(false, 0);
+        for _ in 0..WRITE_WINDOW {
+            assert!(c.try_acquire());
+            c.charge(10);
+        }
+        assert!(
+            !c.try_acquire(),
+            "window full: the next message stays queued"
+        );
+        assert!(
+            c.written(10),
+            "a place freed up: the queue must dispatch again"
+        );
+        assert!(c.try_acquire());
+        // Written but not acked: prefetch (unlimited here) is what acks return.
+        assert_eq!(c.own_credit.in_flight(), WRITE_WINDOW + 1);
+    }
+
+    #[test]
+    fn the_window_is_also_bounded_in_bytes() {
+        let c = consumer(true, 0);
+        assert!(c.try_acquire());
+        c.charge(WRITE_WINDOW_BYTES as usize);
+        assert!(!c.try_acquire(), "4 MiB waiting: no more");
+        assert!(c.written(WRITE_WINDOW_BYTES as usize));
+        assert!(c.try_acquire());
+        assert_eq!(c.window.deliveries(), 1);
+    }
+
+    #[test]
+    fn prefetch_still_applies_under_the_window() {
+        let c = consumer(false, 2);
+        assert!(c.try_acquire());
+        assert!(c.try_acquire());
+        assert!(!c.try_acquire());
+        assert_eq!(c.window.deliveries(), 2, "the refused one left no trace");
+        c.release(1);
+        assert!(c.try_acquire());
+    }
+}

@@ -99,3 +99,23 @@ impl FlowControl {
         let _ = rx.wait_for(|blocked| !blocked).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_buffers_count_in_the_alarm() {
+        let flow = FlowControl::new(1000);
+        flow.update(600);
+        assert!(!flow.is_blocked());
+        flow.add_buffered(500);
+        flow.update(600);
+        assert!(flow.is_blocked(), "600 queued + 500 buffered is over 1000");
+        flow.sub_buffered(500);
+        flow.update(600);
+        assert!(!flow.is_blocked());
+        flow.sub_buffered(10);
+        assert_eq!(flow.buffered(), 0, "never below zero");
+    }
+}
