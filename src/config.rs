@@ -27,6 +27,18 @@ pub const DEFAULT_MAX_MESSAGE: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_MEMORY_HIGH_WATERMARK: &str = "0.4";
 /// Default largest memcache data block.
 pub const DEFAULT_MEMCACHE_MAX_MESSAGE: usize = 1024 * 1024;
+/// Default AMQP connection limit: none (RabbitMQ's `connection_max = infinity`).
+pub const DEFAULT_AMQP_CONNECTION_MAX: u32 = 0;
+/// Default memcache connection limit (memcached's `-c 1024`).
+pub const DEFAULT_MEMCACHE_CONNECTION_MAX: u32 = 1024;
+/// Default time a client has to finish the AMQP handshake, ms (RabbitMQ's
+/// `handshake_timeout`).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Longest memcache command line (memcached's 2048; the parser's `DEFAULT_MAX_LINE`,
+/// which a test keeps equal: config sits below the front ends and cannot import it).
+pub const MEMCACHE_MAX_LINE: u64 = 2048;
+/// Largest `max_message_size` RabbitMQ accepts (512 MiB).
+pub const MAX_MAX_MESSAGE: u64 = 512 * 1024 * 1024;
 
 /// All settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,6 +82,11 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     /// Largest message body accepted.
     pub max_message: u64,
+    /// Most client connections open at once (0 = no limit; RabbitMQ's `connection_max`).
+    pub connection_max: u32,
+    /// Milliseconds a client has from TCP accept to connection.open (RabbitMQ's
+    /// `handshake_timeout`).
+    pub handshake_timeout: u64,
 }
 
 /// `[memcache]`
@@ -82,6 +99,11 @@ pub struct MemcacheConfig {
     pub max_message: usize,
     /// Vhost the memcache queues live in.
     pub vhost: String,
+    /// Most client connections open at once (0 = no limit; memcached's `-c`).
+    pub connection_max: u32,
+    /// Seconds a connection may stay silent before it is closed (0 = never; memcached's
+    /// `-o idle_timeout`).
+    pub idle_timeout: u64,
 }
 
 /// `[http]`
@@ -102,6 +124,63 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// `always`, `interval:<ms>` or `never`.
     pub fsync: String,
+}
+
+/// The limits in force, gathered from the sections above (0 = none where a limit may
+/// be off). The broker holds a copy ([`crate::core::Broker::limits`]); /metrics shows
+/// them as `<prefix>_limit{limit="<name>"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// AMQP connections open at once (0 = no limit).
+    pub amqp_connection_max: u32,
+    /// memcache connections open at once (0 = no limit).
+    pub memcache_connection_max: u32,
+    /// channel_max proposed in connection.tune.
+    pub channel_max: u16,
+    /// frame_max proposed in connection.tune (0 = none).
+    pub frame_max: u32,
+    /// Largest AMQP message body.
+    pub max_message_size: u64,
+    /// Time from accept to connection.open, ms.
+    pub handshake_timeout_ms: u64,
+    /// Largest memcache data block.
+    pub memcache_max_message: u64,
+    /// Longest memcache command line.
+    pub memcache_max_line: u64,
+    /// memcache idle timeout, s (0 = none).
+    pub memcache_idle_timeout_s: u64,
+    /// Deepest nesting of field tables and arrays accepted (headers, arguments).
+    pub table_max_depth: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Config::default().limits()
+    }
+}
+
+impl Limits {
+    /// `(name, value)` of every limit, as /metrics and status show them.
+    pub fn entries(&self) -> [(&'static str, u64); 10] {
+        [
+            ("amqp_connection_max", self.amqp_connection_max as u64),
+            (
+                "memcache_connection_max",
+                self.memcache_connection_max as u64,
+            ),
+            ("channel_max", self.channel_max as u64),
+            ("frame_max", self.frame_max as u64),
+            ("max_message_size", self.max_message_size),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("memcache_max_message", self.memcache_max_message),
+            ("memcache_max_line", self.memcache_max_line),
+            (
+                "memcache_idle_timeout_seconds",
+                self.memcache_idle_timeout_s,
+            ),
+            ("table_max_depth", self.table_max_depth),
+        ]
+    }
 }
 
 /// `[[users]]`
@@ -145,6 +224,8 @@ impl Default for AmqpConfig {
             frame_max: DEFAULT_FRAME_MAX,
             channel_max: DEFAULT_CHANNEL_MAX,
             max_message: DEFAULT_MAX_MESSAGE,
+            connection_max: DEFAULT_AMQP_CONNECTION_MAX,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT_MS,
         }
     }
 }
@@ -155,6 +236,8 @@ impl Default for MemcacheConfig {
             listen: DEFAULT_MEMCACHE_LISTEN.into(),
             max_message: DEFAULT_MEMCACHE_MAX_MESSAGE,
             vhost: "/".into(),
+            connection_max: DEFAULT_MEMCACHE_CONNECTION_MAX,
+            idle_timeout: 0,
         }
     }
 }
@@ -202,6 +285,20 @@ pub struct Overrides {
     pub heartbeat: Option<u16>,
     /// `--memory-high-watermark` / `QGATE_MEMORY_HIGH_WATERMARK`
     pub memory_high_watermark: Option<String>,
+    /// `--amqp-connection-max` / `QGATE_AMQP_CONNECTION_MAX`
+    pub amqp_connection_max: Option<u32>,
+    /// `--memcache-connection-max` / `QGATE_MEMCACHE_CONNECTION_MAX`
+    pub memcache_connection_max: Option<u32>,
+    /// `--channel-max` / `QGATE_CHANNEL_MAX`
+    pub channel_max: Option<u16>,
+    /// `--frame-max` / `QGATE_FRAME_MAX`
+    pub frame_max: Option<u32>,
+    /// `--max-message-size` / `QGATE_MAX_MESSAGE_SIZE`
+    pub max_message_size: Option<u64>,
+    /// `--handshake-timeout` / `QGATE_HANDSHAKE_TIMEOUT` (ms)
+    pub handshake_timeout: Option<u64>,
+    /// `--memcache-idle-timeout` / `QGATE_MEMCACHE_IDLE_TIMEOUT` (s)
+    pub memcache_idle_timeout: Option<u64>,
     /// `--disk-free-limit` / `QGATE_DISK_FREE_LIMIT`
     pub disk_free_limit: Option<String>,
 }
@@ -306,6 +403,27 @@ impl Config {
         if let Some(v) = o.memory_high_watermark {
             self.memory_high_watermark = v;
         }
+        if let Some(v) = o.amqp_connection_max {
+            self.amqp.connection_max = v;
+        }
+        if let Some(v) = o.memcache_connection_max {
+            self.memcache.connection_max = v;
+        }
+        if let Some(v) = o.channel_max {
+            self.amqp.channel_max = v;
+        }
+        if let Some(v) = o.frame_max {
+            self.amqp.frame_max = v;
+        }
+        if let Some(v) = o.max_message_size {
+            self.amqp.max_message = v;
+        }
+        if let Some(v) = o.handshake_timeout {
+            self.amqp.handshake_timeout = v;
+        }
+        if let Some(v) = o.memcache_idle_timeout {
+            self.memcache.idle_timeout = v;
+        }
         if let Some(v) = o.disk_free_limit {
             self.disk_free_limit = v;
         }
@@ -319,6 +437,22 @@ impl Config {
                 reason,
             }
         })
+    }
+
+    /// Every limit a client runs into, in one place (README "Limits and hardening").
+    pub fn limits(&self) -> Limits {
+        Limits {
+            amqp_connection_max: self.amqp.connection_max,
+            memcache_connection_max: self.memcache.connection_max,
+            channel_max: self.amqp.channel_max,
+            frame_max: self.amqp.frame_max,
+            max_message_size: self.amqp.max_message,
+            handshake_timeout_ms: self.amqp.handshake_timeout,
+            memcache_max_message: self.memcache.max_message as u64,
+            memcache_max_line: MEMCACHE_MAX_LINE,
+            memcache_idle_timeout_s: self.memcache.idle_timeout,
+            table_max_depth: crate::content::value::MAX_DEPTH as u64,
+        }
     }
 
     /// The memory high watermark in bytes (0 = none), given the machine's memory.
@@ -354,6 +488,20 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "amqp.frame_max",
                 reason: "must be 0 or at least 4096".into(),
+            });
+        }
+        if self.amqp.max_message == 0 || self.amqp.max_message > MAX_MAX_MESSAGE {
+            return Err(ConfigError::Invalid {
+                name: "amqp.max_message",
+                reason: format!(
+                    "must be between 1 and {MAX_MAX_MESSAGE} (512 MiB, RabbitMQ's cap)"
+                ),
+            });
+        }
+        if self.amqp.handshake_timeout == 0 {
+            return Err(ConfigError::Invalid {
+                name: "amqp.handshake_timeout",
+                reason: "must be positive (milliseconds)".into(),
             });
         }
         if self.memcache.max_message == 0 {

@@ -21,6 +21,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at start-up: the size of the flags struct does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the broker (the default).
@@ -68,6 +70,27 @@ struct ServeArgs {
     /// physical memory, a byte count, or 0 for none [default: 0.4]
     #[arg(long, env = "QGATE_MEMORY_HIGH_WATERMARK")]
     memory_high_watermark: Option<String>,
+    /// Most AMQP connections open at once; 0 for none [default: 0]
+    #[arg(long, env = "QGATE_AMQP_CONNECTION_MAX")]
+    amqp_connection_max: Option<u32>,
+    /// Most memcache connections open at once; 0 for none [default: 1024]
+    #[arg(long, env = "QGATE_MEMCACHE_CONNECTION_MAX")]
+    memcache_connection_max: Option<u32>,
+    /// channel_max proposed to AMQP clients [default: 2047]
+    #[arg(long, env = "QGATE_CHANNEL_MAX")]
+    channel_max: Option<u16>,
+    /// frame_max proposed to AMQP clients, bytes; 0 for none [default: 131072]
+    #[arg(long, env = "QGATE_FRAME_MAX")]
+    frame_max: Option<u32>,
+    /// Largest AMQP message body, bytes [default: 134217728]
+    #[arg(long, env = "QGATE_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<u64>,
+    /// Time an AMQP client has to open its connection, ms [default: 10000]
+    #[arg(long, env = "QGATE_HANDSHAKE_TIMEOUT")]
+    handshake_timeout: Option<u64>,
+    /// Close memcache connections silent for this many seconds; 0 for never [default: 0]
+    #[arg(long, env = "QGATE_MEMCACHE_IDLE_TIMEOUT")]
+    memcache_idle_timeout: Option<u64>,
     /// Free disk space below which publishers are blocked (RabbitMQ's disk_free_limit):
     /// 50MB, 1GB, 2GiB, bytes, mem_relative:<f>, or 0 for none [default: 50MB]
     #[arg(long, env = "QGATE_DISK_FREE_LIMIT")]
@@ -92,6 +115,13 @@ impl ServeArgs {
             metrics_prefix: self.metrics_prefix,
             heartbeat: self.heartbeat,
             memory_high_watermark: self.memory_high_watermark,
+            amqp_connection_max: self.amqp_connection_max,
+            memcache_connection_max: self.memcache_connection_max,
+            channel_max: self.channel_max,
+            frame_max: self.frame_max,
+            max_message_size: self.max_message_size,
+            handshake_timeout: self.handshake_timeout,
+            memcache_idle_timeout: self.memcache_idle_timeout,
             disk_free_limit: self.disk_free_limit,
         });
         config.validate()?;

@@ -77,6 +77,7 @@ fn core_config(config: &Config) -> CoreConfig {
         memory_high_watermark: config
             .memory_high_watermark_bytes(physical_memory())
             .unwrap_or(0),
+        limits: config.limits(),
         vhosts: config.vhosts.clone(),
         users: config
             .users
@@ -156,6 +157,10 @@ pub async fn run(
     let config = Arc::new(config);
     {
         let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());
+        let (max, timeout) = (
+            config.amqp.connection_max,
+            Duration::from_millis(config.amqp.handshake_timeout),
+        );
         tracker.spawn(accept_loop(
             amqp,
             shutdown.clone(),
@@ -169,10 +174,14 @@ pub async fn run(
                     shutdown.clone(),
                 )
             },
+            ConnectionMax::new(max, move |stream| {
+                crate::amqp::refuse_connection(stream, max, timeout)
+            }),
         ));
     }
     {
         let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());
+        let max = config.memcache.connection_max;
         tracker.spawn(accept_loop(
             memcache,
             shutdown.clone(),
@@ -186,6 +195,7 @@ pub async fn run(
                     shutdown.clone(),
                 )
             },
+            ConnectionMax::new(max, crate::memcache::refuse_connection),
         ));
     }
     tracker.spawn(crate::metrics::http::serve(
@@ -211,21 +221,65 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts clients until `shutdown`, one tracked task per connection made by `serve`.
-async fn accept_loop<F, Fut>(
+/// A listener's `connection_max` and how it refuses a client over it.
+struct ConnectionMax<R> {
+    /// 0 = no limit.
+    max: u32,
+    open: Arc<std::sync::atomic::AtomicU32>,
+    refuse: R,
+}
+
+impl<R> ConnectionMax<R> {
+    fn new(max: u32, refuse: R) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+            refuse,
+        }
+    }
+}
+
+/// Counts a connection as open until its task ends.
+struct OpenGuard(Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Accepts clients until `shutdown`, one tracked task per connection made by `serve`;
+/// past `limit.max` open connections, a client is handed to `limit.refuse` instead.
+async fn accept_loop<F, Fut, R, RFut>(
     listener: TcpListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     serve: F,
+    limit: ConnectionMax<R>,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream) -> RFut,
+    RFut: std::future::Future<Output = ()> + Send + 'static,
 {
+    use std::sync::atomic::Ordering;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracker.spawn(serve(stream, peer));
+                    let open = limit.open.fetch_add(1, Ordering::AcqRel);
+                    let guard = OpenGuard(limit.open.clone());
+                    if limit.max != 0 && open >= limit.max {
+                        tracing::warn!(peer = %peer, limit = limit.max, "connection refused: connection_max reached");
+                        drop(guard);
+                        tracker.spawn((limit.refuse)(stream));
+                        continue;
+                    }
+                    let conn = serve(stream, peer);
+                    tracker.spawn(async move {
+                        conn.await;
+                        drop(guard);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

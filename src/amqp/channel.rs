@@ -68,7 +68,7 @@ impl DeliverySink for ChannelSink {
             delivery_tag: tag,
             redelivered,
             msg: delivery.entry.msg.clone(),
-            window: consumer.no_ack.then(|| delivery.queue.clone()),
+            window: delivery.queue.clone(),
         };
         if !delivery.auto_ack {
             st.unacked.push_back((tag, delivery));

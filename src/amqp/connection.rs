@@ -16,7 +16,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{Channel, ConnCtx};
@@ -53,7 +52,6 @@ struct Negotiated {
     blocked_notify: bool,
 }
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves one client until it goes away or the broker shuts down.
@@ -70,7 +68,7 @@ pub async fn run(
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(4 * 1024);
     let negotiated = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        Duration::from_millis(config.amqp.handshake_timeout),
         handshake(&mut rd, &mut wr, &mut buf, &broker, &config, peer, &info),
     )
     .await
@@ -81,7 +79,7 @@ pub async fn run(
     *info.user.lock() = negotiated.user.clone();
     *info.vhost.lock() = negotiated.vhost.clone();
     let vhost = broker.vhost(&negotiated.vhost).expect("checked at open");
-    let (out, rx) = mpsc::unbounded_channel();
+    let (out, rx) = writer::channel(&broker);
     let done = CancellationToken::new();
     let writer = tokio::spawn(writer::run(
         wr,
@@ -198,6 +196,14 @@ impl Connection {
             }
             if self.publisher && self.state == ConnectionState::Open {
                 self.wait_while_blocked(shutdown).await;
+            }
+            // A client that sends requests without reading the answers (basic.get,
+            // mandatory publishes) is not read from until it has caught up.
+            if self.ctx.out.backlogged() {
+                tokio::select! {
+                    _ = self.ctx.out.drained() => {}
+                    _ = shutdown.cancelled() => {}
+                }
             }
             let wait = match closing_deadline {
                 Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),

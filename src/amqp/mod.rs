@@ -16,6 +16,8 @@ pub mod methods;
 mod channel;
 mod connection;
 pub mod error;
+mod refuse;
 mod writer;
 
 pub use connection::run as serve_connection;
+pub use refuse::refuse_connection;

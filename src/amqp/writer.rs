@@ -1,20 +1,27 @@
 //! The connection's single writer: everything bound for the client (replies, deliveries,
-//! heartbeats) goes through one unbounded queue to this task, which encodes whatever is
-//! pending into one buffer and writes it with one syscall, flushing when the queue runs dry.
+//! heartbeats) goes through one queue to this task, which encodes whatever is pending
+//! into one buffer and writes it with one syscall, flushing when the queue runs dry.
+//!
+//! The queue itself is unbounded (queues call into it under their locks and must never
+//! wait), but what waits in it is: deliveries by each consumer's write window (see
+//! [`crate::core::consumer::WriteWindow`]), everything else (answers to the client's own
+//! requests: basic.get-ok, returns, confirms) by [`OutTx::backlogged`], which the
+//! connection checks before it reads the next request. Every byte waiting here counts
+//! in the broker's memory alarm.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{encode_content, encode_heartbeat, encode_method};
 use super::methods::{BasicGetOk, BasicReturn, Method, FRAME_END, FRAME_METHOD};
-use crate::core::{ConnectionInfo, Consumer, Message, Queue};
+use crate::core::{Broker, ConnectionInfo, Consumer, Message, Queue};
 
 /// Something to send to the client.
 pub(crate) enum Out {
@@ -27,8 +34,9 @@ pub(crate) enum Out {
         delivery_tag: u64,
         redelivered: bool,
         msg: Arc<Message>,
-        /// For a no-ack consumer: the queue to dispatch again once this is written.
-        window: Option<Arc<Queue>>,
+        /// The queue to dispatch again once this is written and the consumer's write
+        /// window has room again.
+        window: Arc<Queue>,
     },
     /// basic.get-ok + content.
     GetOk {
@@ -47,8 +55,128 @@ pub(crate) enum Out {
     },
 }
 
+/// Answers to the client's requests that may wait in one connection's write queue before
+/// the connection stops reading requests from it.
+pub(crate) const BACKLOG_BYTES: usize = 1024 * 1024;
+
+/// Estimated bytes an item holds while it waits (the message is shared, but a delivery
+/// keeps it alive after the queue let go of it).
+fn cost(item: &Out) -> usize {
+    match item {
+        Out::Method(..) => 64,
+        Out::Deliver { msg, .. } | Out::GetOk { msg, .. } | Out::Return { msg, .. } => {
+            64 + msg.properties().len() + msg.body().len()
+        }
+    }
+}
+
+/// What waits in one connection's write queue.
+struct Backlog {
+    /// All items, deliveries included.
+    bytes: AtomicUsize,
+    /// Items other than deliveries: what the client's own requests produced.
+    answers: AtomicUsize,
+    drained: Notify,
+    broker: Broker,
+}
+
+impl Backlog {
+    fn add(&self, n: usize, answer: bool) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+        if answer {
+            self.answers.fetch_add(n, Ordering::AcqRel);
+        }
+        self.broker.flow().add_buffered(n as u64);
+    }
+
+    fn sub(&self, n: usize, answers: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        if answers > 0 {
+            let before = self.answers.fetch_sub(answers, Ordering::AcqRel);
+            if before >= BACKLOG_BYTES && before - answers < BACKLOG_BYTES {
+                self.drained.notify_waiters();
+            }
+        }
+        self.broker.flow().sub_buffered(n as u64);
+    }
+}
+
 /// Sender half handed to channels and consumers.
-pub(crate) type OutTx = mpsc::UnboundedSender<Out>;
+#[derive(Clone)]
+pub(crate) struct OutTx {
+    tx: mpsc::UnboundedSender<Out>,
+    backlog: Arc<Backlog>,
+}
+
+/// Receiver half, for [`run`].
+pub(crate) struct OutRx {
+    rx: mpsc::UnboundedReceiver<Out>,
+    backlog: Arc<Backlog>,
+}
+
+/// A connection's write queue.
+pub(crate) fn channel(broker: &Broker) -> (OutTx, OutRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let backlog = Arc::new(Backlog {
+        bytes: AtomicUsize::new(0),
+        answers: AtomicUsize::new(0),
+        drained: Notify::new(),
+        broker: broker.clone(),
+    });
+    (
+        OutTx {
+            tx,
+            backlog: backlog.clone(),
+        },
+        OutRx { rx, backlog },
+    )
+}
+
+impl OutTx {
+    /// Queues an item for the writer; fails once the writer is gone.
+    pub(crate) fn send(&self, item: Out) -> Result<(), mpsc::error::SendError<Out>> {
+        let n = cost(&item);
+        let answer = !matches!(item, Out::Deliver { .. });
+        self.backlog.add(n, answer);
+        self.tx.send(item).inspect_err(|_| {
+            self.backlog.sub(n, if answer { n } else { 0 });
+        })
+    }
+
+    /// True while the answers waiting for the client exceed [`BACKLOG_BYTES`]: the client
+    /// is not reading them, so its next requests should wait.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.backlog.answers.load(Ordering::Acquire) >= BACKLOG_BYTES
+    }
+
+    /// Waits until [`OutTx::backlogged`] is false.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.backlog.drained.notified();
+            if !self.backlogged() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OutRx {
+    fn drop(&mut self) {
+        // Items never written no longer hold memory: release their share of the alarm.
+        self.rx.close();
+        let mut n = 0;
+        let mut answers = 0;
+        while let Ok(item) = self.rx.try_recv() {
+            let c = cost(&item);
+            n += c;
+            if !matches!(item, Out::Deliver { .. }) {
+                answers += c;
+            }
+        }
+        self.backlog.sub(n, answers);
+    }
+}
 
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -86,7 +214,16 @@ pub(crate) fn encode_deliver(
     out.put_u8(FRAME_END);
 }
 
-fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
+/// What an encoded item held while it waited: (all, answers).
+#[derive(Default)]
+struct Encoded(usize, usize);
+
+fn encode(out: &mut BytesMut, item: Out, frame_max: u32, done: &mut Encoded) {
+    let c = cost(&item);
+    done.0 += c;
+    if !matches!(item, Out::Deliver { .. }) {
+        done.1 += c;
+    }
     match item {
         Out::Method(channel, m) => encode_method(out, channel, &m),
         Out::Deliver {
@@ -107,10 +244,8 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
                 msg.routing_key(),
             );
             encode_content(out, channel, 60, msg.properties(), msg.body(), frame_max);
-            if let Some(queue) = window {
-                if consumer.written() {
-                    queue.dispatch();
-                }
+            if consumer.written(msg.body().len()) {
+                window.dispatch();
             }
         }
         Out::GetOk {
@@ -152,7 +287,7 @@ fn encode(out: &mut BytesMut, item: Out, frame_max: u32) {
 /// Returns the socket, still open: the connection decides when to close it.
 pub(crate) async fn run(
     mut socket: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    mut rx: OutRx,
     frame_max: u32,
     heartbeat: u16,
     info: Arc<ConnectionInfo>,
@@ -170,7 +305,7 @@ pub(crate) async fn run(
     loop {
         let first = tokio::select! {
             biased;
-            item = rx.recv() => match item {
+            item = rx.rx.recv() => match item {
                 Some(item) => item,
                 None => break,
             },
@@ -186,24 +321,30 @@ pub(crate) async fn run(
             }
             _ = done.cancelled() => break,
         };
-        encode(&mut buf, first, frame_max);
+        let mut encoded = Encoded::default();
+        encode(&mut buf, first, frame_max, &mut encoded);
         while buf.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(item) => encode(&mut buf, item, frame_max),
+            match rx.rx.try_recv() {
+                Ok(item) => encode(&mut buf, item, frame_max, &mut encoded),
                 Err(_) => break,
             }
         }
-        if flush(&mut socket, &mut buf, &info).await.is_err() {
+        let flushed = flush(&mut socket, &mut buf, &info).await;
+        // Only now is the memory gone (the batch sat in `buf` while the socket was full).
+        rx.backlog.sub(encoded.0, encoded.1);
+        if flushed.is_err() {
             done.cancel();
             return socket;
         }
         wrote_since_tick = true;
     }
     // Drain what was queued before the end (e.g. connection.close).
-    while let Ok(item) = rx.try_recv() {
-        encode(&mut buf, item, frame_max);
+    let mut encoded = Encoded::default();
+    while let Ok(item) = rx.rx.try_recv() {
+        encode(&mut buf, item, frame_max, &mut encoded);
     }
     let _ = flush(&mut socket, &mut buf, &info).await;
+    rx.backlog.sub(encoded.0, encoded.1);
     socket
 }
 

@@ -178,7 +178,7 @@ impl FieldTable {
         4 + self
             .0
             .iter()
-            .map(|(k, v)| 1 + k.len().min(255) + v.encoded_len())
+            .map(|(k, v)| 1 + wire::shortstr_len(k) + v.encoded_len())
             .sum::<usize>()
     }
 }
@@ -387,15 +387,23 @@ pub mod wire {
         take_sized(input).map(Bytes::copy_from_slice)
     }
 
+    /// Bytes of `s` that [`put_shortstr`] writes after the length octet: at most 255,
+    /// cut on a UTF-8 character boundary.
+    #[inline]
+    pub fn shortstr_len(s: &str) -> usize {
+        let mut n = s.len().min(255);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        n
+    }
+
     /// Writes a short string. A string longer than 255 bytes is truncated to the longest
     /// prefix of at most 255 bytes that ends on a UTF-8 character boundary (encoding
     /// never panics and never produces an invalid length).
     #[inline]
     pub fn put_shortstr(out: &mut BytesMut, s: &str) {
-        let mut n = s.len().min(255);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
+        let n = shortstr_len(s);
         out.put_u8(n as u8);
         out.put_slice(&s.as_bytes()[..n]);
     }
@@ -430,6 +438,21 @@ mod tests {
         assert_eq!(out[0] as usize, out.len() - 1);
         assert!(out.len() - 1 <= 255);
         assert!(std::str::from_utf8(&out[1..]).is_ok());
+    }
+
+    /// Found by the content_header fuzz target: a key that decodes (lossily) to more
+    /// than 255 bytes is cut on a character boundary when encoded, and encoded_len
+    /// counted 255 instead.
+    #[test]
+    fn encoded_len_of_an_overlong_key_matches_encode() {
+        let mut t = FieldTable::new();
+        t.insert("\u{FFFD}".repeat(100) + "ab", FieldValue::Void);
+        t.insert("a".to_string() + &"\u{FFFD}".repeat(100), FieldValue::Void);
+        let mut out = BytesMut::new();
+        t.encode(&mut out);
+        assert_eq!(out.len(), t.encoded_len());
+        let again = FieldTable::decode(&mut &out[..]).unwrap();
+        assert_eq!(again.encoded_len(), out.len());
     }
 
     #[test]

@@ -75,10 +75,49 @@ impl Credit {
     }
 }
 
-/// Deliveries to a no-ack consumer that may wait in its connection's write queue.
-pub const NO_ACK_WINDOW: u32 = 1000;
+/// Deliveries to one consumer that may wait in its connection's write queue, whatever
+/// its prefetch (acks or not, 0 = unlimited included): a client that stops reading leaves
+/// the rest of the queue in the queue (ready or paged), not in the broker's buffers.
+pub const WRITE_WINDOW: u32 = 1000;
+/// Bytes of message bodies to one consumer that may wait in its connection's write
+/// queue. Checked before each delivery, so the window overshoots by one message at most.
+pub const WRITE_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Deliveries handed to a front end and not yet written to the client's socket.
+#[derive(Debug)]
+pub struct WriteWindow {
+    count: Credit,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl WriteWindow {
+    fn new() -> Self {
+        Self {
+            count: Credit::new(WRITE_WINDOW),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) < WRITE_WINDOW_BYTES
+    }
+
+    /// Deliveries waiting to be written.
+    pub fn deliveries(&self) -> u32 {
+        self.count.in_flight()
+    }
+
+    /// Body bytes waiting to be written.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
 
 /// Where a queue hands messages for one consumer. Implemented by front ends.
+///
+/// Every delivery takes a place in the consumer's [`WriteWindow`]; the front end must
+/// call [`Consumer::written`] once the delivery's bytes have left its buffers (or were
+/// dropped), or the consumer stalls when the window is full.
 ///
 /// Called with the queue's lock held: implementations must not block and must not call
 /// back into the queue. Returning `Err` hands the message back (the consumer is going away).
@@ -105,6 +144,8 @@ pub struct Consumer {
     pub group_credit: Arc<Credit>,
     /// The front end's delivery sink.
     pub sink: Arc<dyn DeliverySink>,
+    /// Deliveries not yet written to the client.
+    pub window: WriteWindow,
     active: AtomicBool,
 }
 
@@ -133,45 +174,65 @@ impl Consumer {
             no_ack,
             exclusive,
             connection,
-            // No-ack consumers have no prefetch (as in RabbitMQ), but a bounded window of
-            // deliveries not yet written to their socket: a slow client leaves messages
-            // in the queue instead of in the broker's write buffers.
-            own_credit: Credit::new(if no_ack { NO_ACK_WINDOW } else { prefetch }),
+            // No-ack consumers have no prefetch (as in RabbitMQ); every consumer has a
+            // write window on top of it.
+            own_credit: Credit::new(if no_ack { 0 } else { prefetch }),
             group_credit,
             sink,
+            window: WriteWindow::new(),
             active: AtomicBool::new(true),
         })
     }
 
-    /// Takes credit for one delivery (always succeeds for no-ack consumers).
+    /// Takes credit for one delivery: a place in the write window, and for consumers
+    /// with acks, prefetch credit (own and group).
     pub(crate) fn try_acquire(&self) -> bool {
-        if self.no_ack {
-            return self.is_active() && self.own_credit.try_acquire();
+        if !self.is_active() || !self.window.has_room() || !self.window.count.try_acquire() {
+            return false;
         }
-        if !self.is_active() || !self.own_credit.try_acquire() {
+        if self.no_ack {
+            return true;
+        }
+        if !self.own_credit.try_acquire() {
+            self.window.count.release(1);
             return false;
         }
         if self.group_credit.try_acquire() {
             true
         } else {
             self.own_credit.release(1);
+            self.window.count.release(1);
             false
         }
     }
 
-    /// Returns credit after `n` deliveries were settled.
+    /// Charges the write window with the body of the delivery just acquired.
+    pub(crate) fn charge(&self, bytes: usize) {
+        self.window.bytes.fetch_add(bytes as u64, Ordering::AcqRel);
+    }
+
+    /// Returns credit after `n` deliveries were settled (acked, rejected, requeued).
     pub fn release(&self, n: u32) {
-        self.own_credit.release(n);
         if !self.no_ack {
+            self.own_credit.release(n);
             self.group_credit.release(n);
         }
     }
 
-    /// A no-ack delivery has been written to the client's socket: its place in the
-    /// write window frees up. True when the window was full, so the queue should
-    /// dispatch again.
-    pub fn written(&self) -> bool {
-        self.own_credit.release(1)
+    /// A delivery of `bytes` body bytes left the front end's buffers (written to the
+    /// socket, or dropped with the connection): its place in the write window frees up.
+    /// True when the window was full, so the queue should dispatch again.
+    pub fn written(&self, bytes: usize) -> bool {
+        let was_over = !self.window.has_room();
+        let before = self
+            .window
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(bytes as u64))
+            })
+            .unwrap_or(0);
+        let count_full = self.window.count.release(1);
+        count_full || (was_over && before.saturating_sub(bytes as u64) < WRITE_WINDOW_BYTES)
     }
 
     /// True until cancelled.
@@ -287,5 +348,73 @@ impl Drop for Delivered {
         if !self.settled {
             self.settle(Settle::Requeue);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+
+    impl DeliverySink for NoSink {
+        fn deliver(&self, _: &Arc<Consumer>, d: Delivered) -> Result<(), Delivered> {
+            Err(d)
+        }
+        fn cancelled(&self, _: &Arc<Consumer>) {}
+    }
+
+    fn consumer(no_ack: bool, prefetch: u32) -> Arc<Consumer> {
+        Consumer::new(
+            "c".into(),
+            no_ack,
+            false,
+            1,
+            prefetch,
+            Arc::new(Credit::new(0)),
+            Arc::new(NoSink),
+        )
+    }
+
+    #[test]
+    fn unlimited_prefetch_with_acks_still_has_a_write_window() {
+        let c = consumer(false, 0);
+        for _ in 0..WRITE_WINDOW {
+            assert!(c.try_acquire());
+            c.charge(10);
+        }
+        assert!(
+            !c.try_acquire(),
+            "window full: the next message stays queued"
+        );
+        assert!(
+            c.written(10),
+            "a place freed up: the queue must dispatch again"
+        );
+        assert!(c.try_acquire());
+        // Written but not acked: prefetch (unlimited here) is what acks return.
+        assert_eq!(c.own_credit.in_flight(), WRITE_WINDOW + 1);
+    }
+
+    #[test]
+    fn the_window_is_also_bounded_in_bytes() {
+        let c = consumer(true, 0);
+        assert!(c.try_acquire());
+        c.charge(WRITE_WINDOW_BYTES as usize);
+        assert!(!c.try_acquire(), "4 MiB waiting: no more");
+        assert!(c.written(WRITE_WINDOW_BYTES as usize));
+        assert!(c.try_acquire());
+        assert_eq!(c.window.deliveries(), 1);
+    }
+
+    #[test]
+    fn prefetch_still_applies_under_the_window() {
+        let c = consumer(false, 2);
+        assert!(c.try_acquire());
+        assert!(c.try_acquire());
+        assert!(!c.try_acquire());
+        assert_eq!(c.window.deliveries(), 2, "the refused one left no trace");
+        c.release(1);
+        assert!(c.try_acquire());
     }
 }

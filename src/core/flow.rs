@@ -18,6 +18,9 @@ pub const PER_MESSAGE_OVERHEAD: u64 = 160;
 #[derive(Debug)]
 pub struct FlowControl {
     limit: AtomicU64,
+    /// Bytes waiting in front ends' write buffers (deliveries and answers not yet
+    /// written to slow clients): counted in the alarm, since they are held memory too.
+    buffered: AtomicU64,
     blocked: AtomicBool,
     changes: watch::Sender<bool>,
     /// The disk alarm blocks publishers too (see `disk_alarm.rs`).
@@ -29,6 +32,7 @@ impl FlowControl {
     pub fn new(limit: u64) -> Self {
         Self {
             limit: AtomicU64::new(limit),
+            buffered: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             changes: watch::channel(false).0,
             disk: DiskAlarm::default(),
@@ -38,6 +42,25 @@ impl FlowControl {
     /// The high watermark in bytes (0 = off).
     pub fn limit(&self) -> u64 {
         self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A front end queued `n` bytes for a client.
+    pub fn add_buffered(&self, n: u64) {
+        self.buffered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A front end wrote (or dropped) `n` queued bytes.
+    pub fn sub_buffered(&self, n: u64) {
+        let _ = self
+            .buffered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    /// Bytes waiting in front ends' write buffers.
+    pub fn buffered(&self) -> u64 {
+        self.buffered.load(Ordering::Relaxed)
     }
 
     /// True while publishers must wait (memory or disk alarm).
@@ -96,8 +119,10 @@ impl FlowControl {
         });
     }
 
-    /// Records how much queued messages hold; raises or clears the alarm.
+    /// Records how much queued messages hold (write buffers are added here); raises or
+    /// clears the alarm.
     pub fn update(&self, queued: u64) {
+        let queued = queued + self.buffered();
         let limit = self.limit();
         let blocked = limit != 0 && queued > limit;
         if self.blocked.swap(blocked, Ordering::AcqRel) != blocked {
@@ -128,5 +153,25 @@ impl FlowControl {
     pub async fn wait_unblocked(&self) {
         let mut rx = self.changes.subscribe();
         let _ = rx.wait_for(|blocked| !blocked).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_buffers_count_in_the_alarm() {
+        let flow = FlowControl::new(1000);
+        flow.update(600);
+        assert!(!flow.is_blocked());
+        flow.add_buffered(500);
+        flow.update(600);
+        assert!(flow.is_blocked(), "600 queued + 500 buffered is over 1000");
+        flow.sub_buffered(500);
+        flow.update(600);
+        assert!(!flow.is_blocked());
+        flow.sub_buffered(10);
+        assert_eq!(flow.buffered(), 0, "never below zero");
     }
 }

@@ -61,6 +61,8 @@ pub struct CoreConfig {
     pub users: Vec<User>,
     /// Memory the queued messages may hold before publishers are blocked (0 = no limit).
     pub memory_high_watermark: u64,
+    /// The front ends' limits, kept here so that status and /metrics can show them.
+    pub limits: crate::config::Limits,
 }
 
 impl Default for CoreConfig {
@@ -73,6 +75,7 @@ impl Default for CoreConfig {
                 loopback_only: true,
             }],
             memory_high_watermark: 0,
+            limits: crate::config::Limits::default(),
         }
     }
 }
@@ -133,6 +136,7 @@ pub(crate) struct Shared {
     connections: DashMap<u64, Arc<ConnectionInfo>>,
     started: Instant,
     flow: flow::FlowControl,
+    limits: crate::config::Limits,
 }
 
 /// The broker: a cheap handle, clone freely.
@@ -172,6 +176,7 @@ impl Broker {
             connections: DashMap::new(),
             started: Instant::now(),
             flow: flow::FlowControl::new(config.memory_high_watermark),
+            limits: config.limits,
         });
         for name in &config.vhosts {
             let v = VHost::new(name, shared.clone());
@@ -225,6 +230,11 @@ impl Broker {
     /// Broker-wide counters.
     pub fn counters(&self) -> &BrokerCounters {
         &self.shared.counters
+    }
+
+    /// The limits in force (connections, frames, messages, timeouts).
+    pub fn limits(&self) -> &crate::config::Limits {
+        &self.shared.limits
     }
 
     /// Publisher flow control (the memory alarm).

@@ -459,6 +459,8 @@ impl Queue {
                 }
                 st.next_consumer = idx + 1;
                 let entry = st.ready.pop_front().expect("checked non-empty");
+                let size = entry.msg.body().len();
+                consumer.charge(size);
                 let redelivered = entry.redelivered;
                 if consumer.no_ack {
                     self.forget(&entry);
@@ -483,6 +485,7 @@ impl Queue {
                         // The consumer is going away: put the message back at the head.
                         consumer.deactivate();
                         consumer.release(1);
+                        consumer.written(size);
                         st.ready.push_front(back.disarm());
                     }
                 }

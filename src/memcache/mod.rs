@@ -52,9 +52,11 @@
 
 pub mod command;
 pub mod parser;
+mod refuse;
 mod session;
 pub mod stats;
 
 pub use session::FLAGS_HEADER;
 
+pub use refuse::refuse_connection;
 pub use session::run as serve_connection;

@@ -40,6 +40,10 @@ pub const FLAGS_HEADER: &str = "x-memcache-flags";
 /// memcached: an exptime above 30 days is an absolute unix time.
 const RELATIVE_EXPTIME_LIMIT: i64 = 60 * 60 * 24 * 30;
 
+/// Answers buffered for a client before they are written (the write waits while the
+/// client does not read, so a pipelining client that never reads holds this much).
+const OUT_LIMIT: usize = 256 * 1024;
+
 /// Largest time a `get q/t=<ms>` may wait (memcache clients time out long before).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
@@ -92,6 +96,7 @@ pub async fn run(
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
+    let idle = Duration::from_secs(config.memcache.idle_timeout);
     'conn: loop {
         // Answer every complete request in the buffer, in order.
         loop {
@@ -145,7 +150,7 @@ pub async fn run(
                 }
             }
             // Keep the outbound buffer bounded under a long pipeline.
-            if s.out.len() > 256 * 1024 && s.flush(&mut stream).await.is_err() {
+            if s.out.len() > OUT_LIMIT && s.flush(&mut stream).await.is_err() {
                 break 'conn;
             }
         }
@@ -164,7 +169,7 @@ pub async fn run(
             }
         }
         tokio::select! {
-            r = stream.read_buf(&mut buf) => match r {
+            r = read_idle(&mut stream, &mut buf, idle) => match r {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     s.info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -225,6 +230,22 @@ fn not_stored(routed: &crate::core::Routed) -> Option<&'static str> {
         Some("queue was deleted while storing: message not stored")
     } else {
         None
+    }
+}
+
+/// One read; with memcached's `idle_timeout` (0 = off), a client silent that long reads
+/// as gone (memcached closes it without a word).
+async fn read_idle(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> std::io::Result<usize> {
+    if idle.is_zero() {
+        return stream.read_buf(buf).await;
+    }
+    match tokio::time::timeout(idle, stream.read_buf(buf)).await {
+        Ok(r) => r,
+        Err(_) => Ok(0),
     }
 }
 
@@ -311,8 +332,13 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        stream.write_all(&self.out).await?;
+        // While the client does not read, these bytes are held memory: the alarm sees them.
         let n = self.out.len() as u64;
+        let flow = self.broker.flow();
+        flow.add_buffered(n);
+        let written = stream.write_all(&self.out).await;
+        flow.sub_buffered(n);
+        written?;
         self.info.bytes_out.fetch_add(n, Ordering::Relaxed);
         self.counters.bytes_written.fetch_add(n, Ordering::Relaxed);
         self.out.clear();
@@ -557,6 +583,12 @@ impl Session {
                     self.counters.get_misses.fetch_add(1, Ordering::Relaxed);
                     counters.get_empty.inc();
                 }
+            }
+            // A many-key get of large messages is written as it goes: a client that does
+            // not read holds at most OUT_LIMIT (plus one message) here, the rest stays in
+            // the queues.
+            if self.out.len() > OUT_LIMIT && self.flush(client.stream).await.is_err() {
+                return;
             }
         }
         command::write_end(&mut self.out);

@@ -22,6 +22,7 @@
 //! | `queue_messages_{published,delivered,acked,redelivered,expired,dropped}_total{vhost,queue}` | counter |
 //! | `process_resident_memory_bytes`, `resident_memory_limit_bytes`, `process_open_fds`, `process_max_fds`, `process_open_tcp_sockets`, `process_max_tcp_sockets`, `disk_space_available_bytes`, `disk_space_available_limit_bytes`, `alarms_free_disk_space_watermark` | gauge |
 //! | `store_fsync_seconds` (histogram), `store_fsyncs_total` | via the `metrics` recorder |
+//! | `limit{limit}` (every configured limit, README "Limits and hardening"), `write_buffer_bytes` | gauge |
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -80,6 +81,7 @@ pub fn render(
     w.message_size(broker);
     w.queues(&queues);
     w.process(broker, scrape.data_dir);
+    w.limits(broker);
     if let Some(text) = recorded {
         append_recorded(w.out, text, scrape.prefix);
     }
@@ -688,6 +690,36 @@ impl Writer<'_> {
                 );
             }
         }
+    }
+
+    /// The limits in force, one series each (0 = none where a limit may be off), and
+    /// what waits in the front ends' write buffers for slow clients.
+    fn limits(&mut self, broker: &Broker) {
+        use crate::core::consumer::{WRITE_WINDOW, WRITE_WINDOW_BYTES};
+        self.family(
+            "limit",
+            "gauge",
+            "Configured limits (0 = no limit where a limit may be off).",
+        );
+        for (name, value) in broker.limits().entries() {
+            self.sample("limit", &[("limit", name)], value);
+        }
+        self.sample(
+            "limit",
+            &[("limit", "consumer_write_window")],
+            u64::from(WRITE_WINDOW),
+        );
+        self.sample(
+            "limit",
+            &[("limit", "consumer_write_window_bytes")],
+            WRITE_WINDOW_BYTES,
+        );
+        self.single(
+            "write_buffer_bytes",
+            "gauge",
+            "Bytes queued for clients and not yet written (counted in the memory alarm).",
+            broker.flow().buffered(),
+        );
     }
 
     fn process(&mut self, broker: &Broker, data_dir: &Path) {
