@@ -44,8 +44,15 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Users allowed to connect over AMQP.
     pub users: Vec<UserConfig>,
-    /// Virtual hosts.
+    /// Virtual hosts a fresh data directory starts with.
     pub vhosts: Vec<String>,
+    /// Permissions a fresh data directory starts with (`[[permissions]]`). When none
+    /// are given, every configured user gets full permissions on every configured vhost
+    /// (what configs written before qgate had permissions meant).
+    pub permissions: Vec<PermissionConfig>,
+    /// Users who may log in only from loopback addresses (RabbitMQ's `loopback_users`;
+    /// `[]` lets `guest` in from anywhere).
+    pub loopback_users: Vec<String>,
     /// Memory the queued messages may hold before publishers are blocked: a fraction of
     /// physical memory (`0.4`, RabbitMQ's default), a number of bytes (`536870912`), or
     /// `0` for no limit.
@@ -78,6 +85,8 @@ pub struct MemcacheConfig {
     pub max_message: usize,
     /// Vhost the memcache queues live in.
     pub vhost: String,
+    /// User whose permissions govern memcache commands (the protocol has no login).
+    pub user: String,
 }
 
 /// `[http]`
@@ -111,6 +120,30 @@ pub struct UserConfig {
     /// Accept only from loopback addresses.
     #[serde(default)]
     pub loopback_only: bool,
+    /// Tags (`administrator`, `monitoring`, `management`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `[[permissions]]`: one user's three regexps in one vhost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    /// User.
+    pub user: String,
+    /// Vhost.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Configure regexp.
+    pub configure: String,
+    /// Write regexp.
+    pub write: String,
+    /// Read regexp.
+    pub read: String,
+}
+
+fn default_vhost() -> String {
+    "/".into()
 }
 
 impl Default for Config {
@@ -124,9 +157,14 @@ impl Default for Config {
             users: vec![UserConfig {
                 name: "guest".into(),
                 password: "guest".into(),
-                loopback_only: true,
+                // Loopback-only through `loopback_users`, so `loopback_users = []`
+                // opens the default guest as RabbitMQ's `{loopback_users, []}` does.
+                loopback_only: false,
+                tags: vec!["administrator".into()],
             }],
             vhosts: vec!["/".into()],
+            permissions: Vec::new(),
+            loopback_users: vec!["guest".into()],
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
         }
     }
@@ -150,6 +188,7 @@ impl Default for MemcacheConfig {
             listen: DEFAULT_MEMCACHE_LISTEN.into(),
             max_message: DEFAULT_MEMCACHE_MAX_MESSAGE,
             vhost: "/".into(),
+            user: "guest".into(),
         }
     }
 }
@@ -197,6 +236,10 @@ pub struct Overrides {
     pub heartbeat: Option<u16>,
     /// `--memory-high-watermark` / `QGATE_MEMORY_HIGH_WATERMARK`
     pub memory_high_watermark: Option<String>,
+    /// `--loopback-users` / `QGATE_LOOPBACK_USERS` (comma-separated; empty = none)
+    pub loopback_users: Option<String>,
+    /// `--memcache-user` / `QGATE_MEMCACHE_USER`
+    pub memcache_user: Option<String>,
 }
 
 /// A configuration problem.
@@ -275,6 +318,16 @@ impl Config {
         }
         if let Some(v) = o.memory_high_watermark {
             self.memory_high_watermark = v;
+        }
+        if let Some(v) = o.loopback_users {
+            self.loopback_users = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = o.memcache_user {
+            self.memcache.user = v;
         }
     }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod content;
 pub mod core;
 pub mod ctl;
+pub mod definitions;
 pub mod memcache;
 pub mod metrics;
 pub mod server;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::core::{Broker, CoreConfig, User};
+use crate::core::{Broker, CoreConfig, SeedUser, VhostPermissions};
 use crate::store::{FsyncPolicy, Store, StoreConfig};
 
 /// A fatal start-up problem.
@@ -73,6 +73,38 @@ pub fn physical_memory() -> u64 {
 }
 
 fn core_config(config: &Config) -> CoreConfig {
+    let permissions = if config.permissions.is_empty() {
+        config
+            .users
+            .iter()
+            .flat_map(|u| {
+                config
+                    .vhosts
+                    .iter()
+                    .map(|v| crate::core::access::full_permissions(&u.name, v))
+            })
+            .collect()
+    } else {
+        config
+            .permissions
+            .iter()
+            .map(|p| VhostPermissions {
+                user: p.user.clone(),
+                vhost: p.vhost.clone(),
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            })
+            .collect()
+    };
+    let mut loopback_users = config.loopback_users.clone();
+    loopback_users.extend(
+        config
+            .users
+            .iter()
+            .filter(|u| u.loopback_only)
+            .map(|u| u.name.clone()),
+    );
     CoreConfig {
         memory_high_watermark: config
             .memory_high_watermark_bytes(physical_memory())
@@ -81,12 +113,14 @@ fn core_config(config: &Config) -> CoreConfig {
         users: config
             .users
             .iter()
-            .map(|u| User {
+            .map(|u| SeedUser {
                 name: u.name.clone(),
                 password: u.password.clone(),
-                loopback_only: u.loopback_only,
+                tags: u.tags.clone(),
             })
             .collect(),
+        permissions,
+        loopback_users,
     }
 }
 
