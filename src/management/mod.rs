@@ -9,6 +9,7 @@
 //! - [`overview`]: overview, whoami, health checks, definitions, `qgate/stop`.
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
+//! - [`query`]: `columns`, `sort`, `name` and paging on any list.
 //! - [`static_files`]: every other GET (the console).
 //!
 //! Paths, methods, field names and types, status codes and error bodies are
@@ -23,6 +24,7 @@ pub mod error;
 pub mod exchanges;
 pub mod json;
 pub mod overview;
+pub mod query;
 pub mod queues;
 pub mod rates;
 pub mod static_files;
@@ -173,7 +175,8 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/channels/{name}", get(c::channel))
         .route("/consumers", get(c::consumers_all))
         .route("/consumers/{vhost}", get(c::consumers_vhost))
-        .fallback(|| async { ApiError::not_found() });
+        .fallback(|| async { ApiError::not_found() })
+        .layer(axum::middleware::from_fn(query::apply));
     Router::new()
         .nest("/api", api)
         .fallback(fallback)
@@ -194,23 +197,30 @@ async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
     }
 }
 
-/// Serves the management API on `listener` until `shutdown`, writing the `qgate ctl`
-/// cookie first and sampling rates while it runs.
-pub async fn serve(
-    listener: TcpListener,
-    broker: Broker,
-    config: Arc<Config>,
-    bound: Bound,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let cookie = match auth::write_cookie(&config.storage.data_dir) {
+/// Writes a fresh `qgate ctl` cookie into the data directory; `None` (with a warning)
+/// when it cannot. The server calls this before the management listener logs its
+/// `listening` line, so whoever waits for that line finds the cookie.
+pub fn prepare_cookie(config: &Config) -> Option<String> {
+    match auth::write_cookie(&config.storage.data_dir) {
         Ok(token) => Some(token),
         Err(e) => {
             tracing::warn!(error = %e, "cannot write the qgate ctl cookie; ctl needs --user/--password");
             None
         }
-    };
+    }
+}
+
+/// Serves the management API on `listener` until `shutdown`, sampling rates while it
+/// runs; `cookie` is the token [`prepare_cookie`] wrote.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: Arc<Config>,
+    bound: Bound,
+    cookie: Option<String>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     let mgmt = Arc::new(Mgmt {
         broker,
         config,
