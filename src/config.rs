@@ -13,6 +13,9 @@ pub const DEFAULT_AMQP_LISTEN: &str = "0.0.0.0:5672";
 pub const DEFAULT_MEMCACHE_LISTEN: &str = "127.0.0.1:22201";
 /// Default HTTP listen address (rabbitmq_prometheus's port).
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:15692";
+/// Default management listen address (the RabbitMQ management plugin's port; loopback
+/// by default as the console and API are for operators on this machine).
+pub const DEFAULT_MANAGEMENT_LISTEN: &str = "127.0.0.1:15672";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./qgate-data";
 /// Default heartbeat proposed to AMQP clients, in seconds (RabbitMQ's).
@@ -53,6 +56,8 @@ pub struct Config {
     /// Users who may log in only from loopback addresses (RabbitMQ's `loopback_users`;
     /// `[]` lets `guest` in from anywhere).
     pub loopback_users: Vec<String>,
+    /// Management listener (HTTP API and web console).
+    pub management: ManagementConfig,
     /// Memory the queued messages may hold before publishers are blocked: a fraction of
     /// physical memory (`0.4`, RabbitMQ's default), a number of bytes (`536870912`), or
     /// `0` for no limit.
@@ -97,6 +102,22 @@ pub struct HttpConfig {
     pub listen: String,
     /// Metric name prefix (`rabbitmq` makes RabbitMQ dashboards work unchanged).
     pub metrics_prefix: String,
+}
+
+/// `[management]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Listen address.
+    pub listen: String,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_MANAGEMENT_LISTEN.into(),
+        }
+    }
 }
 
 /// `[storage]`
@@ -166,6 +187,7 @@ impl Default for Config {
             permissions: Vec::new(),
             loopback_users: vec!["guest".into()],
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
+            management: ManagementConfig::default(),
         }
     }
 }
@@ -240,6 +262,8 @@ pub struct Overrides {
     pub loopback_users: Option<String>,
     /// `--memcache-user` / `QGATE_MEMCACHE_USER`
     pub memcache_user: Option<String>,
+    /// `--management-listen` / `QGATE_MANAGEMENT_LISTEN`
+    pub management_listen: Option<String>,
 }
 
 /// A configuration problem.
@@ -329,6 +353,9 @@ impl Config {
         if let Some(v) = o.memcache_user {
             self.memcache.user = v;
         }
+        if let Some(v) = o.management_listen {
+            self.management.listen = v;
+        }
     }
 
     /// The memory high watermark in bytes (0 = none), given the machine's memory.
@@ -353,6 +380,7 @@ impl Config {
             ("amqp.listen", &self.amqp.listen),
             ("memcache.listen", &self.memcache.listen),
             ("http.listen", &self.http.listen),
+            ("management.listen", &self.management.listen),
         ] {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::Invalid {

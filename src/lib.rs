@@ -10,6 +10,8 @@ pub mod content;
 pub mod core;
 pub mod ctl;
 pub mod definitions;
+pub mod http;
+pub mod management;
 pub mod memcache;
 pub mod metrics;
 pub mod server;

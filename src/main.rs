@@ -76,6 +76,9 @@ struct ServeArgs {
     /// User whose permissions govern memcache commands [default: guest]
     #[arg(long, env = "QGATE_MEMCACHE_USER")]
     memcache_user: Option<String>,
+    /// Management (HTTP API, web console) listen address [default: 127.0.0.1:15672]
+    #[arg(long, env = "QGATE_MANAGEMENT_LISTEN")]
+    management_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -98,6 +101,7 @@ impl ServeArgs {
             memory_high_watermark: self.memory_high_watermark,
             loopback_users: self.loopback_users,
             memcache_user: self.memcache_user,
+            management_listen: self.management_listen,
         });
         config.validate()?;
         Ok(config)

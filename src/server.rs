@@ -41,6 +41,8 @@ pub struct Bound {
     pub memcache: SocketAddr,
     /// HTTP.
     pub http: SocketAddr,
+    /// Management (API and console).
+    pub management: SocketAddr,
 }
 
 async fn bind(protocol: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
@@ -135,10 +137,13 @@ pub async fn run(
     let amqp = bind("amqp", &config.amqp.listen).await?;
     let memcache = bind("memcache", &config.memcache.listen).await?;
     let http = bind("http", &config.http.listen).await?;
+    let cookie = crate::management::prepare_cookie(&config);
+    let management = bind("management", &config.management.listen).await?;
     let bound = Bound {
         amqp: amqp.local_addr().expect("bound"),
         memcache: memcache.local_addr().expect("bound"),
         http: http.local_addr().expect("bound"),
+        management: management.local_addr().expect("bound"),
     };
     on_bound(bound);
     let tracker = TaskTracker::new();
@@ -192,11 +197,19 @@ pub async fn run(
             },
         ));
     }
-    tracker.spawn(crate::metrics::http::serve(
+    tracker.spawn(crate::metrics::routes::serve(
         http,
         broker.clone(),
         config.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(crate::management::serve(
+        management,
+        broker.clone(),
+        config.clone(),
         bound,
+        cookie,
         shutdown.clone(),
         tracker.clone(),
     ));
