@@ -673,7 +673,7 @@ impl Broker {
         }
         self.close_connections_where(
             |c| *c.user.lock() == name,
-            &format!("user '{name}' was deleted"),
+            &format!("user '{name}' is deleted"),
         );
         Ok(())
     }
