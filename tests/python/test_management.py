@@ -375,7 +375,21 @@ def test_connections_of_both_protocols_and_forced_close(fresh_broker, api):
             conn.process_data_events(time_limit=0.2)
     assert e.value.reply_code == 320
     assert "bye from the test" in e.value.reply_text
-    assert [c["protocol"] for c in api.get("/api/connections")] == ["memcache"]
+    deadline = time.time() + 5
+    while time.time() < deadline and len(api.get("/api/connections")) > 1:
+        time.sleep(0.05)
+    left = api.get("/api/connections")
+    assert [(c["protocol"], c["user"], c["vhost"]) for c in left] == [("memcache", "guest", "/")]
+    # A memcache connection is closed the same way: the server ends the TCP connection.
+    raw = socket.create_connection((fresh_broker.memcache_host, fresh_broker.memcache_port))
+    raw.sendall(b"version\r\n")
+    assert raw.recv(100).startswith(b"VERSION")
+    mine = [c for c in api.get("/api/connections") if c["peer_port"] == raw.getsockname()[1]]
+    assert len(mine) == 1
+    assert api.delete("/api/connections/" + q(mine[0]["name"])) == 204
+    raw.settimeout(5)
+    assert raw.recv(100) == b""
+    raw.close()
     mc.close()
 
 
