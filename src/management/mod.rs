@@ -6,7 +6,8 @@
 //! - [`error`]: RabbitMQ's error bodies and status codes.
 //! - [`json`]: lenient request bodies, field tables to and from JSON.
 //! - [`rates`]: the sampler behind every `*_details.rate`.
-//! - [`overview`]: overview, whoami, health checks, definitions, `qgate/stop`.
+//! - [`overview`]: overview, whoami, aliveness, definitions, `qgate/stop`.
+//! - [`health`]: nodes, cluster name, `/api/health/checks/*`.
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
 //! - [`query`]: `columns`, `sort`, `name` and paging on any list.
@@ -22,6 +23,7 @@ pub mod bindings;
 pub mod connections;
 pub mod error;
 pub mod exchanges;
+pub mod health;
 pub mod json;
 pub mod overview;
 pub mod query;
@@ -109,6 +111,31 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/whoami", get(o::whoami))
         .route("/healthchecks/node", get(o::healthcheck))
         .route("/aliveness-test/{vhost}", get(o::aliveness))
+        .route("/nodes", get(health::nodes))
+        .route("/nodes/{node}", get(health::node))
+        .route("/cluster-name", get(health::cluster_name))
+        .route("/health/checks/alarms", get(health::check_alarms))
+        .route(
+            "/health/checks/local-alarms",
+            get(health::check_local_alarms),
+        )
+        .route("/health/checks/virtual-hosts", get(health::check_vhosts))
+        .route(
+            "/health/checks/node-is-quorum-critical",
+            get(health::check_not_critical),
+        )
+        .route(
+            "/health/checks/node-is-mirror-sync-critical",
+            get(health::check_not_critical),
+        )
+        .route(
+            "/health/checks/port-listener/{port}",
+            get(health::check_port),
+        )
+        .route(
+            "/health/checks/protocol-listener/{protocol}",
+            get(health::check_protocol),
+        )
         .route("/definitions", get(o::export).post(o::import))
         .route("/qgate/stop", post(o::stop))
         .route("/vhosts", get(a::vhosts))

@@ -473,6 +473,22 @@ def test_overview_and_health(fresh_broker, api):
     assert api.get("/api/healthchecks/node") == {"status": "ok"}
     assert api.get("/api/aliveness-test/%2F") == {"status": "ok"}
     assert api.get("/api/whoami") == {"name": "guest", "tags": ["administrator"]}
+    for check in ["alarms", "local-alarms", "virtual-hosts", "node-is-quorum-critical",
+                  "port-listener/%d" % fresh_broker.amqp_port, "protocol-listener/amqp091",
+                  "protocol-listener/memcache"]:
+        assert api.get("/api/health/checks/" + check)["status"] == "ok", check
+    status, _, body = api.call("GET", "/api/health/checks/port-listener/1")
+    assert (status, body["status"], body["reason"]) == (503, "failed", "No active listener")
+    nodes = api.get("/api/nodes")
+    assert [n["name"] for n in nodes] == [o["node"]]
+    for field, kind in [("mem_used", int), ("mem_limit", int), ("mem_alarm", bool),
+                        ("disk_free", int), ("fd_used", int), ("fd_total", int),
+                        ("running", bool), ("uptime", int), ("sockets_used", int)]:
+        assert isinstance(nodes[0][field], kind), field
+    assert nodes[0]["mem_used"] > 0 and nodes[0]["running"] is True
+    assert api.get("/api/nodes/" + q(o["node"]))["name"] == o["node"]
+    assert api.call("GET", "/api/nodes/nope@nowhere")[0] == 404
+    assert api.get("/api/cluster-name") == {"name": o["cluster_name"]}
 
 
 @pytest.mark.timeout(60)
@@ -557,7 +573,7 @@ def test_rabbitmqadmin_works_unchanged(fresh_broker):
     got = json.loads(ok("get", "queue=" + name, "ackmode=ack_requeue_false"))
     assert [(m["payload"], m["redelivered"]) for m in got] == [("hello world", True)]
     for kind in ["exchanges", "bindings", "connections", "users", "vhosts", "permissions",
-                 "consumers", "channels"]:
+                 "consumers", "channels", "nodes"]:
         json.loads(ok("list", kind))
     assert "binding deleted" in ok("delete", "binding", "source=admin.x",
                                    "destination_type=queue", "destination=" + name,
