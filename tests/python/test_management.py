@@ -363,8 +363,13 @@ def test_connections_of_both_protocols_and_forced_close(fresh_broker, api):
     assert amqp["port"] == fresh_broker.amqp_port
     assert isinstance(amqp["recv_oct"], int) and amqp["recv_oct"] > 0
     assert api.get("/api/connections/" + q(amqp["name"])) == amqp
+    conn.channel(5)
     channels = api.get("/api/channels")
-    assert [c["connection_details"]["name"] for c in channels] == [amqp["name"]]
+    assert [(c["connection_details"]["name"], c["number"], c["name"]) for c in channels] == [
+        (amqp["name"], 1, amqp["name"] + " (1)"), (amqp["name"], 5, amqp["name"] + " (5)")]
+    assert api.get("/api/connections/%s/channels" % q(amqp["name"])) == channels
+    assert api.get("/api/channels/" + q(channels[1]["name"])) == channels[1]
+    assert isinstance(amqp["recv_oct_details"]["rate"], float)
     assert api.get("/api/vhosts/%2F/connections")
     status, _, _ = api.call("DELETE", "/api/connections/" + q(amqp["name"]),
                             headers={"X-Reason": "bye from the test"})
