@@ -179,6 +179,14 @@ def test_not_found_and_malformed_bodies(api):
     status, _, body = api.call("POST", "/api/exchanges/%2F/amq.default/publish",
                                {"payload": "x"})
     assert status == 400 and "key_missing" in body["reason"]
+    # A browser on another site cannot make changes with cached credentials.
+    status, _, body = api.call("PUT", "/api/queues/%2F/csrf", {},
+                               headers={"Origin": "http://evil.example"})
+    assert (status, body["error"]) == (403, "forbidden")
+    assert api.call("GET", "/api/queues/%2F/csrf")[0] == 404
+    same = api.base.split("://", 1)[1]
+    assert api.call("PUT", "/api/queues/%2F/csrf", {},
+                    headers={"Origin": "http://" + same})[0] == 201
 
 
 # ---- queues, with traffic from both front ends ------------------------------------------
