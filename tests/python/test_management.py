@@ -174,6 +174,8 @@ def test_not_found_and_malformed_bodies(api):
     assert status == 400 and body["error"] == "bad_request"
     status, _, body = api.call("PUT", "/api/queues/no-such-vhost/x", {})
     assert (status, body) == (404, {"error": "not_found", "reason": "vhost_not_found"})
+    status, _, body = api.call("PUT", "/api/queues/%2F/big", raw=b" " * (21 * 1024 * 1024))
+    assert (status, body["error"]) == (413, "payload_too_large")
     status, hdrs, _ = api.call("PATCH", "/api/queues")
     assert status == 405 and "GET" in hdrs["Allow"]
     status, _, body = api.call("POST", "/api/exchanges/%2F/amq.default/publish",
@@ -220,6 +222,7 @@ def test_queue_counts_amqp_plus_memcache(fresh_broker, api):
         assert isinstance(one[field + "_details"]["rate"], float)
     for field in ["publish", "deliver_get", "ack", "redeliver"]:
         assert isinstance(one["message_stats"][field + "_details"]["rate"], float)
+    assert one.pop("consumer_details") == []
     assert one in api.get("/api/queues/%2F")
     assert one in api.get("/api/queues")
     overview = api.get("/api/overview")
@@ -235,6 +238,7 @@ def test_queue_counts_amqp_plus_memcache(fresh_broker, api):
     consumers = api.get("/api/consumers/%2F")
     assert [(c["consumer_tag"], c["queue"], c["ack_required"], c["prefetch_count"])
             for c in consumers] == [("mgmt-ctag", {"name": name, "vhost": "/"}, True, 1)]
+    assert one["consumer_details"] == consumers
     conn.close()
     mc.close()
 
