@@ -913,7 +913,8 @@ fn status(out: &mut String, o: &Value, quiet: bool) {
         let purpose = match get("protocol").as_str() {
             "amqp" => "AMQP 0-9-1",
             "memcache" => "memcache text protocol",
-            "http" => "HTTP API, Prometheus metrics",
+            "http" => "Prometheus metrics",
+            "management" => "HTTP API",
             _ => "",
         };
         out.push_str(&format!(
