@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::{ok_json, Mgmt};
-use crate::core::{ConnectionInfo, VHost};
+use crate::core::{ConnectionInfo, Queue, VHost};
 
 /// The protocol as RabbitMQ reports it (`AMQP 0-9-1`), or the front end's name.
 pub fn protocol_name(protocol: &str) -> &str {
@@ -47,6 +47,7 @@ fn connection_json(m: &Mgmt, c: &ConnectionInfo) -> Value {
         _ => m.bound.amqp,
     };
     let user = c.user.lock().clone();
+    let rates = m.rates.connection(c.id);
     json!({
         "name": connection_name(m, c),
         "node": m.node,
@@ -60,7 +61,9 @@ fn connection_json(m: &Mgmt, c: &ConnectionInfo) -> Value {
         "vhost": c.vhost.lock().clone(),
         "channels": c.channels.load(Ordering::Relaxed),
         "recv_oct": c.bytes_in.load(Ordering::Relaxed),
+        "recv_oct_details": { "rate": rates[0] },
         "send_oct": c.bytes_out.load(Ordering::Relaxed),
+        "send_oct_details": { "rate": rates[1] },
         "connected_at": connected_at,
         "state": "running",
         "ssl": false,
@@ -149,18 +152,20 @@ pub async fn connection_channels(
     Ok(ok_json(Value::Array(channels_of(&m, &c))))
 }
 
-/// The channels of a connection. The core tracks how many each connection has open,
-/// not their numbers, so each is listed with its connection's details and its
-/// position; a memcache connection has none.
+/// The open channels of a connection, named `<connection> (<number>)` as in RabbitMQ;
+/// a memcache connection has none.
 fn channels_of(m: &Mgmt, c: &ConnectionInfo) -> Vec<Value> {
-    let n = c.channels.load(Ordering::Relaxed);
+    let mut numbers = c.channel_numbers.lock().clone();
+    numbers.sort_unstable();
     let conn_name = connection_name(m, c);
     let user = c.user.lock().clone();
     let vhost = c.vhost.lock().clone();
-    (1..=n)
+    numbers
+        .into_iter()
         .map(|i| {
             json!({
                 "name": format!("{conn_name} ({i})"),
+                "number": i,
                 "node": m.node,
                 "connection_details": {
                     "name": conn_name,
@@ -208,33 +213,45 @@ fn consumers(m: &Mgmt, caller: &Caller, vhosts: Vec<Arc<VHost>>) -> Value {
         let mut qs = v.queues();
         qs.sort_by(|a, b| a.name.cmp(&b.name));
         for q in qs {
-            for c in q.consumers() {
-                let conn = conns.iter().find(|x| x.id == c.connection);
-                let channel_details = match conn {
-                    Some(conn) => json!({
-                        "connection_name": connection_name(m, conn),
-                        "peer_host": conn.peer.ip().to_string(),
-                        "peer_port": conn.peer.port(),
-                        "user": conn.user.lock().clone(),
-                        "node": m.node,
-                    }),
-                    None => json!({}),
-                };
-                out.push(json!({
-                    "consumer_tag": c.tag,
-                    "queue": { "name": q.name, "vhost": &*q.vhost },
-                    "ack_required": !c.no_ack,
-                    "exclusive": c.exclusive,
-                    "prefetch_count": if c.no_ack { 0 } else { c.own_credit.limit() },
-                    "active": c.is_active(),
-                    "activity_status": if c.is_active() { "up" } else { "waiting" },
-                    "arguments": {},
-                    "channel_details": channel_details,
-                }));
-            }
+            out.extend(consumers_json(m, &q, &conns));
         }
     }
     Value::Array(out)
+}
+
+/// The consumers of one queue in the API's shape.
+pub fn consumers_of(m: &Mgmt, q: &Queue) -> Vec<Value> {
+    consumers_json(m, q, &m.broker.connections())
+}
+
+fn consumers_json(m: &Mgmt, q: &Queue, conns: &[Arc<ConnectionInfo>]) -> Vec<Value> {
+    q.consumers()
+        .iter()
+        .map(|c| {
+            let conn = conns.iter().find(|x| x.id == c.connection);
+            let channel_details = match conn {
+                Some(conn) => json!({
+                    "connection_name": connection_name(m, conn),
+                    "peer_host": conn.peer.ip().to_string(),
+                    "peer_port": conn.peer.port(),
+                    "user": conn.user.lock().clone(),
+                    "node": m.node,
+                }),
+                None => json!({}),
+            };
+            json!({
+                "consumer_tag": c.tag,
+                "queue": { "name": q.name, "vhost": &*q.vhost },
+                "ack_required": !c.no_ack,
+                "exclusive": c.exclusive,
+                "prefetch_count": if c.no_ack { 0 } else { c.own_credit.limit() },
+                "active": c.is_active(),
+                "activity_status": if c.is_active() { "up" } else { "waiting" },
+                "arguments": {},
+                "channel_details": channel_details,
+            })
+        })
+        .collect()
 }
 
 /// `GET /api/consumers`.

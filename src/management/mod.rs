@@ -6,7 +6,8 @@
 //! - [`error`]: RabbitMQ's error bodies and status codes.
 //! - [`json`]: lenient request bodies, field tables to and from JSON.
 //! - [`rates`]: the sampler behind every `*_details.rate`.
-//! - [`overview`]: overview, whoami, health checks, definitions, `qgate/stop`.
+//! - [`overview`]: overview, whoami, aliveness, definitions, `qgate/stop`.
+//! - [`health`]: nodes, cluster name, `/api/health/checks/*`.
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
 //! - [`query`]: `columns`, `sort`, `name` and paging on any list.
@@ -22,6 +23,7 @@ pub mod bindings;
 pub mod connections;
 pub mod error;
 pub mod exchanges;
+pub mod health;
 pub mod json;
 pub mod overview;
 pub mod query;
@@ -109,6 +111,31 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/whoami", get(o::whoami))
         .route("/healthchecks/node", get(o::healthcheck))
         .route("/aliveness-test/{vhost}", get(o::aliveness))
+        .route("/nodes", get(health::nodes))
+        .route("/nodes/{node}", get(health::node))
+        .route("/cluster-name", get(health::cluster_name))
+        .route("/health/checks/alarms", get(health::check_alarms))
+        .route(
+            "/health/checks/local-alarms",
+            get(health::check_local_alarms),
+        )
+        .route("/health/checks/virtual-hosts", get(health::check_vhosts))
+        .route(
+            "/health/checks/node-is-quorum-critical",
+            get(health::check_not_critical),
+        )
+        .route(
+            "/health/checks/node-is-mirror-sync-critical",
+            get(health::check_not_critical),
+        )
+        .route(
+            "/health/checks/port-listener/{port}",
+            get(health::check_port),
+        )
+        .route(
+            "/health/checks/protocol-listener/{protocol}",
+            get(health::check_protocol),
+        )
         .route("/definitions", get(o::export).post(o::import))
         .route("/qgate/stop", post(o::stop))
         .route("/vhosts", get(a::vhosts))
@@ -176,12 +203,75 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/consumers", get(c::consumers_all))
         .route("/consumers/{vhost}", get(c::consumers_vhost))
         .fallback(|| async { ApiError::not_found() })
-        .layer(axum::middleware::from_fn(query::apply));
+        .layer(axum::middleware::from_fn(query::apply))
+        .layer(axum::middleware::from_fn(same_origin))
+        .layer(axum::middleware::from_fn(json_rejections));
     Router::new()
         .nest("/api", api)
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(mgmt)
+}
+
+/// Refuses a state-changing request that a browser sent from another site (its
+/// `Origin` names another host than `Host`): browsers resend cached Basic credentials,
+/// so without this any page could POST to the API. Tools (rabbitmqadmin, curl, ctl)
+/// send no `Origin`; the console's own requests carry this listener's.
+async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        if let Some(origin) = req.headers().get(axum::http::header::ORIGIN) {
+            let host = req
+                .headers()
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let from = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, rest)| rest.trim_end_matches('/'));
+            if !from.is_some_and(|f| f.eq_ignore_ascii_case(host)) {
+                return (
+                    StatusCode::FORBIDDEN,
+                    axum::Json(serde_json::json!({
+                        "error": "forbidden",
+                        "reason": "cross-origin request refused",
+                    })),
+                )
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// axum's own refusals (a body over [`MAX_BODY`]: 413, a malformed query string: 400)
+/// are plain text; the API answers JSON in RabbitMQ's shape throughout.
+async fn json_rejections(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() && plain) {
+        return response;
+    }
+    let reason = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        _ => "bad_request",
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": error, "reason": reason })),
+    )
+        .into_response()
 }
 
 /// Outside `/api/`: GET and HEAD are the console's; anything else 405.

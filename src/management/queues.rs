@@ -80,13 +80,16 @@ fn find(m: &Mgmt, caller: &Caller, vhost: &str, name: &str) -> Result<Arc<Queue>
 }
 
 /// `GET /api/queues/{vhost}/{queue}`.
+/// One queue also lists its consumers (`consumer_details`), as in RabbitMQ.
 pub async fn one(
     State(m): State<Arc<Mgmt>>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let q = find(&m, &caller, &vhost, &name)?;
-    Ok(ok_json(queue_json(&m, &q)))
+    let mut out = queue_json(&m, &q);
+    out["consumer_details"] = Value::Array(super::connections::consumers_of(&m, &q));
+    Ok(ok_json(out))
 }
 
 /// `PUT /api/queues/{vhost}/{queue}`: 201 when created, 204 when it existed with the

@@ -174,11 +174,21 @@ def test_not_found_and_malformed_bodies(api):
     assert status == 400 and body["error"] == "bad_request"
     status, _, body = api.call("PUT", "/api/queues/no-such-vhost/x", {})
     assert (status, body) == (404, {"error": "not_found", "reason": "vhost_not_found"})
+    status, _, body = api.call("PUT", "/api/queues/%2F/big", raw=b" " * (21 * 1024 * 1024))
+    assert (status, body["error"]) == (413, "payload_too_large")
     status, hdrs, _ = api.call("PATCH", "/api/queues")
     assert status == 405 and "GET" in hdrs["Allow"]
     status, _, body = api.call("POST", "/api/exchanges/%2F/amq.default/publish",
                                {"payload": "x"})
     assert status == 400 and "key_missing" in body["reason"]
+    # A browser on another site cannot make changes with cached credentials.
+    status, _, body = api.call("PUT", "/api/queues/%2F/csrf", {},
+                               headers={"Origin": "http://evil.example"})
+    assert (status, body["error"]) == (403, "forbidden")
+    assert api.call("GET", "/api/queues/%2F/csrf")[0] == 404
+    same = api.base.split("://", 1)[1]
+    assert api.call("PUT", "/api/queues/%2F/csrf", {},
+                    headers={"Origin": "http://" + same})[0] == 201
 
 
 # ---- queues, with traffic from both front ends ------------------------------------------
@@ -212,6 +222,7 @@ def test_queue_counts_amqp_plus_memcache(fresh_broker, api):
         assert isinstance(one[field + "_details"]["rate"], float)
     for field in ["publish", "deliver_get", "ack", "redeliver"]:
         assert isinstance(one["message_stats"][field + "_details"]["rate"], float)
+    assert one.pop("consumer_details") == []
     assert one in api.get("/api/queues/%2F")
     assert one in api.get("/api/queues")
     overview = api.get("/api/overview")
@@ -227,6 +238,7 @@ def test_queue_counts_amqp_plus_memcache(fresh_broker, api):
     consumers = api.get("/api/consumers/%2F")
     assert [(c["consumer_tag"], c["queue"], c["ack_required"], c["prefetch_count"])
             for c in consumers] == [("mgmt-ctag", {"name": name, "vhost": "/"}, True, 1)]
+    assert one["consumer_details"] == consumers
     conn.close()
     mc.close()
 
@@ -363,8 +375,13 @@ def test_connections_of_both_protocols_and_forced_close(fresh_broker, api):
     assert amqp["port"] == fresh_broker.amqp_port
     assert isinstance(amqp["recv_oct"], int) and amqp["recv_oct"] > 0
     assert api.get("/api/connections/" + q(amqp["name"])) == amqp
+    conn.channel(5)
     channels = api.get("/api/channels")
-    assert [c["connection_details"]["name"] for c in channels] == [amqp["name"]]
+    assert [(c["connection_details"]["name"], c["number"], c["name"]) for c in channels] == [
+        (amqp["name"], 1, amqp["name"] + " (1)"), (amqp["name"], 5, amqp["name"] + " (5)")]
+    assert api.get("/api/connections/%s/channels" % q(amqp["name"])) == channels
+    assert api.get("/api/channels/" + q(channels[1]["name"])) == channels[1]
+    assert isinstance(amqp["recv_oct_details"]["rate"], float)
     assert api.get("/api/vhosts/%2F/connections")
     status, _, _ = api.call("DELETE", "/api/connections/" + q(amqp["name"]),
                             headers={"X-Reason": "bye from the test"})
@@ -375,7 +392,21 @@ def test_connections_of_both_protocols_and_forced_close(fresh_broker, api):
             conn.process_data_events(time_limit=0.2)
     assert e.value.reply_code == 320
     assert "bye from the test" in e.value.reply_text
-    assert [c["protocol"] for c in api.get("/api/connections")] == ["memcache"]
+    deadline = time.time() + 5
+    while time.time() < deadline and len(api.get("/api/connections")) > 1:
+        time.sleep(0.05)
+    left = api.get("/api/connections")
+    assert [(c["protocol"], c["user"], c["vhost"]) for c in left] == [("memcache", "guest", "/")]
+    # A memcache connection is closed the same way: the server ends the TCP connection.
+    raw = socket.create_connection((fresh_broker.memcache_host, fresh_broker.memcache_port))
+    raw.sendall(b"version\r\n")
+    assert raw.recv(100).startswith(b"VERSION")
+    mine = [c for c in api.get("/api/connections") if c["peer_port"] == raw.getsockname()[1]]
+    assert len(mine) == 1
+    assert api.delete("/api/connections/" + q(mine[0]["name"])) == 204
+    raw.settimeout(5)
+    assert raw.recv(100) == b""
+    raw.close()
     mc.close()
 
 
@@ -459,6 +490,22 @@ def test_overview_and_health(fresh_broker, api):
     assert api.get("/api/healthchecks/node") == {"status": "ok"}
     assert api.get("/api/aliveness-test/%2F") == {"status": "ok"}
     assert api.get("/api/whoami") == {"name": "guest", "tags": ["administrator"]}
+    for check in ["alarms", "local-alarms", "virtual-hosts", "node-is-quorum-critical",
+                  "port-listener/%d" % fresh_broker.amqp_port, "protocol-listener/amqp091",
+                  "protocol-listener/memcache"]:
+        assert api.get("/api/health/checks/" + check)["status"] == "ok", check
+    status, _, body = api.call("GET", "/api/health/checks/port-listener/1")
+    assert (status, body["status"], body["reason"]) == (503, "failed", "No active listener")
+    nodes = api.get("/api/nodes")
+    assert [n["name"] for n in nodes] == [o["node"]]
+    for field, kind in [("mem_used", int), ("mem_limit", int), ("mem_alarm", bool),
+                        ("disk_free", int), ("fd_used", int), ("fd_total", int),
+                        ("running", bool), ("uptime", int), ("sockets_used", int)]:
+        assert isinstance(nodes[0][field], kind), field
+    assert nodes[0]["mem_used"] > 0 and nodes[0]["running"] is True
+    assert api.get("/api/nodes/" + q(o["node"]))["name"] == o["node"]
+    assert api.call("GET", "/api/nodes/nope@nowhere")[0] == 404
+    assert api.get("/api/cluster-name") == {"name": o["cluster_name"]}
 
 
 @pytest.mark.timeout(60)
@@ -543,7 +590,7 @@ def test_rabbitmqadmin_works_unchanged(fresh_broker):
     got = json.loads(ok("get", "queue=" + name, "ackmode=ack_requeue_false"))
     assert [(m["payload"], m["redelivered"]) for m in got] == [("hello world", True)]
     for kind in ["exchanges", "bindings", "connections", "users", "vhosts", "permissions",
-                 "consumers", "channels"]:
+                 "consumers", "channels", "nodes"]:
         json.loads(ok("list", kind))
     assert "binding deleted" in ok("delete", "binding", "source=admin.x",
                                    "destination_type=queue", "destination=" + name,
