@@ -250,3 +250,16 @@ def test_deleting_the_memcache_vhost_closes_memcache_connections(data_dir):
         m.close()
     finally:
         assert q.stop() == 0
+
+
+def test_a_data_dir_emptied_of_users_is_not_seeded_again(data_dir):
+    q = Qgate(data_dir).start()
+    Ctl(q).out("-q", "delete_user", "guest")
+    assert q.stop() == 0
+    q = Qgate(data_dir).start()
+    try:
+        assert refused(q, "guest", "guest") == 403
+        # the local cookie still works with no user left
+        assert Ctl(q).out("-q", "list_users") == ""
+    finally:
+        assert q.stop() == 0
