@@ -195,6 +195,8 @@ pub async fn get_messages(
     let truncate = j::count(&body, "truncate")?;
     let q = find(&m, &caller, &vhost, &name)?;
     caller.permit(&m, &vhost, Permission::Read, Resource::Queue(&q.name))?;
+    // Another connection's exclusive queue is locked, as for an AMQP basic.get.
+    let q = m.vhost(&vhost)?.queue(&q.name, 0)?;
     let counters = m.broker.counters();
     let mut taken = Vec::new();
     let mut out = Vec::new();

@@ -243,7 +243,7 @@ def test_queue_counts_amqp_plus_memcache(fresh_broker, api):
     mc.close()
 
 
-def test_queue_lifecycle(api):
+def test_queue_lifecycle(fresh_broker, api):
     name = uniq("life")
     path = "/api/queues/%2F/" + q(name)
     # rabbitmqadmin sends booleans as strings.
@@ -282,6 +282,17 @@ def test_queue_lifecycle(api):
     assert api.get(path)["messages"] == 2
     status, _, body = api.post(path + "/get", {"count": 1, "encoding": "auto"})
     assert (status, body) == (400, {"error": "bad_request", "reason": "[{key_missing,ackmode}]"})
+    # Another connection's exclusive queue is locked for get, purge and delete.
+    owner = fresh_broker.connect()
+    excl = owner.channel().queue_declare("", exclusive=True).method.queue
+    for method, sub, body in [("POST", "/get", {"count": 1, "ackmode": "ack_requeue_true",
+                                                "encoding": "auto"}),
+                              ("DELETE", "/contents", None), ("DELETE", "", None)]:
+        status, _, err = api.call(method, "/api/queues/%2F/" + q(excl) + sub, body)
+        assert (status, err["error"]) == (400, "bad_request"), (method, sub)
+        assert "exclusive access to locked queue" in err["reason"]
+    assert api.get("/api/queues/%2F/" + q(excl))["exclusive"] is True
+    owner.close()
     assert api.delete(path + "/contents") == 204
     assert api.get(path)["messages"] == 0
     assert api.delete(path + "?if-empty=true") == 204
