@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run the broker (the default).
     Serve(ServeArgs),
-    /// Inspect a running broker, rabbitmqctl-style (list_queues, status, ...).
+    /// Manage a running broker, rabbitmqctl-style (add_user, set_permissions, list_queues, ...).
     Ctl(qgate::ctl::CtlArgs),
 }
 
@@ -95,6 +95,16 @@ struct ServeArgs {
     /// 50MB, 1GB, 2GiB, bytes, mem_relative:<f>, or 0 for none [default: 50MB]
     #[arg(long, env = "QGATE_DISK_FREE_LIMIT")]
     disk_free_limit: Option<String>,
+    /// Users who may log in only from loopback addresses, comma-separated; "" lets
+    /// every user in from anywhere (RabbitMQ's loopback_users) [default: guest]
+    #[arg(long, env = "QGATE_LOOPBACK_USERS")]
+    loopback_users: Option<String>,
+    /// User whose permissions govern memcache commands [default: guest]
+    #[arg(long, env = "QGATE_MEMCACHE_USER")]
+    memcache_user: Option<String>,
+    /// Management (HTTP API, web console) listen address [default: 127.0.0.1:15672]
+    #[arg(long, env = "QGATE_MANAGEMENT_LISTEN")]
+    management_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -123,6 +133,9 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             memcache_idle_timeout: self.memcache_idle_timeout,
             disk_free_limit: self.disk_free_limit,
+            loopback_users: self.loopback_users,
+            memcache_user: self.memcache_user,
+            management_listen: self.management_listen,
         });
         config.validate()?;
         // Settings whose grammar belongs to a layer below config are checked here too,
@@ -169,7 +182,14 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // Usage errors of `qgate ctl` exit with rabbitmqctl's 64 (EX_USAGE), not clap's 2.
+        if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("ctl") {
+            let _ = e.print();
+            std::process::exit(64);
+        }
+        e.exit()
+    });
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Ctl(args)) => qgate::ctl::run(args).map_err(Into::into),

@@ -61,6 +61,8 @@ struct Session {
     last_names: Arc<Names>,
     /// Has sent `set`: the memory alarm pauses this connection.
     publisher: bool,
+    /// Whose permissions apply (`memcache.user`).
+    user: String,
 }
 
 /// Serves one client until it quits, disconnects or the broker shuts down.
@@ -93,7 +95,10 @@ pub async fn run(
         quit: false,
         last_names: Arc::default(),
         publisher: false,
+        user: config.memcache.user.clone(),
     };
+    *s.info.user.lock() = s.user.clone();
+    *s.info.vhost.lock() = s.vhost.name.to_string();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
     let idle = Duration::from_secs(config.memcache.idle_timeout);
@@ -180,6 +185,9 @@ pub async fn run(
             // next set it sends.
             _ = s.broker.flow().wait_blocked(), if s.publisher => {}
             _ = shutdown.cancelled() => break,
+            // Forced closed (vhost deleted, management API): the protocol has no way
+            // to say why, so the socket just closes.
+            _ = s.info.forced.cancelled() => break,
         }
     }
     let _ = s.flush(&mut stream).await;
@@ -381,6 +389,13 @@ impl Session {
             Request::Get { keys } => self.get(keys, &request_keys(frame), client, shutdown).await,
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
+                if !self.guard().delete(&key) {
+                    // Answered even under noreply: the client must learn that nothing
+                    // was deleted (memcached answers its SERVER_ERRORs the same way).
+                    self.out
+                        .extend_from_slice(b"SERVER_ERROR access refused\r\n");
+                    return;
+                }
                 let existed = self.vhost.find_queue(&key).is_some();
                 let ok = existed
                     && self
@@ -423,6 +438,10 @@ impl Session {
         }
     }
 
+    fn guard(&self) -> super::access::Guard<'_> {
+        super::access::Guard::new(&self.broker, &self.user, &self.vhost.name)
+    }
+
     /// Declares a queue as memcache producers expect it: durable, not exclusive, not
     /// auto-delete, so that `queue_declare(q, durable=True)` over AMQP matches it.
     fn declare(&self, queue: &str) -> Result<(), String> {
@@ -448,7 +467,9 @@ impl Session {
         exptime: i64,
         body: Bytes,
     ) -> Result<Option<SyncTicket>, String> {
-        if self.vhost.find_queue(queue).is_none() {
+        let missing = self.vhost.find_queue(queue).is_none();
+        self.guard().set(queue, missing)?;
+        if missing {
             self.declare(queue)?;
         }
         let ttl = ttl_ms(exptime);
@@ -501,6 +522,11 @@ impl Session {
                 return;
             }
         }
+        if !self.guard().get(keys.iter().map(|k| k.queue.as_str())) {
+            self.out
+                .extend_from_slice(b"SERVER_ERROR access refused\r\n");
+            return;
+        }
         for (i, k) in keys.into_iter().enumerate() {
             let o = k.options;
             let key: &[u8] = raw.get(i).copied().unwrap_or(k.queue.as_bytes());
@@ -520,7 +546,10 @@ impl Session {
             self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             // A timed read waits on the queue a later `set` will use, so it declares it
             // the way `set` does.
-            if o.timeout_ms.is_some_and(|ms| ms > 0) && self.vhost.find_queue(&k.queue).is_none() {
+            if o.timeout_ms.is_some_and(|ms| ms > 0)
+                && self.vhost.find_queue(&k.queue).is_none()
+                && self.guard().declare(&k.queue)
+            {
                 let _ = self.declare(&k.queue);
             }
             let Ok(queue) = self.vhost.queue(&k.queue, self.info.id) else {
