@@ -72,7 +72,8 @@ Q.api = {
       throw err;
     }
     return this.request("GET", "/whoami").then(function () {
-      err.message = "Access refused: " + (err.reason || "not allowed for this user");
+      var reason = err.reason || "not allowed for this user";
+      err.message = /^access refused/i.test(reason) ? reason : "Access refused: " + reason;
       throw err;
     });
   },

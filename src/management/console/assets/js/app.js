@@ -93,29 +93,36 @@
       a.classList.toggle("active", a.getAttribute("data-nav") === match.nav);
     });
     status("");
-    tick();
+    /* A tick already in flight serves the previous view: run one more for this one. */
+    Q.app.refreshNow();
   }
 
   /* One refresh; overlapping ticks (slow broker, manual refresh) share one run. */
   function tick() {
     if (ticking) return ticking;
     var view = current && current.view;
-    ticking = Promise.all([Q.api.get("/overview"), Q.api.get("/vhosts").catch(function () { return null; })])
+    ticking = Promise.all([Q.api.get("/overview" + Q.SAMPLES_QUERY), Q.api.get("/vhosts").catch(function () { return null; })])
       .then(function (r) {
         var o = r[0];
         Q.state.overview = o;
         if (r[1]) Q.state.vhosts = r[1].map(function (v) { return v.name; }).sort();
         var now = Date.now() / 1000;
         var qt = o.queue_totals || {};
-        Q.state.rateHistory.push(now, [Q.rate(o, "publish"), Q.deliverRate(o), Q.rate(o, "ack")]);
-        Q.state.queuedHistory.push(now, [qt.messages_ready || 0, qt.messages_unacknowledged || 0]);
+        var fromBroker = Q.historyFromSamples(o);
+        if (fromBroker.rates) Q.state.rateHistory = fromBroker.rates;
+        else Q.state.rateHistory.push(now, [Q.rate(o, "publish"), Q.deliverRate(o), Q.rate(o, "ack")]);
+        if (fromBroker.queued) Q.state.queuedHistory = fromBroker.queued;
+        else Q.state.queuedHistory.push(now, [qt.messages_ready || 0, qt.messages_unacknowledged || 0]);
         $("node-name").textContent = o.node || "";
         $("footer").textContent = (o.product_name || "qgate") + " " + (o.product_version || "") +
           " \u00b7 updated " + new Date().toLocaleTimeString();
         if (view && current && current.view === view && view.refresh) return view.refresh();
       })
       .then(function () { status(""); }, function (err) {
-        if (started) status(err && err.message ? err.message : String(err));
+        if (!started) return;
+        /* fetch() rejects with a TypeError when no HTTP answer came at all. */
+        if (err instanceof TypeError) status("Cannot reach the broker (" + err.message + "); retrying.");
+        else status(err && err.message ? err.message : String(err));
       })
       .then(function () { ticking = null; });
     return ticking;

@@ -1,6 +1,8 @@
-/* Rolling time series and their charts (uPlot). The console keeps its own history:
- * each refresh appends the broker's current rates and counts, so the charts show the
- * minutes since the page was opened (up to Q.HISTORY_SECONDS). */
+/* Rolling time series and their charts (uPlot). The overview asks the broker for its
+ * sample history (RabbitMQ's msg_rates_age / lengths_age `samples` lists), so its charts
+ * show the last Q.HISTORY_SECONDS at once; where a broker sends no samples, and on a
+ * queue's page, the console keeps its own history: each refresh appends the current
+ * rates and counts. */
 "use strict";
 
 var Q = window.Q || (window.Q = {});
@@ -70,7 +72,10 @@ Q.Chart.prototype.build = function (data) {
       return [0, top];
     }}},
     axes: [
-      {stroke: "#5b6770", grid: {stroke: "#e6eaee", width: 1}, ticks: {stroke: "#e6eaee"}},
+      /* Whole seconds and up: a fresh chart spans a few seconds only. */
+      {stroke: "#5b6770", grid: {stroke: "#e6eaee", width: 1}, ticks: {stroke: "#e6eaee"},
+       space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600],
+       values: function (u, vals) { return vals.map(Q.clock); }},
       {stroke: "#5b6770", grid: {stroke: "#e6eaee", width: 1}, ticks: {stroke: "#e6eaee"},
        size: 56, values: function (u, vals) { return vals.map(function (v) { return fmt(v); }); }},
     ],
@@ -116,7 +121,57 @@ Q.QUEUED_SERIES = [
   {label: "Unacked", color: "#8e44ad"},
 ];
 
+Q.clock = function (tSeconds) {
+  var d = new Date(tSeconds * 1000);
+  var p = function (x) { return (x < 10 ? "0" : "") + x; };
+  return p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds());
+};
+
 Q.rateFmt = function (v) {
   if (v == null) return "";
   return (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)) + "/s";
+};
+
+/* The query that makes /api/overview include its samples, one every 5 s. */
+Q.SAMPLES_QUERY = "?lengths_age=" + Q.HISTORY_SECONDS + "&lengths_incr=5&msg_rates_age=" +
+  Q.HISTORY_SECONDS + "&msg_rates_incr=5";
+
+/* From an overview with samples: {rates, queued} TimeSeries (either null when the broker
+ * sent fewer than two points). Counter samples become per-second rates between
+ * neighbours; a key the broker omits (no such traffic yet) counts as zero. */
+Q.historyFromSamples = function (o) {
+  function samples(obj, k) {
+    var d = obj && obj[k + "_details"];
+    return d && Array.isArray(d.samples) ? d.samples.slice().sort(function (a, b) {
+      return a.timestamp - b.timestamp;
+    }) : null;
+  }
+  function build(obj, keys, asRate) {
+    var perKey = keys.map(function (k) {
+      var list = samples(obj, k), m = {};
+      if (!list) return null;
+      for (var i = asRate ? 1 : 0; i < list.length; i++) {
+        var v = list[i].sample;
+        if (asRate) {
+          var dt = (list[i].timestamp - list[i - 1].timestamp) / 1000;
+          v = dt > 0 ? Math.max(0, (list[i].sample - list[i - 1].sample) / dt) : 0;
+        }
+        m[list[i].timestamp] = v;
+      }
+      return m;
+    });
+    var times = {};
+    perKey.forEach(function (m) { if (m) Object.keys(m).forEach(function (t) { times[t] = true; }); });
+    var ts = Object.keys(times).map(Number).sort(function (a, b) { return a - b; });
+    if (ts.length < 2) return null;
+    var out = new Q.TimeSeries(keys.length);
+    ts.forEach(function (t) {
+      out.push(t / 1000, perKey.map(function (m) { return m && m[t] !== undefined ? m[t] : 0; }));
+    });
+    return out;
+  }
+  return {
+    rates: build(o.message_stats, ["publish", "deliver_get", "ack"], true),
+    queued: build(o.queue_totals, ["messages_ready", "messages_unacknowledged"], false),
+  };
 };

@@ -80,7 +80,7 @@ Q.fmt = {
   },
   json: function (v) {
     if (v === undefined || v === null) return "";
-    if (typeof v === "object" && !Array.isArray(v) && Object.keys(v).length === 0) return "";
+    if (typeof v === "object" && Object.keys(v).length === 0) return ""; /* {} or [] */
     return JSON.stringify(v);
   },
   bool: function (b) { return b ? "yes" : "no"; },

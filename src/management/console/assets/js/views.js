@@ -432,7 +432,7 @@ Q.views.queue = function (params) {
       else pubFb.ok("Message published.");
     });
   });
-  el.appendChild(Q.section("Publish message", pubForm, {id: "section-publish"}));
+  var pubSection = Q.section("Publish message", pubForm, {id: "section-publish"});
 
   /* get */
   var getMode = Q.select({id: "get-ackmode"}, [
@@ -475,7 +475,8 @@ Q.views.queue = function (params) {
       });
     });
   });
-  el.appendChild(Q.section("Get messages", getForm, {id: "section-get"}));
+  el.appendChild(h("div", {class: "columns"},
+    pubSection, Q.section("Get messages", getForm, {id: "section-get"})));
 
   /* purge / delete */
   var dangerFb = feedback("queue-danger-feedback");
