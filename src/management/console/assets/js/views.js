@@ -115,7 +115,8 @@ Q.views.overview = function () {
     {key: "protocol", title: "Protocol", cell: function (l) { return h("b", null, l.protocol); }},
     {key: "ip_address", title: "Bound to", cell: function (l) { return h("span", {class: "mono"}, l.ip_address); }},
     {key: "port", title: "Port", num: true, cell: function (l) { return String(l.port); }},
-  ], {id: "listeners", sortKey: "port"});
+  ], {id: "listeners", sortKey: "port",
+      empty: "Listeners are shown to users tagged monitoring or administrator."});
   var node = h("div", {id: "node-info"});
   el.appendChild(h("div", {class: "columns"},
     Q.section("Listeners", listeners.el), Q.section("Node", node)));
