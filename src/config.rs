@@ -13,6 +13,9 @@ pub const DEFAULT_AMQP_LISTEN: &str = "0.0.0.0:5672";
 pub const DEFAULT_MEMCACHE_LISTEN: &str = "127.0.0.1:22201";
 /// Default HTTP listen address (rabbitmq_prometheus's port).
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:15692";
+/// Default management listen address (the RabbitMQ management plugin's port; loopback
+/// by default as the console and API are for operators on this machine).
+pub const DEFAULT_MANAGEMENT_LISTEN: &str = "127.0.0.1:15672";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./qgate-data";
 /// Default heartbeat proposed to AMQP clients, in seconds (RabbitMQ's).
@@ -44,8 +47,17 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Users allowed to connect over AMQP.
     pub users: Vec<UserConfig>,
-    /// Virtual hosts.
+    /// Virtual hosts a fresh data directory starts with.
     pub vhosts: Vec<String>,
+    /// Permissions a fresh data directory starts with (`[[permissions]]`). When none
+    /// are given, every configured user gets full permissions on every configured vhost
+    /// (what configs written before qgate had permissions meant).
+    pub permissions: Vec<PermissionConfig>,
+    /// Users who may log in only from loopback addresses (RabbitMQ's `loopback_users`;
+    /// `[]` lets `guest` in from anywhere).
+    pub loopback_users: Vec<String>,
+    /// Management listener (HTTP API and web console).
+    pub management: ManagementConfig,
     /// Memory the queued messages may hold before publishers are blocked: a fraction of
     /// physical memory (`0.4`, RabbitMQ's default), a number of bytes (`536870912`), or
     /// `0` for no limit.
@@ -78,6 +90,8 @@ pub struct MemcacheConfig {
     pub max_message: usize,
     /// Vhost the memcache queues live in.
     pub vhost: String,
+    /// User whose permissions govern memcache commands (the protocol has no login).
+    pub user: String,
 }
 
 /// `[http]`
@@ -88,6 +102,22 @@ pub struct HttpConfig {
     pub listen: String,
     /// Metric name prefix (`rabbitmq` makes RabbitMQ dashboards work unchanged).
     pub metrics_prefix: String,
+}
+
+/// `[management]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Listen address.
+    pub listen: String,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_MANAGEMENT_LISTEN.into(),
+        }
+    }
 }
 
 /// `[storage]`
@@ -111,6 +141,30 @@ pub struct UserConfig {
     /// Accept only from loopback addresses.
     #[serde(default)]
     pub loopback_only: bool,
+    /// Tags (`administrator`, `monitoring`, `management`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `[[permissions]]`: one user's three regexps in one vhost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    /// User.
+    pub user: String,
+    /// Vhost.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Configure regexp.
+    pub configure: String,
+    /// Write regexp.
+    pub write: String,
+    /// Read regexp.
+    pub read: String,
+}
+
+fn default_vhost() -> String {
+    "/".into()
 }
 
 impl Default for Config {
@@ -124,10 +178,16 @@ impl Default for Config {
             users: vec![UserConfig {
                 name: "guest".into(),
                 password: "guest".into(),
-                loopback_only: true,
+                // Loopback-only through `loopback_users`, so `loopback_users = []`
+                // opens the default guest as RabbitMQ's `{loopback_users, []}` does.
+                loopback_only: false,
+                tags: vec!["administrator".into()],
             }],
             vhosts: vec!["/".into()],
+            permissions: Vec::new(),
+            loopback_users: vec!["guest".into()],
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
+            management: ManagementConfig::default(),
         }
     }
 }
@@ -150,6 +210,7 @@ impl Default for MemcacheConfig {
             listen: DEFAULT_MEMCACHE_LISTEN.into(),
             max_message: DEFAULT_MEMCACHE_MAX_MESSAGE,
             vhost: "/".into(),
+            user: "guest".into(),
         }
     }
 }
@@ -197,6 +258,12 @@ pub struct Overrides {
     pub heartbeat: Option<u16>,
     /// `--memory-high-watermark` / `QGATE_MEMORY_HIGH_WATERMARK`
     pub memory_high_watermark: Option<String>,
+    /// `--loopback-users` / `QGATE_LOOPBACK_USERS` (comma-separated; empty = none)
+    pub loopback_users: Option<String>,
+    /// `--memcache-user` / `QGATE_MEMCACHE_USER`
+    pub memcache_user: Option<String>,
+    /// `--management-listen` / `QGATE_MANAGEMENT_LISTEN`
+    pub management_listen: Option<String>,
 }
 
 /// A configuration problem.
@@ -276,6 +343,19 @@ impl Config {
         if let Some(v) = o.memory_high_watermark {
             self.memory_high_watermark = v;
         }
+        if let Some(v) = o.loopback_users {
+            self.loopback_users = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = o.memcache_user {
+            self.memcache.user = v;
+        }
+        if let Some(v) = o.management_listen {
+            self.management.listen = v;
+        }
     }
 
     /// The memory high watermark in bytes (0 = none), given the machine's memory.
@@ -300,6 +380,7 @@ impl Config {
             ("amqp.listen", &self.amqp.listen),
             ("memcache.listen", &self.memcache.listen),
             ("http.listen", &self.http.listen),
+            ("management.listen", &self.management.listen),
         ] {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::Invalid {

@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 enum Command {
     /// Run the broker (the default).
     Serve(ServeArgs),
@@ -68,6 +69,16 @@ struct ServeArgs {
     /// physical memory, a byte count, or 0 for none [default: 0.4]
     #[arg(long, env = "QGATE_MEMORY_HIGH_WATERMARK")]
     memory_high_watermark: Option<String>,
+    /// Users who may log in only from loopback addresses, comma-separated; "" lets
+    /// every user in from anywhere (RabbitMQ's loopback_users) [default: guest]
+    #[arg(long, env = "QGATE_LOOPBACK_USERS")]
+    loopback_users: Option<String>,
+    /// User whose permissions govern memcache commands [default: guest]
+    #[arg(long, env = "QGATE_MEMCACHE_USER")]
+    memcache_user: Option<String>,
+    /// Management (HTTP API, web console) listen address [default: 127.0.0.1:15672]
+    #[arg(long, env = "QGATE_MANAGEMENT_LISTEN")]
+    management_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -88,6 +99,9 @@ impl ServeArgs {
             metrics_prefix: self.metrics_prefix,
             heartbeat: self.heartbeat,
             memory_high_watermark: self.memory_high_watermark,
+            loopback_users: self.loopback_users,
+            memcache_user: self.memcache_user,
+            management_listen: self.management_listen,
         });
         config.validate()?;
         Ok(config)

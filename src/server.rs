@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::core::{Broker, CoreConfig, User};
+use crate::core::{Broker, CoreConfig, SeedUser, VhostPermissions};
 use crate::store::{FsyncPolicy, Store, StoreConfig};
 
 /// A fatal start-up problem.
@@ -41,6 +41,8 @@ pub struct Bound {
     pub memcache: SocketAddr,
     /// HTTP.
     pub http: SocketAddr,
+    /// Management (API and console).
+    pub management: SocketAddr,
 }
 
 async fn bind(protocol: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
@@ -73,6 +75,38 @@ pub fn physical_memory() -> u64 {
 }
 
 fn core_config(config: &Config) -> CoreConfig {
+    let permissions = if config.permissions.is_empty() {
+        config
+            .users
+            .iter()
+            .flat_map(|u| {
+                config
+                    .vhosts
+                    .iter()
+                    .map(|v| crate::core::access::full_permissions(&u.name, v))
+            })
+            .collect()
+    } else {
+        config
+            .permissions
+            .iter()
+            .map(|p| VhostPermissions {
+                user: p.user.clone(),
+                vhost: p.vhost.clone(),
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            })
+            .collect()
+    };
+    let mut loopback_users = config.loopback_users.clone();
+    loopback_users.extend(
+        config
+            .users
+            .iter()
+            .filter(|u| u.loopback_only)
+            .map(|u| u.name.clone()),
+    );
     CoreConfig {
         memory_high_watermark: config
             .memory_high_watermark_bytes(physical_memory())
@@ -81,12 +115,14 @@ fn core_config(config: &Config) -> CoreConfig {
         users: config
             .users
             .iter()
-            .map(|u| User {
+            .map(|u| SeedUser {
                 name: u.name.clone(),
                 password: u.password.clone(),
-                loopback_only: u.loopback_only,
+                tags: u.tags.clone(),
             })
             .collect(),
+        permissions,
+        loopback_users,
     }
 }
 
@@ -101,10 +137,12 @@ pub async fn run(
     let amqp = bind("amqp", &config.amqp.listen).await?;
     let memcache = bind("memcache", &config.memcache.listen).await?;
     let http = bind("http", &config.http.listen).await?;
+    let management = bind("management", &config.management.listen).await?;
     let bound = Bound {
         amqp: amqp.local_addr().expect("bound"),
         memcache: memcache.local_addr().expect("bound"),
         http: http.local_addr().expect("bound"),
+        management: management.local_addr().expect("bound"),
     };
     on_bound(bound);
     let tracker = TaskTracker::new();
@@ -158,8 +196,15 @@ pub async fn run(
             },
         ));
     }
-    tracker.spawn(crate::metrics::http::serve(
+    tracker.spawn(crate::metrics::routes::serve(
         http,
+        broker.clone(),
+        config.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(crate::management::serve(
+        management,
         broker.clone(),
         config.clone(),
         bound,

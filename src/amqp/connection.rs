@@ -80,7 +80,10 @@ pub async fn run(
     };
     *info.user.lock() = negotiated.user.clone();
     *info.vhost.lock() = negotiated.vhost.clone();
-    let vhost = broker.vhost(&negotiated.vhost).expect("checked at open");
+    // Checked at open; gone only if deleted since, which closes this connection anyway.
+    let Some(vhost) = broker.vhost(&negotiated.vhost) else {
+        return;
+    };
     let (out, rx) = mpsc::unbounded_channel();
     let done = CancellationToken::new();
     let writer = tokio::spawn(writer::run(
@@ -219,6 +222,11 @@ impl Connection {
                 },
                 // An idle publisher is told at once when the alarm goes off.
                 _ = self.ctx.broker.flow().wait_blocked(), if self.publisher && self.state == ConnectionState::Open => {}
+                _ = self.ctx.info.forced.cancelled(), if self.state == ConnectionState::Open => {
+                    let reason = self.ctx.info.forced_reason();
+                    self.close_connection(AmqpError::new(reply::CONNECTION_FORCED, reason));
+                    closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
                 _ = shutdown.cancelled(), if self.state == ConnectionState::Open => {
                     self.close_connection(AmqpError::new(
                         reply::CONNECTION_FORCED,
@@ -645,9 +653,18 @@ async fn handshake(
         let cancel_notify = capability("consumer_cancel_notify");
         let blocked_notify = capability("connection.blocked");
         let (user, pass) = credentials(&start_ok)?;
-        broker
-            .authenticate(&user, &pass, peer.ip())
-            .map_err(|e| AmqpError::new(reply::ACCESS_REFUSED, e.text))?;
+        if let Err(e) = broker.authenticate(&user, &pass, peer.ip()) {
+            // As RabbitMQ with authentication_failure_close: the client hears only that
+            // the login was refused; the reason goes to the log.
+            tracing::info!(peer = %peer, reason = %e.text, "login refused");
+            return Err(AmqpError::new(
+                reply::ACCESS_REFUSED,
+                format!(
+                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism
+                ),
+            ));
+        }
         write_method(
             wr,
             ConnectionTune {
@@ -695,12 +712,8 @@ async fn handshake(
                 )
             }
         };
-        if broker.vhost(&open.virtual_host).is_none() {
-            return Err(AmqpError::new(
-                reply::NOT_ALLOWED,
-                format!("vhost {} not found", open.virtual_host),
-            )
-            .on_ids(10, 40));
+        if let Err(e) = broker.check_vhost_access(&user, &open.virtual_host) {
+            return Err(AmqpError::new(reply::NOT_ALLOWED, e.text).on_ids(10, 40));
         }
         write_method(
             wr,

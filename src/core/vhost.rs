@@ -201,6 +201,11 @@ impl VHost {
         Ok(())
     }
 
+    /// Forgets every exchange (vhost deletion; their definitions are dropped by the caller).
+    pub(crate) fn clear_exchanges(&self) {
+        self.exchanges.write().clear();
+    }
+
     /// All exchanges.
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.read().values().cloned().collect()
@@ -388,7 +393,7 @@ impl VHost {
         Ok(self.remove_queue(&q) as u32)
     }
 
-    fn remove_queue(&self, q: &Arc<Queue>) -> usize {
+    pub(crate) fn remove_queue(&self, q: &Arc<Queue>) -> usize {
         {
             let mut map = self.queues.write();
             match map.get(&q.name) {
