@@ -9,7 +9,7 @@
 //! - [`overview`]: overview, whoami, health checks, definitions, `qgate/stop`.
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
-//! - [`static_files`]: every other GET (the console).
+//! - [`static_files`]: every other GET: the web console ([`console`]).
 //!
 //! Paths, methods, field names and types, status codes and error bodies are
 //! RabbitMQ 3.10's; the vhost `/` is `%2F` in paths, and the default exchange is
@@ -19,6 +19,7 @@ pub mod access;
 pub mod auth;
 pub mod bindings;
 pub mod connections;
+pub mod console;
 pub mod error;
 pub mod exchanges;
 pub mod json;

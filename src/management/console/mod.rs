@@ -69,12 +69,21 @@ mod tests {
         let (ty, root) = asset("/").unwrap();
         assert_eq!(ty, HTML);
         assert_eq!(asset("/index.html").unwrap().1, root);
-        assert!(std::str::from_utf8(root).unwrap().contains("<title>qgate</title>"));
+        assert!(std::str::from_utf8(root)
+            .unwrap()
+            .contains("<title>qgate</title>"));
     }
 
     #[test]
     fn unknown_paths_are_none() {
-        for p in ["", "/js/", "/js/nope.js", "/index.htm", "/../Cargo.toml", "/api/overview"] {
+        for p in [
+            "",
+            "/js/",
+            "/js/nope.js",
+            "/index.htm",
+            "/../Cargo.toml",
+            "/api/overview",
+        ] {
             assert!(asset(p).is_none(), "{p}");
         }
     }
@@ -96,7 +105,10 @@ mod tests {
                 seen += 1;
             }
         }
-        assert!(seen >= 8, "expected the page to load its scripts and styles");
+        assert!(
+            seen >= 8,
+            "expected the page to load its scripts and styles"
+        );
     }
 
     #[test]
