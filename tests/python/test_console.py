@@ -4,8 +4,10 @@ chromedriver (WebDriver) with selenium.
 A person's path through the console: log in, find the queue this test declared (over
 pika) with its message count, see the charts draw, publish a message from the queue
 page and read it back over AMQP, get messages from the page, purge, see the AMQP and
-memcache connections, and no JavaScript errors in the browser's console log. A
-screenshot of each step is kept under test-artifacts/ (git-ignored).
+memcache connections, and no JavaScript errors in the browser's console log. Then the
+write paths: a user added, edited (password kept) and deleted, a vhost and a permission
+set and cleared, an exchange, a queue and a binding made and removed, a connection
+closed. A screenshot of each step is kept under test-artifacts/ (git-ignored).
 
 Against qgate (default) a broker of its own is started with
 ``--management-listen 127.0.0.1:0``. ``QGATE_TEST_CONSOLE_URL`` (e.g. a static server in
@@ -316,5 +318,167 @@ def test_console_end_to_end(target, browser):
     finally:
         if mc:
             mc.close()
+        if conn.is_open:
+            conn.close()
+
+
+def api(base, path, user="guest", password="guest", method="GET", body=None):
+    """(status, JSON or None) of one management API call, as any API client makes it."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(base + "/api" + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    token = base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
+    req.add_header("Authorization", "Basic " + token)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            text = resp.read()
+            return resp.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def test_console_admin_exchanges_bindings_connections(target, browser):
+    """Users (add, edit keeping the password, delete), vhosts, permissions, an exchange,
+    a queue and a binding made and removed from the pages; a connection closed."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, params, _ = target
+    d = browser
+    wait = WebDriverWait(d, WAIT)
+    user, vhost, exchange, qname = uniq("carol"), uniq("v"), uniq("ex"), uniq("q")
+
+    def text_of(css):
+        return d.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", css)
+
+    def wait_text(css, want):
+        try:
+            wait.until(lambda _: (lambda t: t is not None and want(t))(text_of(css)))
+        except Exception:
+            shot(d, "failure")
+            raise AssertionError("%s: got %r" % (css, text_of(css)))
+
+    def fill(element_id, text):
+        e = d.find_element(By.ID, element_id)
+        e.clear()
+        e.send_keys(text)
+
+    def row_button(table, first_cell, label, confirm=False):
+        """Clicks `label` in the row of `table` whose name cell reads first_cell (the
+        table re-renders on refresh: retry on a stale element)."""
+        xpath = ("//table[@id='%s']//tr[td[normalize-space()='%s']]//button[text()='%s']"
+                 % (table, first_cell, label))
+        for _ in range(20):
+            try:
+                d.find_element(By.XPATH, xpath).click()
+                break
+            except StaleElementReferenceException:
+                time.sleep(0.1)
+        if confirm:
+            wait.until(EC.alert_is_present())
+            d.switch_to.alert.accept()
+
+    conn = pika.BlockingConnection(params)
+    try:
+        d.get(base + "/")
+        fill("login-user", "guest")
+        fill("login-password", "guest")
+        d.find_element(By.ID, "login-submit").click()
+        wait_text("#whoami", lambda t: t == "guest")
+
+        # A user: add, then edit its tags with the password left empty (kept).
+        d.find_element(By.CSS_SELECTOR, "a[data-nav=admin]").click()
+        wait_text("#users tbody", lambda t: "guest" in t)
+        fill("user-name", user)
+        fill("user-password", "pw-1")
+        fill("user-tags", "monitoring")
+        d.find_element(By.ID, "user-submit").click()
+        wait_text("#users-feedback", lambda t: t == "User %s saved." % user)
+        wait_text("#users tbody", lambda t: user in t)
+        assert api(base, "/whoami", user, "pw-1") == (200, {"name": user, "tags": ["monitoring"]})
+        row_button("users", user, "Edit")
+        assert d.find_element(By.ID, "user-name").get_attribute("value") == user
+        fill("user-tags", "management")
+        d.find_element(By.ID, "user-submit").click()
+        wait_text("#users-feedback", lambda t: t == "User %s saved." % user)
+        assert api(base, "/whoami", user, "pw-1") == (200, {"name": user, "tags": ["management"]})
+
+        # A vhost and the user's permission on it; then clear, delete both.
+        fill("vhost-name", vhost)
+        d.find_element(By.ID, "vhost-submit").click()
+        wait_text("#vhosts tbody", lambda t: vhost in t)
+        assert api(base, "/vhosts/" + vhost)[0] == 200
+        options_js = "return Array.from(document.querySelectorAll(arguments[0])).map(o => o.value)"
+        wait.until(lambda _: user in d.execute_script(options_js, "#perm-user option"))
+        wait.until(lambda _: vhost in d.execute_script(options_js, "#perm-vhost option"))
+        d.execute_script("document.getElementById('perm-user').value = arguments[0];"
+                         "document.getElementById('perm-vhost').value = arguments[1];", user, vhost)
+        fill("perm-configure", "^c-.*")
+        d.find_element(By.ID, "perm-submit").click()
+        wait_text("#permissions tbody", lambda t: user in t)
+        status, perm = api(base, "/permissions/%s/%s" % (vhost, user))
+        assert status == 200 and perm["configure"] == "^c-.*" and perm["read"] == ".*", perm
+        row_button("permissions", user, "Clear", confirm=True)
+        wait_text("#permissions tbody", lambda t: user not in t)
+        assert api(base, "/permissions/%s/%s" % (vhost, user))[0] == 404
+        row_button("vhosts", vhost, "Delete", confirm=True)
+        wait_text("#vhosts tbody", lambda t: vhost not in t)
+        row_button("users", user, "Delete", confirm=True)
+        wait_text("#users tbody", lambda t: user not in t)
+        assert api(base, "/users/" + user)[0] == 404
+        shot(d, "admin-edited")
+
+        # An exchange and a queue from their pages, bound and unbound on the queue page.
+        d.find_element(By.CSS_SELECTOR, "a[data-nav=exchanges]").click()
+        d.find_element(By.CSS_SELECTOR, "#view details.section summary").click()
+        fill("exchange-name", exchange)
+        d.execute_script("document.getElementById('exchange-type').value = 'fanout'")
+        d.find_element(By.CSS_SELECTOR, "#view form button[type=submit]").click()
+        wait_text("#exchanges tbody", lambda t: exchange in t)
+        assert api(base, "/exchanges/%2F/" + exchange)[1]["type"] == "fanout"
+        d.find_element(By.CSS_SELECTOR, "a[data-nav=queues]").click()
+        d.find_element(By.CSS_SELECTOR, "#view details.section summary").click()
+        fill("queue-name", qname)
+        d.find_element(By.ID, "queue-add").click()
+        wait_text("#queues tbody", lambda t: qname in t)
+        d.find_element(By.LINK_TEXT, qname).click()
+        wait_text("#queue-total", lambda t: t == "0")
+        fill("bind-exchange", exchange)
+        d.find_element(By.ID, "bind-submit").click()
+        wait_text("#queue-bindings tbody", lambda t: exchange in t)
+        ch = conn.channel()
+        ch.basic_publish(exchange, "", b"via the binding")
+        wait_text("#queue-total", lambda t: t == "1")
+        row_button("queue-bindings", exchange, "Unbind", confirm=True)
+        wait_text("#queue-bindings tbody", lambda t: exchange not in t)
+        assert [b for b in api(base, "/queues/%2F/" + qname + "/bindings")[1]
+                if b["source"] == exchange] == []
+
+        # Close the pika connection from the connections page: the broker ends it.
+        d.find_element(By.CSS_SELECTOR, "a[data-nav=connections]").click()
+        wait_text("#connections tbody", lambda t: "AMQP" in t)
+        d.find_element(By.XPATH, "//table[@id='connections']//tr[td/span[contains(@class,"
+                                 "'proto-amqp')]]//button[text()='Close']").click()
+        wait.until(EC.alert_is_present())
+        d.switch_to.alert.accept()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                conn.process_data_events(time_limit=0.2)
+        assert closed.value.reply_code == 320
+        wait_text("#connections tbody", lambda t: "AMQP" not in t)
+        shot(d, "connections-closed")
+
+        severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == [], severe
+    finally:
         if conn.is_open:
             conn.close()

@@ -391,7 +391,7 @@ Q.views.queue = function (params) {
   var bindEx = h("input", {id: "bind-exchange", required: true, placeholder: "exchange"});
   var bindKey = h("input", {id: "bind-key", placeholder: "routing key"});
   var bindArgs = h("textarea", {id: "bind-args", rows: 1, placeholder: "x-match=all"});
-  var bindBtn = h("button", {type: "submit", text: "Bind"});
+  var bindBtn = h("button", {type: "submit", text: "Bind", id: "bind-submit"});
   var bindForm = h("form", {class: "form"}, h("h4", null, "Add a binding to this queue"),
     Q.field("From exchange", bindEx), Q.field("Routing key", bindKey),
     Q.field("Arguments", bindArgs, "one key=value a line"), h("div", {class: "form-actions"}, bindBtn));
