@@ -9,21 +9,14 @@ write paths: a user added, edited (password kept) and deleted, a vhost and a per
 set and cleared, an exchange, a queue and a binding made and removed, a connection
 closed. A screenshot of each step is kept under test-artifacts/ (git-ignored).
 
-Against qgate (default) a broker of its own is started with
-``--management-listen 127.0.0.1:0``. ``QGATE_TEST_CONSOLE_URL`` (e.g. a static server in
-front of RabbitMQ's management API) plus ``QGATE_TEST_AMQP_URL`` run the same steps
-against another broker. Skipped only when chromium or chromedriver is not installed.
+Against qgate (default) each test has a broker of its own (conftest's
+``fresh_broker``, management listener on port 0). ``QGATE_TEST_CONSOLE_URL`` (e.g. a
+static server for the assets in front of RabbitMQ's management API) plus
+``QGATE_TEST_AMQP_URL`` run the same steps against another broker. Skipped only when chromium or chromedriver is not installed.
 """
 
 import os
-import queue
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 
 import pika
@@ -35,7 +28,6 @@ from qgate_proc import Memcache
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 ARTIFACTS = os.path.join(REPO, "test-artifacts")
-LISTEN_RE = re.compile(r"listening protocol=(\w+) addr=([\d.]+):(\d+)")
 WAIT = 15  # seconds for one thing to appear in the page (the console refreshes every 5 s)
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"))
@@ -50,78 +42,18 @@ pytestmark = [
 ]
 
 
-class ConsoleBroker:
-    """qgate with every listener on port 0, including the management listener."""
-
-    def __init__(self):
-        self.data_dir = tempfile.mkdtemp(prefix="qgate-console-")
-        self.lines = []
-        self.proc = None
-        self.addrs = {}
-
-    def start(self):
-        binary = os.environ.get("QGATE_BIN") or os.path.join(REPO, "target", "debug", "qgate")
-        cmd = [binary, "serve", "--amqp-listen", "127.0.0.1:0",
-               "--memcache-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-               "--management-listen", "127.0.0.1:0",
-               "--data-dir", self.data_dir, "--fsync", "never", "--log", "info"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL,
-                                     env=dict(os.environ, NO_COLOR="1"))
-        lines = queue.Queue()
-
-        def drain():
-            for raw in iter(self.proc.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace")
-                self.lines.append(line)
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=drain, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while not {"amqp", "memcache", "management"} <= set(self.addrs):
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("qgate did not start its listeners:\n" + "".join(self.lines))
-            m = LISTEN_RE.search(line)
-            if m:
-                self.addrs[m.group(1)] = int(m.group(3))
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
 @pytest.fixture
-def target():
+def target(fresh_broker):
     """(console base URL, pika parameters, memcache port or None)."""
     url = os.environ.get("QGATE_TEST_CONSOLE_URL")
     if url:
-        amqp = os.environ.get("QGATE_TEST_AMQP_URL")
-        if not amqp:
+        if not fresh_broker.external:
             pytest.skip("QGATE_TEST_CONSOLE_URL needs QGATE_TEST_AMQP_URL")
-        yield url.rstrip("/"), pika.URLParameters(amqp), None
-        return
-    b = ConsoleBroker().start()
-    try:
-        params = pika.ConnectionParameters("127.0.0.1", b.addrs["amqp"],
-                                           credentials=pika.PlainCredentials("guest", "guest"))
-        yield "http://127.0.0.1:%d" % b.addrs["management"], params, b.addrs["memcache"]
-    finally:
-        b.stop()
-        if b.proc.returncode not in (0, None):
-            sys.stderr.write("".join(b.lines[-60:]))
+        return url.rstrip("/"), fresh_broker.params(), None
+    if fresh_broker.external:
+        pytest.skip("an external broker needs QGATE_TEST_CONSOLE_URL for its console")
+    return ("http://127.0.0.1:%d" % fresh_broker.management_port, fresh_broker.params(),
+            fresh_broker.memcache_port)
 
 
 @pytest.fixture
