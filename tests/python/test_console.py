@@ -247,6 +247,14 @@ def test_console_end_to_end(target, browser):
         assert severe == [], severe
         assert all("401" in e["message"] for e in refused_logs
                    if e["level"] == "SEVERE"), refused_logs
+
+        # Log out: the credentials are gone, also after a reload.
+        d.find_element(By.ID, "logout").click()
+        wait.until(EC.visibility_of_element_located((By.ID, "login-form")))
+        assert d.execute_script("return sessionStorage.getItem('qgate.console.auth')") is None
+        d.refresh()
+        wait.until(EC.visibility_of_element_located((By.ID, "login-form")))
+        assert not d.find_element(By.ID, "app").is_displayed()
     finally:
         if mc:
             mc.close()

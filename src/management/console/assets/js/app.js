@@ -49,6 +49,7 @@
     $("app").hidden = true;
     $("login").hidden = false;
     $("login-error").textContent = message || "";
+    $("login-password").value = "";
     $("login-user").focus();
   }
 
