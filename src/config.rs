@@ -400,12 +400,8 @@ impl Config {
                 reason: "must be positive".into(),
             });
         }
-        if !self.vhosts.contains(&self.memcache.vhost) {
-            return Err(ConfigError::Invalid {
-                name: "memcache.vhost",
-                reason: format!("vhost '{}' is not in vhosts", self.memcache.vhost),
-            });
-        }
+        // memcache.vhost is not checked against `vhosts`: those only seed a fresh data
+        // directory, and the vhost may have been added at runtime since.
         self.memory_high_watermark_bytes(1)?;
         let name = &self.http.metrics_prefix;
         if name.is_empty()

@@ -1,6 +1,6 @@
 //! RabbitMQ's definitions JSON (`rabbitmqctl export_definitions`, management
 //! `GET/POST /api/definitions`): users with their password hashes, vhosts, permissions,
-//! durable queues and exchanges, and bindings. A RabbitMQ export loads into qgate
+//! queues (all but exclusive ones, as RabbitMQ 3.10), exchanges, and bindings. A RabbitMQ export loads into qgate
 //! unchanged, and qgate's export loads into RabbitMQ.
 //!
 //! Sections qgate has no counterpart for (`topic_permissions`, `parameters`,
@@ -71,14 +71,17 @@ pub fn export(broker: &Broker) -> Value {
     for v in &vhost_list {
         let mut qs = v.queues();
         qs.sort_by(|a, b| a.name.cmp(&b.name));
+        // As RabbitMQ 3.10: every queue but exclusive ones (and the hidden direct
+        // reply-to queues), transient ones included.
         for q in qs
             .iter()
-            .filter(|q| q.options.durable && !q.options.exclusive)
+            .filter(|q| !q.options.exclusive && !q.name.starts_with("amq."))
         {
             queues.push(json!({
                 "name": q.name,
                 "vhost": &*v.name,
-                "durable": true,
+                "type": "classic",
+                "durable": q.options.durable,
                 "auto_delete": q.options.auto_delete,
                 "arguments": table_to_json(&q.options.arguments),
             }));
@@ -87,16 +90,20 @@ pub fn export(broker: &Broker) -> Value {
         xs.sort_by(|a, b| a.name.cmp(&b.name));
         for x in &xs {
             let builtin = x.name.is_empty() || x.name.starts_with("amq.");
-            if x.options.durable && !builtin {
-                exchanges.push(json!({
+            if !builtin {
+                let mut e = json!({
                     "name": &*x.name,
                     "vhost": &*v.name,
                     "type": x.kind.as_str(),
-                    "durable": true,
+                    "durable": x.options.durable,
                     "auto_delete": x.options.auto_delete,
-                    "internal": x.options.internal,
                     "arguments": table_to_json(&x.options.arguments),
-                }));
+                });
+                // RabbitMQ 3.10 writes `internal` only when set.
+                if x.options.internal {
+                    e["internal"] = json!(true);
+                }
+                exchanges.push(e);
             }
             if x.name.is_empty() {
                 // Default-exchange bindings are implicit.
@@ -105,7 +112,7 @@ pub fn export(broker: &Broker) -> Value {
             for b in x.bindings() {
                 let (dest, kind) = match &b.destination {
                     crate::core::exchange::Destination::Queue(q) => {
-                        if !q.options.durable || q.options.exclusive {
+                        if q.options.exclusive || q.name.starts_with("amq.") {
                             continue;
                         }
                         (q.name.clone(), "queue")
@@ -263,7 +270,7 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
         let vhost = broker
             .vhost(vname)
             .ok_or_else(|| err(format!("queue '{name}': no vhost '{vname}'")))?;
-        let mut args = arguments(q)?;
+        let args = arguments(q)?;
         // RabbitMQ 3.10 exports `"type": "classic"` beside the arguments; qgate's
         // queues are classic queues, so a classic type is the same queue.
         if let Some(t) = q.get("type").and_then(Value::as_str) {
@@ -273,13 +280,12 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
                 )));
             }
         }
-        if matches!(args.get_str("x-queue-type").as_deref(), Some("classic")) {
-            args = FieldTable(
-                args.0
-                    .into_iter()
-                    .filter(|(k, _)| k != "x-queue-type")
-                    .collect(),
-            );
+        if let Some(t) = args.get_str("x-queue-type") {
+            if t != "classic" {
+                return Err(err(format!(
+                    "queue '{name}' in vhost '{vname}': queue type '{t}' is not supported"
+                )));
+            }
         }
         let options = QueueOptions {
             durable: flag(q, "durable", true),

@@ -74,6 +74,9 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
                 .max_buf_size(MAX_HEAD)
+                // A client may shut its write side after the request (curl --no-buffer,
+                // scrapers, the old server's tests): still answer it.
+                .half_close(true)
                 .title_case_headers(true);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);

@@ -137,6 +137,7 @@ pub async fn run(
     let amqp = bind("amqp", &config.amqp.listen).await?;
     let memcache = bind("memcache", &config.memcache.listen).await?;
     let http = bind("http", &config.http.listen).await?;
+    let cookie = crate::management::prepare_cookie(&config);
     let management = bind("management", &config.management.listen).await?;
     let bound = Bound {
         amqp: amqp.local_addr().expect("bound"),
@@ -208,6 +209,7 @@ pub async fn run(
         broker.clone(),
         config.clone(),
         bound,
+        cookie,
         shutdown.clone(),
         tracker.clone(),
     ));

@@ -712,6 +712,10 @@ async fn handshake(
                 )
             }
         };
+        // Recorded before open-ok, so that a delete_user / delete_vhost racing with this
+        // login already finds (and force-closes) the connection.
+        *info.user.lock() = user.clone();
+        *info.vhost.lock() = open.virtual_host.clone();
         if let Err(e) = broker.check_vhost_access(&user, &open.virtual_host) {
             return Err(AmqpError::new(reply::NOT_ALLOWED, e.text).on_ids(10, 40));
         }

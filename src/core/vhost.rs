@@ -272,6 +272,27 @@ impl VHost {
             }
             name
         };
+        self.create_queue(name, options, connection)
+    }
+
+    /// queue.declare of a server-named queue whose `amq.gen-*` name the front end
+    /// generated (with [`super::Broker::generate_name`]) to check permissions on it.
+    pub fn declare_server_named_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        connection: u64,
+    ) -> CoreResult<Declared> {
+        self.shared.counters.queues_declared.inc();
+        self.create_queue(name, options, connection)
+    }
+
+    fn create_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        connection: u64,
+    ) -> CoreResult<Declared> {
         let mut map = self.queues.write();
         if let Some(q) = map.get(name) {
             let q = q.clone();

@@ -83,14 +83,14 @@ pub async fn vhosts(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
     Ok(ok_json(Value::Array(out)))
 }
 
-/// `GET /api/vhosts/{vhost}`.
+/// `GET /api/vhosts/{vhost}` (administrators, as in RabbitMQ).
 pub async fn vhost(
     State(m): State<Arc<Mgmt>>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult {
+    caller.require_admin()?;
     let v = m.vhost(&name)?;
-    caller.require_vhost(&m, &name)?;
     Ok(ok_json(vhost_json(&m, &v)))
 }
 

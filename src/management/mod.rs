@@ -6,9 +6,11 @@
 //! - [`error`]: RabbitMQ's error bodies and status codes.
 //! - [`json`]: lenient request bodies, field tables to and from JSON.
 //! - [`rates`]: the sampler behind every `*_details.rate`.
-//! - [`overview`]: overview, whoami, health checks, definitions, `qgate/stop`.
+//! - [`overview`]: overview, whoami, aliveness, definitions, `qgate/stop`.
+//! - [`health`]: nodes, cluster name, `/api/health/checks/*`.
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
+//! - [`query`]: `columns`, `sort`, `name` and paging on any list.
 //! - [`static_files`]: every other GET: the web console ([`console`]).
 //!
 //! Paths, methods, field names and types, status codes and error bodies are
@@ -22,8 +24,10 @@ pub mod connections;
 pub mod console;
 pub mod error;
 pub mod exchanges;
+pub mod health;
 pub mod json;
 pub mod overview;
+pub mod query;
 pub mod queues;
 pub mod rates;
 pub mod static_files;
@@ -108,6 +112,31 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/whoami", get(o::whoami))
         .route("/healthchecks/node", get(o::healthcheck))
         .route("/aliveness-test/{vhost}", get(o::aliveness))
+        .route("/nodes", get(health::nodes))
+        .route("/nodes/{node}", get(health::node))
+        .route("/cluster-name", get(health::cluster_name))
+        .route("/health/checks/alarms", get(health::check_alarms))
+        .route(
+            "/health/checks/local-alarms",
+            get(health::check_local_alarms),
+        )
+        .route("/health/checks/virtual-hosts", get(health::check_vhosts))
+        .route(
+            "/health/checks/node-is-quorum-critical",
+            get(health::check_not_critical),
+        )
+        .route(
+            "/health/checks/node-is-mirror-sync-critical",
+            get(health::check_not_critical),
+        )
+        .route(
+            "/health/checks/port-listener/{port}",
+            get(health::check_port),
+        )
+        .route(
+            "/health/checks/protocol-listener/{protocol}",
+            get(health::check_protocol),
+        )
         .route("/definitions", get(o::export).post(o::import))
         .route("/qgate/stop", post(o::stop))
         .route("/vhosts", get(a::vhosts))
@@ -174,7 +203,8 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/channels/{name}", get(c::channel))
         .route("/consumers", get(c::consumers_all))
         .route("/consumers/{vhost}", get(c::consumers_vhost))
-        .fallback(|| async { ApiError::not_found() });
+        .fallback(|| async { ApiError::not_found() })
+        .layer(axum::middleware::from_fn(query::apply));
     Router::new()
         .nest("/api", api)
         .fallback(fallback)
@@ -195,23 +225,30 @@ async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
     }
 }
 
-/// Serves the management API on `listener` until `shutdown`, writing the `qgate ctl`
-/// cookie first and sampling rates while it runs.
-pub async fn serve(
-    listener: TcpListener,
-    broker: Broker,
-    config: Arc<Config>,
-    bound: Bound,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let cookie = match auth::write_cookie(&config.storage.data_dir) {
+/// Writes a fresh `qgate ctl` cookie into the data directory; `None` (with a warning)
+/// when it cannot. The server calls this before the management listener logs its
+/// `listening` line, so whoever waits for that line finds the cookie.
+pub fn prepare_cookie(config: &Config) -> Option<String> {
+    match auth::write_cookie(&config.storage.data_dir) {
         Ok(token) => Some(token),
         Err(e) => {
             tracing::warn!(error = %e, "cannot write the qgate ctl cookie; ctl needs --user/--password");
             None
         }
-    };
+    }
+}
+
+/// Serves the management API on `listener` until `shutdown`, sampling rates while it
+/// runs; `cookie` is the token [`prepare_cookie`] wrote.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: Arc<Config>,
+    bound: Bound,
+    cookie: Option<String>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     let mgmt = Arc::new(Mgmt {
         broker,
         config,

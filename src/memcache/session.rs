@@ -54,6 +54,8 @@ struct Session {
     last_names: Arc<Names>,
     /// Has sent `set`: the memory alarm pauses this connection.
     publisher: bool,
+    /// Whose permissions apply (`memcache.user`).
+    user: String,
 }
 
 /// Serves one client until it quits, disconnects or the broker shuts down.
@@ -87,7 +89,10 @@ pub async fn run(
         quit: false,
         last_names: Arc::default(),
         publisher: false,
+        user: config.memcache.user.clone(),
     };
+    *s.info.user.lock() = s.user.clone();
+    *s.info.vhost.lock() = s.vhost.name.to_string();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
     'conn: loop {
@@ -162,6 +167,9 @@ pub async fn run(
                 }
             },
             _ = shutdown.cancelled() => break,
+            // Forced closed (vhost deleted, management API): the protocol has no way
+            // to say why, so the socket just closes.
+            _ = s.info.forced.cancelled() => break,
         }
     }
     let _ = s.flush(&mut stream).await;
@@ -297,6 +305,13 @@ impl Session {
             Request::Get { keys } => self.get(keys, &request_keys(frame), shutdown).await,
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
+                if !self.guard().delete(&key) {
+                    if !noreply {
+                        self.out
+                            .extend_from_slice(b"SERVER_ERROR access refused\r\n");
+                    }
+                    return;
+                }
                 let existed = self.vhost.find_queue(&key).is_some();
                 let ok = existed
                     && self
@@ -335,6 +350,10 @@ impl Session {
         }
     }
 
+    fn guard(&self) -> super::access::Guard<'_> {
+        super::access::Guard::new(&self.broker, &self.user, &self.vhost.name)
+    }
+
     /// Declares a queue as memcache producers expect it: durable, not exclusive, not
     /// auto-delete, so that `queue_declare(q, durable=True)` over AMQP matches it.
     fn declare(&self, queue: &str) -> Result<(), String> {
@@ -360,7 +379,9 @@ impl Session {
         exptime: i64,
         body: Bytes,
     ) -> Result<Option<SyncTicket>, String> {
-        if self.vhost.find_queue(queue).is_none() {
+        let missing = self.vhost.find_queue(queue).is_none();
+        self.guard().set(queue, missing)?;
+        if missing {
             self.declare(queue)?;
         }
         let ttl = ttl_ms(exptime);
@@ -404,6 +425,11 @@ impl Session {
                 return;
             }
         }
+        if !self.guard().get(keys.iter().map(|k| k.queue.as_str())) {
+            self.out
+                .extend_from_slice(b"SERVER_ERROR access refused\r\n");
+            return;
+        }
         for (i, k) in keys.into_iter().enumerate() {
             self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             let o = k.options;
@@ -423,7 +449,10 @@ impl Session {
             }
             // A timed read waits on the queue a later `set` will use, so it declares it
             // the way `set` does.
-            if o.timeout_ms.is_some_and(|ms| ms > 0) && self.vhost.find_queue(&k.queue).is_none() {
+            if o.timeout_ms.is_some_and(|ms| ms > 0)
+                && self.vhost.find_queue(&k.queue).is_none()
+                && self.guard().declare(&k.queue)
+            {
                 let _ = self.declare(&k.queue);
             }
             let Ok(queue) = self.vhost.queue(&k.queue, self.info.id) else {
