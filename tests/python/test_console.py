@@ -67,6 +67,9 @@ def browser():
               "--window-size=1280,900", "--disable-extensions", "--no-first-run"):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    stale = os.path.join(ARTIFACTS, "console-failure.png")
+    if os.path.exists(stale):
+        os.remove(stale)  # a failure shot is only ever this run's
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(30)
     try:
