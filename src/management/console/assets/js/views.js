@@ -469,7 +469,7 @@ Q.views.queue = function (params) {
             ["Exchange", m.exchange || "(AMQP default)"],
             ["Routing key", m.routing_key, "mono"],
             ["Redelivered", fmt.bool(m.redelivered)],
-            ["Properties", fmt.json(m.properties), "mono"],
+            ["Properties", fmt.json(m.properties) || "none", "mono"],
             ["Payload", m.payload_bytes + " bytes, encoding: " + m.payload_encoding],
           ]),
           h("pre", {class: "payload"}, m.payload)));
