@@ -266,8 +266,9 @@ impl Connection {
         &self.ctx.broker.counters().lifecycle
     }
 
-    fn channel_closed(&self) {
+    fn channel_closed(&self, id: u16) {
         self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.info.channel_numbers.lock().retain(|n| *n != id);
         self.lifecycle().channels_closed.inc();
     }
 
@@ -385,6 +386,7 @@ impl Connection {
                 self.channels
                     .insert(id, Slot::Open(Box::new(Channel::new(id, &self.ctx))));
                 self.ctx.info.channels.fetch_add(1, Ordering::Relaxed);
+                self.ctx.info.channel_numbers.lock().push(id);
                 self.lifecycle().channels_opened.inc();
                 self.send(
                     id,
@@ -418,7 +420,7 @@ impl Connection {
                     Method::ChannelClose(_) => {
                         ch.close(&self.ctx);
                         self.channels.remove(&id);
-                        self.channel_closed();
+                        self.channel_closed(id);
                         self.send(id, ChannelCloseOk {});
                         return Ok(Flow::Continue);
                     }
@@ -467,7 +469,7 @@ impl Connection {
             Err(e) => {
                 if let Some(Slot::Open(mut ch)) = self.channels.insert(id, Slot::Closing) {
                     ch.close(&self.ctx);
-                    self.channel_closed();
+                    self.channel_closed(id);
                 }
                 self.send(
                     id,
@@ -485,10 +487,10 @@ impl Connection {
 
     fn teardown(&mut self) {
         let channels = std::mem::take(&mut self.channels);
-        for (_, slot) in channels {
+        for (id, slot) in channels {
             if let Slot::Open(mut ch) = slot {
                 ch.close(&self.ctx);
-                self.channel_closed();
+                self.channel_closed(id);
             }
         }
     }

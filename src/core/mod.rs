@@ -90,6 +90,8 @@ pub struct ConnectionInfo {
     pub vhost: Mutex<String>,
     /// Open channels.
     pub channels: AtomicU32,
+    /// Numbers of the open channels (listings name channels by them).
+    pub channel_numbers: Mutex<Vec<u16>>,
     /// Bytes received.
     pub bytes_in: AtomicU64,
     /// Bytes sent.
@@ -263,6 +265,7 @@ impl Broker {
             user: Mutex::new(String::new()),
             vhost: Mutex::new(String::new()),
             channels: AtomicU32::new(0),
+            channel_numbers: Mutex::new(Vec::new()),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             connected_at: SystemTime::now(),

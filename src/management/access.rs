@@ -35,15 +35,26 @@ fn permission_json(p: &VhostPermissions) -> Value {
 }
 
 fn vhost_json(m: &Mgmt, v: &VHost) -> Value {
-    let (mut ready, mut unacked) = (0u64, 0u64);
-    let mut stats = [0u64; 4];
+    // A vhost's numbers are the sums over its queues, totals and rates alike.
+    let mut totals = [0u64; 7];
+    let mut per_second = [0f64; 7];
     for q in v.queues() {
         let t = rates::queue_totals(&q);
-        for (s, x) in stats.iter_mut().zip(t) {
-            *s += x;
+        let r = m.rates.queue_rates(q.id);
+        for i in 0..7 {
+            totals[i] += t[i];
+            per_second[i] += r[i];
         }
-        ready += t[5];
-        unacked += t[6];
+    }
+    let mut stats = Map::new();
+    let mut lengths = Map::new();
+    for i in 0..7 {
+        let out = if i < 4 { &mut stats } else { &mut lengths };
+        out.insert(rates::QUEUE[i].into(), json!(totals[i]));
+        out.insert(
+            format!("{}_details", rates::QUEUE[i]),
+            json!({ "rate": per_second[i] }),
+        );
     }
     let description = if &*v.name == "/" {
         "Default virtual host"
@@ -52,7 +63,7 @@ fn vhost_json(m: &Mgmt, v: &VHost) -> Value {
     };
     let mut cluster_state = Map::new();
     cluster_state.insert(m.node.clone(), json!("running"));
-    json!({
+    let mut out = json!({
         "name": &*v.name,
         "description": description,
         "tags": [],
@@ -60,16 +71,12 @@ fn vhost_json(m: &Mgmt, v: &VHost) -> Value {
         "metadata": { "description": description, "tags": [] },
         "tracing": false,
         "cluster_state": cluster_state,
-        "messages": ready + unacked,
-        "messages_ready": ready,
-        "messages_unacknowledged": unacked,
-        "message_stats": {
-            "publish": stats[0],
-            "deliver_get": stats[1],
-            "ack": stats[2],
-            "redeliver": stats[3],
-        },
-    })
+        "message_stats": stats,
+    });
+    if let Value::Object(o) = &mut out {
+        o.extend(lengths);
+    }
+    out
 }
 
 /// `GET /api/vhosts`: the vhosts the caller sees.

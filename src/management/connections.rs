@@ -47,6 +47,7 @@ fn connection_json(m: &Mgmt, c: &ConnectionInfo) -> Value {
         _ => m.bound.amqp,
     };
     let user = c.user.lock().clone();
+    let rates = m.rates.connection(c.id);
     json!({
         "name": connection_name(m, c),
         "node": m.node,
@@ -60,7 +61,9 @@ fn connection_json(m: &Mgmt, c: &ConnectionInfo) -> Value {
         "vhost": c.vhost.lock().clone(),
         "channels": c.channels.load(Ordering::Relaxed),
         "recv_oct": c.bytes_in.load(Ordering::Relaxed),
+        "recv_oct_details": { "rate": rates[0] },
         "send_oct": c.bytes_out.load(Ordering::Relaxed),
+        "send_oct_details": { "rate": rates[1] },
         "connected_at": connected_at,
         "state": "running",
         "ssl": false,
@@ -149,18 +152,20 @@ pub async fn connection_channels(
     Ok(ok_json(Value::Array(channels_of(&m, &c))))
 }
 
-/// The channels of a connection. The core tracks how many each connection has open,
-/// not their numbers, so each is listed with its connection's details and its
-/// position; a memcache connection has none.
+/// The open channels of a connection, named `<connection> (<number>)` as in RabbitMQ;
+/// a memcache connection has none.
 fn channels_of(m: &Mgmt, c: &ConnectionInfo) -> Vec<Value> {
-    let n = c.channels.load(Ordering::Relaxed);
+    let mut numbers = c.channel_numbers.lock().clone();
+    numbers.sort_unstable();
     let conn_name = connection_name(m, c);
     let user = c.user.lock().clone();
     let vhost = c.vhost.lock().clone();
-    (1..=n)
+    numbers
+        .into_iter()
         .map(|i| {
             json!({
                 "name": format!("{conn_name} ({i})"),
+                "number": i,
                 "node": m.node,
                 "connection_details": {
                     "name": conn_name,

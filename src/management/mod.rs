@@ -204,12 +204,46 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/consumers", get(c::consumers_all))
         .route("/consumers/{vhost}", get(c::consumers_vhost))
         .fallback(|| async { ApiError::not_found() })
-        .layer(axum::middleware::from_fn(query::apply));
+        .layer(axum::middleware::from_fn(query::apply))
+        .layer(axum::middleware::from_fn(same_origin));
     Router::new()
         .nest("/api", api)
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(mgmt)
+}
+
+/// Refuses a state-changing request that a browser sent from another site (its
+/// `Origin` names another host than `Host`): browsers resend cached Basic credentials,
+/// so without this any page could POST to the API. Tools (rabbitmqadmin, curl, ctl)
+/// send no `Origin`; the console's own requests carry this listener's.
+async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        if let Some(origin) = req.headers().get(axum::http::header::ORIGIN) {
+            let host = req
+                .headers()
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let from = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, rest)| rest.trim_end_matches('/'));
+            if !from.is_some_and(|f| f.eq_ignore_ascii_case(host)) {
+                return (
+                    StatusCode::FORBIDDEN,
+                    axum::Json(serde_json::json!({
+                        "error": "forbidden",
+                        "reason": "cross-origin request refused",
+                    })),
+                )
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// Outside `/api/`: GET and HEAD are the console's; anything else 405.

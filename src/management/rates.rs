@@ -83,6 +83,8 @@ struct State {
     global: VecDeque<Sample<22>>,
     /// Queue id -> its last two samples (newest last).
     queues: HashMap<u64, (Option<Sample<7>>, Sample<7>)>,
+    /// Connection id -> its last two (bytes in, bytes out) samples.
+    connections: HashMap<u64, (Option<Sample<2>>, Sample<2>)>,
 }
 
 fn now_ms() -> u64 {
@@ -186,7 +188,23 @@ impl Rates {
                 );
             }
         }
+        let conns: HashMap<u64, Sample<2>> = broker
+            .connections()
+            .iter()
+            .map(|c| {
+                let values = [
+                    c.bytes_in.load(Ordering::Relaxed),
+                    c.bytes_out.load(Ordering::Relaxed),
+                ];
+                (c.id, Sample { at_ms, values })
+            })
+            .collect();
         let mut st = self.state.lock();
+        let old = std::mem::take(&mut st.connections);
+        st.connections = conns
+            .into_iter()
+            .map(|(id, s)| (id, (old.get(&id).map(|o| o.1), s)))
+            .collect();
         st.global.push_back(global);
         while st.global.len() > HISTORY {
             st.global.pop_front();
@@ -223,6 +241,22 @@ impl Rates {
             }
             out.insert(GLOBAL[i].into(), json!(now[i]));
             out.insert(format!("{}_details", GLOBAL[i]), Value::Object(details));
+        }
+    }
+
+    /// A connection's (received, sent) bytes per second.
+    pub fn connection(&self, id: u64) -> [f64; 2] {
+        match self.state.lock().connections.get(&id) {
+            Some((Some(prev), last)) => [rate(prev, last, 0), rate(prev, last, 1)],
+            _ => [0.0; 2],
+        }
+    }
+
+    /// A queue's rates, in [`QUEUE`] order (0 until it has two samples).
+    pub fn queue_rates(&self, id: u64) -> [f64; 7] {
+        match self.state.lock().queues.get(&id) {
+            Some((Some(prev), last)) => std::array::from_fn(|i| rate(prev, last, i)),
+            _ => [0.0; 7],
         }
     }
 

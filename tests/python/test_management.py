@@ -179,6 +179,14 @@ def test_not_found_and_malformed_bodies(api):
     status, _, body = api.call("POST", "/api/exchanges/%2F/amq.default/publish",
                                {"payload": "x"})
     assert status == 400 and "key_missing" in body["reason"]
+    # A browser on another site cannot make changes with cached credentials.
+    status, _, body = api.call("PUT", "/api/queues/%2F/csrf", {},
+                               headers={"Origin": "http://evil.example"})
+    assert (status, body["error"]) == (403, "forbidden")
+    assert api.call("GET", "/api/queues/%2F/csrf")[0] == 404
+    same = api.base.split("://", 1)[1]
+    assert api.call("PUT", "/api/queues/%2F/csrf", {},
+                    headers={"Origin": "http://" + same})[0] == 201
 
 
 # ---- queues, with traffic from both front ends ------------------------------------------
@@ -363,8 +371,13 @@ def test_connections_of_both_protocols_and_forced_close(fresh_broker, api):
     assert amqp["port"] == fresh_broker.amqp_port
     assert isinstance(amqp["recv_oct"], int) and amqp["recv_oct"] > 0
     assert api.get("/api/connections/" + q(amqp["name"])) == amqp
+    conn.channel(5)
     channels = api.get("/api/channels")
-    assert [c["connection_details"]["name"] for c in channels] == [amqp["name"]]
+    assert [(c["connection_details"]["name"], c["number"], c["name"]) for c in channels] == [
+        (amqp["name"], 1, amqp["name"] + " (1)"), (amqp["name"], 5, amqp["name"] + " (5)")]
+    assert api.get("/api/connections/%s/channels" % q(amqp["name"])) == channels
+    assert api.get("/api/channels/" + q(channels[1]["name"])) == channels[1]
+    assert isinstance(amqp["recv_oct_details"]["rate"], float)
     assert api.get("/api/vhosts/%2F/connections")
     status, _, _ = api.call("DELETE", "/api/connections/" + q(amqp["name"]),
                             headers={"X-Reason": "bye from the test"})
