@@ -45,7 +45,7 @@ pub struct Config {
     pub http: HttpConfig,
     /// Durability.
     pub storage: StorageConfig,
-    /// Users allowed to connect over AMQP.
+    /// Users a fresh data directory starts with (`[[users]]`).
     pub users: Vec<UserConfig>,
     /// Virtual hosts a fresh data directory starts with.
     pub vhosts: Vec<String>,
@@ -54,8 +54,9 @@ pub struct Config {
     /// (what configs written before qgate had permissions meant).
     pub permissions: Vec<PermissionConfig>,
     /// Users who may log in only from loopback addresses (RabbitMQ's `loopback_users`;
-    /// `[]` lets `guest` in from anywhere).
-    pub loopback_users: Vec<String>,
+    /// `[]` lets every user in from anywhere). When not given, the `[[users]]` with
+    /// `loopback_only = true` (by default: `guest`).
+    pub loopback_users: Option<Vec<String>>,
     /// Management listener (HTTP API and web console).
     pub management: ManagementConfig,
     /// Memory the queued messages may hold before publishers are blocked: a fraction of
@@ -178,14 +179,12 @@ impl Default for Config {
             users: vec![UserConfig {
                 name: "guest".into(),
                 password: "guest".into(),
-                // Loopback-only through `loopback_users`, so `loopback_users = []`
-                // opens the default guest as RabbitMQ's `{loopback_users, []}` does.
-                loopback_only: false,
+                loopback_only: true,
                 tags: vec!["administrator".into()],
             }],
             vhosts: vec!["/".into()],
             permissions: Vec::new(),
-            loopback_users: vec!["guest".into()],
+            loopback_users: None,
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
             management: ManagementConfig::default(),
         }
@@ -344,11 +343,12 @@ impl Config {
             self.memory_high_watermark = v;
         }
         if let Some(v) = o.loopback_users {
-            self.loopback_users = v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
+            self.loopback_users = Some(
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            );
         }
         if let Some(v) = o.memcache_user {
             self.memcache.user = v;
@@ -436,6 +436,24 @@ mod tests {
         assert_eq!(c.amqp.listen, "127.0.0.1:2");
         assert_eq!(c.storage.fsync, "never");
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn loopback_users() {
+        let c: Config = toml::from_str("loopback_users = []\n").unwrap();
+        assert_eq!(c.loopback_users, Some(vec![]));
+        assert_eq!(Config::default().loopback_users, None);
+        let mut c = Config::default();
+        c.apply(Overrides {
+            loopback_users: Some("guest, ops".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.loopback_users, Some(vec!["guest".into(), "ops".into()]));
+        let perms: Config = toml::from_str(
+            "[[permissions]]\nuser = \"u\"\nconfigure = \".*\"\nwrite = \"\"\nread = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(perms.permissions[0].vhost, "/");
     }
 
     #[test]

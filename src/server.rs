@@ -99,14 +99,16 @@ fn core_config(config: &Config) -> CoreConfig {
             })
             .collect()
     };
-    let mut loopback_users = config.loopback_users.clone();
-    loopback_users.extend(
+    // RabbitMQ's `loopback_users` when given, else each `[[users]]` entry's own
+    // `loopback_only` (how configs written before `loopback_users` said it).
+    let loopback_users = config.loopback_users.clone().unwrap_or_else(|| {
         config
             .users
             .iter()
             .filter(|u| u.loopback_only)
-            .map(|u| u.name.clone()),
-    );
+            .map(|u| u.name.clone())
+            .collect()
+    });
     CoreConfig {
         memory_high_watermark: config
             .memory_high_watermark_bytes(physical_memory())

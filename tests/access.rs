@@ -180,7 +180,7 @@ async fn forced_closes_reach_the_client_with_the_reason() {
     b.delete_user("alice").unwrap();
     assert_eq!(
         forced(&mut errors).await,
-        (320, "CONNECTION_FORCED - user 'alice' was deleted".into())
+        (320, "CONNECTION_FORCED - user 'alice' is deleted".into())
     );
     stop.cancel();
 }

@@ -325,6 +325,9 @@ fn check_name(what: &str, name: &str) -> CoreResult<()> {
 const USER_KEY: &str = "user";
 const VHOST_KEY: &str = "vhost";
 const PERMISSION_KEY: &str = "permission";
+/// Written once the defaults / config seeds are stored: a data directory whose users
+/// and vhosts were all deleted later is not fresh, and is not seeded again.
+const SEEDED_KEY: &str = "access\0seeded";
 
 fn user_key(name: &str) -> String {
     format!("{USER_KEY}\0{name}")
@@ -363,12 +366,17 @@ pub(crate) struct StoredAccess {
     pub(crate) users: Vec<UserInfo>,
     pub(crate) vhosts: Vec<String>,
     pub(crate) permissions: Vec<VhostPermissions>,
+    pub(crate) seeded: bool,
 }
 
 impl StoredAccess {
     /// Takes an access record; false when `key` is not one.
     pub(crate) fn take(&mut self, key: &str, t: &FieldTable) -> bool {
         let text = |k: &str| t.get_str(k).unwrap_or_default();
+        if key == SEEDED_KEY {
+            self.seeded = true;
+            return true;
+        }
         match key.split('\0').next() {
             Some(USER_KEY) => self.users.push(UserInfo {
                 name: text("name"),
@@ -389,8 +397,13 @@ impl StoredAccess {
         true
     }
 
+    /// A data directory that never held access records (fresh, or written before
+    /// qgate had them).
     pub(crate) fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.vhosts.is_empty() && self.permissions.is_empty()
+        !self.seeded
+            && self.users.is_empty()
+            && self.vhosts.is_empty()
+            && self.permissions.is_empty()
     }
 }
 
@@ -517,6 +530,7 @@ impl Broker {
                 Some(permission_table(&p)),
             );
         }
+        self.persist_access(SEEDED_KEY.to_owned(), Some(FieldTable::new()));
     }
 
     /// Replaces the access state with what the store held (start-up).
@@ -659,7 +673,7 @@ impl Broker {
         }
         self.close_connections_where(
             |c| *c.user.lock() == name,
-            &format!("user '{name}' was deleted"),
+            &format!("user '{name}' is deleted"),
         );
         Ok(())
     }

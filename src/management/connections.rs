@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::{ok_json, Mgmt};
-use crate::core::{ConnectionInfo, VHost};
+use crate::core::{ConnectionInfo, Queue, VHost};
 
 /// The protocol as RabbitMQ reports it (`AMQP 0-9-1`), or the front end's name.
 pub fn protocol_name(protocol: &str) -> &str {
@@ -213,33 +213,45 @@ fn consumers(m: &Mgmt, caller: &Caller, vhosts: Vec<Arc<VHost>>) -> Value {
         let mut qs = v.queues();
         qs.sort_by(|a, b| a.name.cmp(&b.name));
         for q in qs {
-            for c in q.consumers() {
-                let conn = conns.iter().find(|x| x.id == c.connection);
-                let channel_details = match conn {
-                    Some(conn) => json!({
-                        "connection_name": connection_name(m, conn),
-                        "peer_host": conn.peer.ip().to_string(),
-                        "peer_port": conn.peer.port(),
-                        "user": conn.user.lock().clone(),
-                        "node": m.node,
-                    }),
-                    None => json!({}),
-                };
-                out.push(json!({
-                    "consumer_tag": c.tag,
-                    "queue": { "name": q.name, "vhost": &*q.vhost },
-                    "ack_required": !c.no_ack,
-                    "exclusive": c.exclusive,
-                    "prefetch_count": if c.no_ack { 0 } else { c.own_credit.limit() },
-                    "active": c.is_active(),
-                    "activity_status": if c.is_active() { "up" } else { "waiting" },
-                    "arguments": {},
-                    "channel_details": channel_details,
-                }));
-            }
+            out.extend(consumers_json(m, &q, &conns));
         }
     }
     Value::Array(out)
+}
+
+/// The consumers of one queue in the API's shape.
+pub fn consumers_of(m: &Mgmt, q: &Queue) -> Vec<Value> {
+    consumers_json(m, q, &m.broker.connections())
+}
+
+fn consumers_json(m: &Mgmt, q: &Queue, conns: &[Arc<ConnectionInfo>]) -> Vec<Value> {
+    q.consumers()
+        .iter()
+        .map(|c| {
+            let conn = conns.iter().find(|x| x.id == c.connection);
+            let channel_details = match conn {
+                Some(conn) => json!({
+                    "connection_name": connection_name(m, conn),
+                    "peer_host": conn.peer.ip().to_string(),
+                    "peer_port": conn.peer.port(),
+                    "user": conn.user.lock().clone(),
+                    "node": m.node,
+                }),
+                None => json!({}),
+            };
+            json!({
+                "consumer_tag": c.tag,
+                "queue": { "name": q.name, "vhost": &*q.vhost },
+                "ack_required": !c.no_ack,
+                "exclusive": c.exclusive,
+                "prefetch_count": if c.no_ack { 0 } else { c.own_credit.limit() },
+                "active": c.is_active(),
+                "activity_status": if c.is_active() { "up" } else { "waiting" },
+                "arguments": {},
+                "channel_details": channel_details,
+            })
+        })
+        .collect()
 }
 
 /// `GET /api/consumers`.

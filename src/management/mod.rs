@@ -205,7 +205,8 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/consumers/{vhost}", get(c::consumers_vhost))
         .fallback(|| async { ApiError::not_found() })
         .layer(axum::middleware::from_fn(query::apply))
-        .layer(axum::middleware::from_fn(same_origin));
+        .layer(axum::middleware::from_fn(same_origin))
+        .layer(axum::middleware::from_fn(json_rejections));
     Router::new()
         .nest("/api", api)
         .fallback(fallback)
@@ -244,6 +245,34 @@ async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) 
         }
     }
     next.run(req).await
+}
+
+/// axum's own refusals (a body over [`MAX_BODY`]: 413, a malformed query string: 400)
+/// are plain text; the API answers JSON in RabbitMQ's shape throughout.
+async fn json_rejections(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() && plain) {
+        return response;
+    }
+    let reason = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        _ => "bad_request",
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": error, "reason": reason })),
+    )
+        .into_response()
 }
 
 /// Outside `/api/`: GET and HEAD are the console's; anything else 405.

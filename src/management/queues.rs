@@ -80,13 +80,16 @@ fn find(m: &Mgmt, caller: &Caller, vhost: &str, name: &str) -> Result<Arc<Queue>
 }
 
 /// `GET /api/queues/{vhost}/{queue}`.
+/// One queue also lists its consumers (`consumer_details`), as in RabbitMQ.
 pub async fn one(
     State(m): State<Arc<Mgmt>>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let q = find(&m, &caller, &vhost, &name)?;
-    Ok(ok_json(queue_json(&m, &q)))
+    let mut out = queue_json(&m, &q);
+    out["consumer_details"] = Value::Array(super::connections::consumers_of(&m, &q));
+    Ok(ok_json(out))
 }
 
 /// `PUT /api/queues/{vhost}/{queue}`: 201 when created, 204 when it existed with the
@@ -192,6 +195,8 @@ pub async fn get_messages(
     let truncate = j::count(&body, "truncate")?;
     let q = find(&m, &caller, &vhost, &name)?;
     caller.permit(&m, &vhost, Permission::Read, Resource::Queue(&q.name))?;
+    // Another connection's exclusive queue is locked, as for an AMQP basic.get.
+    let q = m.vhost(&vhost)?.queue(&q.name, 0)?;
     let counters = m.broker.counters();
     let mut taken = Vec::new();
     let mut out = Vec::new();
