@@ -11,7 +11,7 @@
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
 //! - [`query`]: `columns`, `sort`, `name` and paging on any list.
-//! - [`static_files`]: every other GET (the console).
+//! - [`static_files`]: every other GET: the web console ([`console`]).
 //!
 //! Paths, methods, field names and types, status codes and error bodies are
 //! RabbitMQ 3.10's; the vhost `/` is `%2F` in paths, and the default exchange is
@@ -21,6 +21,7 @@ pub mod access;
 pub mod auth;
 pub mod bindings;
 pub mod connections;
+pub mod console;
 pub mod error;
 pub mod exchanges;
 pub mod health;
