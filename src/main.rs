@@ -68,6 +68,10 @@ struct ServeArgs {
     /// physical memory, a byte count, or 0 for none [default: 0.4]
     #[arg(long, env = "QGATE_MEMORY_HIGH_WATERMARK")]
     memory_high_watermark: Option<String>,
+    /// Upstream mode: serve the memcache listener from a RabbitMQ cluster,
+    /// amqp://user:pass@host1:5672,host2:5672/vhost (the AMQP listener is off)
+    #[arg(long, env = "QGATE_UPSTREAM")]
+    upstream: Option<String>,
 }
 
 impl ServeArgs {
@@ -88,6 +92,7 @@ impl ServeArgs {
             metrics_prefix: self.metrics_prefix,
             heartbeat: self.heartbeat,
             memory_high_watermark: self.memory_high_watermark,
+            upstream: self.upstream,
         });
         config.validate()?;
         Ok(config)

@@ -46,6 +46,7 @@
 //! memory storing object` (data block over the size limit, swallowed unbuffered).
 //! [`parser::parse_request`] documents exactly which bytes each error consumes.
 
+mod backend;
 pub mod command;
 pub mod parser;
 mod session;

@@ -10,6 +10,9 @@
 //!   until `q/close` (ack) or `q/abort` / disconnect (requeue, redelivered=true);
 //!   `q/peek` reads the head without removing it; `q/t=<ms>` waits for a message.
 //! - `delete q` -> queue.delete.
+//!
+//! In upstream mode the queue requests go to a RabbitMQ cluster instead (see
+//! `backend.rs`); the rest of the session is the same.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::backend::Upstream;
 use super::command::{self, GetKey, Request, StatsKind};
 use super::parser::{parse_request, Discard, Limits, Parsed};
 use super::stats::{self, MemcacheCounters};
@@ -54,6 +58,8 @@ struct Session {
     last_names: Arc<Names>,
     /// Has sent `set`: the memory alarm pauses this connection.
     publisher: bool,
+    /// Upstream mode: queue requests go to the cluster.
+    upstream: Option<Upstream>,
 }
 
 /// Serves one client until it quits, disconnects or the broker shuts down.
@@ -63,6 +69,7 @@ pub async fn run(
     broker: Broker,
     config: Arc<Config>,
     shutdown: CancellationToken,
+    upstream: Option<crate::upstream::Gateway>,
 ) {
     let guard = broker.register_connection("memcache", peer);
     let _ = stream.set_nodelay(true);
@@ -87,6 +94,7 @@ pub async fn run(
         quit: false,
         last_names: Arc::default(),
         publisher: false,
+        upstream: upstream.map(Upstream::new),
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
@@ -170,6 +178,9 @@ pub async fn run(
     for (_, d) in s.open.drain() {
         d.requeue();
     }
+    if let Some(up) = s.upstream.take() {
+        up.finish().await;
+    }
     counters.curr_connections.fetch_sub(1, Ordering::Relaxed);
     drop(guard);
 }
@@ -182,7 +193,7 @@ fn now_unix() -> i64 {
 }
 
 /// memcached's exptime rules, as a TTL: `None` = never expires, `Some(0)` = already expired.
-fn ttl_ms(exptime: i64) -> Option<u64> {
+pub(super) fn ttl_ms(exptime: i64) -> Option<u64> {
     match exptime {
         0 => None,
         e if e < 0 => Some(0),
@@ -237,7 +248,7 @@ fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
 /// The keys of a `get` line as the client wrote them (suffixes included, in the
 /// client's order), for the `VALUE` lines. The parser has already checked the line, so
 /// its words after the command map one-to-one onto the parsed keys.
-fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
+pub(super) fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
     let line = frame.split(|b| *b == b'\n').next().unwrap_or_default();
     line.split(|b| *b == b' ' || *b == b'\r' || *b == b'\t')
         .filter(|w| !w.is_empty())
@@ -247,6 +258,9 @@ fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
 
 impl Session {
     async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        if let Some(up) = &mut self.upstream {
+            up.resolve(&mut self.out).await;
+        }
         for t in self.tickets.drain(..) {
             if t.wait().await.is_err() {
                 // The answer was already queued as STORED; the store failing is fatal for
@@ -266,6 +280,18 @@ impl Session {
     }
 
     async fn execute(&mut self, req: Request, frame: &Bytes, shutdown: &CancellationToken) {
+        let req = match &mut self.upstream {
+            Some(up) => {
+                let served = up
+                    .execute(req, frame, &mut self.out, self.counters, shutdown)
+                    .await;
+                match served {
+                    Some(req) => req,
+                    None => return,
+                }
+            }
+            None => req,
+        };
         match req {
             Request::Set {
                 key,

@@ -61,6 +61,12 @@ pub fn handle(ctx: &Ctx, rest: &[&str]) -> Response {
             Some(v) => consumers(ctx, Some(&v)),
             None => return no_vhost(vhost),
         },
+        // Upstream mode: the gateway's own figures (connections, operations, confirm
+        // latency, the depths it sees); 404 in local mode.
+        ["upstream"] => match crate::upstream::current() {
+            Some(gw) => serde_json::to_value(gw.status()).unwrap_or(Value::Null),
+            None => return Response::error(404, "not in upstream mode"),
+        },
         _ => return Response::error(404, "Not Found"),
     };
     Response::new(200, "application/json", value.to_string())

@@ -351,6 +351,9 @@ fn metrics(ctx: &Ctx) -> Response {
         Some(&ctx.closed),
         recorded.as_deref(),
     );
+    if let Some(gw) = crate::upstream::current() {
+        gw.render(&mut body, &ctx.config.http.metrics_prefix);
+    }
     Response::new(200, render::CONTENT_TYPE, body)
 }
 
