@@ -196,6 +196,9 @@ pub async fn run(
     {
         tracing::warn!("some connections did not finish within 10 s");
     }
+    if let Some(gw) = &upstream {
+        gw.close().await;
+    }
     drop(broker);
     close_store(store);
     tracing::info!("stopped");

@@ -21,6 +21,10 @@ use super::command::{self, GetKey, Request, StatsKind};
 use super::stats::MemcacheCounters;
 use crate::upstream::{Client, Gateway, PendingSet, ReadMode, UpstreamError};
 
+/// Sets in flight per connection before the session waits for their confirms: bounds
+/// the memory a long pipeline holds.
+const MAX_PENDING: usize = 1024;
+
 /// Largest time a `get q/t=<ms>` may wait (as in local mode).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
@@ -84,6 +88,9 @@ impl Upstream {
                     set,
                     noreply,
                 });
+                if self.pending.len() >= MAX_PENDING {
+                    self.resolve(out).await;
+                }
             }
             Request::Get { keys } => {
                 self.resolve(out).await;

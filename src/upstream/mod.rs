@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamConfig;
-use pool::{Link, Pool};
+use pool::{Link, Pool, ProbeError};
 pub use stats::{LinkStatus, QueueDepth, UpstreamStatus};
 use stats::{Op, Outcome, Stats};
 
@@ -92,6 +92,12 @@ impl UpstreamError {
 
 fn one_line(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
+}
+
+/// A reply code from the cluster (403 ACCESS_REFUSED and the like): retrying will not
+/// change the answer.
+fn refused(e: &lapin::protocol::AMQPError) -> UpstreamError {
+    UpstreamError::Refused(one_line(e.get_message().as_str()))
 }
 
 /// The AMQP reply code of a channel or connection error, if it is one.
@@ -165,7 +171,8 @@ impl Gateway {
     }
 
     /// Connects the pool, makes this the gateway `/metrics` reports, and polls the depth
-    /// of the queues in use until `shutdown`; then closes the connections.
+    /// of the queues in use until `shutdown` (the server closes the connections with
+    /// [`Gateway::close`] once the memcache sessions have finished).
     pub async fn run(self, shutdown: CancellationToken) {
         *CURRENT.write() = Some(self.clone());
         self.0.pool.warm_up().await;
@@ -176,11 +183,16 @@ impl Gateway {
                 _ = shutdown.cancelled() => break,
             }
         }
-        self.0.pool.close().await;
         let mut cur = CURRENT.write();
         if cur.as_ref().is_some_and(|g| Arc::ptr_eq(&g.0, &self.0)) {
             *cur = None;
         }
+    }
+
+    /// Closes the connections to the cluster (what is still unacked on them goes back
+    /// to its queues).
+    pub async fn close(&self) {
+        self.0.pool.close().await;
     }
 
     /// The first attempt of a `set`, in the caller's task so that one client's sets go
@@ -315,15 +327,11 @@ impl Gateway {
         if self.0.known.contains_key(queue) {
             return Ok(());
         }
-        let probe = link.probe().await?;
         let options = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        match probe
-            .queue_declare(queue, options, self.0.queue_args.clone())
-            .await
-        {
+        match link.probe_declare(queue, options, &self.0.queue_args).await {
             Ok(q) => {
                 self.0.stats.set_depth(
                     queue,
@@ -335,11 +343,9 @@ impl Gateway {
             }
             // It exists with other arguments (say a classic queue an AMQP user made),
             // or is another connection's exclusive queue: publishing to it works.
-            Err(e) if matches!(reply_code(&e), Some(405 | 406)) => {}
-            Err(e) if matches!(reply_code(&e), Some(403)) => {
-                return Err(UpstreamError::Refused(one_line(&e.to_string())))
-            }
-            Err(e) => return Err(UpstreamError::amqp(e)),
+            Err(ProbeError::Reply(e)) if matches!(e.get_id(), 405 | 406) => {}
+            Err(ProbeError::Reply(e)) => return Err(refused(&e)),
+            Err(ProbeError::Upstream(e)) => return Err(e),
         }
         self.0.known.insert(queue.to_owned(), ());
         Ok(())
@@ -361,13 +367,12 @@ impl Gateway {
 
     async fn passive(&self, queue: &str) -> Result<Option<QueueDepth>, UpstreamError> {
         let link = self.0.pool.link().await?;
-        let probe = link.probe().await?;
         let options = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        match probe
-            .queue_declare(queue, options, FieldTable::default())
+        match link
+            .probe_declare(queue, options, &FieldTable::default())
             .await
         {
             Ok(q) => {
@@ -379,14 +384,15 @@ impl Gateway {
                 self.0.stats.set_depth(queue, depth);
                 Ok(Some(depth))
             }
-            Err(e) if reply_code(&e) == Some(404) => {
+            Err(ProbeError::Reply(e)) if e.get_id() == 404 => {
                 self.0.known.remove(queue);
                 self.0.stats.forget_depth(queue);
                 Ok(None)
             }
             // Another connection's exclusive queue: it exists, its depth is private.
-            Err(e) if reply_code(&e) == Some(405) => Ok(None),
-            Err(e) => Err(UpstreamError::amqp(e)),
+            Err(ProbeError::Reply(e)) if e.get_id() == 405 => Ok(None),
+            Err(ProbeError::Reply(e)) => Err(refused(&e)),
+            Err(ProbeError::Upstream(e)) => Err(e),
         }
     }
 

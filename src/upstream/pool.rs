@@ -11,12 +11,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::ConfirmSelectOptions;
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::protocol::AMQPError;
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use super::stats::Stats;
 use super::UpstreamError;
+
+/// Why a probe declare failed.
+pub enum ProbeError {
+    /// The cluster answered with a reply code (404, 405, 406, 403, ...).
+    Reply(AMQPError),
+    /// The connection failed.
+    Upstream(UpstreamError),
+}
 
 /// How long one connection attempt to one node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -87,6 +97,29 @@ impl Link {
                 let ch = self.channel(false).await?;
                 *slot = Some(ch.clone());
                 Ok(ch)
+            }
+        }
+    }
+
+    /// `queue.declare` on the probe channel. Another task's 404 or 406 closes the shared
+    /// probe under this one; such a failure (no reply code of its own) is tried again on
+    /// a fresh probe, so only the declare that caused a close sees its error.
+    pub async fn probe_declare(
+        &self,
+        queue: &str,
+        options: QueueDeclareOptions,
+        args: &FieldTable,
+    ) -> Result<lapin::Queue, ProbeError> {
+        let mut tries = 0;
+        loop {
+            let probe = self.probe().await.map_err(ProbeError::Upstream)?;
+            match probe.queue_declare(queue, options, args.clone()).await {
+                Ok(q) => return Ok(q),
+                Err(lapin::Error::ProtocolError(e)) => return Err(ProbeError::Reply(e)),
+                Err(e) if tries >= 2 || !self.alive() => {
+                    return Err(ProbeError::Upstream(UpstreamError::amqp(e)))
+                }
+                Err(_) => tries += 1,
             }
         }
     }
