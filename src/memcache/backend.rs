@@ -42,6 +42,29 @@ pub(super) struct Upstream {
     pending: Vec<Pending>,
 }
 
+async fn resolve(pending: &mut Vec<Pending>, out: &mut BytesMut) {
+    if pending.is_empty() {
+        return;
+    }
+    let rest = out.split();
+    let mut from = 0;
+    for p in pending.drain(..) {
+        out.extend_from_slice(&rest[from..p.at]);
+        from = p.at;
+        let r = match p.set.await {
+            Ok(r) => r,
+            Err(e) => Err(UpstreamError::Amqp(format!("publish task failed: {e}"))),
+        };
+        match r {
+            Ok(()) if !p.noreply => command::write_stored(out),
+            Ok(()) => {}
+            // Errors are answered even with noreply: a lost set must not be silent.
+            Err(e) => server_error(out, &e),
+        }
+    }
+    out.extend_from_slice(&rest[from..]);
+}
+
 fn server_error(out: &mut BytesMut, e: &UpstreamError) {
     out.extend_from_slice(format!("SERVER_ERROR {e}\r\n").as_bytes());
 }
@@ -122,26 +145,7 @@ impl Upstream {
     /// Waits for the sets in flight and writes their answers where they belong:
     /// `STORED` after the cluster's confirm, `SERVER_ERROR ...` otherwise.
     pub(super) async fn resolve(&mut self, out: &mut BytesMut) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let rest = out.split();
-        let mut from = 0;
-        for p in self.pending.drain(..) {
-            out.extend_from_slice(&rest[from..p.at]);
-            from = p.at;
-            let r = match p.set.await {
-                Ok(r) => r,
-                Err(e) => Err(UpstreamError::Amqp(format!("publish task failed: {e}"))),
-            };
-            match r {
-                Ok(()) if !p.noreply => command::write_stored(out),
-                Ok(()) => {}
-                // Errors are answered even with noreply: a lost set must not be silent.
-                Err(e) => server_error(out, &e),
-            }
-        }
-        out.extend_from_slice(&rest[from..]);
+        resolve(&mut self.pending, out).await;
     }
 
     async fn get(
@@ -221,5 +225,37 @@ impl Upstream {
     /// finish on their own (their publish is already on its way).
     pub(super) async fn finish(self) {
         self.client.finish().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(at: usize, r: Result<(), UpstreamError>, noreply: bool) -> Pending {
+        Pending {
+            at,
+            set: tokio::spawn(async move { r }),
+            noreply,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_land_in_request_order() {
+        // "VERSION" answered between two sets, a noreply set, a failed set at the end.
+        let mut out = BytesMut::from(&b"A\r\nB\r\n"[..]);
+        let mut p = vec![
+            pending(0, Ok(()), false),
+            pending(3, Ok(()), true),
+            pending(3, Err(UpstreamError::ReadLost), true),
+            pending(6, Err(UpstreamError::Unavailable("x".into())), false),
+        ];
+        resolve(&mut p, &mut out).await;
+        assert!(p.is_empty());
+        assert_eq!(
+            &out[..],
+            &b"STORED\r\nA\r\nSERVER_ERROR upstream connection lost; the open read went \
+               back to the queue\r\nB\r\nSERVER_ERROR upstream unavailable: x\r\n"[..]
+        );
     }
 }
