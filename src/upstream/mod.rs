@@ -629,15 +629,16 @@ impl Client {
             .expect("just set"))
     }
 
+    /// The spare channel, opened if needed. It stays in `self.spare` until a hit takes
+    /// it: a read cancelled half-way (the client hung up) leaves any message it checked
+    /// out on a channel that [`Client::finish`] closes, so it goes back to its queue.
     async fn spare_channel(&mut self) -> Result<(Arc<Link>, Channel), UpstreamError> {
-        match self.spare.take() {
-            Some(s) if usable(&Some(s.clone())) => Ok(s),
-            _ => {
-                let link = self.gw.0.pool.link().await?;
-                let ch = link.session_channel().await?;
-                Ok((link, ch))
-            }
+        if !usable(&self.spare) {
+            let link = self.gw.0.pool.link().await?;
+            let ch = link.session_channel().await?;
+            self.spare = Some((link, ch));
         }
+        Ok(self.spare.clone().expect("just set"))
     }
 
     /// Takes, opens or peeks at the head of `queue`; `None` when it is empty or missing.
@@ -677,12 +678,7 @@ impl Client {
         };
         let got = match ch.basic_get(queue, BasicGetOptions { no_ack: false }).await {
             Ok(Some(m)) => m,
-            Ok(None) => {
-                if let Some(link) = link {
-                    self.spare = Some((link, ch));
-                }
-                return Ok(None);
-            }
+            Ok(None) => return Ok(None),
             Err(e) => {
                 if mode == ReadMode::Take {
                     self.chan = None;
@@ -708,6 +704,7 @@ impl Client {
                 }
             }
             (ReadMode::Open, Some(link)) => {
+                self.spare = None;
                 self.gw.0.stats.count_queue(queue, false);
                 self.open.insert(
                     queue.to_owned(),
@@ -718,7 +715,10 @@ impl Client {
                     },
                 );
             }
-            _ => close_channel(&ch).await,
+            _ => {
+                self.spare = None;
+                close_channel(&ch).await;
+            }
         }
         Ok(Some(out))
     }
