@@ -304,14 +304,36 @@ pub enum ConfigError {
         /// Cause.
         source: toml::de::Error,
     },
-    /// A value is out of range.
-    #[error("invalid setting {name}: {reason}")]
+    /// A value is out of range. The message names the setting as the file spells it,
+    /// and its flag and environment variable where it has them.
+    #[error("invalid setting {}: {reason}", setting_label(name))]
     Invalid {
         /// Setting.
         name: &'static str,
         /// Why.
         reason: String,
     },
+}
+
+/// `amqp.listen (--amqp-listen, QGATE_AMQP_LISTEN)`: a setting's TOML key, then the
+/// flag and environment variable that override it, when there are.
+pub fn setting_label(name: &str) -> String {
+    let flag = match name {
+        "amqp.listen" => "amqp-listen",
+        "memcache.listen" => "memcache-listen",
+        "http.listen" => "http-listen",
+        "storage.data_dir" => "data-dir",
+        "storage.fsync" => "fsync",
+        "log" => "log",
+        "memcache.max_message" => "memcache-max-message",
+        "memcache.vhost" => "memcache-vhost",
+        "http.metrics_prefix" => "metrics-prefix",
+        "amqp.heartbeat" => "heartbeat",
+        "memory_high_watermark" => "memory-high-watermark",
+        _ => return name.to_owned(),
+    };
+    let env = format!("QGATE_{}", flag.replace('-', "_").to_ascii_uppercase());
+    format!("{name} (--{flag}, {env})")
 }
 
 impl Config {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use qgate::config::{Config, Overrides};
+use qgate::config::{Config, ConfigError, Overrides};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -95,8 +95,47 @@ impl ServeArgs {
             upstream: self.upstream,
         });
         config.validate()?;
+        // Settings whose grammar belongs to a layer below config are checked here too,
+        // so that a bad value is refused, by its name, before anything starts.
+        config
+            .storage
+            .fsync
+            .parse::<qgate::store::FsyncPolicy>()
+            .map_err(|_| ConfigError::Invalid {
+                name: "storage.fsync",
+                reason: format!(
+                    "'{}' is not a fsync policy: expected always, never or interval:<ms> \
+                     (e.g. interval:100)",
+                    config.storage.fsync
+                ),
+            })?;
+        tracing_subscriber::EnvFilter::try_new(&config.log).map_err(|e| ConfigError::Invalid {
+            name: "log",
+            reason: format!(
+                "'{}' is not a log filter ({e}): expected a level (error, warn, info, \
+                     debug, trace) or target=level directives, e.g. info,qgate=debug",
+                config.log
+            ),
+        })?;
         Ok(config)
     }
+}
+
+/// The error and its causes, each said once: an error whose text already quotes its
+/// cause (`cannot listen ...: Address already in use`) does not repeat it.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if text.contains(&s) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&s);
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -109,7 +148,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qgate: error: {e:#}");
+            eprintln!("qgate: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -95,6 +95,7 @@ fn rule_table() -> BTreeMap<&'static str, RuleFn> {
         "not-found-reply" => p::not_found_reply,
         "end-reply" => p::end_reply,
         "ok-reply" => p::ok_reply,
+        "reset-reply" => p::reset_reply,
         "error-reply" => p::error_reply,
         "client-error-reply" => p::client_error_reply,
         "server-error-reply" => p::server_error_reply,
@@ -410,6 +411,11 @@ fn well_formed_requests() {
             b"stats queue\r\n",
             13,
             Parsed::Request(Request::Stats(StatsKind::Queue)),
+        ),
+        (
+            b"stats reset\r\n",
+            13,
+            Parsed::Request(Request::Stats(StatsKind::Reset)),
         ),
         (b"version\r\n", 9, Parsed::Request(Request::Version)),
         (
@@ -938,6 +944,7 @@ fn encode(r: &Request, data: &[u8]) -> Vec<u8> {
         }
         Request::Stats(StatsKind::General) => b"stats\r\n".to_vec(),
         Request::Stats(StatsKind::Queue) => b"stats queue\r\n".to_vec(),
+        Request::Stats(StatsKind::Reset) => b"stats reset\r\n".to_vec(),
         Request::Version => b"version\r\n".to_vec(),
         Request::Verbosity { level, noreply } => {
             format!("verbosity {level}{}\r\n", nr(*noreply)).into_bytes()
@@ -1138,6 +1145,7 @@ fn encoders_round_trip_through_the_response_rules() {
         write_deleted,
         write_not_found,
         write_ok,
+        write_reset,
         write_error,
         write_end,
         |o| write_version(o, "0.1.0"),

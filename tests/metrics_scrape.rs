@@ -395,6 +395,7 @@ async fn scrape_after_traffic_shows_exact_values() {
         ("qgate_channels".into(), 1.0),
         ("qgate_consumers".into(), 1.0),
         ("qgate_global_consumers".into(), 1.0),
+        ("qgate_channel_consumers".into(), 1.0),
         (r#"qgate_connections{protocol="amqp"}"#.into(), 1.0),
         (r#"qgate_connections{protocol="memcache"}"#.into(), 0.0),
         ("qgate_global_messages_received_total".into(), 11.0),
@@ -530,6 +531,7 @@ async fn scrape_after_traffic_shows_exact_values() {
     assert!(after.value(amqp_out) >= before_out);
     assert_eq!(after.value("qgate_channels"), 0.0);
     assert_eq!(after.value("qgate_global_consumers"), 0.0);
+    assert_eq!(after.value("qgate_channel_consumers"), 0.0);
     broker.stop().await;
 }
 
@@ -604,6 +606,7 @@ async fn rabbitmq_prefix_serves_rabbitmq_overview_metrics() {
         "rabbitmq_channels",
         "rabbitmq_consumers",
         "rabbitmq_global_consumers",
+        "rabbitmq_channel_consumers",
         "rabbitmq_global_publishers",
         "rabbitmq_global_messages_received_total",
         "rabbitmq_global_messages_received_confirm_total",

@@ -4,7 +4,11 @@
 //! These types live in a leaf module because the core (headers routing, `x-` arguments),
 //! the AMQP codec and the store all need them. Type tags follow RabbitMQ's reading of
 //! the 0-9-1 errata (`s` = signed 16-bit, `l` = signed 64-bit, `x` = byte array), which
-//! is what pika, lapin, kombu and the Java client send.
+//! is what pika, lapin, kombu and the Java client send. The set of tags is exactly the
+//! one RabbitMQ 3.10's `rabbit_binary_parser` accepts: `t b B s u I i l L f d D S x A T F
+//! V`. `L` is the original spec's tag for a signed 64-bit integer; RabbitMQ reads it like
+//! `l`, and pika 1.3 sends every negative integer below -2^31 with it. The spec's `U`
+//! (signed 16-bit) is not accepted, as RabbitMQ does not (it closes the connection).
 //!
 //! Wire format (all integers big-endian): a table is a `u32` byte size followed by
 //! entries `shortstr key, u8 tag, value`; an array is a `u32` byte size followed by
@@ -38,6 +42,9 @@ pub enum FieldValue {
     U32(u32),
     /// `l`
     I64(i64),
+    /// `L`: the same signed 64-bit integer as `l` under the spec's original tag. Kept
+    /// apart only so it is sent on with the tag it arrived with.
+    I64Spec(i64),
     /// `f`
     F32(f32),
     /// `d`
@@ -124,7 +131,7 @@ impl FieldValue {
             FieldValue::U16(v) => v as i64,
             FieldValue::I32(v) => v as i64,
             FieldValue::U32(v) => v as i64,
-            FieldValue::I64(v) => v,
+            FieldValue::I64(v) | FieldValue::I64Spec(v) => v,
             _ => return None,
         })
     }
@@ -188,6 +195,7 @@ impl FieldValue {
             FieldValue::I32(_) => b'I',
             FieldValue::U32(_) => b'i',
             FieldValue::I64(_) => b'l',
+            FieldValue::I64Spec(_) => b'L',
             FieldValue::F32(_) => b'f',
             FieldValue::F64(_) => b'd',
             FieldValue::Decimal { .. } => b'D',
@@ -211,7 +219,7 @@ impl FieldValue {
             FieldValue::U16(v) => out.put_u16(*v),
             FieldValue::I32(v) => out.put_i32(*v),
             FieldValue::U32(v) => out.put_u32(*v),
-            FieldValue::I64(v) => out.put_i64(*v),
+            FieldValue::I64(v) | FieldValue::I64Spec(v) => out.put_i64(*v),
             FieldValue::F32(v) => out.put_f32(*v),
             FieldValue::F64(v) => out.put_f64(*v),
             FieldValue::Decimal { scale, value } => {
@@ -239,7 +247,10 @@ impl FieldValue {
             FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => 1,
             FieldValue::I16(_) | FieldValue::U16(_) => 2,
             FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => 4,
-            FieldValue::I64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => 8,
+            FieldValue::I64(_)
+            | FieldValue::I64Spec(_)
+            | FieldValue::F64(_)
+            | FieldValue::Timestamp(_) => 8,
             FieldValue::Decimal { .. } => 5,
             FieldValue::LongString(b) | FieldValue::ByteArray(b) => 4 + b.len(),
             FieldValue::Array(items) => 4 + items.iter().map(Self::encoded_len).sum::<usize>(),
@@ -267,6 +278,7 @@ impl FieldValue {
             b'I' => FieldValue::I32(wire::get_u32(input)? as i32),
             b'i' => FieldValue::U32(wire::get_u32(input)?),
             b'l' => FieldValue::I64(wire::get_u64(input)? as i64),
+            b'L' => FieldValue::I64Spec(wire::get_u64(input)? as i64),
             b'f' => FieldValue::F32(f32::from_bits(wire::get_u32(input)?)),
             b'd' => FieldValue::F64(f64::from_bits(wire::get_u64(input)?)),
             b'D' => {

@@ -18,7 +18,9 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
 use super::command::{self, GetKey, Request, StatsKind};
+use super::session::Client as Conn;
 use super::stats::MemcacheCounters;
+use crate::core::ConnectionInfo;
 use crate::upstream::{Client, Gateway, PendingSet, ReadMode, UpstreamError};
 
 /// Sets in flight per connection before the session waits for their confirms: bounds
@@ -40,9 +42,11 @@ pub(super) struct Upstream {
     gw: Gateway,
     client: Client,
     pending: Vec<Pending>,
+    /// The client hung up during a timed get: the session ends.
+    pub(super) hung_up: bool,
 }
 
-async fn resolve(pending: &mut Vec<Pending>, out: &mut BytesMut) {
+async fn resolve(pending: &mut Vec<Pending>, out: &mut BytesMut, counters: &MemcacheCounters) {
     if pending.is_empty() {
         return;
     }
@@ -56,8 +60,12 @@ async fn resolve(pending: &mut Vec<Pending>, out: &mut BytesMut) {
             Err(e) => Err(UpstreamError::Amqp(format!("publish task failed: {e}"))),
         };
         match r {
-            Ok(()) if !p.noreply => command::write_stored(out),
-            Ok(()) => {}
+            Ok(()) => {
+                counters.set_hits.fetch_add(1, Ordering::Relaxed);
+                if !p.noreply {
+                    command::write_stored(out);
+                }
+            }
             // Errors are answered even with noreply: a lost set must not be silent.
             Err(e) => server_error(out, &e),
         }
@@ -66,7 +74,7 @@ async fn resolve(pending: &mut Vec<Pending>, out: &mut BytesMut) {
 }
 
 fn server_error(out: &mut BytesMut, e: &UpstreamError) {
-    out.extend_from_slice(format!("SERVER_ERROR {e}\r\n").as_bytes());
+    command::write_server_error(out, &e.to_string().replace(['\r', '\n'], " "));
 }
 
 impl Upstream {
@@ -76,6 +84,7 @@ impl Upstream {
             gw,
             client,
             pending: Vec::new(),
+            hung_up: false,
         }
     }
 
@@ -85,9 +94,11 @@ impl Upstream {
         req: Request,
         frame: &Bytes,
         out: &mut BytesMut,
-        counters: &MemcacheCounters,
+        conn: &mut Conn<'_>,
+        info: &ConnectionInfo,
         shutdown: &CancellationToken,
     ) -> Option<Request> {
+        let counters = super::stats::counters();
         match req {
             Request::Set {
                 key,
@@ -100,6 +111,7 @@ impl Upstream {
                 let ttl = super::session::ttl_ms(exptime);
                 if ttl == Some(0) {
                     // Already expired: memcached answers STORED and the item is never seen.
+                    counters.set_hits.fetch_add(1, Ordering::Relaxed);
                     if !noreply {
                         command::write_stored(out);
                     }
@@ -118,7 +130,7 @@ impl Upstream {
             Request::Get { keys } => {
                 self.resolve(out).await;
                 let raw = super::session::request_keys(frame);
-                self.get(keys, &raw, out, counters, shutdown).await;
+                self.get(keys, &raw, out, conn, info, shutdown).await;
             }
             Request::Delete { key, noreply } => {
                 self.resolve(out).await;
@@ -145,7 +157,7 @@ impl Upstream {
     /// Waits for the sets in flight and writes their answers where they belong:
     /// `STORED` after the cluster's confirm, `SERVER_ERROR ...` otherwise.
     pub(super) async fn resolve(&mut self, out: &mut BytesMut) {
-        resolve(&mut self.pending, out).await;
+        resolve(&mut self.pending, out, super::stats::counters()).await;
     }
 
     async fn get(
@@ -153,9 +165,11 @@ impl Upstream {
         keys: Vec<GetKey>,
         raw: &[&[u8]],
         out: &mut BytesMut,
-        counters: &MemcacheCounters,
+        conn: &mut Conn<'_>,
+        info: &ConnectionInfo,
         shutdown: &CancellationToken,
     ) {
+        let counters = super::stats::counters();
         for k in &keys {
             let o = k.options;
             if o.open && !o.close && self.client.is_open(&k.queue) {
@@ -167,7 +181,6 @@ impl Upstream {
         }
         let start = out.len();
         for (i, k) in keys.into_iter().enumerate() {
-            counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             let o = k.options;
             let key: &[u8] = raw.get(i).copied().unwrap_or(k.queue.as_bytes());
             let mut result = Ok(None);
@@ -180,6 +193,7 @@ impl Upstream {
                 self.client.abort(&k.queue).await;
             }
             if result.is_ok() && o.fetches() {
+                counters.cmd_get.fetch_add(1, Ordering::Relaxed);
                 let mode = if o.peek {
                     ReadMode::Peek
                 } else if o.open {
@@ -192,7 +206,15 @@ impl Upstream {
                         // A timed read waits on the queue a later `set` will use.
                         let _ = self.gw.declare(&k.queue).await;
                         let wait = Duration::from_millis(ms).min(MAX_WAIT);
-                        self.client.get_wait(&k.queue, mode, wait, shutdown).await
+                        tokio::select! {
+                            r = self.client.get_wait(&k.queue, mode, wait, shutdown) => r,
+                            _ = conn.hung_up(counters, info) => {
+                                // Nobody to answer: end the connection now, as local
+                                // mode does (a half-done read is requeued by finish).
+                                self.hung_up = true;
+                                return;
+                            }
+                        }
                     }
                     _ => self.client.get(&k.queue, mode).await,
                 };
@@ -250,7 +272,9 @@ mod tests {
             pending(3, Err(UpstreamError::ReadLost), true),
             pending(6, Err(UpstreamError::Unavailable("x".into())), false),
         ];
-        resolve(&mut p, &mut out).await;
+        let counters = MemcacheCounters::default();
+        resolve(&mut p, &mut out, &counters).await;
+        assert_eq!(counters.set_hits.load(Ordering::Relaxed), 2);
         assert!(p.is_empty());
         assert_eq!(
             &out[..],

@@ -63,6 +63,8 @@ pub enum StatsKind {
     General,
     /// `stats queue`: one `STAT <queue> <enqueued>/<dequeued>` line per queue.
     Queue,
+    /// `stats reset`: zero the global counters, answer `RESET`.
+    Reset,
 }
 
 /// One key of a `get`: a queue name and its Kestrel-style options (`q/open`, `q/t=500`).
@@ -270,6 +272,11 @@ pub fn write_deleted(out: &mut BytesMut) {
 /// `NOT_FOUND\r\n`
 pub fn write_not_found(out: &mut BytesMut) {
     out.extend_from_slice(b"NOT_FOUND\r\n");
+}
+
+/// `RESET\r\n`: the answer to `stats reset`.
+pub fn write_reset(out: &mut BytesMut) {
+    out.extend_from_slice(b"RESET\r\n");
 }
 
 /// `OK\r\n`: the answer to `verbosity`.

@@ -19,10 +19,11 @@
 //! words separated by spaces, command names case-sensitive:
 //!
 //! ```text
-//! set <queue> <flags> <exptime> <bytes> [noreply]\r\n<data block>\r\n   -> STORED
+//! set <queue> <flags> <exptime> <bytes> [noreply]\r\n<data block>\r\n   -> STORED | SERVER_ERROR <why>
 //! get <key> [<key> ...]\r\n              -> (VALUE <queue> <flags> <bytes>\r\n<data>\r\n)* END
 //! delete <queue> [0] [noreply]\r\n       -> DELETED | NOT_FOUND
 //! stats\r\n | stats queue\r\n            -> (STAT <name> <value>\r\n)* END
+//! stats reset\r\n                       -> RESET
 //! version\r\n                            -> VERSION <version>
 //! verbosity <level> [noreply]\r\n        -> OK
 //! quit\r\n                               -> (connection closed)
@@ -43,7 +44,10 @@
 //! wrong argument count, `stats <other>`), `CLIENT_ERROR bad command line format`
 //! (bad key, bad number, bad get option), `CLIENT_ERROR bad data chunk` (no `\r\n`
 //! after the data block), `CLIENT_ERROR line too long`, and `SERVER_ERROR out of
-//! memory storing object` (data block over the size limit, swallowed unbuffered).
+//! memory storing object` (data block over the size limit, swallowed unbuffered), and
+//! `SERVER_ERROR ... not stored` for a `set` no queue took (full with `x-overflow:
+//! reject-publish`, or deleted under it); `SERVER_ERROR`s are answered even under
+//! `noreply`, as memcached does.
 //! [`parser::parse_request`] documents exactly which bytes each error consumes.
 
 mod backend;

@@ -232,7 +232,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Parse
             Err(_) => Parsed::error(ProtocolError::BadCommandLine),
         },
         b"delete" if (2..=4).contains(&n) => delete_request(&tokens, body),
-        b"stats" if n == 1 || (n == 2 && word(1) == b"queue") => {
+        b"stats" if n == 1 || (n == 2 && matches!(word(1), b"queue" | b"reset")) => {
             match all_consuming(stats_cmd)(body) {
                 Ok((_, kind)) => Parsed::Request(Request::Stats(kind)),
                 Err(_) => Parsed::error(ProtocolError::Error),
@@ -521,14 +521,21 @@ pub fn delete_cmd(input: &[u8]) -> Res<'_, (&[u8], bool)> {
     )(input)
 }
 
-/// `stats-cmd = "stats" [sep "queue"] eol`
+/// `stats-cmd = "stats" [sep ( "queue" / "reset" )] eol`
 pub fn stats_cmd(input: &[u8]) -> Res<'_, StatsKind> {
     map(
-        tuple((ctag("stats"), opt(preceded(sep, ctag("queue"))), eol)),
-        |(_, queue, _)| match queue {
-            Some(_) => StatsKind::Queue,
-            None => StatsKind::General,
-        },
+        tuple((
+            ctag("stats"),
+            opt(preceded(
+                sep,
+                alt((
+                    value(StatsKind::Queue, ctag("queue")),
+                    value(StatsKind::Reset, ctag("reset")),
+                )),
+            )),
+            eol,
+        )),
+        |(_, kind, _)| kind.unwrap_or(StatsKind::General),
     )(input)
 }
 
@@ -692,6 +699,7 @@ pub fn response(input: &[u8]) -> Res<'_, &[u8]> {
         recognize(not_found_reply),
         recognize(version_reply),
         recognize(ok_reply),
+        recognize(reset_reply),
         recognize(error_reply),
         recognize(client_error_reply),
         recognize(server_error_reply),
@@ -786,6 +794,11 @@ pub fn end_reply(input: &[u8]) -> Res<'_, ()> {
 /// `ok-reply = "OK" CRLF`
 pub fn ok_reply(input: &[u8]) -> Res<'_, ()> {
     value((), tag("OK\r\n"))(input)
+}
+
+/// `reset-reply = "RESET" CRLF`
+pub fn reset_reply(input: &[u8]) -> Res<'_, ()> {
+    value((), tag("RESET\r\n"))(input)
 }
 
 /// `error-reply = "ERROR" CRLF`

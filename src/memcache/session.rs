@@ -5,10 +5,13 @@
 //! - `set q` -> declare `q` if missing (durable, not exclusive, not auto-delete), then
 //!   publish to the default exchange with routing key `q`, persistent, flags in the
 //!   `x-memcache-flags` header, exptime as the message TTL. `STORED` is written only
-//!   after the store's ticket completes (fsync under the default policy).
+//!   after the store's ticket completes (fsync under the default policy), and only for
+//!   a message a queue took: one a queue refused (`x-overflow: reject-publish` at its
+//!   limit) or that found no queue (deleted under the `set`) answers `SERVER_ERROR`.
 //! - `get q` -> an auto-acked basic.get; `q/open` a manual-ack get held by the session
 //!   until `q/close` (ack) or `q/abort` / disconnect (requeue, redelivered=true);
-//!   `q/peek` reads the head without removing it; `q/t=<ms>` waits for a message.
+//!   `q/peek` reads the head without removing it; `q/t=<ms>` waits for a message,
+//!   reading the socket meanwhile so that a client hanging up ends the wait at once.
 //! - `delete q` -> queue.delete.
 //!
 //! In upstream mode the queue requests go to a RabbitMQ cluster instead (see
@@ -77,8 +80,7 @@ pub async fn run(
         return;
     };
     let counters = stats::counters();
-    counters.total_connections.fetch_add(1, Ordering::Relaxed);
-    counters.curr_connections.fetch_add(1, Ordering::Relaxed);
+    counters.connection_opened();
     let limits = Limits {
         max_line: super::parser::DEFAULT_MAX_LINE,
         max_message: config.memcache.max_message,
@@ -132,12 +134,20 @@ pub async fn run(
             let frame = buf.split_to(consumed).freeze();
             match parsed {
                 Parsed::Request(req) => {
-                    s.execute(req, &frame, &shutdown).await;
+                    let mut client = Client {
+                        stream: &mut stream,
+                        buf: &mut buf,
+                    };
+                    s.execute(req, &frame, &mut client, &shutdown).await;
                     if s.quit {
                         break 'conn;
                     }
                 }
                 Parsed::Error { error, discard: d } => {
+                    // memcacheq counts a set whose data block it read, even a bad one.
+                    if error == command::ProtocolError::BadDataChunk {
+                        s.counters.cmd_set.fetch_add(1, Ordering::Relaxed);
+                    }
                     s.out.extend_from_slice(error.answer());
                     discard = d;
                 }
@@ -181,8 +191,49 @@ pub async fn run(
     if let Some(up) = s.upstream.take() {
         up.finish().await;
     }
-    counters.curr_connections.fetch_sub(1, Ordering::Relaxed);
+    counters.connection_closed();
     drop(guard);
+}
+
+/// The client's socket and the bytes read from it but not yet parsed, lent to a request
+/// that waits (a timed `get`) so that it can tell a hang-up from a pipelined request.
+pub(super) struct Client<'a> {
+    stream: &'a mut TcpStream,
+    buf: &'a mut BytesMut,
+}
+
+/// How much a client may pipeline behind a waiting `get` before the wait stops reading.
+const MAX_PIPELINED_WHILE_WAITING: usize = 1 << 20;
+
+impl Client<'_> {
+    /// Resolves when the client has closed its end (or the socket failed). Requests it
+    /// pipelines meanwhile are kept in the buffer for after the wait.
+    pub(super) async fn hung_up(&mut self, counters: &MemcacheCounters, info: &ConnectionInfo) {
+        loop {
+            if self.buf.len() >= MAX_PIPELINED_WHILE_WAITING {
+                std::future::pending::<()>().await;
+            }
+            self.buf.reserve(4096);
+            match self.stream.read_buf(self.buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Why a `set` was not stored, as its `SERVER_ERROR` line says it.
+fn not_stored(routed: &crate::core::Routed) -> Option<&'static str> {
+    if routed.rejected {
+        Some("queue is full (x-overflow reject-publish): message not stored")
+    } else if routed.queues == 0 {
+        Some("queue was deleted while storing: message not stored")
+    } else {
+        None
+    }
 }
 
 fn now_unix() -> i64 {
@@ -279,12 +330,19 @@ impl Session {
         Ok(())
     }
 
-    async fn execute(&mut self, req: Request, frame: &Bytes, shutdown: &CancellationToken) {
+    async fn execute(
+        &mut self,
+        req: Request,
+        frame: &Bytes,
+        client: &mut Client<'_>,
+        shutdown: &CancellationToken,
+    ) {
         let req = match &mut self.upstream {
             Some(up) => {
                 let served = up
-                    .execute(req, frame, &mut self.out, self.counters, shutdown)
+                    .execute(req, frame, &mut self.out, client, &self.info, shutdown)
                     .await;
+                self.quit |= up.hung_up;
                 match served {
                     Some(req) => req,
                     None => return,
@@ -308,19 +366,17 @@ impl Session {
                         if let Some(t) = ticket {
                             self.tickets.push(t);
                         }
+                        self.counters.set_hits.fetch_add(1, Ordering::Relaxed);
                         if !noreply {
                             command::write_stored(&mut self.out);
                         }
                     }
-                    Err(text) => {
-                        if !noreply {
-                            self.out
-                                .extend_from_slice(format!("SERVER_ERROR {text}\r\n").as_bytes());
-                        }
-                    }
+                    // Answered even under noreply, as memcached answers its own
+                    // SERVER_ERRORs: the client must learn that nothing was stored.
+                    Err(text) => command::write_server_error(&mut self.out, &text),
                 }
             }
-            Request::Get { keys } => self.get(keys, &request_keys(frame), shutdown).await,
+            Request::Get { keys } => self.get(keys, &request_keys(frame), client, shutdown).await,
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
                 let existed = self.vhost.find_queue(&key).is_some();
@@ -338,6 +394,10 @@ impl Session {
                 }
             }
             Request::Stats(StatsKind::General) => self.stats(),
+            Request::Stats(StatsKind::Reset) => {
+                self.counters.reset();
+                command::write_reset(&mut self.out);
+            }
             Request::Stats(StatsKind::Queue) => {
                 let mut queues = self.vhost.queues();
                 queues.sort_by(|a, b| a.name.cmp(&b.name));
@@ -409,6 +469,9 @@ impl Session {
             &body,
         );
         let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
+        if let Some(why) = not_stored(&routed) {
+            return Err(why.to_owned());
+        }
         self.broker
             .counters()
             .lifecycle
@@ -418,7 +481,13 @@ impl Session {
         Ok(routed.durable)
     }
 
-    async fn get(&mut self, keys: Vec<GetKey>, raw: &[&[u8]], shutdown: &CancellationToken) {
+    async fn get(
+        &mut self,
+        keys: Vec<GetKey>,
+        raw: &[&[u8]],
+        client: &mut Client<'_>,
+        shutdown: &CancellationToken,
+    ) {
         // Refuse the whole command before answering anything when a key asks for a
         // second open read on the same queue.
         for k in &keys {
@@ -431,7 +500,6 @@ impl Session {
             }
         }
         for (i, k) in keys.into_iter().enumerate() {
-            self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             let o = k.options;
             let key: &[u8] = raw.get(i).copied().unwrap_or(k.queue.as_bytes());
             if o.close {
@@ -447,6 +515,7 @@ impl Session {
             if !k.options.fetches() {
                 continue;
             }
+            self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             // A timed read waits on the queue a later `set` will use, so it declares it
             // the way `set` does.
             if o.timeout_ms.is_some_and(|ms| ms > 0) && self.vhost.find_queue(&k.queue).is_none() {
@@ -481,6 +550,12 @@ impl Session {
                     tokio::select! {
                         hit = queue.get_wait(auto_ack, wait) => hit,
                         _ = shutdown.cancelled() => None,
+                        _ = client.hung_up(self.counters, &self.info) => {
+                            // Nobody to answer: end the connection now (its slot and
+                            // curr_connections with it), not when the timeout runs out.
+                            self.quit = true;
+                            return;
+                        }
                     }
                 }
                 _ => queue.get(auto_ack),
@@ -511,25 +586,37 @@ impl Session {
         command::write_end(&mut self.out);
     }
 
+    /// memcacheq's 17 fields in its order and with its meanings, then memcached's
+    /// fields that memcacheq does not have, for memcached tools.
     fn stats(&mut self) {
         let c = self.counters;
+        let t = c.since_reset();
         let out = &mut self.out;
-        let now = now_unix();
-        let uptime = self.broker.uptime().as_secs();
+        let (user, system) = stats::rusage();
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let curr = get(&c.curr_connections);
         command::write_stat(out, "pid", std::process::id());
-        command::write_stat(out, "uptime", uptime);
-        command::write_stat(out, "time", now);
+        command::write_stat(out, "uptime", self.broker.uptime().as_secs());
+        command::write_stat(out, "time", now_unix());
         command::write_stat(out, "version", env!("CARGO_PKG_VERSION"));
         command::write_stat(out, "pointer_size", usize::BITS);
-        command::write_stat(out, "curr_connections", get(&c.curr_connections));
-        command::write_stat(out, "total_connections", get(&c.total_connections));
-        command::write_stat(out, "cmd_get", get(&c.cmd_get));
-        command::write_stat(out, "cmd_set", get(&c.cmd_set));
-        command::write_stat(out, "get_hits", get(&c.get_hits));
-        command::write_stat(out, "get_misses", get(&c.get_misses));
-        command::write_stat(out, "bytes_read", get(&c.bytes_read));
-        command::write_stat(out, "bytes_written", get(&c.bytes_written));
+        command::write_stat(out, "rusage_user", user);
+        command::write_stat(out, "rusage_system", system);
+        command::write_stat(out, "curr_connections", curr);
+        command::write_stat(out, "total_connections", t.total_connections);
+        // memcacheq allocates one structure per connection open at once, plus one for
+        // the listening socket, and reuses them.
+        command::write_stat(
+            out,
+            "connection_structures",
+            get(&c.peak_connections).max(curr) + 1,
+        );
+        command::write_stat(out, "get_cmds", t.cmd_get);
+        command::write_stat(out, "get_hits", t.get_hits);
+        command::write_stat(out, "set_cmds", t.cmd_set);
+        command::write_stat(out, "set_hits", t.set_hits);
+        command::write_stat(out, "bytes_read", t.bytes_read);
+        command::write_stat(out, "bytes_written", t.bytes_written);
         command::write_stat(
             out,
             "threads",
@@ -537,6 +624,10 @@ impl Session {
                 .map(|n| n.get())
                 .unwrap_or(1),
         );
+        // memcached's names for the same counts, and what memcacheq does not report.
+        command::write_stat(out, "cmd_get", t.cmd_get);
+        command::write_stat(out, "cmd_set", t.cmd_set);
+        command::write_stat(out, "get_misses", t.get_misses);
         let items: usize = self.vhost.queues().iter().map(|q| q.depth().ready).sum();
         command::write_stat(out, "curr_items", items);
         command::write_end(out);

@@ -376,7 +376,7 @@ fn field(v: &FieldValue) -> Value {
         FieldValue::U16(n) => json!(n),
         FieldValue::I32(n) => json!(n),
         FieldValue::U32(n) => json!(n),
-        FieldValue::I64(n) => json!(n),
+        FieldValue::I64(n) | FieldValue::I64Spec(n) => json!(n),
         FieldValue::F32(n) => json!(n),
         FieldValue::F64(n) => json!(n),
         FieldValue::Decimal { scale, value } => {

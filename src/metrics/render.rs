@@ -11,6 +11,7 @@
 //! | `identity_info{<p>_node,<p>_cluster,<p>_endpoint}`, `build_info{<p>_version,product}` | gauge (1) |
 //! | `erlang_uptime_seconds` (the name RabbitMQ dashboards query) | gauge |
 //! | `queues`, `channels`, `consumers`, `global_consumers`, `global_publishers` | gauge |
+//! | `channel_consumers`: consumers on all channels, as rabbitmq_prometheus serves it with per-object metrics off (the RabbitMQ-Overview dashboard sums it) | gauge |
 //! | `connections{protocol}` | gauge |
 //! | `global_messages_{received,received_confirm,routed,confirmed,delivered,delivered_consume_auto_ack,delivered_consume_manual_ack,delivered_get_auto_ack,delivered_get_manual_ack,get_empty,redelivered,acknowledged,unroutable_dropped,unroutable_returned}_total` | counter |
 //! | `connections_{opened,closed}_total{protocol}`, `channels_{opened,closed}_total`, `queues_{declared,created,deleted}_total` | counter |
@@ -324,6 +325,12 @@ impl Writer<'_> {
             "global_consumers",
             "gauge",
             "Current number of consumers.",
+            consumers,
+        );
+        self.single(
+            "channel_consumers",
+            "gauge",
+            "Consumers on a channel",
             consumers,
         );
         self.single(

@@ -527,6 +527,9 @@ impl Store {
         let seg_dir = dir.join(SEGMENTS);
         fs::create_dir_all(&seg_dir)?;
         let clean = dir.join(CLEAN).exists();
+        // Nothing was ever stored here: say so, rather than "recovering, not clean".
+        let fresh =
+            !clean && !dir.join(defs::FILE).exists() && fs::read_dir(&seg_dir)?.next().is_none();
         let segment_size = cfg.segment_size.clamp(4096, 1 << 30);
 
         let defs_map = defs::load(&dir);
@@ -535,7 +538,16 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(dir = %dir.display(), clean, "store: recovering");
+        if fresh {
+            tracing::info!(dir = %dir.display(), "store: no data yet, created a new store");
+        } else if clean {
+            tracing::info!(dir = %dir.display(), "store: recovering after a clean shutdown");
+        } else {
+            tracing::info!(
+                dir = %dir.display(),
+                "store: recovering after an unclean shutdown (crash or kill): checking every record"
+            );
+        }
         let rec = recovery::recover(&seg_dir)?;
         let mut stats = rec.stats;
         stats.clean_shutdown = clean;
