@@ -253,6 +253,24 @@ def test_dropped_client_requeues_open_read(cluster, mc_addr):
         c.close()
 
 
+def test_hang_up_during_timed_get_ends_the_wait(mc, mc_addr):
+    """As in local mode: a client gone during `get q/t=<ms>` is noticed at once (its
+    connection leaves curr_connections long before the wait would have ended), and an
+    open read it was polling for is not held."""
+    q = qname("hangup")
+    before = int(test_memcache.read_stats(mc)["curr_connections"])
+    c = MC(mc_addr)
+    c.send(b"get " + q.encode() + b"/t=20000/open\r\n")
+    time.sleep(0.3)
+    c.close()
+    deadline = time.monotonic() + 3
+    while int(test_memcache.read_stats(mc)["curr_connections"]) != before:
+        assert time.monotonic() < deadline, "the timed get kept the connection"
+        time.sleep(0.05)
+    mc.set(q, b"after")
+    assert mc.get(q) == (0, b"after")
+
+
 # ================================================================ two gateways
 
 
