@@ -13,6 +13,9 @@ pub const DEFAULT_AMQP_LISTEN: &str = "0.0.0.0:5672";
 pub const DEFAULT_MEMCACHE_LISTEN: &str = "127.0.0.1:22201";
 /// Default HTTP listen address (rabbitmq_prometheus's port).
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:15692";
+/// Default management listen address (the RabbitMQ management plugin's port; loopback
+/// by default as the console and API are for operators on this machine).
+pub const DEFAULT_MANAGEMENT_LISTEN: &str = "127.0.0.1:15672";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./qgate-data";
 /// Default heartbeat proposed to AMQP clients, in seconds (RabbitMQ's).
@@ -44,8 +47,18 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Users allowed to connect over AMQP.
     pub users: Vec<UserConfig>,
-    /// Virtual hosts.
+    /// Virtual hosts a fresh data directory starts with.
     pub vhosts: Vec<String>,
+    /// Permissions a fresh data directory starts with (`[[permissions]]`). When none
+    /// are given, every configured user gets full permissions on every configured vhost
+    /// (what configs written before qgate had permissions meant).
+    pub permissions: Vec<PermissionConfig>,
+    /// Users who may log in only from loopback addresses (RabbitMQ's `loopback_users`;
+    /// `[]` lets every user in from anywhere). When not given, the `[[users]]` with
+    /// `loopback_only = true` (by default: `guest`).
+    pub loopback_users: Option<Vec<String>>,
+    /// Management listener (HTTP API and web console).
+    pub management: ManagementConfig,
     /// Memory the queued messages may hold before publishers are blocked: a fraction of
     /// physical memory (`0.4`, RabbitMQ's default), a number of bytes (`536870912`), or
     /// `0` for no limit.
@@ -161,6 +174,8 @@ pub struct MemcacheConfig {
     pub max_message: usize,
     /// Vhost the memcache queues live in.
     pub vhost: String,
+    /// User whose permissions govern memcache commands (the protocol has no login).
+    pub user: String,
 }
 
 /// `[http]`
@@ -171,6 +186,22 @@ pub struct HttpConfig {
     pub listen: String,
     /// Metric name prefix (`rabbitmq` makes RabbitMQ dashboards work unchanged).
     pub metrics_prefix: String,
+}
+
+/// `[management]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Listen address.
+    pub listen: String,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_MANAGEMENT_LISTEN.into(),
+        }
+    }
 }
 
 /// `[storage]`
@@ -194,6 +225,30 @@ pub struct UserConfig {
     /// Accept only from loopback addresses.
     #[serde(default)]
     pub loopback_only: bool,
+    /// Tags (`administrator`, `monitoring`, `management`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `[[permissions]]`: one user's three regexps in one vhost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    /// User.
+    pub user: String,
+    /// Vhost.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Configure regexp.
+    pub configure: String,
+    /// Write regexp.
+    pub write: String,
+    /// Read regexp.
+    pub read: String,
+}
+
+fn default_vhost() -> String {
+    "/".into()
 }
 
 impl Default for Config {
@@ -208,10 +263,14 @@ impl Default for Config {
                 name: "guest".into(),
                 password: "guest".into(),
                 loopback_only: true,
+                tags: vec!["administrator".into()],
             }],
             vhosts: vec!["/".into()],
+            permissions: Vec::new(),
+            loopback_users: None,
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
             upstream: UpstreamConfig::default(),
+            management: ManagementConfig::default(),
         }
     }
 }
@@ -234,6 +293,7 @@ impl Default for MemcacheConfig {
             listen: DEFAULT_MEMCACHE_LISTEN.into(),
             max_message: DEFAULT_MEMCACHE_MAX_MESSAGE,
             vhost: "/".into(),
+            user: "guest".into(),
         }
     }
 }
@@ -283,6 +343,12 @@ pub struct Overrides {
     pub memory_high_watermark: Option<String>,
     /// `--upstream` / `QGATE_UPSTREAM`
     pub upstream: Option<String>,
+    /// `--loopback-users` / `QGATE_LOOPBACK_USERS` (comma-separated; empty = none)
+    pub loopback_users: Option<String>,
+    /// `--memcache-user` / `QGATE_MEMCACHE_USER`
+    pub memcache_user: Option<String>,
+    /// `--management-listen` / `QGATE_MANAGEMENT_LISTEN`
+    pub management_listen: Option<String>,
 }
 
 /// A configuration problem.
@@ -387,6 +453,20 @@ impl Config {
         if let Some(v) = o.upstream {
             self.upstream.url = v;
         }
+        if let Some(v) = o.loopback_users {
+            self.loopback_users = Some(
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            );
+        }
+        if let Some(v) = o.memcache_user {
+            self.memcache.user = v;
+        }
+        if let Some(v) = o.management_listen {
+            self.management.listen = v;
+        }
     }
 
     /// The memory high watermark in bytes (0 = none), given the machine's memory.
@@ -411,6 +491,7 @@ impl Config {
             ("amqp.listen", &self.amqp.listen),
             ("memcache.listen", &self.memcache.listen),
             ("http.listen", &self.http.listen),
+            ("management.listen", &self.management.listen),
         ] {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::Invalid {
@@ -430,12 +511,8 @@ impl Config {
                 reason: "must be positive".into(),
             });
         }
-        if !self.vhosts.contains(&self.memcache.vhost) {
-            return Err(ConfigError::Invalid {
-                name: "memcache.vhost",
-                reason: format!("vhost '{}' is not in vhosts", self.memcache.vhost),
-            });
-        }
+        // memcache.vhost is not checked against `vhosts`: those only seed a fresh data
+        // directory, and the vhost may have been added at runtime since.
         self.memory_high_watermark_bytes(1)?;
         if self.upstream.enabled() {
             self.upstream
@@ -516,6 +593,24 @@ mod tests {
             };
             assert!(u.node_urls().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn loopback_users() {
+        let c: Config = toml::from_str("loopback_users = []\n").unwrap();
+        assert_eq!(c.loopback_users, Some(vec![]));
+        assert_eq!(Config::default().loopback_users, None);
+        let mut c = Config::default();
+        c.apply(Overrides {
+            loopback_users: Some("guest, ops".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.loopback_users, Some(vec!["guest".into(), "ops".into()]));
+        let perms: Config = toml::from_str(
+            "[[permissions]]\nuser = \"u\"\nconfigure = \".*\"\nwrite = \"\"\nread = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(perms.permissions[0].vhost, "/");
     }
 
     #[test]

@@ -1,21 +1,30 @@
-//! `qgate ctl`: inspects a running broker through its HTTP admin API, printing what
-//! `rabbitmqctl` prints for the same command, so scripts written for it keep working.
+//! `qgate ctl`: drives a running broker through its management HTTP API (the
+//! RabbitMQ-compatible `/api/*` on the management listener), with `rabbitmqctl`'s verbs,
+//! arguments, output, error messages and exit codes, so scripts and tutorials written
+//! for it keep working.
 //!
-//! Output: unless `-q`, an informational banner (`Timeout: 60.0 seconds ...`,
-//! `Listing queues for vhost / ...`), then a header row of column names (unless
-//! `--no-table-headers`), then one tab-separated row per object. As in rabbitmqctl 3.7+,
-//! `-q` drops only the banner; `-q --no-table-headers` prints rows alone.
+//! Output: unless `-q`, an informational banner (`Adding user "u" ...`, `Listing queues
+//! for vhost / ...`) on stdout, then for listings a header row of column names (unless
+//! `--no-table-headers`; none for an empty listing, as rabbitmqctl) and one
+//! tab-separated row per object. Errors go to stderr as rabbitmqctl words them
+//! (`Error:` then the reason) with its exit codes (sysexits.h: 64 usage, 65 data error,
+//! 67 no such user, 69 unavailable, 70 software error).
 //!
-//! Transport: one plain HTTP/1.1 GET per command over `std::net::TcpStream` to `--url`
-//! (default `http://127.0.0.1:15692`, env `QGATE_CTL_URL`). When nothing answers the
-//! command fails with a message naming the URL and exit status 69 (EX_UNAVAILABLE, as
-//! rabbitmqctl).
+//! Transport: one plain HTTP/1.1 request per call over `std::net::TcpStream` to `--url`
+//! (default `http://127.0.0.1:15672`, env `QGATE_CTL_URL`). Credentials, in order:
+//! `--user`/`--password` (env `QGATE_CTL_USER`/`QGATE_CTL_PASSWORD`) as HTTP Basic
+//! (an administrator for changes); else the broker's local cookie,
+//! `<--data-dir>/.qgate-cookie` (mode 0600, readable only by the broker's OS user), sent
+//! as `X-Qgate-Cookie`: like rabbitmqctl's Erlang cookie it works on the broker's
+//! machine without a password, even after `delete_user guest`.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use base64::Engine as _;
+use serde_json::{json, Value};
 
 /// Time allowed to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,21 +32,46 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer accepted.
 const MAX_RESPONSE: u64 = 256 * 1024 * 1024;
+/// The local credential's file name in the data directory.
+pub const COOKIE_FILE: &str = ".qgate-cookie";
+/// The header carrying it.
+pub const COOKIE_HEADER: &str = "X-Qgate-Cookie";
 
 /// `qgate ctl` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CtlArgs {
-    /// Base URL of the broker's HTTP listener.
-    #[arg(long, env = "QGATE_CTL_URL", default_value = "http://127.0.0.1:15692")]
+    /// Base URL of the broker's management listener.
+    #[arg(long, env = "QGATE_CTL_URL", default_value = "http://127.0.0.1:15672")]
     pub url: String,
+    /// User to authenticate as (HTTP Basic); without it the local cookie is used.
+    #[arg(id = "auth_user", long = "user", env = "QGATE_CTL_USER", global = true)]
+    pub user: Option<String>,
+    /// Password of --user.
+    #[arg(
+        id = "auth_password",
+        long = "password",
+        env = "QGATE_CTL_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// The broker's data directory, where its local cookie file is.
+    #[arg(long, env = "QGATE_DATA_DIR", global = true, default_value = crate::config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
     /// Suppress informational messages (banners); rows and the header remain.
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Do not print the header row of column names.
     #[arg(long, global = true)]
     pub no_table_headers: bool,
-    /// Virtual host of list commands.
-    #[arg(short = 'p', long, global = true, default_value = "/")]
+    /// Virtual host of list and permission commands.
+    #[arg(
+        id = "list_vhost",
+        short = 'p',
+        long = "vhost",
+        global = true,
+        default_value = "/"
+    )]
     pub vhost: String,
     /// What to do.
     #[command(subcommand)]
@@ -48,6 +82,90 @@ pub struct CtlArgs {
 #[derive(clap::Subcommand, Debug, Clone)]
 #[command(rename_all = "snake_case")]
 pub enum CtlCommand {
+    /// Creates a user (no permissions on any vhost yet).
+    AddUser {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// Deletes a user, its permissions, and closes its connections.
+    DeleteUser {
+        /// User name.
+        username: String,
+    },
+    /// Changes a user's password.
+    ChangePassword {
+        /// User name.
+        username: String,
+        /// New password.
+        password: String,
+    },
+    /// Checks a user's password; exits non-zero when it is wrong.
+    AuthenticateUser {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// Sets a user's tags (administrator, monitoring, management, ...); none clears them.
+    SetUserTags {
+        /// User name.
+        username: String,
+        /// Tags.
+        tags: Vec<String>,
+    },
+    /// Lists users and their tags.
+    ListUsers,
+    /// Creates a virtual host.
+    AddVhost {
+        /// Vhost name.
+        vhost: String,
+    },
+    /// Deletes a virtual host with its queues, exchanges, bindings and messages.
+    DeleteVhost {
+        /// Vhost name.
+        vhost: String,
+    },
+    /// Lists virtual hosts: name description tags tracing [default: name].
+    ListVhosts {
+        /// Columns to print.
+        columns: Vec<String>,
+    },
+    /// Sets a user's configure, write and read regexps in the vhost of -p.
+    SetPermissions {
+        /// User name.
+        username: String,
+        /// Configure regexp.
+        conf: String,
+        /// Write regexp.
+        write: String,
+        /// Read regexp.
+        read: String,
+    },
+    /// Revokes a user's permissions in the vhost of -p.
+    ClearPermissions {
+        /// User name.
+        username: String,
+    },
+    /// Lists the permissions in the vhost of -p.
+    ListPermissions,
+    /// Lists a user's permissions in every vhost.
+    ListUserPermissions {
+        /// User name.
+        username: String,
+    },
+    /// Writes the definitions (users, vhosts, permissions, queues, exchanges, bindings)
+    /// as RabbitMQ's JSON to FILE (`-` = stdout).
+    ExportDefinitions {
+        /// Target file.
+        file: String,
+    },
+    /// Loads definitions in RabbitMQ's JSON from FILE (`-` = stdin).
+    ImportDefinitions {
+        /// Source file.
+        file: String,
+    },
     /// Lists queues: name messages_ready messages_unacknowledged messages consumers
     /// durable auto_delete exclusive arguments type state vhost [default: name messages].
     ListQueues {
@@ -81,8 +199,10 @@ pub enum CtlCommand {
     },
     /// Shows the broker's status: version, uptime, listeners, totals.
     Status,
-    /// Checks that the broker answers on /healthz.
+    /// Checks that the broker answers.
     Ping,
+    /// Stops the broker (gracefully, as SIGTERM).
+    Stop,
 }
 
 /// A `qgate ctl` failure.
@@ -133,12 +253,20 @@ pub enum CtlError {
         reason: String,
     },
     /// Columns that the command does not know.
-    #[error("invalid column(s): {invalid}. Valid columns: {valid}")]
+    #[error("Error (argument validation): Info key(s) {invalid} are not supported. Valid columns: {valid}")]
     Columns {
         /// The unknown ones.
         invalid: String,
         /// The known ones.
         valid: String,
+    },
+    /// A failure rabbitmqctl reports in its own words: `text` is printed as is.
+    #[error("{text}")]
+    Said {
+        /// What rabbitmqctl prints on stderr.
+        text: String,
+        /// Its exit status.
+        code: u8,
     },
 }
 
@@ -148,27 +276,63 @@ impl CtlError {
         match self {
             CtlError::Url { .. } | CtlError::Columns { .. } => 64,
             CtlError::Unreachable { .. } => 69,
+            CtlError::Status { status: 401, .. } => 77,
             CtlError::Status { status: 404, .. } => 1,
+            CtlError::Said { code, .. } => *code,
             _ => 70,
+        }
+    }
+
+    fn said(code: u8, text: impl Into<String>) -> Self {
+        CtlError::Said {
+            text: text.into(),
+            code,
         }
     }
 }
 
-/// Runs one command, printing to stdout.
+/// Runs one command: prints its output on stdout and, on failure, the error on
+/// stderr, then exits with rabbitmqctl's status (does not return on failure).
 pub fn run(args: CtlArgs) -> Result<(), CtlError> {
+    let mut out = String::new();
+    let result = execute_into(&args, &mut out);
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let text = execute(&args)?;
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    let mut stdout = stdout.lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    if let Err(e) = result {
+        let text = match &e {
+            CtlError::Said { text, .. } => text.clone(),
+            other => format!("Error:\n{other}"),
+        };
+        eprintln!("{text}");
+        std::process::exit(i32::from(e.exit_code()));
+    }
     Ok(())
 }
 
-/// Runs one command and returns what it prints.
+/// Runs one command and returns what it prints on stdout.
 pub fn execute(args: &CtlArgs) -> Result<String, CtlError> {
-    let client = Client::new(&args.url)?;
-    let vhost = encode_segment(&args.vhost);
     let mut out = String::new();
+    execute_into(args, &mut out)?;
+    Ok(out)
+}
+
+fn no_user(name: &str) -> CtlError {
+    CtlError::said(67, format!("Error:\nUser \"{name}\" does not exist"))
+}
+
+/// Runs one command, appending what it prints on stdout to `out` (also when it fails
+/// after its banner, as rabbitmqctl prints the banner first).
+pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
+    let client = Client::new(&args.url, credentials(args))?;
+    let vhost = encode_segment(&args.vhost);
+    let say = |out: &mut String, what: String| {
+        if !args.quiet {
+            out.push_str(&what);
+            out.push('\n');
+        }
+    };
     let banner = |out: &mut String, what: String| {
         if !args.quiet {
             out.push_str("Timeout: 60.0 seconds ...\n");
@@ -177,14 +341,272 @@ pub fn execute(args: &CtlArgs) -> Result<String, CtlError> {
         }
     };
     match &args.command {
+        CtlCommand::AddUser { username, password } => {
+            say(out, format!("Adding user \"{username}\" ..."));
+            let path = format!("/api/users/{}", encode_segment(username));
+            if client.exists(&path)? {
+                return Err(CtlError::said(
+                    70,
+                    format!("Error:\nUser \"{username}\" already exists"),
+                ));
+            }
+            client.send("PUT", &path, &json!({"password": password, "tags": ""}))?;
+            say(out, "Done. Don't forget to grant the user permissions to some virtual hosts! See 'rabbitmqctl help set_permissions' to learn more.".into());
+        }
+        CtlCommand::DeleteUser { username } => {
+            say(out, format!("Deleting user \"{username}\" ..."));
+            let path = format!("/api/users/{}", encode_segment(username));
+            match client.request("DELETE", &path, None) {
+                Err(CtlError::Status { status: 404, .. }) => return Err(no_user(username)),
+                r => r.map(drop)?,
+            }
+        }
+        CtlCommand::ChangePassword { username, password } => {
+            say(
+                out,
+                format!("Changing password for user \"{username}\" ..."),
+            );
+            let path = format!("/api/users/{}", encode_segment(username));
+            let user = match client.get_json(&path) {
+                Err(CtlError::Status { status: 404, .. }) => return Err(no_user(username)),
+                r => r?,
+            };
+            let tags = user.get("tags").cloned().unwrap_or(json!([]));
+            client.send("PUT", &path, &json!({"password": password, "tags": tags}))?;
+        }
+        CtlCommand::AuthenticateUser { username, password } => {
+            say(out, format!("Authenticating user \"{username}\" ..."));
+            // The management API checks the password before the tags: "Not management
+            // user" means the credentials were right.
+            let as_user = Client::new(
+                &args.url,
+                Credentials::Basic(username.clone(), password.clone()),
+            )?;
+            match as_user.raw("GET", "/api/whoami", None) {
+                Ok(_) => {}
+                Err(CtlError::Status {
+                    status: 401,
+                    reason,
+                    ..
+                }) if reason == "Not management user" => {}
+                Err(CtlError::Status { status: 401, .. }) => {
+                    return Err(CtlError::said(
+                        65,
+                        format!(
+                            "Error:\nError: failed to authenticate user \"{username}\"\nuser '{username}' - invalid credentials"
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+            out.push_str("Success\n");
+        }
+        CtlCommand::SetUserTags { username, tags } => {
+            say(
+                out,
+                format!(
+                    "Setting tags for user \"{username}\" to [{}] ...",
+                    tags.join(", ")
+                ),
+            );
+            let path = format!("/api/users/{}", encode_segment(username));
+            let user = match client.get_json(&path) {
+                Err(CtlError::Status { status: 404, .. }) => return Err(no_user(username)),
+                r => r?,
+            };
+            // Keeps the password: PUT without one leaves it unchanged.
+            let mut body = json!({"tags": tags.join(",")});
+            if let Some(h) = user.get("password_hash") {
+                body["password_hash"] = h.clone();
+                body["hashing_algorithm"] = user
+                    .get("hashing_algorithm")
+                    .cloned()
+                    .unwrap_or(json!(crate::core::access::HASHING_SHA256));
+            }
+            client.send("PUT", &path, &body)?;
+        }
+        CtlCommand::ListUsers => {
+            let rows = client.get_json("/api/users")?;
+            say(out, "Listing users ...".into());
+            let cols = vec!["user".to_owned(), "tags".to_owned()];
+            table(out, args, &cols, &rows, |row, col| match col {
+                "user" => row.get("name").cloned(),
+                _ => Some(Value::String(format!("[{}]", tag_list(row).join(", ")))),
+            });
+        }
+        CtlCommand::AddVhost { vhost: name } => {
+            say(out, format!("Adding vhost \"{name}\" ..."));
+            client.send(
+                "PUT",
+                &format!("/api/vhosts/{}", encode_segment(name)),
+                &json!({}),
+            )?;
+        }
+        CtlCommand::DeleteVhost { vhost: name } => {
+            say(out, format!("Deleting vhost \"{name}\" ..."));
+            match client.request(
+                "DELETE",
+                &format!("/api/vhosts/{}", encode_segment(name)),
+                None,
+            ) {
+                Err(CtlError::Status { status: 404, .. }) => {
+                    return Err(CtlError::said(
+                        65,
+                        format!("Virtual host '{name}' does not exist"),
+                    ))
+                }
+                r => r.map(drop)?,
+            }
+        }
+        CtlCommand::ListVhosts { columns } => {
+            let cols = columns_or(columns, &["name"], VHOST_COLUMNS)?;
+            let rows = client.get_json("/api/vhosts")?;
+            say(out, "Listing vhosts ...".into());
+            table(out, args, &cols, &rows, |row, col| match col {
+                "tracing" => Some(row.get(col).cloned().unwrap_or(json!(false))),
+                "description" => Some(row.get(col).cloned().unwrap_or(json!(""))),
+                "tags" => Some(Value::String(format!("[{}]", tag_list(row).join(", ")))),
+                _ => row.get(col).cloned(),
+            });
+        }
+        CtlCommand::SetPermissions {
+            username,
+            conf,
+            write,
+            read,
+        } => {
+            say(
+                out,
+                format!(
+                    "Setting permissions for user \"{username}\" in vhost \"{}\" ...",
+                    args.vhost
+                ),
+            );
+            user_and_vhost(&client, username, &args.vhost)?;
+            let path = format!("/api/permissions/{vhost}/{}", encode_segment(username));
+            let body = json!({"configure": conf, "write": write, "read": read});
+            match client.request("PUT", &path, Some(&body)) {
+                Err(CtlError::Status { reason, .. }) if reason.contains("regexp") => {
+                    return Err(CtlError::said(69, format!("Error:\n{reason}")))
+                }
+                r => r.map(drop)?,
+            }
+        }
+        CtlCommand::ClearPermissions { username } => {
+            say(
+                out,
+                format!(
+                    "Clearing permissions for user \"{username}\" in vhost \"{}\" ...",
+                    args.vhost
+                ),
+            );
+            user_and_vhost(&client, username, &args.vhost)?;
+            let path = format!("/api/permissions/{vhost}/{}", encode_segment(username));
+            match client.request("DELETE", &path, None) {
+                // Clearing what is not set succeeds, as rabbitmqctl.
+                Err(CtlError::Status { status: 404, .. }) => {}
+                r => r.map(drop)?,
+            }
+        }
+        CtlCommand::ListPermissions => {
+            say(
+                out,
+                format!("Listing permissions for vhost \"{}\" ...", args.vhost),
+            );
+            let rows = match client.get_json(&format!("/api/vhosts/{vhost}/permissions")) {
+                Err(CtlError::Status { status: 404, .. }) => {
+                    return Err(CtlError::said(
+                        65,
+                        format!("Virtual host '{}' does not exist", args.vhost),
+                    ))
+                }
+                r => r?,
+            };
+            let cols: Vec<String> = ["user", "configure", "write", "read"]
+                .map(str::to_owned)
+                .to_vec();
+            table(out, args, &cols, &rows, |row, col| row.get(col).cloned());
+        }
+        CtlCommand::ListUserPermissions { username } => {
+            say(
+                out,
+                format!("Listing permissions for user \"{username}\" ..."),
+            );
+            let path = format!("/api/users/{}/permissions", encode_segment(username));
+            let rows = match client.get_json(&path) {
+                Err(CtlError::Status { status: 404, .. }) => {
+                    return Err(CtlError::said(
+                        69,
+                        format!("Error:\n{{:no_such_user, \"{username}\"}}"),
+                    ))
+                }
+                r => r?,
+            };
+            let cols: Vec<String> = ["vhost", "configure", "write", "read"]
+                .map(str::to_owned)
+                .to_vec();
+            table(out, args, &cols, &rows, |row, col| row.get(col).cloned());
+        }
+        CtlCommand::ExportDefinitions { file } => {
+            let defs = client.get_json("/api/definitions")?;
+            let text = serde_json::to_string(&defs).expect("JSON value serialises");
+            if file == "-" {
+                out.push_str(&text);
+            } else {
+                say(
+                    out,
+                    format!("Exporting definitions in JSON to a file at \"{file}\" ..."),
+                );
+                std::fs::write(file, text.as_bytes())
+                    .map_err(|e| CtlError::said(73, format!("Error:\ncannot write {file}: {e}")))?;
+            }
+        }
+        CtlCommand::ImportDefinitions { file } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| CtlError::said(65, format!("Error:\ncannot read stdin: {e}")))?;
+                s
+            } else {
+                match std::fs::read_to_string(file) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(CtlError::said(
+                            65,
+                            format!("Error (argument validation): Bad argument: File {file} does not exist"),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(CtlError::said(65, format!("Error:\ncannot read {file}: {e}")))
+                    }
+                }
+            };
+            say(
+                out,
+                format!("Importing definitions in JSON from a file at \"{file}\" ..."),
+            );
+            let defs: Value = serde_json::from_str(&text).map_err(|e| {
+                CtlError::said(
+                    65,
+                    format!("Error:\nFailed to deserialise input (format: JSON) (error: {e})"),
+                )
+            })?;
+            match client.request("POST", "/api/definitions", Some(&defs)) {
+                Err(CtlError::Status {
+                    status: 400,
+                    reason,
+                    ..
+                }) => return Err(CtlError::said(69, format!("Error:\n{reason}"))),
+                r => r.map(drop)?,
+            }
+            say(out, "Successfully started definition import. This process is asynchronous and can take some time.".into());
+        }
         CtlCommand::ListQueues { columns } => {
             let cols = columns_or(columns, &["name", "messages"], QUEUE_COLUMNS)?;
             let rows = client.get_json(&format!("/api/queues/{vhost}"))?;
-            banner(
-                &mut out,
-                format!("Listing queues for vhost {} ...", args.vhost),
-            );
-            table(&mut out, args, &cols, &rows, |row, col| match col {
+            banner(out, format!("Listing queues for vhost {} ...", args.vhost));
+            table(out, args, &cols, &rows, |row, col| match col {
                 "policy" => Some(Value::String(String::new())),
                 _ => row.get(col).cloned(),
             });
@@ -193,10 +615,10 @@ pub fn execute(args: &CtlArgs) -> Result<String, CtlError> {
             let cols = columns_or(columns, &["name", "type"], EXCHANGE_COLUMNS)?;
             let rows = client.get_json(&format!("/api/exchanges/{vhost}"))?;
             banner(
-                &mut out,
+                out,
                 format!("Listing exchanges for vhost {} ...", args.vhost),
             );
-            table(&mut out, args, &cols, &rows, |row, col| match col {
+            table(out, args, &cols, &rows, |row, col| match col {
                 "policy" => Some(Value::String(String::new())),
                 _ => row.get(col).cloned(),
             });
@@ -205,11 +627,8 @@ pub fn execute(args: &CtlArgs) -> Result<String, CtlError> {
             let default = &BINDING_COLUMNS[..6];
             let cols = columns_or(columns, default, BINDING_COLUMNS)?;
             let rows = client.get_json(&format!("/api/bindings/{vhost}"))?;
-            banner(
-                &mut out,
-                format!("Listing bindings for vhost {}...", args.vhost),
-            );
-            table(&mut out, args, &cols, &rows, |row, col| match col {
+            banner(out, format!("Listing bindings for vhost {}...", args.vhost));
+            table(out, args, &cols, &rows, |row, col| match col {
                 "source_name" => row.get("source").cloned(),
                 "source_kind" => Some(Value::String("exchange".into())),
                 "destination_name" => row.get("destination").cloned(),
@@ -221,20 +640,18 @@ pub fn execute(args: &CtlArgs) -> Result<String, CtlError> {
             let default = ["user", "peer_host", "peer_port", "state"];
             let cols = columns_or(columns, &default, CONNECTION_COLUMNS)?;
             let rows = client.get_json("/api/connections")?;
-            banner(&mut out, "Listing connections ...".into());
-            table(&mut out, args, &cols, &rows, |row, col| {
-                row.get(col).cloned()
-            });
+            say(out, "Listing connections ...".into());
+            table(out, args, &cols, &rows, |row, col| row.get(col).cloned());
         }
         CtlCommand::ListConsumers { columns } => {
             let default = &CONSUMER_COLUMNS[..7];
             let cols = columns_or(columns, default, CONSUMER_COLUMNS)?;
             let rows = client.get_json(&format!("/api/consumers/{vhost}"))?;
-            banner(
-                &mut out,
+            say(
+                out,
                 format!("Listing consumers in vhost {} ...", args.vhost),
             );
-            table(&mut out, args, &cols, &rows, |row, col| match col {
+            table(out, args, &cols, &rows, |row, col| match col {
                 "queue_name" => row.pointer("/queue/name").cloned(),
                 "channel_pid" => row.pointer("/channel_details/connection_name").cloned(),
                 "arguments" => Some(Value::Object(Default::default())),
@@ -243,24 +660,76 @@ pub fn execute(args: &CtlArgs) -> Result<String, CtlError> {
         }
         CtlCommand::Status => {
             let o = client.get_json("/api/overview")?;
-            status(&mut out, &o, args.quiet);
+            status(out, &o, args.quiet);
         }
         CtlCommand::Ping => {
-            let body = client.get("/healthz")?;
-            if !args.quiet {
-                out.push_str(&format!("Will ping qgate at {} ...\n", client.base));
-            }
-            if body.trim() != "ok" {
-                return Err(CtlError::Protocol {
-                    url: client.base.clone(),
-                    path: "/healthz".into(),
-                    reason: format!("answered '{}'", body.trim()),
-                });
-            }
+            say(out, format!("Will ping qgate at {} ...", client.base));
+            client.get("/api/healthchecks/node")?;
             out.push_str("Ping succeeded\n");
         }
+        CtlCommand::Stop => {
+            let o = client.get_json("/api/overview")?;
+            let node = o.get("node").and_then(Value::as_str).unwrap_or("qgate");
+            say(out, format!("Stopping and halting node {node} ..."));
+            client.request("POST", "/api/qgate/stop", Some(&json!({})))?;
+        }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// rabbitmqctl checks the user, then the vhost, before touching permissions.
+fn user_and_vhost(client: &Client, user: &str, vhost: &str) -> Result<(), CtlError> {
+    if !client.exists(&format!("/api/users/{}", encode_segment(user)))? {
+        return Err(CtlError::said(
+            67,
+            format!("Error:\nUser {user} does not exist"),
+        ));
+    }
+    if !client.exists(&format!("/api/vhosts/{}", encode_segment(vhost)))? {
+        return Err(CtlError::said(
+            69,
+            format!("Error:\nVirtual host {vhost} does not exist"),
+        ));
+    }
+    Ok(())
+}
+
+/// Tags as the API gives them: a list (RabbitMQ 3.9+) or a comma-separated string.
+fn tag_list(row: &Value) -> Vec<String> {
+    match row.get("tags") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+const VHOST_COLUMNS: &[&str] = &["name", "description", "tags", "tracing"];
+
+/// How ctl proves who it is.
+#[derive(Debug, Clone)]
+enum Credentials {
+    Basic(String, String),
+    Cookie(String),
+    None,
+}
+
+fn credentials(args: &CtlArgs) -> Credentials {
+    if let Some(user) = &args.user {
+        return Credentials::Basic(user.clone(), args.password.clone().unwrap_or_default());
+    }
+    match std::fs::read_to_string(args.data_dir.join(COOKIE_FILE)) {
+        Ok(token) if !token.trim().is_empty() => Credentials::Cookie(token.trim().to_owned()),
+        _ => Credentials::None,
+    }
 }
 
 const QUEUE_COLUMNS: &[&str] = &[
@@ -356,12 +825,14 @@ fn table(
     rows: &Value,
     cell: impl Fn(&Value, &str) -> Option<Value>,
 ) {
-    if !args.no_table_headers {
+    let empty = Vec::new();
+    let rows = rows.as_array().unwrap_or(&empty);
+    // rabbitmqctl prints no header for an empty listing.
+    if !args.no_table_headers && !rows.is_empty() {
         out.push_str(&cols.join("\t"));
         out.push('\n');
     }
-    let empty = Vec::new();
-    for row in rows.as_array().unwrap_or(&empty) {
+    for row in rows {
         for (i, col) in cols.iter().enumerate() {
             if i > 0 {
                 out.push('\t');
@@ -442,7 +913,8 @@ fn status(out: &mut String, o: &Value, quiet: bool) {
         let purpose = match get("protocol").as_str() {
             "amqp" => "AMQP 0-9-1",
             "memcache" => "memcache text protocol",
-            "http" => "HTTP API, Prometheus metrics",
+            "http" => "Prometheus metrics",
+            "management" => "HTTP API",
             _ => "",
         };
         out.push_str(&format!(
@@ -489,10 +961,11 @@ struct Client {
     host: String,
     port: u16,
     prefix: String,
+    credentials: Credentials,
 }
 
 impl Client {
-    fn new(url: &str) -> Result<Self, CtlError> {
+    fn new(url: &str, credentials: Credentials) -> Result<Self, CtlError> {
         let bad = |reason| CtlError::Url {
             url: url.to_owned(),
             reason,
@@ -521,6 +994,7 @@ impl Client {
                 .to_owned(),
             port,
             prefix: prefix.to_owned(),
+            credentials,
         })
     }
 
@@ -542,8 +1016,25 @@ impl Client {
         Err(unreachable(last))
     }
 
-    /// GETs `path`; returns the body of a 200 answer.
-    fn get(&self, path: &str) -> Result<String, CtlError> {
+    fn auth_header(&self) -> String {
+        match &self.credentials {
+            Credentials::Basic(u, p) => format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            ),
+            Credentials::Cookie(token) => format!("{COOKIE_HEADER}: {token}\r\n"),
+            Credentials::None => String::new(),
+        }
+    }
+
+    /// Sends one request; returns the body of a 2xx answer. A refusal of ctl's own
+    /// credentials comes back as advice on how to authenticate.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<String, CtlError> {
+        self.raw(method, path, body).map_err(|e| self.explain(e))
+    }
+
+    /// [`Client::request`] without the advice.
+    fn raw(&self, method: &str, path: &str, body: Option<&Value>) -> Result<String, CtlError> {
         let mut stream = self.connect()?;
         let io = |cause| CtlError::Io {
             url: self.base.clone(),
@@ -556,11 +1047,28 @@ impl Client {
         } else {
             format!("{}:{}", self.host, self.port)
         };
-        let request = format!(
-            "GET {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: qgate-ctl\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            self.prefix, path, host
+        let payload = body.map(|b| serde_json::to_vec(b).expect("JSON value serialises"));
+        let mut request = format!(
+            "{method} {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: qgate-ctl\r\nAccept: application/json\r\nConnection: close\r\n{}",
+            self.prefix,
+            path,
+            host,
+            self.auth_header()
         );
-        stream.write_all(request.as_bytes()).map_err(io)?;
+        if let Some(p) = &payload {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                p.len()
+            ));
+        } else if method != "GET" {
+            request.push_str("Content-Length: 0\r\n");
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        if let Some(p) = payload {
+            bytes.extend_from_slice(&p);
+        }
+        stream.write_all(&bytes).map_err(io)?;
         let mut raw = Vec::new();
         stream
             .take(MAX_RESPONSE)
@@ -576,7 +1084,14 @@ impl Client {
             .position(|w| w == b"\r\n\r\n")
             .ok_or_else(|| protocol("no HTTP response head".into()))?;
         let head = String::from_utf8_lossy(&raw[..end]);
-        let body = String::from_utf8_lossy(&raw[end + 4..]).into_owned();
+        let mut body = raw[end + 4..].to_vec();
+        if head.lines().any(|l| {
+            l.to_ascii_lowercase().starts_with("transfer-encoding:")
+                && l.to_ascii_lowercase().contains("chunked")
+        }) {
+            body = dechunk(&body).ok_or_else(|| protocol("bad chunked body".into()))?;
+        }
+        let body = String::from_utf8_lossy(&body).into_owned();
         let status = head
             .lines()
             .next()
@@ -588,7 +1103,7 @@ impl Client {
                     head.lines().next().unwrap_or("")
                 ))
             })?;
-        if status != 200 {
+        if !(200..300).contains(&status) {
             let reason = serde_json::from_str::<Value>(&body)
                 .ok()
                 .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
@@ -602,6 +1117,43 @@ impl Client {
         Ok(body)
     }
 
+    fn get(&self, path: &str) -> Result<String, CtlError> {
+        self.request("GET", path, None)
+    }
+
+    /// PUT / POST / DELETE with a JSON body.
+    fn send(&self, method: &str, path: &str, body: &Value) -> Result<(), CtlError> {
+        self.request(method, path, Some(body)).map(drop)
+    }
+
+    /// Whether GET `path` finds something (200) or not (404).
+    fn exists(&self, path: &str) -> Result<bool, CtlError> {
+        match self.raw("GET", path, None) {
+            Ok(_) => Ok(true),
+            Err(CtlError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(self.explain(e)),
+        }
+    }
+
+    /// Turns a refusal of ctl's own credentials into advice.
+    fn explain(&self, e: CtlError) -> CtlError {
+        match e {
+            CtlError::Status {
+                status: 401 | 403,
+                reason,
+                ..
+            } => {
+                let how = match &self.credentials {
+                    Credentials::Basic(u, _) => format!("user '{u}' was refused ({reason})"),
+                    Credentials::Cookie(_) => format!("the local cookie was refused ({reason}): is --data-dir the data directory of the broker at {}?", self.base),
+                    Credentials::None => format!("no credentials ({reason}): pass --user/--password of an administrator, or run on the broker's machine with --data-dir set to its data directory (its {COOKIE_FILE} file)"),
+                };
+                CtlError::said(77, format!("Error:\n{how}"))
+            }
+            other => other,
+        }
+    }
+
     fn get_json(&self, path: &str) -> Result<Value, CtlError> {
         let body = self.get(path)?;
         serde_json::from_str(&body).map_err(|e| CtlError::Protocol {
@@ -612,26 +1164,42 @@ impl Client {
     }
 }
 
+/// Decodes a chunked transfer-encoded body.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_urls() {
-        let c = Client::new("http://127.0.0.1:15692").unwrap();
+        let c = Client::new("http://127.0.0.1:15692", Credentials::None).unwrap();
         assert_eq!(
             (c.host.as_str(), c.port, c.prefix.as_str()),
             ("127.0.0.1", 15692, "")
         );
-        let c = Client::new("http://[::1]:8080/qgate/").unwrap();
+        let c = Client::new("http://[::1]:8080/qgate/", Credentials::None).unwrap();
         assert_eq!(
             (c.host.as_str(), c.port, c.prefix.as_str()),
             ("::1", 8080, "/qgate")
         );
-        let c = Client::new("http://localhost").unwrap();
+        let c = Client::new("http://localhost", Credentials::None).unwrap();
         assert_eq!(c.port, 80);
-        assert!(Client::new("https://x:1").is_err());
-        assert!(Client::new("http://x:notaport").is_err());
+        assert!(Client::new("https://x:1", Credentials::None).is_err());
+        assert!(Client::new("http://x:notaport", Credentials::None).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 enum Command {
     /// Run the broker (the default).
     Serve(ServeArgs),
@@ -72,6 +73,16 @@ struct ServeArgs {
     /// amqp://user:pass@host1:5672,host2:5672/vhost (the AMQP listener is off)
     #[arg(long, env = "QGATE_UPSTREAM")]
     upstream: Option<String>,
+    /// Users who may log in only from loopback addresses, comma-separated; "" lets
+    /// every user in from anywhere (RabbitMQ's loopback_users) [default: guest]
+    #[arg(long, env = "QGATE_LOOPBACK_USERS")]
+    loopback_users: Option<String>,
+    /// User whose permissions govern memcache commands [default: guest]
+    #[arg(long, env = "QGATE_MEMCACHE_USER")]
+    memcache_user: Option<String>,
+    /// Management (HTTP API, web console) listen address [default: 127.0.0.1:15672]
+    #[arg(long, env = "QGATE_MANAGEMENT_LISTEN")]
+    management_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -93,6 +104,9 @@ impl ServeArgs {
             heartbeat: self.heartbeat,
             memory_high_watermark: self.memory_high_watermark,
             upstream: self.upstream,
+            loopback_users: self.loopback_users,
+            memcache_user: self.memcache_user,
+            management_listen: self.management_listen,
         });
         config.validate()?;
         // Settings whose grammar belongs to a layer below config are checked here too,

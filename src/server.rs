@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::core::{Broker, CoreConfig, User};
+use crate::core::{Broker, CoreConfig, SeedUser, VhostPermissions};
 use crate::store::{FsyncPolicy, Store, StoreConfig};
 
 /// A fatal start-up problem.
@@ -44,6 +44,8 @@ pub struct Bound {
     pub memcache: SocketAddr,
     /// HTTP.
     pub http: SocketAddr,
+    /// Management (API and console).
+    pub management: SocketAddr,
 }
 
 async fn bind(protocol: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
@@ -76,6 +78,40 @@ pub fn physical_memory() -> u64 {
 }
 
 fn core_config(config: &Config) -> CoreConfig {
+    let permissions = if config.permissions.is_empty() {
+        config
+            .users
+            .iter()
+            .flat_map(|u| {
+                config
+                    .vhosts
+                    .iter()
+                    .map(|v| crate::core::access::full_permissions(&u.name, v))
+            })
+            .collect()
+    } else {
+        config
+            .permissions
+            .iter()
+            .map(|p| VhostPermissions {
+                user: p.user.clone(),
+                vhost: p.vhost.clone(),
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            })
+            .collect()
+    };
+    // RabbitMQ's `loopback_users` when given, else each `[[users]]` entry's own
+    // `loopback_only` (how configs written before `loopback_users` said it).
+    let loopback_users = config.loopback_users.clone().unwrap_or_else(|| {
+        config
+            .users
+            .iter()
+            .filter(|u| u.loopback_only)
+            .map(|u| u.name.clone())
+            .collect()
+    });
     CoreConfig {
         memory_high_watermark: config
             .memory_high_watermark_bytes(physical_memory())
@@ -84,12 +120,14 @@ fn core_config(config: &Config) -> CoreConfig {
         users: config
             .users
             .iter()
-            .map(|u| User {
+            .map(|u| SeedUser {
                 name: u.name.clone(),
                 password: u.password.clone(),
-                loopback_only: u.loopback_only,
+                tags: u.tags.clone(),
             })
             .collect(),
+        permissions,
+        loopback_users,
     }
 }
 
@@ -114,6 +152,8 @@ pub async fn run(
     };
     let memcache = bind("memcache", &config.memcache.listen).await?;
     let http = bind("http", &config.http.listen).await?;
+    let cookie = crate::management::prepare_cookie(&config);
+    let management = bind("management", &config.management.listen).await?;
     let bound = Bound {
         amqp: amqp
             .as_ref()
@@ -121,6 +161,7 @@ pub async fn run(
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
         memcache: memcache.local_addr().expect("bound"),
         http: http.local_addr().expect("bound"),
+        management: management.local_addr().expect("bound"),
     };
     on_bound(bound);
     let tracker = TaskTracker::new();
@@ -179,11 +220,19 @@ pub async fn run(
             },
         ));
     }
-    tracker.spawn(crate::metrics::http::serve(
+    tracker.spawn(crate::metrics::routes::serve(
         http,
         broker.clone(),
         config.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(crate::management::serve(
+        management,
+        broker.clone(),
+        config.clone(),
         bound,
+        cookie,
         shutdown.clone(),
         tracker.clone(),
     ));

@@ -2288,6 +2288,7 @@ async fn configured_users_and_vhosts() {
             name: "alice".into(),
             password: "s3cret".into(),
             loopback_only: false,
+            tags: vec![],
         });
     });
     let uri = format!("amqp://alice:s3cret@{}/staging", broker.amqp());

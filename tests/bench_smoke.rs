@@ -54,6 +54,8 @@ fn start_broker(tag: &str) -> Broker {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--management-listen",
+            "127.0.0.1:0",
             "--fsync",
             "never",
             "--log",

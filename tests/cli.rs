@@ -25,7 +25,7 @@ fn qgate() -> Command {
 }
 
 fn assert_loopback_ephemeral(addrs: &Addrs) {
-    for a in [addrs.amqp, addrs.memcache, addrs.http] {
+    for a in [addrs.amqp, addrs.memcache, addrs.http, addrs.management] {
         assert!(a.ip().is_loopback(), "{a}");
         assert_ne!(a.port(), 0, "{a}");
     }
@@ -44,17 +44,26 @@ async fn prints_three_listening_lines_and_serves() {
         .map(|(p, _)| p)
         .collect();
     protocols.sort();
-    assert_eq!(protocols, vec!["amqp", "http", "memcache"], "{stderr}");
+    assert_eq!(
+        protocols,
+        vec!["amqp", "http", "management", "memcache"],
+        "{stderr}"
+    );
     for (p, a) in [
         ("amqp", broker.addrs.amqp),
         ("memcache", broker.addrs.memcache),
         ("http", broker.addrs.http),
+        ("management", broker.addrs.management),
     ] {
         let needle = format!("listening protocol={p} addr={a}");
         assert!(stderr.contains(&needle), "no '{needle}' in:\n{stderr}");
     }
     // Each listener accepts TCP; AMQP serves a client.
-    for a in [broker.addrs.memcache, broker.addrs.http] {
+    for a in [
+        broker.addrs.memcache,
+        broker.addrs.http,
+        broker.addrs.management,
+    ] {
         std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {a}: {e}"));
     }
@@ -66,7 +75,12 @@ fn port_in_use_fails_with_the_address() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = TempDir::new();
-    let flags = ["--amqp-listen", "--memcache-listen", "--http-listen"];
+    let flags = [
+        "--amqp-listen",
+        "--memcache-listen",
+        "--http-listen",
+        "--management-listen",
+    ];
     for flag in flags {
         let mut cmd = qgate();
         for f in flags {
@@ -241,6 +255,7 @@ const FLAGS: &[&str] = &[
     "--amqp-listen",
     "--memcache-listen",
     "--http-listen",
+    "--management-listen",
     "--data-dir",
     "--fsync",
     "--log",

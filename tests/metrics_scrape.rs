@@ -2,8 +2,9 @@
 //! `/metrics` shows exact counter and gauge values, passes `promtool check metrics`
 //! (when promtool is installed), and contains every metric the shipped Grafana
 //! dashboard queries; with prefix `rabbitmq` it contains what the stock
-//! RabbitMQ-Overview dashboard queries. Also checks the admin API's JSON, the HTTP
-//! error paths, and `qgate ctl list_queues`.
+//! RabbitMQ-Overview dashboard queries. Also checks the HTTP error paths of the metrics
+//! listener and, after the same traffic, the management API's JSON (on its own
+//! listener, with Basic auth).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -50,6 +51,7 @@ impl Broker {
         config.amqp.listen = "127.0.0.1:0".into();
         config.memcache.listen = "127.0.0.1:0".into();
         config.http.listen = "127.0.0.1:0".into();
+        config.management.listen = "127.0.0.1:0".into();
         config.http.metrics_prefix = prefix.into();
         config.storage.data_dir = dir.join("data");
         config.log = "warn".into();
@@ -77,10 +79,6 @@ impl Broker {
 
     fn uri(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.bound.amqp)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.bound.http)
     }
 
     async fn stop(mut self) {
@@ -130,8 +128,17 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     .await
 }
 
+/// A GET on the management listener as guest.
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, head, body) = get(addr, path).await;
+    let (status, head, body) = raw(
+        addr,
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes(),
+    )
+    .await;
     assert_eq!(status, 200, "{path}: {head}\n{body}");
     assert!(head.contains("Content-Type: application/json"), "{head}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
@@ -684,9 +691,10 @@ async fn rabbitmq_prefix_serves_rabbitmq_overview_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_api_and_ctl() {
+async fn management_api_and_http_errors() {
     let broker = Broker::start("qgate").await;
     let http = broker.bound.http;
+    let api = broker.bound.management;
     let conn = traffic(&broker).await;
     // Wait for the acks to land.
     scrape_until(http, |s| {
@@ -694,7 +702,7 @@ async fn admin_api_and_ctl() {
     })
     .await;
 
-    let queues = get_json(http, "/api/queues").await;
+    let queues = get_json(api, "/api/queues").await;
     let q1 = queues
         .as_array()
         .unwrap()
@@ -702,7 +710,9 @@ async fn admin_api_and_ctl() {
         .find(|q| q["name"] == "scrape.q1")
         .expect("scrape.q1 listed")
         .clone();
-    let one = get_json(http, "/api/queues/%2F/scrape.q1").await;
+    let mut one = get_json(api, "/api/queues/%2F/scrape.q1").await;
+    assert_eq!(one["consumer_details"], serde_json::json!([]));
+    one.as_object_mut().unwrap().remove("consumer_details");
     assert_eq!(q1, one);
     for (field, value) in [
         ("vhost", Value::from("/")),
@@ -717,14 +727,19 @@ async fn admin_api_and_ctl() {
     ] {
         assert_eq!(one[field], value, "{field} in {one}");
     }
-    assert_eq!(
-        one["message_stats"],
-        serde_json::json!({"publish": 5, "deliver_get": 2, "ack": 1, "redeliver": 0})
-    );
-    let odd = get_json(http, "/api/queues/%2F/scrape%20%22odd%22%5Cname").await;
+    for (field, value) in [
+        ("publish", 5),
+        ("deliver_get", 2),
+        ("ack", 1),
+        ("redeliver", 0),
+    ] {
+        assert_eq!(one["message_stats"][field], value, "{field} in {one}");
+        assert!(one["message_stats"][format!("{field}_details")]["rate"].is_f64());
+    }
+    let odd = get_json(api, "/api/queues/%2F/scrape%20%22odd%22%5Cname").await;
     assert_eq!(odd["name"], "scrape \"odd\"\\name");
 
-    let overview = get_json(http, "/api/overview").await;
+    let overview = get_json(api, "/api/overview").await;
     assert_eq!(overview["product_name"], "qgate");
     assert_eq!(overview["object_totals"]["queues"], 3);
     assert_eq!(overview["object_totals"]["connections"], 1);
@@ -747,7 +762,7 @@ async fn admin_api_and_ctl() {
     assert!(ports.contains(&("amqp".into(), u64::from(broker.bound.amqp.port()))));
     assert!(ports.contains(&("http".into(), u64::from(http.port()))));
 
-    let consumers = get_json(http, "/api/consumers").await;
+    let consumers = get_json(api, "/api/consumers").await;
     assert_eq!(consumers.as_array().unwrap().len(), 1, "{consumers}");
     let c = &consumers[0];
     assert_eq!(c["consumer_tag"], "scrape-ctag");
@@ -758,21 +773,21 @@ async fn admin_api_and_ctl() {
     assert_eq!(c["ack_required"], true);
     assert_eq!(c["exclusive"], false);
 
-    let conns = get_json(http, "/api/connections").await;
+    let conns = get_json(api, "/api/connections").await;
     assert_eq!(conns.as_array().unwrap().len(), 1);
-    assert_eq!(conns[0]["protocol"], "amqp");
+    assert_eq!(conns[0]["protocol"], "AMQP 0-9-1");
     assert_eq!(conns[0]["user"], "guest");
     assert_eq!(conns[0]["vhost"], "/");
     assert_eq!(conns[0]["channels"], 1);
     assert!(conns[0]["recv_oct"].as_u64().unwrap() > 0);
 
-    let exchanges = get_json(http, "/api/exchanges").await;
+    let exchanges = get_json(api, "/api/exchanges").await;
     assert!(exchanges
         .as_array()
         .unwrap()
         .iter()
         .any(|x| x["name"] == "amq.topic" && x["type"] == "topic" && x["durable"] == true));
-    let bindings = get_json(http, "/api/bindings").await;
+    let bindings = get_json(api, "/api/bindings").await;
     assert!(bindings
         .as_array()
         .unwrap()
@@ -782,9 +797,8 @@ async fn admin_api_and_ctl() {
             && b["destination_type"] == "queue"
             && b["routing_key"] == "scrape.q1"));
 
-    // Error paths.
-    assert_eq!(get(http, "/api/queues/%2F/missing").await.0, 404);
-    assert_eq!(get(http, "/api/queues/nope").await.0, 404);
+    // Error paths. The API is not on the metrics listener any more.
+    assert_eq!(get(http, "/api/overview").await.0, 404);
     assert_eq!(get(http, "/nope").await.0, 404);
     let (status, head, _) = raw(
         http,
@@ -816,71 +830,8 @@ async fn admin_api_and_ctl() {
     let (status, _, body) = get(http, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
-    // qgate ctl, through the built binary.
-    let url = broker.url();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_qgate"))
-            .args([
-                "ctl",
-                "--url",
-                &url,
-                "list_queues",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "Timeout: 60.0 seconds ...\n\
-         Listing queues for vhost / ...\n\
-         name\tmessages_ready\tmessages_unacknowledged\n\
-         scrape \"odd\"\\name\t0\t0\n\
-         scrape.q1\t3\t1\n\
-         scrape.q2\t0\t0\n"
-    );
-    let url = broker.url();
-    let quiet = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_qgate"))
-            .args([
-                "ctl",
-                "--url",
-                &url,
-                "-q",
-                "--no-table-headers",
-                "list_queues",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&quiet.stdout),
-        "scrape \"odd\"\\name\t0\nscrape.q1\t4\nscrape.q2\t0\n"
-    );
-
     conn.close(200, "bye").await.ok();
     broker.stop().await;
-
-    // Nothing answers any more: a clear error and a non-zero exit.
-    let url = format!("http://{http}");
-    let down = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_qgate"))
-            .args(["ctl", "--url", &url, "list_queues"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(!down.status.success());
-    let err = String::from_utf8_lossy(&down.stderr);
-    assert!(err.contains("unable to connect to qgate at"), "{err}");
 }
 
 /// Scrape cost with 10,000 queues (run with `--ignored --nocapture`; build with

@@ -107,7 +107,7 @@ wait_for() { # query expr description
 # ---- 2. qgate ---------------------------------------------------------------------
 step "starting qgate"
 "$QGATE_BIN" serve --amqp-listen 127.0.0.1:0 --memcache-listen 127.0.0.1:0 \
-  --http-listen 127.0.0.1:0 --data-dir "$work/data" --fsync never --log info \
+  --http-listen 127.0.0.1:0 --management-listen 127.0.0.1:0 --data-dir "$work/data" --fsync never --log info \
   >"$work/qgate.log" 2>&1 &
 qgate_pid=$!
 addr() { sed -n "s/.*listening protocol=$1 addr=\([0-9.]*:[0-9]*\).*/\1/p" "$work/qgate.log" | head -n1; }

@@ -160,10 +160,11 @@ pub(crate) struct Channel {
     publishing: bool,
     /// The hidden queue of this channel's direct reply-to consumer.
     reply_queue: Option<String>,
+    publish_allowed: super::access::PublishCache,
 }
 
 /// RabbitMQ's direct reply-to pseudo-queue.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 struct Confirms {
     next_seq: u64,
@@ -195,6 +196,7 @@ impl Channel {
             last_names: Arc::default(),
             publishing: false,
             reply_queue: None,
+            publish_allowed: Default::default(),
         }
     }
 
@@ -230,6 +232,10 @@ impl Channel {
     fn dispatch(&mut self, ctx: &ConnCtx, method: &Method) -> Result<(), AmqpError> {
         let v = &ctx.vhost;
         let conn = ctx.conn_id;
+        let queue = super::access::queue_of(method)
+            .map(|n| self.default_queue(n))
+            .transpose()?;
+        super::access::check(ctx, method, queue.as_deref())?;
         match method {
             Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_) => {
                 let (tag, multiple, how) = match method {
@@ -288,22 +294,28 @@ impl Channel {
                 }
             }
             Method::QueueDeclare(m) => {
+                let server_named = !m.passive && m.queue.is_empty();
                 let name = if m.passive {
                     self.default_queue(&m.queue)?
+                } else if server_named {
+                    // Named here, not in the core, so that permissions are checked on
+                    // the actual amq.gen-* name, as RabbitMQ does.
+                    ctx.broker.generate_name("amq.gen-")
                 } else {
                     m.queue.clone()
                 };
-                let d = v.declare_queue(
-                    &name,
-                    QueueOptions {
-                        durable: m.durable,
-                        exclusive: m.exclusive,
-                        auto_delete: m.auto_delete,
-                        arguments: m.arguments.clone(),
-                    },
-                    m.passive,
-                    conn,
-                )?;
+                super::access::queue_declare(ctx, m, &name)?;
+                let options = QueueOptions {
+                    durable: m.durable,
+                    exclusive: m.exclusive,
+                    auto_delete: m.auto_delete,
+                    arguments: m.arguments.clone(),
+                };
+                let d = if server_named {
+                    v.declare_server_named_queue(&name, options, conn)?
+                } else {
+                    v.declare_queue(&name, options, m.passive, conn)?
+                };
                 self.last_queue = Some(d.queue.name.clone());
                 if !m.no_wait {
                     self.reply(
@@ -725,6 +737,8 @@ impl Channel {
 
     fn finish_publish(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("publish in progress");
+        super::access::publish(ctx, &mut self.publish_allowed, &p.method.exchange)
+            .map_err(|e| e.on_ids(60, 40))?;
         let (_, properties) = p.header.expect("header received");
         let mut properties = properties;
         let mut decoded = Properties::decode(&properties).map_err(|e| {

@@ -80,7 +80,10 @@ pub async fn run(
     };
     *info.user.lock() = negotiated.user.clone();
     *info.vhost.lock() = negotiated.vhost.clone();
-    let vhost = broker.vhost(&negotiated.vhost).expect("checked at open");
+    // Checked at open; gone only if deleted since, which closes this connection anyway.
+    let Some(vhost) = broker.vhost(&negotiated.vhost) else {
+        return;
+    };
     let (out, rx) = mpsc::unbounded_channel();
     let done = CancellationToken::new();
     let writer = tokio::spawn(writer::run(
@@ -219,6 +222,11 @@ impl Connection {
                 },
                 // An idle publisher is told at once when the alarm goes off.
                 _ = self.ctx.broker.flow().wait_blocked(), if self.publisher && self.state == ConnectionState::Open => {}
+                _ = self.ctx.info.forced.cancelled(), if self.state == ConnectionState::Open => {
+                    let reason = self.ctx.info.forced_reason();
+                    self.close_connection(AmqpError::new(reply::CONNECTION_FORCED, reason));
+                    closing_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
                 _ = shutdown.cancelled(), if self.state == ConnectionState::Open => {
                     self.close_connection(AmqpError::new(
                         reply::CONNECTION_FORCED,
@@ -258,8 +266,9 @@ impl Connection {
         &self.ctx.broker.counters().lifecycle
     }
 
-    fn channel_closed(&self) {
+    fn channel_closed(&self, id: u16) {
         self.ctx.info.channels.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.info.channel_numbers.lock().retain(|n| *n != id);
         self.lifecycle().channels_closed.inc();
     }
 
@@ -396,6 +405,7 @@ impl Connection {
                 self.channels
                     .insert(id, Slot::Open(Box::new(Channel::new(id, &self.ctx))));
                 self.ctx.info.channels.fetch_add(1, Ordering::Relaxed);
+                self.ctx.info.channel_numbers.lock().push(id);
                 self.lifecycle().channels_opened.inc();
                 self.send(
                     id,
@@ -429,7 +439,7 @@ impl Connection {
                     Method::ChannelClose(_) => {
                         ch.close(&self.ctx);
                         self.channels.remove(&id);
-                        self.channel_closed();
+                        self.channel_closed(id);
                         self.send(id, ChannelCloseOk {});
                         return Ok(Flow::Continue);
                     }
@@ -478,7 +488,7 @@ impl Connection {
             Err(e) => {
                 if let Some(Slot::Open(mut ch)) = self.channels.insert(id, Slot::Closing) {
                     ch.close(&self.ctx);
-                    self.channel_closed();
+                    self.channel_closed(id);
                 }
                 self.send(
                     id,
@@ -496,10 +506,10 @@ impl Connection {
 
     fn teardown(&mut self) {
         let channels = std::mem::take(&mut self.channels);
-        for (_, slot) in channels {
+        for (id, slot) in channels {
             if let Slot::Open(mut ch) = slot {
                 ch.close(&self.ctx);
-                self.channel_closed();
+                self.channel_closed(id);
             }
         }
     }
@@ -664,9 +674,18 @@ async fn handshake(
         let cancel_notify = capability("consumer_cancel_notify");
         let blocked_notify = capability("connection.blocked");
         let (user, pass) = credentials(&start_ok)?;
-        broker
-            .authenticate(&user, &pass, peer.ip())
-            .map_err(|e| AmqpError::new(reply::ACCESS_REFUSED, e.text))?;
+        if let Err(e) = broker.authenticate(&user, &pass, peer.ip()) {
+            // As RabbitMQ with authentication_failure_close: the client hears only that
+            // the login was refused; the reason goes to the log.
+            tracing::info!(peer = %peer, reason = %e.text, "login refused");
+            return Err(AmqpError::new(
+                reply::ACCESS_REFUSED,
+                format!(
+                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism
+                ),
+            ));
+        }
         write_method(
             wr,
             ConnectionTune {
@@ -714,12 +733,12 @@ async fn handshake(
                 )
             }
         };
-        if broker.vhost(&open.virtual_host).is_none() {
-            return Err(AmqpError::new(
-                reply::NOT_ALLOWED,
-                format!("vhost {} not found", open.virtual_host),
-            )
-            .on_ids(10, 40));
+        // Recorded before open-ok, so that a delete_user / delete_vhost racing with this
+        // login already finds (and force-closes) the connection.
+        *info.user.lock() = user.clone();
+        *info.vhost.lock() = open.virtual_host.clone();
+        if let Err(e) = broker.check_vhost_access(&user, &open.virtual_host) {
+            return Err(AmqpError::new(reply::NOT_ALLOWED, e.text).on_ids(10, 40));
         }
         write_method(
             wr,

@@ -62,7 +62,7 @@ impl From<CoreError> for AmqpError {
             ErrorKind::NotFound => reply::NOT_FOUND,
             ErrorKind::AccessRefused => reply::ACCESS_REFUSED,
             ErrorKind::ResourceLocked => reply::RESOURCE_LOCKED,
-            ErrorKind::PreconditionFailed => reply::PRECONDITION_FAILED,
+            ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists => reply::PRECONDITION_FAILED,
             ErrorKind::CommandInvalid => reply::COMMAND_INVALID,
             ErrorKind::NotAllowed => reply::NOT_ALLOWED,
             ErrorKind::NotImplemented => reply::NOT_IMPLEMENTED,

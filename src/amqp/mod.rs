@@ -13,6 +13,7 @@
 pub mod frame;
 pub mod methods;
 
+mod access;
 mod channel;
 mod connection;
 pub mod error;

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     CommandInvalid,
     /// Vhost access denied (AMQP 530).
     NotAllowed,
+    /// A user or vhost to be added exists already (management API 400, ctl error).
+    AlreadyExists,
     /// Valid request the broker does not implement (AMQP 540).
     NotImplemented,
     /// A resource limit was hit (AMQP 506).

@@ -7,6 +7,7 @@
 //! an ack or a new consumer dispatches inline, handing messages to the consumers'
 //! [`DeliverySink`]s, which only queue bytes for their connection's writer.
 
+pub mod access;
 pub mod clock;
 pub mod consumer;
 pub mod deadletter;
@@ -21,7 +22,7 @@ pub mod stats;
 pub mod vhost;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
+pub use access::{AuthUser, Permission, Resource, SeedUser, UserInfo, VhostPermissions};
 pub use consumer::{Consumer, Credit, Delivered, DeliverySink};
 pub use error::{CoreError, CoreResult, ErrorKind};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
@@ -40,37 +42,34 @@ pub use vhost::{Declared, Routed, VHost};
 use crate::content::FieldValue;
 use crate::store::Store;
 
-/// A user allowed to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// Login name.
-    pub name: String,
-    /// Password (PLAIN / AMQPLAIN).
-    pub password: String,
-    /// Only accepted from loopback addresses (RabbitMQ's rule for `guest`).
-    pub loopback_only: bool,
-}
-
 /// Core settings.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
-    /// Virtual hosts that exist.
+    /// Virtual hosts a fresh data directory starts with.
     pub vhosts: Vec<String>,
-    /// Users (every user may use every vhost).
-    pub users: Vec<User>,
+    /// Users a fresh data directory starts with.
+    pub users: Vec<SeedUser>,
+    /// Permissions a fresh data directory starts with.
+    pub permissions: Vec<VhostPermissions>,
+    /// Users who may log in only from a loopback address (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
     /// Memory the queued messages may hold before publishers are blocked (0 = no limit).
     pub memory_high_watermark: u64,
 }
 
 impl Default for CoreConfig {
+    /// RabbitMQ's defaults: vhost `/`, user `guest`/`guest` (administrator, full
+    /// permissions on `/`), loopback-only.
     fn default() -> Self {
         Self {
             vhosts: vec!["/".into()],
-            users: vec![User {
+            users: vec![SeedUser {
                 name: "guest".into(),
                 password: "guest".into(),
-                loopback_only: true,
+                tags: vec!["administrator".into()],
             }],
+            permissions: vec![access::full_permissions("guest", "/")],
+            loopback_users: vec!["guest".into()],
             memory_high_watermark: 0,
         }
     }
@@ -91,12 +90,31 @@ pub struct ConnectionInfo {
     pub vhost: Mutex<String>,
     /// Open channels.
     pub channels: AtomicU32,
+    /// Numbers of the open channels (listings name channels by them).
+    pub channel_numbers: Mutex<Vec<u16>>,
     /// Bytes received.
     pub bytes_in: AtomicU64,
     /// Bytes sent.
     pub bytes_out: AtomicU64,
     /// When it connected.
     pub connected_at: SystemTime,
+    /// Cancelled when the broker forces the connection closed; the front end ends it.
+    pub forced: tokio_util::sync::CancellationToken,
+    /// Why it was forced closed (`Closed via management plugin`, ...).
+    pub forced_reason: Mutex<String>,
+}
+
+impl ConnectionInfo {
+    /// Asks the connection's front end to close it, saying why.
+    pub fn force_close(&self, reason: &str) {
+        *self.forced_reason.lock() = reason.to_owned();
+        self.forced.cancel();
+    }
+
+    /// The reason given to [`ConnectionInfo::force_close`].
+    pub fn forced_reason(&self) -> String {
+        self.forced_reason.lock().clone()
+    }
 }
 
 /// Removes a connection from the registry when dropped.
@@ -123,7 +141,7 @@ impl Drop for ConnectionGuard {
 /// State shared by every handle on the broker.
 pub(crate) struct Shared {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
-    users: Vec<User>,
+    pub(crate) access: access::Access,
     pub(crate) counters: BrokerCounters,
     pub(crate) store: Option<Store>,
     next_id: AtomicU64,
@@ -162,7 +180,7 @@ impl Broker {
             ^ (std::process::id() as u64).rotate_left(32);
         let shared = Arc::new(Shared {
             vhosts: RwLock::new(HashMap::new()),
-            users: config.users.clone(),
+            access: access::Access::default(),
             counters: BrokerCounters::default(),
             store,
             next_id: AtomicU64::new(1),
@@ -172,11 +190,14 @@ impl Broker {
             started: Instant::now(),
             flow: flow::FlowControl::new(config.memory_high_watermark),
         });
-        for name in &config.vhosts {
-            let v = VHost::new(name, shared.clone());
-            shared.vhosts.write().insert(name.clone(), v);
-        }
-        Self { shared }
+        let broker = Self { shared };
+        broker
+            .access()
+            .set_loopback_users(config.loopback_users.iter().cloned());
+        // Without a store these are the state; with one, `restore` replaces them by
+        // what the data directory holds, or persists them when it holds nothing yet.
+        broker.seed_access(&config.vhosts, &config.users, &config.permissions);
+        broker
     }
 
     /// A vhost by name.
@@ -187,33 +208,6 @@ impl Broker {
     /// Every vhost.
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.shared.vhosts.read().values().cloned().collect()
-    }
-
-    /// Checks credentials. `peer` is the client's address (guest is loopback-only).
-    pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> CoreResult<User> {
-        let refused = || {
-            CoreError::new(
-                ErrorKind::AccessRefused,
-                "Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
-            )
-        };
-        let u = self
-            .shared
-            .users
-            .iter()
-            .find(|u| u.name == user && u.password == password)
-            .ok_or_else(refused)?;
-        let loopback = match peer {
-            IpAddr::V4(a) => a.is_loopback(),
-            IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|a| a.is_loopback()),
-        };
-        if u.loopback_only && !loopback {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                format!("user '{user}' can only connect via localhost"),
-            ));
-        }
-        Ok(u.clone())
     }
 
     /// The next message id.
@@ -271,9 +265,12 @@ impl Broker {
             user: Mutex::new(String::new()),
             vhost: Mutex::new(String::new()),
             channels: AtomicU32::new(0),
+            channel_numbers: Mutex::new(Vec::new()),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             connected_at: SystemTime::now(),
+            forced: tokio_util::sync::CancellationToken::new(),
+            forced_reason: Mutex::new(String::new()),
         });
         self.shared.connections.insert(id, info.clone());
         self.shared.counters.lifecycle.connection_opened(protocol);

@@ -670,10 +670,7 @@ impl Queue {
         if if_empty && !st.ready.is_empty() {
             return Err(CoreError::new(
                 ErrorKind::PreconditionFailed,
-                format!(
-                    "queue '{}' in vhost '{}' is not empty",
-                    self.name, self.vhost
-                ),
+                format!("queue '{}' in vhost '{}' not empty", self.name, self.vhost),
             ));
         }
         Ok(())

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::access::StoredAccess;
 use super::message::Names;
 use super::persist::{decode_message, decode_table};
 use super::{Broker, ExchangeKind, ExchangeOptions, Message, QueueOptions};
@@ -32,17 +33,29 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
     let mut exchanges = Vec::new();
     let mut queues = Vec::new();
     let mut bindings = Vec::new();
+    let mut access = StoredAccess::default();
     for (key, value) in &recovered.definitions {
         let Some(t) = decode_table(value) else {
             tracing::warn!(key = %key.replace('\0', "/"), "unreadable definition skipped");
             continue;
         };
+        if access.take(key, &t) {
+            continue;
+        }
         match key.split('\0').next() {
             Some("exchange") => exchanges.push(t),
             Some("queue") => queues.push(t),
             Some("binding") => bindings.push((key.clone(), t)),
             _ => {}
         }
+    }
+    // Vhosts first: exchanges and queues are restored into them. A data directory
+    // without access records (fresh, or written before qgate had them) keeps the
+    // seeded defaults / config file's users and vhosts, and persists them now.
+    if access.is_empty() {
+        broker.persist_all_access();
+    } else {
+        broker.load_access(access);
     }
     for t in &exchanges {
         let Some(vhost) = broker.vhost(&text(t, "vhost")) else {

@@ -201,6 +201,11 @@ impl VHost {
         Ok(())
     }
 
+    /// Forgets every exchange (vhost deletion; their definitions are dropped by the caller).
+    pub(crate) fn clear_exchanges(&self) {
+        self.exchanges.write().clear();
+    }
+
     /// All exchanges.
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.read().values().cloned().collect()
@@ -267,6 +272,27 @@ impl VHost {
             }
             name
         };
+        self.create_queue(name, options, connection)
+    }
+
+    /// queue.declare of a server-named queue whose `amq.gen-*` name the front end
+    /// generated (with [`super::Broker::generate_name`]) to check permissions on it.
+    pub fn declare_server_named_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        connection: u64,
+    ) -> CoreResult<Declared> {
+        self.shared.counters.queues_declared.inc();
+        self.create_queue(name, options, connection)
+    }
+
+    fn create_queue(
+        &self,
+        name: &str,
+        options: QueueOptions,
+        connection: u64,
+    ) -> CoreResult<Declared> {
         let mut map = self.queues.write();
         if let Some(q) = map.get(name) {
             let q = q.clone();
@@ -388,7 +414,7 @@ impl VHost {
         Ok(self.remove_queue(&q) as u32)
     }
 
-    fn remove_queue(&self, q: &Arc<Queue>) -> usize {
+    pub(crate) fn remove_queue(&self, q: &Arc<Queue>) -> usize {
         {
             let mut map = self.queues.write();
             match map.get(&q.name) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
+use super::access::{Guard, REFUSED};
 use super::command::{self, GetKey, Request, StatsKind};
 use super::session::Client as Conn;
 use super::stats::MemcacheCounters;
@@ -35,6 +36,16 @@ struct Pending {
     at: usize,
     set: PendingSet,
     noreply: bool,
+}
+
+/// What a request served upstream may use of its session.
+pub(super) struct Ctx<'a, 'c> {
+    /// The client's socket, to notice a hang-up during a timed get.
+    pub(super) conn: &'a mut Conn<'c>,
+    pub(super) info: &'a ConnectionInfo,
+    /// memcache.user's permissions.
+    pub(super) guard: &'a Guard<'a>,
+    pub(super) shutdown: &'a CancellationToken,
 }
 
 /// One session's upstream side.
@@ -94,10 +105,9 @@ impl Upstream {
         req: Request,
         frame: &Bytes,
         out: &mut BytesMut,
-        conn: &mut Conn<'_>,
-        info: &ConnectionInfo,
-        shutdown: &CancellationToken,
+        ctx: &mut Ctx<'_, '_>,
     ) -> Option<Request> {
+        let guard = ctx.guard;
         let counters = super::stats::counters();
         match req {
             Request::Set {
@@ -108,6 +118,11 @@ impl Upstream {
                 noreply,
             } => {
                 counters.cmd_set.fetch_add(1, Ordering::Relaxed);
+                // A queue this gateway has not seen may be declared by this set.
+                if let Err(text) = guard.set(&key, !self.gw.knows(&key)) {
+                    command::write_server_error(out, &text);
+                    return None;
+                }
                 let ttl = super::session::ttl_ms(exptime);
                 if ttl == Some(0) {
                     // Already expired: memcached answers STORED and the item is never seen.
@@ -130,11 +145,17 @@ impl Upstream {
             Request::Get { keys } => {
                 self.resolve(out).await;
                 let raw = super::session::request_keys(frame);
-                self.get(keys, &raw, out, conn, info, shutdown).await;
+                self.get(keys, &raw, out, ctx).await;
             }
             Request::Delete { key, noreply } => {
                 self.resolve(out).await;
                 counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
+                if !guard.delete(&key) {
+                    if !noreply {
+                        command::write_server_error(out, REFUSED);
+                    }
+                    return None;
+                }
                 match self.gw.delete(&key).await {
                     Ok(true) if !noreply => command::write_deleted(out),
                     Ok(false) if !noreply => command::write_not_found(out),
@@ -165,10 +186,9 @@ impl Upstream {
         keys: Vec<GetKey>,
         raw: &[&[u8]],
         out: &mut BytesMut,
-        conn: &mut Conn<'_>,
-        info: &ConnectionInfo,
-        shutdown: &CancellationToken,
+        ctx: &mut Ctx<'_, '_>,
     ) {
+        let (guard, info, shutdown) = (ctx.guard, ctx.info, ctx.shutdown);
         let counters = super::stats::counters();
         for k in &keys {
             let o = k.options;
@@ -178,6 +198,10 @@ impl Upstream {
                 );
                 return;
             }
+        }
+        if !guard.get(keys.iter().map(|k| k.queue.as_str())) {
+            command::write_server_error(out, REFUSED);
+            return;
         }
         let start = out.len();
         for (i, k) in keys.into_iter().enumerate() {
@@ -204,11 +228,13 @@ impl Upstream {
                 result = match o.timeout_ms {
                     Some(ms) if ms > 0 => {
                         // A timed read waits on the queue a later `set` will use.
-                        let _ = self.gw.declare(&k.queue).await;
+                        if guard.declare(&k.queue) {
+                            let _ = self.gw.declare(&k.queue).await;
+                        }
                         let wait = Duration::from_millis(ms).min(MAX_WAIT);
                         tokio::select! {
                             r = self.client.get_wait(&k.queue, mode, wait, shutdown) => r,
-                            _ = conn.hung_up(counters, info) => {
+                            _ = ctx.conn.hung_up(counters, info) => {
                                 // Nobody to answer: end the connection now, as local
                                 // mode does (a half-done read is requeued by finish).
                                 self.hung_up = true;

@@ -50,6 +50,7 @@
 //! `noreply`, as memcached does.
 //! [`parser::parse_request`] documents exactly which bytes each error consumes.
 
+mod access;
 mod backend;
 pub mod command;
 pub mod parser;

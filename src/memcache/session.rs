@@ -63,6 +63,8 @@ struct Session {
     publisher: bool,
     /// Upstream mode: queue requests go to the cluster.
     upstream: Option<Upstream>,
+    /// Whose permissions apply (`memcache.user`).
+    user: String,
 }
 
 /// Serves one client until it quits, disconnects or the broker shuts down.
@@ -97,7 +99,10 @@ pub async fn run(
         last_names: Arc::default(),
         publisher: false,
         upstream: upstream.map(Upstream::new),
+        user: config.memcache.user.clone(),
     };
+    *s.info.user.lock() = s.user.clone();
+    *s.info.vhost.lock() = s.vhost.name.to_string();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
     'conn: loop {
@@ -180,6 +185,9 @@ pub async fn run(
                 }
             },
             _ = shutdown.cancelled() => break,
+            // Forced closed (vhost deleted, management API): the protocol has no way
+            // to say why, so the socket just closes.
+            _ = s.info.forced.cancelled() => break,
         }
     }
     let _ = s.flush(&mut stream).await;
@@ -339,9 +347,16 @@ impl Session {
     ) {
         let req = match &mut self.upstream {
             Some(up) => {
-                let served = up
-                    .execute(req, frame, &mut self.out, client, &self.info, shutdown)
-                    .await;
+                // memcache.user's permissions apply upstream too (on top of what the
+                // cluster grants the URL's user).
+                let guard = super::access::Guard::new(&self.broker, &self.user, &self.vhost.name);
+                let mut ctx = super::backend::Ctx {
+                    conn: client,
+                    info: &self.info,
+                    guard: &guard,
+                    shutdown,
+                };
+                let served = up.execute(req, frame, &mut self.out, &mut ctx).await;
                 self.quit |= up.hung_up;
                 match served {
                     Some(req) => req,
@@ -379,6 +394,13 @@ impl Session {
             Request::Get { keys } => self.get(keys, &request_keys(frame), client, shutdown).await,
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
+                if !self.guard().delete(&key) {
+                    if !noreply {
+                        self.out
+                            .extend_from_slice(b"SERVER_ERROR access refused\r\n");
+                    }
+                    return;
+                }
                 let existed = self.vhost.find_queue(&key).is_some();
                 let ok = existed
                     && self
@@ -421,6 +443,10 @@ impl Session {
         }
     }
 
+    fn guard(&self) -> super::access::Guard<'_> {
+        super::access::Guard::new(&self.broker, &self.user, &self.vhost.name)
+    }
+
     /// Declares a queue as memcache producers expect it: durable, not exclusive, not
     /// auto-delete, so that `queue_declare(q, durable=True)` over AMQP matches it.
     fn declare(&self, queue: &str) -> Result<(), String> {
@@ -446,7 +472,9 @@ impl Session {
         exptime: i64,
         body: Bytes,
     ) -> Result<Option<SyncTicket>, String> {
-        if self.vhost.find_queue(queue).is_none() {
+        let missing = self.vhost.find_queue(queue).is_none();
+        self.guard().set(queue, missing)?;
+        if missing {
             self.declare(queue)?;
         }
         let ttl = ttl_ms(exptime);
@@ -499,6 +527,11 @@ impl Session {
                 return;
             }
         }
+        if !self.guard().get(keys.iter().map(|k| k.queue.as_str())) {
+            self.out
+                .extend_from_slice(b"SERVER_ERROR access refused\r\n");
+            return;
+        }
         for (i, k) in keys.into_iter().enumerate() {
             let o = k.options;
             let key: &[u8] = raw.get(i).copied().unwrap_or(k.queue.as_bytes());
@@ -518,7 +551,10 @@ impl Session {
             self.counters.cmd_get.fetch_add(1, Ordering::Relaxed);
             // A timed read waits on the queue a later `set` will use, so it declares it
             // the way `set` does.
-            if o.timeout_ms.is_some_and(|ms| ms > 0) && self.vhost.find_queue(&k.queue).is_none() {
+            if o.timeout_ms.is_some_and(|ms| ms > 0)
+                && self.vhost.find_queue(&k.queue).is_none()
+                && self.guard().declare(&k.queue)
+            {
                 let _ = self.declare(&k.queue);
             }
             let Ok(queue) = self.vhost.queue(&k.queue, self.info.id) else {

@@ -1,11 +1,9 @@
-//! Observability: the HTTP listener serving Prometheus metrics, `/healthz` and the
-//! read-only JSON admin API that `qgate ctl` talks to.
+//! Observability: the HTTP listener serving Prometheus metrics and `/healthz` (the
+//! management API lives on its own listener, [`crate::management`]).
 //!
 //! # Layout
-//! - [`http`]: a small hand-written HTTP/1.1 server (GET only, one request per
-//!   connection, bounded request head, never panics on input) and the routing table.
+//! - [`routes`]: `/metrics` and `/healthz` on the shared HTTP stack ([`crate::http`]).
 //! - [`render`]: the Prometheus text exposition, version 0.0.4.
-//! - [`api`]: the JSON admin API, with RabbitMQ management API field names.
 //! - this file: metric names, the memcache command counters, and the process-wide
 //!   `metrics` recorder.
 //!
@@ -29,9 +27,8 @@
 //! "RabbitMQ-Overview" dashboard works. The constants below are the names without the
 //! prefix; see [`render`] for the full list with types and help texts.
 
-pub mod api;
-pub mod http;
 pub mod render;
+pub mod routes;
 
 use std::sync::OnceLock;
 

@@ -760,16 +760,17 @@ impl Writer<'_> {
     }
 }
 
-struct ProcessStats {
-    rss: u64,
-    physical: u64,
-    open_fds: u64,
-    max_fds: u64,
-    disk_available: u64,
+/// The process's resource use (also shown by the management API's `/api/nodes`).
+pub(crate) struct ProcessStats {
+    pub(crate) rss: u64,
+    pub(crate) physical: u64,
+    pub(crate) open_fds: u64,
+    pub(crate) max_fds: u64,
+    pub(crate) disk_available: u64,
 }
 
 #[allow(clippy::unnecessary_cast)] // libc's integer types differ between targets
-fn process_stats(data_dir: &Path) -> ProcessStats {
+pub(crate) fn process_stats(data_dir: &Path) -> ProcessStats {
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
     // SAFETY: as above.

@@ -357,6 +357,11 @@ impl Gateway {
         self.ensure_queue(&link, queue).await
     }
 
+    /// This gateway has seen `queue` exist upstream (declared or checked it).
+    pub fn knows(&self, queue: &str) -> bool {
+        self.0.known.contains_key(queue)
+    }
+
     /// The queue exists upstream (passive declare unless already known).
     pub async fn exists(&self, queue: &str) -> Result<bool, UpstreamError> {
         if self.0.known.contains_key(queue) {

@@ -29,6 +29,8 @@ pub struct Addrs {
     pub memcache: SocketAddr,
     /// HTTP listener.
     pub http: SocketAddr,
+    /// Management listener.
+    pub management: SocketAddr,
 }
 
 impl Addrs {
@@ -83,6 +85,7 @@ pub fn test_config(data_dir: &Path) -> qgate::config::Config {
     config.amqp.listen = "127.0.0.1:0".into();
     config.memcache.listen = "127.0.0.1:0".into();
     config.http.listen = "127.0.0.1:0".into();
+    config.management.listen = "127.0.0.1:0".into();
     config.storage.data_dir = data_dir.to_path_buf();
     config.log = "warn".into();
     config
@@ -192,6 +195,7 @@ pub fn start_broker_with(tweak: impl FnOnce(&mut qgate::config::Config)) -> Brok
             amqp: bound.amqp,
             memcache: bound.memcache,
             http: bound.http,
+            management: bound.management,
         },
         shutdown,
         thread: Some(thread),
@@ -264,6 +268,8 @@ pub fn spawn_broker(extra: &[&str]) -> ChildBroker {
         "127.0.0.1:0",
         "--http-listen",
         "127.0.0.1:0",
+        "--management-listen",
+        "127.0.0.1:0",
         "--data-dir",
     ])
     .arg(dir.path())
@@ -272,16 +278,20 @@ pub fn spawn_broker(extra: &[&str]) -> ChildBroker {
 }
 
 /// Starts `cmd` (stderr is piped and env `QGATE_*` from the test environment is left
-/// as is) and waits for the three `listening` lines.
+/// as is, except that the management listener gets port 0 unless `cmd` sets it) and
+/// waits for the four `listening` lines.
 pub fn spawn_command(mut cmd: Command, dir: Option<TempDir>) -> ChildBroker {
+    if !cmd.get_envs().any(|(k, _)| k == "QGATE_MANAGEMENT_LISTEN") {
+        cmd.env("QGATE_MANAGEMENT_LISTEN", "127.0.0.1:0");
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn qgate");
     let (lines, rx) = drain_stderr(&mut child);
     let deadline = Instant::now() + WAIT;
-    let (mut amqp, mut memcache, mut http) = (None, None, None);
-    while amqp.is_none() || memcache.is_none() || http.is_none() {
+    let (mut amqp, mut memcache, mut http, mut management) = (None, None, None, None);
+    while amqp.is_none() || memcache.is_none() || http.is_none() || management.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
@@ -290,6 +300,7 @@ pub fn spawn_command(mut cmd: Command, dir: Option<TempDir>) -> ChildBroker {
                         "amqp" => amqp = Some(a),
                         "memcache" => memcache = Some(a),
                         "http" => http = Some(a),
+                        "management" => management = Some(a),
                         _ => {}
                     }
                 }
@@ -298,7 +309,7 @@ pub fn spawn_command(mut cmd: Command, dir: Option<TempDir>) -> ChildBroker {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "qgate did not log its three listening lines; stderr:\n{}",
+                    "qgate did not log its four listening lines; stderr:\n{}",
                     lines.lock().unwrap().join("\n")
                 );
             }
@@ -310,6 +321,7 @@ pub fn spawn_command(mut cmd: Command, dir: Option<TempDir>) -> ChildBroker {
             amqp: amqp.unwrap(),
             memcache: memcache.unwrap(),
             http: http.unwrap(),
+            management: management.unwrap(),
         },
         lines,
         _dir: dir,

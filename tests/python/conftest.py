@@ -59,6 +59,8 @@ class Broker:
         self.memcache_host = memcache_host
         self.memcache_port = memcache_port
         self.http_port = http_port
+        self.management_port = None
+        self.data_dir = None
         self.external = external
         self.vhost = vhost
         self.proc = proc
@@ -133,6 +135,7 @@ class QgateProcess:
                "--amqp-listen", "127.0.0.1:0",
                "--memcache-listen", "127.0.0.1:0",
                "--http-listen", "127.0.0.1:0",
+               "--management-listen", "127.0.0.1:0",
                "--data-dir", self.data_dir,
                "--log", "info"]
         if os.environ.get("QGATE_TEST_FSYNC"):
@@ -147,11 +150,11 @@ class QgateProcess:
         self._reader.start()
         addrs = {}
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while len(addrs) < 3:
+        while len(addrs) < 4:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.kill()
-                pytest.fail("qgate did not print its three `listening` lines within %ss; "
+                pytest.fail("qgate did not print its four `listening` lines within %ss; "
                             "command %r; output:\n%s" % (STARTUP_TIMEOUT, cmd, self.text()))
             try:
                 line = self._q.get(timeout=left)
@@ -164,13 +167,16 @@ class QgateProcess:
             m = LISTEN_RE.search(line)
             if m:
                 addrs[m.group(1)] = (m.group(2), int(m.group(3)))
-        missing = {"amqp", "memcache", "http"} - set(addrs)
+        missing = {"amqp", "memcache", "http", "management"} - set(addrs)
         if missing:
             self.kill()
             pytest.fail("qgate did not report listeners %s; output:\n%s" % (missing, self.text()))
         amqp, mc, http = addrs["amqp"], addrs["memcache"], addrs["http"]
-        return Broker(amqp[0], amqp[1], mc[0], mc[1], http[1], external=False,
-                      proc=self.proc, output=self.lines)
+        broker = Broker(amqp[0], amqp[1], mc[0], mc[1], http[1], external=False,
+                        proc=self.proc, output=self.lines)
+        broker.management_port = addrs["management"][1]
+        broker.data_dir = self.data_dir
+        return broker
 
     def _drain(self):
         for raw in iter(self.proc.stdout.readline, b""):

@@ -32,6 +32,7 @@ class Qgate:
     def start(self, timeout=30):
         cmd = [qgate_bin(), "serve", "--amqp-listen", "127.0.0.1:0",
                "--memcache-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+               "--management-listen", "127.0.0.1:0",
                "--data-dir", self.data_dir, "--fsync", self.fsync, "--log", "info"] + self.extra
         self.lines = []
         self.ports = {}
@@ -45,12 +46,12 @@ class Qgate:
                 m = LISTEN_RE.search(line)
                 if m:
                     ports[m.group(1)] = int(m.group(3))
-                    if len(ports) == 3:
+                    if len(ports) == 4:
                         ready.set()
             ready.set()
 
         threading.Thread(target=drain, args=(self.proc, self.lines, self.ports), daemon=True).start()
-        if not ready.wait(timeout) or len(self.ports) < 3:
+        if not ready.wait(timeout) or len(self.ports) < 4:
             self.kill()
             raise RuntimeError("qgate did not start:\n" + "\n".join(self.lines))
         return self

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.qgate_only
 def test_listening_lines(fresh_broker):
     found = {m.group(1): int(m.group(3)) for m in LISTEN_RE.finditer(fresh_broker.output())}
     assert found == {"amqp": fresh_broker.amqp_port, "memcache": fresh_broker.memcache_port,
-                     "http": fresh_broker.http_port}
-    assert len({fresh_broker.amqp_port, fresh_broker.memcache_port, fresh_broker.http_port}) == 3
+                     "http": fresh_broker.http_port, "management": fresh_broker.management_port}
+    assert len(set(found.values())) == 4
 
 
 def test_port_in_use_fails_with_nonzero_status(tmp_path):
@@ -31,7 +31,7 @@ def test_port_in_use_fails_with_nonzero_status(tmp_path):
     try:
         p = subprocess.run([qgate_binary(), "serve", "--amqp-listen", "127.0.0.1:%d" % port,
                             "--memcache-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                            "--data-dir", str(tmp_path / "data"), "--log", "info"],
+                            "--management-listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"), "--log", "info"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
     finally:
         holder.close()

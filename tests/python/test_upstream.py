@@ -196,7 +196,7 @@ def test_unreachable_cluster_answers_server_error_never_stored():
         assert c.read_line().startswith(b"SERVER_ERROR")
         assert c.cmd(b"version").startswith(b"VERSION")
         c.close()
-        status = json.loads(http_get(g.http_port, "/api/upstream"))
+        status = g.api("upstream")
         assert status["operations"]["set"]["error"] == 2
         assert status["connect_failures"] >= 2
     finally:
@@ -212,7 +212,7 @@ def test_metrics_and_status(gateway, mc):
     assert 'qgate_upstream_operations_total{operation="set",result="ok"}' in text
     assert "qgate_upstream_confirm_seconds_bucket" in text
     assert 'qgate_upstream_connections{node="127.0.0.1:%d"}' % CLUSTER_BASE_PORT(1) in text
-    status = json.loads(http_get(gateway.http_port, "/api/upstream"))
+    status = gateway.api("upstream")
     assert status["operations"]["set"]["ok"] >= 2
     assert status["confirms"] >= 2 and status["confirm_p99_ms"] > 0
     assert len(status["nodes"]) == 3
@@ -220,7 +220,7 @@ def test_metrics_and_status(gateway, mc):
     # the depth poller (every 2 s) reports what is left in the queue
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        status = json.loads(http_get(gateway.http_port, "/api/upstream"))
+        status = gateway.api("upstream")
         if status["queues"].get(q, {}).get("messages_ready") == 1:
             break
         time.sleep(0.3)
@@ -411,7 +411,7 @@ def test_failover_node_killed_mid_run(cluster, gateway):
     with lock:
         lost = stored - set(consumed)
         dups = len(consumed) - len(set(consumed))
-    status = json.loads(http_get(gateway.http_port, "/api/upstream"))
+    status = gateway.api("upstream")
     report = ("failover: victim=node%d stored=%d (before kill %d, during outage %d) "
               "consumed=%d lost=%d duplicates=%d server_errors=%d retries=%s "
               "possible_duplicates=%d outage=%.1fs" % (

@@ -81,7 +81,8 @@ class Gateway:
     def start(self, timeout=30):
         cmd = [qgate_bin(), "serve", "--upstream", self.url,
                "--memcache-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-               "--amqp-listen", "127.0.0.1:0", "--data-dir", self.data_dir,
+               "--amqp-listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0",
+               "--data-dir", self.data_dir,
                "--log", "info"] + self.extra
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         ready = threading.Event()
@@ -93,7 +94,7 @@ class Gateway:
                 m = LISTEN_RE.search(line)
                 if m:
                     self.ports[m.group(1)] = int(m.group(3))
-                    if "memcache" in self.ports and "http" in self.ports:
+                    if {"memcache", "http", "management"} <= set(self.ports):
                         ready.set()
             ready.set()
 
@@ -110,6 +111,21 @@ class Gateway:
     @property
     def http_port(self):
         return self.ports["http"]
+
+    @property
+    def management_port(self):
+        return self.ports["management"]
+
+    def api(self, path):
+        """GET /api/<path> on the management listener, as guest (an administrator)."""
+        import base64
+        import json
+        import urllib.request
+        req = urllib.request.Request(
+            "http://127.0.0.1:%d/api/%s" % (self.management_port, path),
+            headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read().decode())
 
     def stop(self, timeout=15):
         if self.proc is None:

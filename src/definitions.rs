@@ -1,0 +1,444 @@
+//! RabbitMQ's definitions JSON (`rabbitmqctl export_definitions`, management
+//! `GET/POST /api/definitions`): users with their password hashes, vhosts, permissions,
+//! queues (all but exclusive ones, as RabbitMQ 3.10), exchanges, and bindings. A RabbitMQ export loads into qgate
+//! unchanged, and qgate's export loads into RabbitMQ.
+//!
+//! Sections qgate has no counterpart for (`topic_permissions`, `parameters`,
+//! `global_parameters`, `policies`) are exported empty; on import they are accepted
+//! and ignored, with a warning in the log when they are not empty.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::content::{FieldTable, FieldValue};
+use crate::core::{Broker, ExchangeOptions, QueueOptions};
+
+/// Why an import failed (the text is shown to the operator as is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionsError(pub String);
+
+impl fmt::Display for DefinitionsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DefinitionsError {}
+
+/// The version qgate claims in `rabbit_version`: the RabbitMQ release whose format
+/// it writes, so RabbitMQ's importer accepts the file.
+pub const RABBIT_VERSION: &str = "3.10.8";
+
+/// Exports every definition.
+pub fn export(broker: &Broker) -> Value {
+    let users: Vec<Value> = broker
+        .users()
+        .into_iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "password_hash": u.password_hash,
+                "hashing_algorithm": u.hashing_algorithm,
+                "tags": u.tags,
+                "limits": {},
+            })
+        })
+        .collect();
+    let mut vhost_list = broker.vhosts();
+    vhost_list.sort_by(|a, b| a.name.cmp(&b.name));
+    let vhosts: Vec<Value> = vhost_list
+        .iter()
+        .map(|v| json!({ "name": &*v.name, "limits": [], "metadata": { "description": "", "tags": [] } }))
+        .collect();
+    let permissions: Vec<Value> = broker
+        .permissions()
+        .into_iter()
+        .map(|p| {
+            json!({
+                "user": p.user,
+                "vhost": p.vhost,
+                "configure": p.configure,
+                "write": p.write,
+                "read": p.read,
+            })
+        })
+        .collect();
+    let mut queues = Vec::new();
+    let mut exchanges = Vec::new();
+    let mut bindings = Vec::new();
+    for v in &vhost_list {
+        let mut qs = v.queues();
+        qs.sort_by(|a, b| a.name.cmp(&b.name));
+        // As RabbitMQ 3.10: every queue but exclusive ones (and the hidden direct
+        // reply-to queues), transient ones included.
+        for q in qs
+            .iter()
+            .filter(|q| !q.options.exclusive && !q.name.starts_with("amq."))
+        {
+            queues.push(json!({
+                "name": q.name,
+                "vhost": &*v.name,
+                "type": "classic",
+                "durable": q.options.durable,
+                "auto_delete": q.options.auto_delete,
+                "arguments": table_to_json(&q.options.arguments),
+            }));
+        }
+        let mut xs = v.exchanges();
+        xs.sort_by(|a, b| a.name.cmp(&b.name));
+        for x in &xs {
+            let builtin = x.name.is_empty() || x.name.starts_with("amq.");
+            if !builtin {
+                let mut e = json!({
+                    "name": &*x.name,
+                    "vhost": &*v.name,
+                    "type": x.kind.as_str(),
+                    "durable": x.options.durable,
+                    "auto_delete": x.options.auto_delete,
+                    "arguments": table_to_json(&x.options.arguments),
+                });
+                // RabbitMQ 3.10 writes `internal` only when set.
+                if x.options.internal {
+                    e["internal"] = json!(true);
+                }
+                exchanges.push(e);
+            }
+            if x.name.is_empty() {
+                // Default-exchange bindings are implicit.
+                continue;
+            }
+            for b in x.bindings() {
+                let (dest, kind) = match &b.destination {
+                    crate::core::exchange::Destination::Queue(q) => {
+                        if q.options.exclusive || q.name.starts_with("amq.") {
+                            continue;
+                        }
+                        (q.name.clone(), "queue")
+                    }
+                    crate::core::exchange::Destination::Exchange(e) => (e.to_string(), "exchange"),
+                };
+                bindings.push(json!({
+                    "source": &*x.name,
+                    "vhost": &*v.name,
+                    "destination": dest,
+                    "destination_type": kind,
+                    "routing_key": b.routing_key,
+                    "arguments": table_to_json(&b.arguments),
+                }));
+            }
+        }
+    }
+    json!({
+        "rabbit_version": RABBIT_VERSION,
+        "rabbitmq_version": RABBIT_VERSION,
+        "product_name": "qgate",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users,
+        "vhosts": vhosts,
+        "permissions": permissions,
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })
+}
+
+fn err(msg: impl Into<String>) -> DefinitionsError {
+    DefinitionsError(msg.into())
+}
+
+fn section<'a>(defs: &'a Value, name: &str) -> Result<&'a [Value], DefinitionsError> {
+    match defs.get(name) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(err(format!("'{name}' must be a list"))),
+    }
+}
+
+fn field<'a>(item: &'a Value, what: &str, key: &str) -> Result<&'a str, DefinitionsError> {
+    item.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| err(format!("{what} without a '{key}': {item}")))
+}
+
+fn flag(item: &Value, key: &str, default: bool) -> bool {
+    item.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+fn arguments(item: &Value) -> Result<FieldTable, DefinitionsError> {
+    match item.get("arguments") {
+        None | Some(Value::Null) => Ok(FieldTable::new()),
+        Some(Value::Object(m)) => Ok(object_to_table(m)),
+        Some(other) => Err(err(format!("arguments must be an object: {other}"))),
+    }
+}
+
+/// Tags as RabbitMQ writes them: a list (3.9+) or a comma-separated string (older).
+fn tags(item: &Value) -> Vec<String> {
+    match item.get("tags") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Imports definitions: creates or updates what they list, leaves everything else
+/// alone (as RabbitMQ's import). Stops at the first definition that cannot be applied.
+pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
+    if !defs.is_object() {
+        return Err(err("definitions must be a JSON object"));
+    }
+    for name in ["topic_permissions", "parameters", "policies"] {
+        let items = section(defs, name)?;
+        if !items.is_empty() {
+            tracing::warn!(
+                section = name,
+                count = items.len(),
+                "definitions section ignored: qgate has no counterpart"
+            );
+        }
+    }
+    for u in section(defs, "users")? {
+        let name = field(u, "user", "name")?;
+        let hash = u.get("password_hash").and_then(Value::as_str);
+        let password = u.get("password").and_then(Value::as_str);
+        let algorithm = u.get("hashing_algorithm").and_then(Value::as_str);
+        let (password, hash) = match (password, hash) {
+            (Some(p), Some(_)) => (Some(p), None),
+            other => other,
+        };
+        broker
+            .put_user(name, password, hash, algorithm, tags(u))
+            .map_err(|e| err(format!("user '{name}': {}", e.text)))?;
+    }
+    for v in section(defs, "vhosts")? {
+        let name = field(v, "vhost", "name")?;
+        broker
+            .put_vhost(name)
+            .map_err(|e| err(format!("vhost '{name}': {}", e.text)))?;
+    }
+    for p in section(defs, "permissions")? {
+        let user = field(p, "permission", "user")?;
+        let vhost = field(p, "permission", "vhost")?;
+        broker
+            .set_permissions(
+                user,
+                vhost,
+                field(p, "permission", "configure")?,
+                field(p, "permission", "write")?,
+                field(p, "permission", "read")?,
+            )
+            .map_err(|e| {
+                err(format!(
+                    "permissions of '{user}' in vhost '{vhost}': {}",
+                    e.text
+                ))
+            })?;
+    }
+    for x in section(defs, "exchanges")? {
+        let name = field(x, "exchange", "name")?;
+        let vname = field(x, "exchange", "vhost")?;
+        let vhost = broker
+            .vhost(vname)
+            .ok_or_else(|| err(format!("exchange '{name}': no vhost '{vname}'")))?;
+        let options = ExchangeOptions {
+            durable: flag(x, "durable", true),
+            auto_delete: flag(x, "auto_delete", false),
+            internal: flag(x, "internal", false),
+            arguments: arguments(x)?,
+        };
+        vhost
+            .declare_exchange(name, field(x, "exchange", "type")?, options, false)
+            .map_err(|e| err(format!("exchange '{name}' in vhost '{vname}': {}", e.text)))?;
+    }
+    for q in section(defs, "queues")? {
+        let name = field(q, "queue", "name")?;
+        let vname = field(q, "queue", "vhost")?;
+        let vhost = broker
+            .vhost(vname)
+            .ok_or_else(|| err(format!("queue '{name}': no vhost '{vname}'")))?;
+        let args = arguments(q)?;
+        // RabbitMQ 3.10 exports `"type": "classic"` beside the arguments; qgate's
+        // queues are classic queues, so a classic type is the same queue.
+        if let Some(t) = q.get("type").and_then(Value::as_str) {
+            if t != "classic" {
+                return Err(err(format!(
+                    "queue '{name}' in vhost '{vname}': queue type '{t}' is not supported"
+                )));
+            }
+        }
+        if let Some(t) = args.get_str("x-queue-type") {
+            if t != "classic" {
+                return Err(err(format!(
+                    "queue '{name}' in vhost '{vname}': queue type '{t}' is not supported"
+                )));
+            }
+        }
+        let options = QueueOptions {
+            durable: flag(q, "durable", true),
+            exclusive: false,
+            auto_delete: flag(q, "auto_delete", false),
+            arguments: args,
+        };
+        vhost
+            .declare_queue(name, options, false, 0)
+            .map_err(|e| err(format!("queue '{name}' in vhost '{vname}': {}", e.text)))?;
+    }
+    for b in section(defs, "bindings")? {
+        let source = field(b, "binding", "source")?;
+        let vname = field(b, "binding", "vhost")?;
+        let dest = field(b, "binding", "destination")?;
+        let key = b.get("routing_key").and_then(Value::as_str).unwrap_or("");
+        let vhost = broker
+            .vhost(vname)
+            .ok_or_else(|| err(format!("binding of '{dest}': no vhost '{vname}'")))?;
+        let args = arguments(b)?;
+        let r = match b.get("destination_type").and_then(Value::as_str) {
+            Some("exchange") => vhost.bind_exchange(dest, source, key, args),
+            Some("queue") | None => vhost.bind_queue(dest, source, key, args, 0),
+            Some(other) => return Err(err(format!("unknown destination_type '{other}'"))),
+        };
+        r.map_err(|e| {
+            err(format!(
+                "binding '{source}' -> '{dest}' in vhost '{vname}': {}",
+                e.text
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// An AMQP field table as JSON, as RabbitMQ's management API shows arguments.
+pub fn table_to_json(t: &FieldTable) -> Value {
+    let mut m = Map::new();
+    for (k, v) in &t.0 {
+        m.insert(k.clone(), value_to_json(v));
+    }
+    Value::Object(m)
+}
+
+fn value_to_json(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Bool(b) => json!(b),
+        FieldValue::I8(n) => json!(n),
+        FieldValue::U8(n) => json!(n),
+        FieldValue::I16(n) => json!(n),
+        FieldValue::U16(n) => json!(n),
+        FieldValue::I32(n) => json!(n),
+        FieldValue::U32(n) => json!(n),
+        FieldValue::I64(n) | FieldValue::I64Spec(n) => json!(n),
+        FieldValue::F32(n) => json!(n),
+        FieldValue::F64(n) => json!(n),
+        FieldValue::Decimal { scale, value } => json!(*value as f64 / 10f64.powi(*scale as i32)),
+        FieldValue::LongString(b) | FieldValue::ByteArray(b) => {
+            json!(String::from_utf8_lossy(b))
+        }
+        FieldValue::Array(a) => Value::Array(a.iter().map(value_to_json).collect()),
+        FieldValue::Timestamp(t) => json!(t),
+        FieldValue::Table(t) => table_to_json(t),
+        FieldValue::Void => Value::Null,
+    }
+}
+
+/// JSON arguments as an AMQP field table (integers as signed 64-bit, as RabbitMQ's
+/// management API declares them).
+pub fn object_to_table(m: &Map<String, Value>) -> FieldTable {
+    FieldTable(
+        m.iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    )
+}
+
+fn json_to_value(v: &Value) -> FieldValue {
+    match v {
+        Value::Null => FieldValue::Void,
+        Value::Bool(b) => FieldValue::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => FieldValue::I64(i),
+            None => FieldValue::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => FieldValue::LongString(Bytes::copy_from_slice(s.as_bytes())),
+        Value::Array(a) => FieldValue::Array(a.iter().map(json_to_value).collect()),
+        Value::Object(m) => FieldValue::Table(object_to_table(m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::CoreConfig;
+
+    #[test]
+    fn export_import_roundtrip() {
+        let a = Broker::new(CoreConfig::default());
+        a.add_user("alice", "pw", vec!["monitoring".into()])
+            .unwrap();
+        a.add_vhost("v").unwrap();
+        a.set_permissions("alice", "v", "^a", "^b", "^c").unwrap();
+        let v = a.vhost("v").unwrap();
+        v.declare_exchange(
+            "x",
+            "topic",
+            ExchangeOptions {
+                durable: true,
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
+        let mut args = FieldTable::new();
+        args.insert("x-max-length", FieldValue::I64(5));
+        v.declare_queue(
+            "q",
+            QueueOptions {
+                durable: true,
+                arguments: args,
+                ..Default::default()
+            },
+            false,
+            0,
+        )
+        .unwrap();
+        v.bind_queue("q", "x", "k.#", FieldTable::new(), 0).unwrap();
+        let defs = export(&a);
+        assert_eq!(defs["queues"][0]["arguments"]["x-max-length"], 5);
+        let b = Broker::new(CoreConfig::default());
+        import(&b, &defs).unwrap();
+        let lo = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            b.authenticate("alice", "pw", lo).unwrap().tags,
+            ["monitoring"]
+        );
+        assert!(b
+            .permissions()
+            .iter()
+            .any(|p| p.user == "alice" && p.read == "^c"));
+        let again = export(&b);
+        for k in [
+            "users",
+            "vhosts",
+            "permissions",
+            "queues",
+            "exchanges",
+            "bindings",
+        ] {
+            assert_eq!(defs[k], again[k], "{k}");
+        }
+        assert!(import(&b, &json!({"users": [{"tags": ""}]})).is_err());
+        assert!(import(&b, &json!([])).is_err());
+    }
+}
