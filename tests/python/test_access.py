@@ -191,8 +191,11 @@ def test_memcache_user_permissions_apply(data_dir):
         assert m.set("results", b"r") == b"SERVER_ERROR access refused"
         m.sock.sendall(b"delete results\r\n")
         assert m._line() == b"SERVER_ERROR access refused"
-        # noreply refusals answer nothing; the connection keeps working
+        # a refused set answers even under noreply (memcached's out_errstring rule,
+        # kept from compat: the client must learn nothing was stored); the connection
+        # keeps working
         m.sock.sendall(b"set other 0 0 1 noreply\r\nx\r\n")
+        assert m._line() == b"SERVER_ERROR access refused"
         assert m.set("jobs", b"j2") == b"STORED"
         m.close()
 
