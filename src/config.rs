@@ -45,7 +45,7 @@ pub struct Config {
     pub http: HttpConfig,
     /// Durability.
     pub storage: StorageConfig,
-    /// Users allowed to connect over AMQP.
+    /// Users a fresh data directory starts with (`[[users]]`).
     pub users: Vec<UserConfig>,
     /// Virtual hosts a fresh data directory starts with.
     pub vhosts: Vec<String>,

@@ -672,6 +672,23 @@ pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
             let node = o.get("node").and_then(Value::as_str).unwrap_or("qgate");
             say(out, format!("Stopping and halting node {node} ..."));
             client.request("POST", "/api/qgate/stop", Some(&json!({})))?;
+            // As rabbitmqctl stop: return once the broker is gone, so a script can
+            // start it again right after.
+            let deadline = std::time::Instant::now() + IO_TIMEOUT;
+            while std::time::Instant::now() < deadline {
+                if matches!(client.connect(), Err(CtlError::Unreachable { .. })) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Err(CtlError::said(
+                75,
+                format!(
+                    "Error:\nthe broker at {} did not stop within {} seconds",
+                    client.base,
+                    IO_TIMEOUT.as_secs()
+                ),
+            ));
         }
     }
     Ok(())

@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run the broker (the default).
     Serve(ServeArgs),
-    /// Inspect a running broker, rabbitmqctl-style (list_queues, status, ...).
+    /// Manage a running broker, rabbitmqctl-style (add_user, set_permissions, list_queues, ...).
     Ctl(qgate::ctl::CtlArgs),
 }
 
@@ -153,7 +153,14 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // Usage errors of `qgate ctl` exit with rabbitmqctl's 64 (EX_USAGE), not clap's 2.
+        if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("ctl") {
+            let _ = e.print();
+            std::process::exit(64);
+        }
+        e.exit()
+    });
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Ctl(args)) => qgate::ctl::run(args).map_err(Into::into),

@@ -37,7 +37,6 @@ fn node_json(m: &Mgmt) -> Value {
         "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "uptime": m.broker.uptime().as_millis() as u64,
         "partitions": [],
-        "being_drained": false,
     })
 }
 

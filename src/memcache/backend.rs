@@ -151,9 +151,8 @@ impl Upstream {
                 self.resolve(out).await;
                 counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
                 if !guard.delete(&key) {
-                    if !noreply {
-                        command::write_server_error(out, REFUSED);
-                    }
+                    // Answered even under noreply, as in local mode.
+                    command::write_server_error(out, REFUSED);
                     return None;
                 }
                 match self.gw.delete(&key).await {

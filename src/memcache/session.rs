@@ -395,10 +395,10 @@ impl Session {
             Request::Delete { key, noreply } => {
                 self.counters.cmd_delete.fetch_add(1, Ordering::Relaxed);
                 if !self.guard().delete(&key) {
-                    if !noreply {
-                        self.out
-                            .extend_from_slice(b"SERVER_ERROR access refused\r\n");
-                    }
+                    // Answered even under noreply: the client must learn that nothing
+                    // was deleted (memcached answers its SERVER_ERRORs the same way).
+                    self.out
+                        .extend_from_slice(b"SERVER_ERROR access refused\r\n");
                     return;
                 }
                 let existed = self.vhost.find_queue(&key).is_some();
