@@ -106,12 +106,17 @@ pub async fn overview(
     });
     // Node-wide details are for monitoring users and administrators, as in RabbitMQ.
     if caller.is_monitor() {
-        out["listeners"] = json!([
+        let mut listeners = vec![
             listener("amqp", m.bound.amqp),
             listener("memcache", m.bound.memcache),
             listener("http", m.bound.http),
             listener("management", m.bound.management),
-        ]);
+        ];
+        // Upstream mode has no AMQP listener (its address reads as port 0).
+        if m.bound.amqp.port() == 0 {
+            listeners.remove(0);
+        }
+        out["listeners"] = json!(listeners);
         out["contexts"] = json!([{
             "node": m.node,
             "description": "qgate management",

@@ -161,6 +161,8 @@ def _config_file(upstream):
 def test_amqp_listener_off(gateway):
     assert "amqp" not in gateway.ports, gateway.log()
     assert "AMQP listener is off" in gateway.log()
+    listeners = {l["protocol"] for l in gateway.api("overview")["listeners"]}
+    assert "amqp" not in listeners and "memcache" in listeners, listeners
 
 
 def test_pipelined_sets_answered_in_order_and_kept_in_order(mc):
