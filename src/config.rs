@@ -79,6 +79,89 @@ pub struct Config {
     /// RabbitMQ's `disk_free_limit` (`50MB`, its default; `1GB`, `2GiB`, a byte count,
     /// `mem_relative:1.0` for a multiple of physical memory, or `0` for no disk alarm).
     pub disk_free_limit: String,
+    /// Upstream mode: the memcache listener's queues live in a RabbitMQ cluster.
+    pub upstream: UpstreamConfig,
+}
+
+/// Default queue type the gateway declares upstream (replicated, fails over).
+pub const DEFAULT_UPSTREAM_QUEUE_TYPE: &str = "quorum";
+/// Default number of AMQP connections to the cluster.
+pub const DEFAULT_UPSTREAM_POOL: usize = 3;
+/// Default wait for a publisher confirm before the publish is retried.
+pub const DEFAULT_UPSTREAM_CONFIRM_TIMEOUT_MS: u64 = 5000;
+/// Default attempts per `set` (first publish + retries) before `SERVER_ERROR`.
+pub const DEFAULT_UPSTREAM_PUBLISH_ATTEMPTS: u32 = 5;
+
+/// `[upstream]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `amqp://user:pass@host1:5672,host2:5672/vhost`; empty = local mode.
+    pub url: String,
+    /// `quorum` or `classic`: the `x-queue-type` of queues the gateway declares.
+    pub queue_type: String,
+    /// AMQP connections to the cluster, spread over the listed nodes.
+    pub pool: usize,
+    /// Milliseconds to wait for a publisher confirm before retrying on a fresh channel.
+    pub confirm_timeout_ms: u64,
+    /// Attempts per `set` before answering `SERVER_ERROR`.
+    pub publish_attempts: u32,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            queue_type: DEFAULT_UPSTREAM_QUEUE_TYPE.into(),
+            pool: DEFAULT_UPSTREAM_POOL,
+            confirm_timeout_ms: DEFAULT_UPSTREAM_CONFIRM_TIMEOUT_MS,
+            publish_attempts: DEFAULT_UPSTREAM_PUBLISH_ATTEMPTS,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Upstream mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// One single-host AMQP URL per listed node, in order: `amqp://u:p@h1:1,h2:2/v?x`
+    /// gives `amqp://u:p@h1:1/v?x` and `amqp://u:p@h2:2/v?x`. A host without a port
+    /// gets 5672 (amqps: 5671).
+    pub fn node_urls(&self) -> Result<Vec<String>, String> {
+        let url = self.url.trim();
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("'{url}' is not an amqp:// URL"))?;
+        let default_port = match scheme {
+            "amqp" => 5672,
+            "amqps" => 5671,
+            _ => return Err(format!("'{url}': the scheme must be amqp or amqps")),
+        };
+        let (authority, tail) = match rest.find(['/', '?']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h),
+            None => (String::new(), authority),
+        };
+        let mut out = Vec::new();
+        for host in hosts.split(',') {
+            let host = host.trim();
+            if host.is_empty() {
+                return Err(format!("'{url}': empty host in the host list"));
+            }
+            let hostport = match host.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => host.to_owned(),
+                Some(_) => return Err(format!("'{url}': bad host:port '{host}'")),
+                None => format!("{host}:{default_port}"),
+            };
+            out.push(format!("{scheme}://{userinfo}{hostport}{tail}"));
+        }
+        Ok(out)
+    }
 }
 
 /// `[amqp]`
@@ -270,6 +353,7 @@ impl Default for Config {
             loopback_users: None,
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
             disk_free_limit: crate::core::disk_alarm::DEFAULT_LIMIT.into(),
+            upstream: UpstreamConfig::default(),
             management: ManagementConfig::default(),
         }
     }
@@ -361,6 +445,8 @@ pub struct Overrides {
     pub memcache_idle_timeout: Option<u64>,
     /// `--disk-free-limit` / `QGATE_DISK_FREE_LIMIT`
     pub disk_free_limit: Option<String>,
+    /// `--upstream` / `QGATE_UPSTREAM`
+    pub upstream: Option<String>,
     /// `--loopback-users` / `QGATE_LOOPBACK_USERS` (comma-separated; empty = none)
     pub loopback_users: Option<String>,
     /// `--memcache-user` / `QGATE_MEMCACHE_USER`
@@ -493,6 +579,9 @@ impl Config {
         if let Some(v) = o.disk_free_limit {
             self.disk_free_limit = v;
         }
+        if let Some(v) = o.upstream {
+            self.upstream.url = v;
+        }
         if let Some(v) = o.loopback_users {
             self.loopback_users = Some(
                 v.split(',')
@@ -595,6 +684,29 @@ impl Config {
         // directory, and the vhost may have been added at runtime since.
         self.memory_high_watermark_bytes(1)?;
         self.disk_free_limit_bytes(1)?;
+        if self.upstream.enabled() {
+            self.upstream
+                .node_urls()
+                .map_err(|reason| ConfigError::Invalid {
+                    name: "upstream.url",
+                    reason,
+                })?;
+            if !["quorum", "classic"].contains(&self.upstream.queue_type.as_str()) {
+                return Err(ConfigError::Invalid {
+                    name: "upstream.queue_type",
+                    reason: format!(
+                        "'{}' is neither quorum nor classic",
+                        self.upstream.queue_type
+                    ),
+                });
+            }
+            if self.upstream.pool == 0 || self.upstream.publish_attempts == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "upstream.pool",
+                    reason: "pool and publish_attempts must be positive".into(),
+                });
+            }
+        }
         let name = &self.http.metrics_prefix;
         if name.is_empty()
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -628,6 +740,29 @@ mod tests {
         assert_eq!(c.amqp.listen, "127.0.0.1:2");
         assert_eq!(c.storage.fsync, "never");
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn upstream_url_lists_nodes() {
+        let u = UpstreamConfig {
+            url: "amqp://u:p@h1:5672,h2,10.0.0.3:5673/%2f?heartbeat=10".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            u.node_urls().unwrap(),
+            [
+                "amqp://u:p@h1:5672/%2f?heartbeat=10",
+                "amqp://u:p@h2:5672/%2f?heartbeat=10",
+                "amqp://u:p@10.0.0.3:5673/%2f?heartbeat=10",
+            ]
+        );
+        for bad in ["http://h", "amqp://u@h1,,h2/", "amqp://h:x/", "nonsense"] {
+            let u = UpstreamConfig {
+                url: bad.into(),
+                ..Default::default()
+            };
+            assert!(u.node_urls().is_err(), "{bad}");
+        }
     }
 
     #[test]

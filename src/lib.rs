@@ -16,3 +16,4 @@ pub mod memcache;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod upstream;

@@ -95,6 +95,10 @@ struct ServeArgs {
     /// 50MB, 1GB, 2GiB, bytes, mem_relative:<f>, or 0 for none [default: 50MB]
     #[arg(long, env = "QGATE_DISK_FREE_LIMIT")]
     disk_free_limit: Option<String>,
+    /// Upstream mode: serve the memcache listener from a RabbitMQ cluster,
+    /// amqp://user:pass@host1:5672,host2:5672/vhost (the AMQP listener is off)
+    #[arg(long, env = "QGATE_UPSTREAM")]
+    upstream: Option<String>,
     /// Users who may log in only from loopback addresses, comma-separated; "" lets
     /// every user in from anywhere (RabbitMQ's loopback_users) [default: guest]
     #[arg(long, env = "QGATE_LOOPBACK_USERS")]
@@ -133,6 +137,7 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             memcache_idle_timeout: self.memcache_idle_timeout,
             disk_free_limit: self.disk_free_limit,
+            upstream: self.upstream,
             loopback_users: self.loopback_users,
             memcache_user: self.memcache_user,
             management_listen: self.management_listen,

@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("cannot open the data directory: {0}")]
     Store(String),
+    /// The upstream setting is unusable.
+    #[error("invalid upstream: {0}")]
+    Upstream(String),
 }
 
 /// Addresses the listeners are bound to (port 0 resolved).
@@ -136,14 +139,27 @@ pub async fn run(
     shutdown: CancellationToken,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
-    let (broker, store) = open_broker(&config)?;
-    let amqp = bind("amqp", &config.amqp.listen).await?;
+    let upstream = upstream_gateway(&config)?;
+    let (broker, store) = match upstream {
+        // A stateless gateway: no data directory, no local queues for memcache.
+        Some(_) => (Broker::with_store(core_config(&config), None, 1), None),
+        None => open_broker(&config)?,
+    };
+    // Upstream mode: AMQP clients talk to the cluster itself, so the listener is off
+    // (its address reads as port 0).
+    let amqp = match upstream {
+        Some(_) => None,
+        None => Some(bind("amqp", &config.amqp.listen).await?),
+    };
     let memcache = bind("memcache", &config.memcache.listen).await?;
     let http = bind("http", &config.http.listen).await?;
     let cookie = crate::management::prepare_cookie(&config);
     let management = bind("management", &config.management.listen).await?;
     let bound = Bound {
-        amqp: amqp.local_addr().expect("bound"),
+        amqp: amqp
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound"))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
         memcache: memcache.local_addr().expect("bound"),
         http: http.local_addr().expect("bound"),
         management: management.local_addr().expect("bound"),
@@ -195,8 +211,11 @@ pub async fn run(
         });
     }
 
+    if let Some(gw) = &upstream {
+        tracker.spawn(gw.clone().run(shutdown.clone()));
+    }
     let config = Arc::new(config);
-    {
+    if let Some(amqp) = amqp {
         let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());
         let (max, timeout) = (
             config.amqp.connection_max,
@@ -223,6 +242,7 @@ pub async fn run(
     {
         let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());
         let max = config.memcache.connection_max;
+        let upstream = upstream.clone();
         tracker.spawn(accept_loop(
             memcache,
             shutdown.clone(),
@@ -234,6 +254,7 @@ pub async fn run(
                     broker.clone(),
                     config.clone(),
                     shutdown.clone(),
+                    upstream.clone(),
                 )
             },
             ConnectionMax::new(max, crate::memcache::refuse_connection),
@@ -263,6 +284,9 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("some connections did not finish within 10 s");
+    }
+    if let Some(gw) = &upstream {
+        gw.close().await;
     }
     drop(broker);
     close_store(store);
@@ -339,6 +363,21 @@ async fn accept_loop<F, Fut, R, RFut>(
             _ = shutdown.cancelled() => break,
         }
     }
+}
+
+/// The upstream gateway when `[upstream] url` is set.
+fn upstream_gateway(config: &Config) -> Result<Option<crate::upstream::Gateway>, ServerError> {
+    if !config.upstream.enabled() {
+        return Ok(None);
+    }
+    let gw = crate::upstream::Gateway::new(&config.upstream).map_err(ServerError::Upstream)?;
+    let nodes = config.upstream.node_urls().map_err(ServerError::Upstream)?;
+    tracing::info!(
+        nodes = nodes.len(),
+        queue_type = %config.upstream.queue_type,
+        "upstream mode: memcache queues live in the cluster; the AMQP listener is off"
+    );
+    Ok(Some(gw))
 }
 
 fn open_broker(config: &Config) -> Result<(Broker, Option<Store>), ServerError> {

@@ -106,12 +106,17 @@ pub async fn overview(
     });
     // Node-wide details are for monitoring users and administrators, as in RabbitMQ.
     if caller.is_monitor() {
-        out["listeners"] = json!([
+        let mut listeners = vec![
             listener("amqp", m.bound.amqp),
             listener("memcache", m.bound.memcache),
             listener("http", m.bound.http),
             listener("management", m.bound.management),
-        ]);
+        ];
+        // Upstream mode has no AMQP listener (its address reads as port 0).
+        if m.bound.amqp.port() == 0 {
+            listeners.remove(0);
+        }
+        out["listeners"] = json!(listeners);
         out["contexts"] = json!([{
             "node": m.node,
             "description": "qgate management",
@@ -190,4 +195,18 @@ pub async fn stop(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
         axum::Json(json!({ "status": "stopping" })),
     )
         .into_response())
+}
+
+/// `GET /api/upstream` (qgate's own, monitoring or administrator): in upstream mode the
+/// gateway's figures ([`crate::upstream::UpstreamStatus`]: connections and their node,
+/// operations, publish retries, confirm latency, the queue depths it sees); 404 in
+/// local mode.
+pub async fn upstream(caller: Caller) -> ApiResult {
+    caller.require_monitor()?;
+    match crate::upstream::current() {
+        Some(gw) => Ok(ok_json(
+            serde_json::to_value(gw.status()).unwrap_or(serde_json::Value::Null),
+        )),
+        None => Err(ApiError::not_found()),
+    }
 }

@@ -51,6 +51,7 @@
 //! [`parser::parse_request`] documents exactly which bytes each error consumes.
 
 mod access;
+mod backend;
 pub mod command;
 pub mod parser;
 mod refuse;

@@ -13,6 +13,9 @@
 //!   `q/peek` reads the head without removing it; `q/t=<ms>` waits for a message,
 //!   reading the socket meanwhile so that a client hanging up ends the wait at once.
 //! - `delete q` -> queue.delete.
+//!
+//! In upstream mode the queue requests go to a RabbitMQ cluster instead (see
+//! `backend.rs`); the rest of the session is the same.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::backend::Upstream;
 use super::command::{self, GetKey, Request, StatsKind};
 use super::parser::{parse_request, Discard, Limits, Parsed};
 use super::stats::{self, MemcacheCounters};
@@ -61,6 +65,8 @@ struct Session {
     last_names: Arc<Names>,
     /// Has sent `set`: the memory alarm pauses this connection.
     publisher: bool,
+    /// Upstream mode: queue requests go to the cluster.
+    upstream: Option<Upstream>,
     /// Whose permissions apply (`memcache.user`).
     user: String,
 }
@@ -72,6 +78,7 @@ pub async fn run(
     broker: Broker,
     config: Arc<Config>,
     shutdown: CancellationToken,
+    upstream: Option<crate::upstream::Gateway>,
 ) {
     let guard = broker.register_connection("memcache", peer);
     let _ = stream.set_nodelay(true);
@@ -95,6 +102,7 @@ pub async fn run(
         quit: false,
         last_names: Arc::default(),
         publisher: false,
+        upstream: upstream.map(Upstream::new),
         user: config.memcache.user.clone(),
     };
     *s.info.user.lock() = s.user.clone();
@@ -196,13 +204,16 @@ pub async fn run(
     for (_, d) in s.open.drain() {
         d.requeue();
     }
+    if let Some(up) = s.upstream.take() {
+        up.finish().await;
+    }
     counters.connection_closed();
     drop(guard);
 }
 
 /// The client's socket and the bytes read from it but not yet parsed, lent to a request
 /// that waits (a timed `get`) so that it can tell a hang-up from a pipelined request.
-struct Client<'a> {
+pub(super) struct Client<'a> {
     stream: &'a mut TcpStream,
     buf: &'a mut BytesMut,
 }
@@ -213,7 +224,7 @@ const MAX_PIPELINED_WHILE_WAITING: usize = 1 << 20;
 impl Client<'_> {
     /// Resolves when the client has closed its end (or the socket failed). Requests it
     /// pipelines meanwhile are kept in the buffer for after the wait.
-    async fn hung_up(&mut self, counters: &MemcacheCounters, info: &ConnectionInfo) {
+    pub(super) async fn hung_up(&mut self, counters: &MemcacheCounters, info: &ConnectionInfo) {
         loop {
             if self.buf.len() >= MAX_PIPELINED_WHILE_WAITING {
                 std::future::pending::<()>().await;
@@ -265,7 +276,7 @@ fn now_unix() -> i64 {
 }
 
 /// memcached's exptime rules, as a TTL: `None` = never expires, `Some(0)` = already expired.
-fn ttl_ms(exptime: i64) -> Option<u64> {
+pub(super) fn ttl_ms(exptime: i64) -> Option<u64> {
     match exptime {
         0 => None,
         e if e < 0 => Some(0),
@@ -320,7 +331,7 @@ fn properties(flags: u32, ttl: Option<u64>) -> Bytes {
 /// The keys of a `get` line as the client wrote them (suffixes included, in the
 /// client's order), for the `VALUE` lines. The parser has already checked the line, so
 /// its words after the command map one-to-one onto the parsed keys.
-fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
+pub(super) fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
     let line = frame.split(|b| *b == b'\n').next().unwrap_or_default();
     line.split(|b| *b == b' ' || *b == b'\r' || *b == b'\t')
         .filter(|w| !w.is_empty())
@@ -330,6 +341,9 @@ fn request_keys(frame: &[u8]) -> Vec<&[u8]> {
 
 impl Session {
     async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        if let Some(up) = &mut self.upstream {
+            up.resolve(&mut self.out).await;
+        }
         for t in self.tickets.drain(..) {
             if t.wait().await.is_err() {
                 // The answer was already queued as STORED; the store failing is fatal for
@@ -360,6 +374,26 @@ impl Session {
         client: &mut Client<'_>,
         shutdown: &CancellationToken,
     ) {
+        let req = match &mut self.upstream {
+            Some(up) => {
+                // memcache.user's permissions apply upstream too (on top of what the
+                // cluster grants the URL's user).
+                let guard = super::access::Guard::new(&self.broker, &self.user, &self.vhost.name);
+                let mut ctx = super::backend::Ctx {
+                    conn: client,
+                    info: &self.info,
+                    guard: &guard,
+                    shutdown,
+                };
+                let served = up.execute(req, frame, &mut self.out, &mut ctx).await;
+                self.quit |= up.hung_up;
+                match served {
+                    Some(req) => req,
+                    None => return,
+                }
+            }
+            None => req,
+        };
         match req {
             Request::Set {
                 key,

@@ -90,5 +90,8 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         Some(&ctx.closed),
         recorded.as_deref(),
     );
+    if let Some(gw) = crate::upstream::current() {
+        gw.render(&mut body, &ctx.config.http.metrics_prefix);
+    }
     ([(header::CONTENT_TYPE, render::CONTENT_TYPE)], body).into_response()
 }

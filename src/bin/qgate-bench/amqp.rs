@@ -76,6 +76,9 @@ pub struct AmqpArgs {
     /// message, to see how far a broker goes when the client is not the limit).
     #[arg(long, value_enum, default_value_t = Engine::Lapin)]
     pub engine: Engine,
+    /// `x-queue-type` of the declared queues (e.g. quorum, against a RabbitMQ cluster).
+    #[arg(long)]
+    pub queue_type: Option<String>,
 }
 
 /// Which AMQP client drives the load.
@@ -140,6 +143,13 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
         .create_channel()
         .await
         .map_err(|e| format!("channel.open: {e}"))?;
+    let mut declare_args = FieldTable::default();
+    if let Some(t) = &a.queue_type {
+        declare_args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString(t.as_str().into()),
+        );
+    }
     for q in &queues {
         ch.queue_declare(
             q,
@@ -147,7 +157,7 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
                 durable,
                 ..Default::default()
             },
-            FieldTable::default(),
+            declare_args.clone(),
         )
         .await
         .map_err(|e| format!("queue.declare {q}: {e}"))?;
