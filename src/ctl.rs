@@ -661,6 +661,13 @@ pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
         CtlCommand::Status => {
             let o = client.get_json("/api/overview")?;
             status(out, &o, args.quiet);
+            let node = client.get_json("/api/nodes")?;
+            node_status(out, node.get(0).unwrap_or(&Value::Null));
+            limits_status(out, &client.get_json("/api/qgate/limits")?);
+            // 404 in local mode: only a gateway has an upstream to report.
+            if let Ok(u) = client.get_json("/api/upstream") {
+                upstream_status(out, &u);
+            }
         }
         CtlCommand::Ping => {
             say(out, format!("Will ping qgate at {} ...", client.base));
@@ -956,6 +963,113 @@ fn status(out: &mut String, o: &Value, quiet: bool) {
         ),
     ] {
         out.push_str(&format!("{label}: {}\n", s(path)));
+    }
+}
+
+/// Bytes as rabbitmqctl status prints them (`0.0523 gb`, decimal gigabytes).
+fn gb(bytes: u64) -> String {
+    format!("{:.4} gb", bytes as f64 / 1e9)
+}
+
+/// rabbitmqctl status's Alarms, Memory and Free Disk Space sections, from /api/nodes.
+fn node_status(out: &mut String, n: &Value) {
+    let num = |k: &str| n.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let flag = |k: &str| n.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let name = n.get("name").and_then(Value::as_str).unwrap_or("qgate");
+    out.push_str("\nAlarms\n\n");
+    let mut any = false;
+    if flag("mem_alarm") {
+        out.push_str(&format!("Memory alarm on node {name}\n"));
+        any = true;
+    }
+    if flag("disk_free_alarm") {
+        out.push_str(&format!("Free disk space alarm on node {name}\n"));
+        any = true;
+    }
+    if !any {
+        out.push_str("(none)\n");
+    }
+    out.push_str("\nMemory\n\n");
+    out.push_str(&format!("Total memory used: {}\n", gb(num("mem_used"))));
+    out.push_str("Calculation strategy: rss\n");
+    out.push_str(&format!(
+        "Memory high watermark: {}\n",
+        gb(num("mem_limit"))
+    ));
+    out.push_str("\nFree Disk Space\n\n");
+    let limit = num("disk_free_limit");
+    if limit == 0 {
+        out.push_str("Low free disk space watermark: none (disk alarm off)\n");
+    } else {
+        out.push_str(&format!("Low free disk space watermark: {}\n", gb(limit)));
+    }
+    out.push_str(&format!("Free disk space: {}\n", gb(num("disk_free"))));
+}
+
+/// The limits a client can run into (README "Limits and hardening"); 0 = none.
+fn limits_status(out: &mut String, limits: &Value) {
+    out.push_str("\nLimits\n\n");
+    if let Some(m) = limits.as_object() {
+        for (k, v) in m {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+}
+
+/// Upstream mode: the gateway's own figures and the upstream queue depths it has seen.
+fn upstream_status(out: &mut String, u: &Value) {
+    let num = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    out.push_str("\nUpstream\n\n");
+    let empty = Vec::new();
+    for c in u
+        .get("connections")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty)
+    {
+        let node = c.get("node").and_then(Value::as_str).unwrap_or("");
+        let up = c.get("connected").and_then(Value::as_bool).unwrap_or(false);
+        let state = if up { "connected" } else { "down" };
+        out.push_str(&format!("Connection: node {node}, {state}\n"));
+    }
+    if let Some(ops) = u.get("operations").and_then(Value::as_object) {
+        for (op, counts) in ops {
+            let c = |k: &str| counts.get(k).and_then(Value::as_u64).unwrap_or(0);
+            out.push_str(&format!(
+                "Operation {op}: ok {}, miss {}, error {}\n",
+                c("ok"),
+                c("miss"),
+                c("error")
+            ));
+        }
+    }
+    out.push_str(&format!("Confirms: {}\n", num("/confirms")));
+    let ms = |p: &str| match u.pointer(p).and_then(Value::as_f64) {
+        Some(v) => format!("{v} ms"),
+        None => "n/a".into(),
+    };
+    out.push_str(&format!(
+        "Confirm latency: p50 {}, p99 {}\n",
+        ms("/confirm_p50_ms"),
+        ms("/confirm_p99_ms")
+    ));
+    out.push_str(&format!(
+        "Possible duplicates: {}\n",
+        num("/possible_duplicates")
+    ));
+    out.push_str(&format!(
+        "Connections lost: {}, connect failures: {}\n",
+        num("/connections_lost"),
+        num("/connect_failures")
+    ));
+    if let Some(qs) = u.get("queues").and_then(Value::as_object) {
+        for (q, d) in qs {
+            let c = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+            out.push_str(&format!(
+                "Queue {q}: messages_ready {}, consumers {}\n",
+                c("messages_ready"),
+                c("consumers")
+            ));
+        }
     }
 }
 

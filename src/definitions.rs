@@ -9,10 +9,10 @@
 
 use std::fmt;
 
-use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use crate::content::json::{table_from_json, table_to_json};
+use serde_json::{json, Value};
 
-use crate::content::{FieldTable, FieldValue};
+use crate::content::FieldTable;
 use crate::core::{Broker, ExchangeOptions, QueueOptions};
 
 /// Why an import failed (the text is shown to the operator as is).
@@ -173,7 +173,7 @@ fn flag(item: &Value, key: &str, default: bool) -> bool {
 fn arguments(item: &Value) -> Result<FieldTable, DefinitionsError> {
     match item.get("arguments") {
         None | Some(Value::Null) => Ok(FieldTable::new()),
-        Some(Value::Object(m)) => Ok(object_to_table(m)),
+        Some(Value::Object(m)) => Ok(table_from_json(m)),
         Some(other) => Err(err(format!("arguments must be an object: {other}"))),
     }
 }
@@ -321,65 +321,10 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
     Ok(())
 }
 
-/// An AMQP field table as JSON, as RabbitMQ's management API shows arguments.
-pub fn table_to_json(t: &FieldTable) -> Value {
-    let mut m = Map::new();
-    for (k, v) in &t.0 {
-        m.insert(k.clone(), value_to_json(v));
-    }
-    Value::Object(m)
-}
-
-fn value_to_json(v: &FieldValue) -> Value {
-    match v {
-        FieldValue::Bool(b) => json!(b),
-        FieldValue::I8(n) => json!(n),
-        FieldValue::U8(n) => json!(n),
-        FieldValue::I16(n) => json!(n),
-        FieldValue::U16(n) => json!(n),
-        FieldValue::I32(n) => json!(n),
-        FieldValue::U32(n) => json!(n),
-        FieldValue::I64(n) | FieldValue::I64Spec(n) => json!(n),
-        FieldValue::F32(n) => json!(n),
-        FieldValue::F64(n) => json!(n),
-        FieldValue::Decimal { scale, value } => json!(*value as f64 / 10f64.powi(*scale as i32)),
-        FieldValue::LongString(b) | FieldValue::ByteArray(b) => {
-            json!(String::from_utf8_lossy(b))
-        }
-        FieldValue::Array(a) => Value::Array(a.iter().map(value_to_json).collect()),
-        FieldValue::Timestamp(t) => json!(t),
-        FieldValue::Table(t) => table_to_json(t),
-        FieldValue::Void => Value::Null,
-    }
-}
-
-/// JSON arguments as an AMQP field table (integers as signed 64-bit, as RabbitMQ's
-/// management API declares them).
-pub fn object_to_table(m: &Map<String, Value>) -> FieldTable {
-    FieldTable(
-        m.iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-    )
-}
-
-fn json_to_value(v: &Value) -> FieldValue {
-    match v {
-        Value::Null => FieldValue::Void,
-        Value::Bool(b) => FieldValue::Bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => FieldValue::I64(i),
-            None => FieldValue::F64(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => FieldValue::LongString(Bytes::copy_from_slice(s.as_bytes())),
-        Value::Array(a) => FieldValue::Array(a.iter().map(json_to_value).collect()),
-        Value::Object(m) => FieldValue::Table(object_to_table(m)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::FieldValue;
     use crate::core::CoreConfig;
 
     #[test]

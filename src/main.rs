@@ -165,6 +165,21 @@ impl ServeArgs {
                 config.log
             ),
         })?;
+        // A fresh data directory gets the configured vhosts; one that exists already is
+        // checked by the server once it is open (vhosts change at runtime).
+        if config.upstream.url.is_empty()
+            && !config.storage.data_dir.exists()
+            && !config.vhosts.contains(&config.memcache.vhost)
+        {
+            return Err(ConfigError::Invalid {
+                name: "memcache.vhost",
+                reason: format!(
+                    "vhost '{}' is not in vhosts, which a new data directory starts with",
+                    config.memcache.vhost
+                ),
+            }
+            .into());
+        }
         Ok(config)
     }
 }

@@ -192,6 +192,7 @@ async fn config_file_then_env_then_flags() {
              [amqp]\nlisten = \"127.0.0.1:0\"\n\
              [memcache]\nlisten = \"{busy}\"\n\
              [http]\nlisten = \"{busy}\"\n\
+             [management]\nlisten = \"127.0.0.1:0\"\n\
              [storage]\ndata_dir = \"{}\"\n",
             dir.path().join("data").display()
         ),
@@ -242,6 +243,8 @@ async fn serve_subcommand_is_the_default() {
         "--memcache-listen",
         "127.0.0.1:0",
         "--http-listen",
+        "127.0.0.1:0",
+        "--management-listen",
         "127.0.0.1:0",
         "--data-dir",
     ])

@@ -25,7 +25,12 @@ fn qgate() -> Command {
 /// `qgate` with `args`, every listener on 127.0.0.1 port 0 unless `args` sets it.
 fn qgate_with(args: &[&str]) -> Command {
     let mut cmd = qgate();
-    for flag in ["--amqp-listen", "--memcache-listen", "--http-listen"] {
+    for flag in [
+        "--amqp-listen",
+        "--memcache-listen",
+        "--http-listen",
+        "--management-listen",
+    ] {
         if !args.contains(&flag) {
             cmd.args([flag, "127.0.0.1:0"]);
         }
@@ -119,6 +124,33 @@ fn other_bad_settings_are_refused_by_name_before_anything_starts() {
         assert!(line.contains(name), "{args:?}: {line}");
         assert!(line.contains("invalid setting"), "{args:?}: {line}");
     }
+}
+
+#[test]
+fn a_memcache_vhost_missing_from_an_existing_data_directory_is_refused_by_name() {
+    let dir = TempDir::new();
+    let data = dir.path().join("data");
+    let mut cmd = qgate_with(&["--data-dir"]);
+    cmd.arg(&data);
+    let mut broker = spawn_command(cmd, None);
+    broker.signal(libc::SIGTERM);
+    assert_eq!(
+        broker
+            .wait_timeout(Duration::from_secs(15))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let mut cmd = qgate_with(&["--memcache-vhost", "/nowhere", "--data-dir"]);
+    cmd.arg(&data);
+    let (status, _out, err) = run_to_end(cmd, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(!err.contains("listening"), "started listening:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("qgate: error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{err}"));
+    assert!(line.contains("--memcache-vhost"), "{line}");
+    assert!(line.contains("'/nowhere' does not exist"), "{line}");
 }
 
 #[test]

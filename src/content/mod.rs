@@ -2,6 +2,7 @@
 //! basic properties, and their binary encoding (AMQP 0-9-1 wire format, which is also the
 //! form the store keeps). A leaf: it depends on nothing else in the crate.
 
+pub mod json;
 pub mod properties;
 pub mod value;
 

@@ -27,10 +27,10 @@ fn node_json(m: &Mgmt) -> Value {
         "os_pid": std::process::id().to_string(),
         "mem_used": p.rss,
         "mem_limit": if flow.limit() == 0 { p.physical } else { flow.limit() },
-        "mem_alarm": flow.is_blocked(),
+        "mem_alarm": flow.memory_alarm(),
         "disk_free": p.disk_available,
-        "disk_free_limit": 0,
-        "disk_free_alarm": false,
+        "disk_free_limit": flow.disk().limit(),
+        "disk_free_alarm": flow.disk().is_alarmed(),
         "fd_used": p.open_fds,
         "fd_total": p.max_fds,
         "sockets_used": m.broker.connections().len(),
@@ -59,24 +59,42 @@ pub async fn node(
     Ok(ok_json(node_json(&m)))
 }
 
+/// `GET /api/qgate/limits` (monitoring, qgate's own): every limit a client can run
+/// into, as README's "Limits and hardening" lists them.
+pub async fn limits(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
+    caller.require_monitor()?;
+    Ok(ok_json(
+        serde_json::to_value(m.broker.limits()).unwrap_or(Value::Null),
+    ))
+}
+
 /// `GET /api/cluster-name`.
 pub async fn cluster_name(State(m): State<Arc<Mgmt>>, _caller: Caller) -> ApiResult {
     Ok(ok_json(json!({ "name": m.node })))
 }
 
 fn alarms(m: &Mgmt, reason: &str) -> Response {
-    if m.broker.flow().is_blocked() {
+    let flow = m.broker.flow();
+    let resources: Vec<Value> = [
+        ("memory", flow.memory_alarm()),
+        ("disk", flow.disk().is_alarmed()),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(resource, _)| json!({ "node": m.node, "resource": resource }))
+    .collect();
+    if !resources.is_empty() {
         failed(json!({
             "status": "failed",
             "reason": reason,
-            "alarms": [{ "node": m.node, "resource": "memory" }],
+            "alarms": resources,
         }))
     } else {
         ok_json(json!({ "status": "ok" }))
     }
 }
 
-/// `GET /api/health/checks/alarms`: 503 while the memory alarm blocks publishers.
+/// `GET /api/health/checks/alarms`: 503 while the memory or disk alarm blocks publishers.
 pub async fn check_alarms(State(m): State<Arc<Mgmt>>, _caller: Caller) -> ApiResult {
     Ok(alarms(&m, "There are alarms in effect in the cluster"))
 }

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::content::{FieldTable, FieldValue, Properties};
+use crate::content::{FieldTable, Properties};
 
 /// A request body: an object, or empty (= `{}`). Anything else is 400 `not_json`.
 pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -72,60 +72,7 @@ pub fn arguments(m: &Map<String, Value>, key: &str) -> Result<FieldTable, ApiErr
     }
 }
 
-/// A JSON object as a field table, with the types RabbitMQ gives them: integers are
-/// signed 64-bit, other numbers doubles, strings long strings.
-pub fn to_table(o: &Map<String, Value>) -> FieldTable {
-    FieldTable(o.iter().map(|(k, v)| (k.clone(), to_field(v))).collect())
-}
-
-fn to_field(v: &Value) -> FieldValue {
-    match v {
-        Value::Null => FieldValue::Void,
-        Value::Bool(b) => FieldValue::Bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => FieldValue::I64(i),
-            None => FieldValue::F64(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => FieldValue::LongString(bytes::Bytes::copy_from_slice(s.as_bytes())),
-        Value::Array(a) => FieldValue::Array(a.iter().map(to_field).collect()),
-        Value::Object(o) => FieldValue::Table(to_table(o)),
-    }
-}
-
-/// A field table as a JSON object.
-pub fn table(t: &FieldTable) -> Value {
-    let mut m = Map::new();
-    for (k, v) in &t.0 {
-        m.insert(k.clone(), field(v));
-    }
-    Value::Object(m)
-}
-
-fn field(v: &FieldValue) -> Value {
-    use serde_json::json;
-    match v {
-        FieldValue::Bool(b) => json!(b),
-        FieldValue::I8(n) => json!(n),
-        FieldValue::U8(n) => json!(n),
-        FieldValue::I16(n) => json!(n),
-        FieldValue::U16(n) => json!(n),
-        FieldValue::I32(n) => json!(n),
-        FieldValue::U32(n) => json!(n),
-        FieldValue::I64(n) | FieldValue::I64Spec(n) => json!(n),
-        FieldValue::F32(n) => json!(n),
-        FieldValue::F64(n) => json!(n),
-        FieldValue::Decimal { scale, value } => {
-            json!(f64::from(*value) / 10f64.powi(i32::from(*scale)))
-        }
-        FieldValue::LongString(b) | FieldValue::ByteArray(b) => {
-            json!(String::from_utf8_lossy(b))
-        }
-        FieldValue::Array(a) => Value::Array(a.iter().map(field).collect()),
-        FieldValue::Timestamp(t) => json!(t),
-        FieldValue::Table(t) => table(t),
-        FieldValue::Void => Value::Null,
-    }
-}
+pub use crate::content::json::{table_from_json as to_table, table_to_json as table};
 
 /// Message properties as the API shows them: only those set, AMQP names.
 pub fn properties(p: &Properties) -> Value {
@@ -216,6 +163,7 @@ pub fn to_properties(v: Option<&Value>) -> Result<Properties, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::FieldValue;
     use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {

@@ -139,6 +139,7 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         )
         .route("/definitions", get(o::export).post(o::import))
         .route("/qgate/stop", post(o::stop))
+        .route("/qgate/limits", get(health::limits))
         .route("/upstream", get(o::upstream))
         .route("/vhosts", get(a::vhosts))
         .route(
