@@ -431,7 +431,10 @@ pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
             let cols = vec!["user".to_owned(), "tags".to_owned()];
             table(out, args, &cols, &rows, |row, col| match col {
                 "user" => row.get("name").cloned(),
-                _ => Some(Value::String(format!("[{}]", tag_list(row).join(", ")))),
+                _ => Some(Value::String(format!(
+                    "[{}]",
+                    crate::definitions::tags(row).join(", ")
+                ))),
             });
         }
         CtlCommand::AddVhost { vhost: name } => {
@@ -465,7 +468,10 @@ pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
             table(out, args, &cols, &rows, |row, col| match col {
                 "tracing" => Some(row.get(col).cloned().unwrap_or(json!(false))),
                 "description" => Some(row.get(col).cloned().unwrap_or(json!(""))),
-                "tags" => Some(Value::String(format!("[{}]", tag_list(row).join(", ")))),
+                "tags" => Some(Value::String(format!(
+                    "[{}]",
+                    crate::definitions::tags(row).join(", ")
+                ))),
                 _ => row.get(col).cloned(),
             });
         }
@@ -716,24 +722,6 @@ fn user_and_vhost(client: &Client, user: &str, vhost: &str) -> Result<(), CtlErr
         ));
     }
     Ok(())
-}
-
-/// Tags as the API gives them: a list (RabbitMQ 3.9+) or a comma-separated string.
-fn tag_list(row: &Value) -> Vec<String> {
-    match row.get("tags") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 const VHOST_COLUMNS: &[&str] = &["name", "description", "tags", "tracing"];

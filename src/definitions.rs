@@ -178,8 +178,9 @@ fn arguments(item: &Value) -> Result<FieldTable, DefinitionsError> {
     }
 }
 
-/// Tags as RabbitMQ writes them: a list (3.9+) or a comma-separated string (older).
-fn tags(item: &Value) -> Vec<String> {
+/// Tags as RabbitMQ writes them (definitions, the management API): a list (3.9+) or a
+/// comma-separated string (older).
+pub fn tags(item: &Value) -> Vec<String> {
     match item.get("tags") {
         Some(Value::Array(a)) => a
             .iter()

@@ -263,3 +263,33 @@ def test_a_data_dir_emptied_of_users_is_not_seeded_again(data_dir):
         assert Ctl(q).out("-q", "list_users") == ""
     finally:
         assert q.stop() == 0
+
+
+def test_status_shows_alarms_disk_space_and_every_limit(data_dir):
+    q = Qgate(data_dir, extra=["--memcache-connection-max", "77", "--channel-max", "99",
+                               "--disk-free-limit", "1GB"]).start()
+    try:
+        text = Ctl(q).out("status")
+        assert "\nAlarms\n\n(none)\n" in text, text
+        assert "Low free disk space watermark: 1.0000 gb" in text, text
+        assert "Free disk space: " in text and "Total memory used: " in text, text
+        limits = text.split("\nLimits\n\n", 1)[1]
+        for line in ("memcache_connection_max: 77", "channel_max: 99", "frame_max: 131072",
+                     "amqp_connection_max: 0", "handshake_timeout_ms: 10000",
+                     "memcache_max_message: 1048576", "table_max_depth: 64"):
+            assert line in limits, (line, text)
+        assert "\nUpstream\n" not in text  # local mode has no gateway figures
+    finally:
+        q.stop()
+    # a broker short of disk says so (a limit no disk can meet)
+    q = Qgate(data_dir, extra=["--disk-free-limit", "1000000GB"]).start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            text = Ctl(q).out("status")
+            if "Free disk space alarm on node " in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "Free disk space alarm on node " in text, text
+    finally:
+        q.stop()

@@ -229,6 +229,20 @@ def test_metrics_and_status(gateway, mc):
     assert status["queues"][q] == {"messages_ready": 1, "consumers": 0}
     assert 'qgate_upstream_queue_messages_ready{queue="%s"} 1' % q in http_get(
         gateway.http_port, "/metrics")
+    # qgate ctl status prints the same figures (local cookie in the gateway's data dir)
+    import subprocess
+    from upstream_env import qgate_bin
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QGATE_")}
+    out = subprocess.run(
+        [qgate_bin(), "ctl", "--url", "http://127.0.0.1:%d" % gateway.ports["management"],
+         "--data-dir", gateway.data_dir, "status"],
+        capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "\nUpstream\n" in text, text
+    assert text.count(", connected") == 3, text
+    assert "Queue %s: messages_ready 1, consumers 0" % q in text, text
+    assert "Confirm latency: p50 " in text and "Possible duplicates: " in text, text
 
 
 def CLUSTER_BASE_PORT(n):
