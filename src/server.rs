@@ -33,9 +33,6 @@ pub enum ServerError {
     /// The upstream setting is unusable.
     #[error("invalid upstream: {0}")]
     Upstream(String),
-    /// A setting names something the data directory does not have.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
 }
 
 /// Addresses the listeners are bound to (port 0 resolved).
@@ -148,19 +145,13 @@ pub async fn run(
         Some(_) => (Broker::with_store(core_config(&config), None, 1), None),
         None => open_broker(&config)?,
     };
-    // The data directory is the truth about vhosts (they change at runtime), so the
-    // memcache vhost is checked against it once it is open, before anything listens.
+    // Vhosts change at runtime, so a memcache vhost that is missing now may be added
+    // later (`qgate ctl add_vhost`); until then memcache clients are told why.
     if upstream.is_none() && broker.vhost(&config.memcache.vhost).is_none() {
-        close_store(store);
-        return Err(crate::config::ConfigError::Invalid {
-            name: "memcache.vhost",
-            reason: format!(
-                "vhost '{}' does not exist (add it with `qgate ctl add_vhost`, or list it in \
-                 `vhosts` for a fresh data directory)",
-                config.memcache.vhost
-            ),
-        }
-        .into());
+        tracing::warn!(
+            vhost = ?config.memcache.vhost,
+            "the memcache vhost does not exist: memcache clients are refused until it is added"
+        );
     }
     // Upstream mode: AMQP clients talk to the cluster itself, so the listener is off
     // (its address reads as port 0).

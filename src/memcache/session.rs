@@ -83,6 +83,12 @@ pub async fn run(
     let guard = broker.register_connection("memcache", peer);
     let _ = stream.set_nodelay(true);
     let Some(vhost) = broker.vhost(&config.memcache.vhost) else {
+        // Said once, memcached-style, then closed: every command would fail the same way.
+        let line = format!(
+            "SERVER_ERROR vhost '{}' does not exist\r\n",
+            config.memcache.vhost.escape_debug()
+        );
+        let _ = stream.write_all(line.as_bytes()).await;
         return;
     };
     let counters = stats::counters();
