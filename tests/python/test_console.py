@@ -203,6 +203,19 @@ def test_console_end_to_end(target, browser):
         wait_text("#queue-total", lambda t: t == "4")
         shot(d, "queue")
 
+        # The charts draw the broker's own samples (one every 5 s): before the purge,
+        # wait until a sample has seen the queued messages, so the "Ready" line checked
+        # below has something above zero to draw however fast this test runs.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            _, o = api(base, "/overview?lengths_age=600&lengths_incr=5")
+            seen = (o or {}).get("queue_totals", {}).get("messages_ready_details", {})
+            if any(x.get("sample", 0) > 0 for x in seen.get("samples", [])):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("no overview sample saw the queued messages")
+
         # Purge (with the confirmation dialog).
         d.find_element(By.ID, "purge").click()
         wait.until(EC.alert_is_present())
