@@ -223,13 +223,13 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
         };
         broker
             .put_user(name, password, hash, algorithm, tags(u))
-            .map_err(|e| err(format!("user '{name}': {}", e.text)))?;
+            .map_err(|e| err(format!("user '{name}': {e}")))?;
     }
     for v in section(defs, "vhosts")? {
         let name = field(v, "vhost", "name")?;
         broker
             .put_vhost(name)
-            .map_err(|e| err(format!("vhost '{name}': {}", e.text)))?;
+            .map_err(|e| err(format!("vhost '{name}': {e}")))?;
     }
     for p in section(defs, "permissions")? {
         let user = field(p, "permission", "user")?;
@@ -242,12 +242,7 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
                 field(p, "permission", "write")?,
                 field(p, "permission", "read")?,
             )
-            .map_err(|e| {
-                err(format!(
-                    "permissions of '{user}' in vhost '{vhost}': {}",
-                    e.text
-                ))
-            })?;
+            .map_err(|e| err(format!("permissions of '{user}' in vhost '{vhost}': {e}")))?;
     }
     for x in section(defs, "exchanges")? {
         let name = field(x, "exchange", "name")?;
@@ -263,7 +258,7 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
         };
         vhost
             .declare_exchange(name, field(x, "exchange", "type")?, options, false)
-            .map_err(|e| err(format!("exchange '{name}' in vhost '{vname}': {}", e.text)))?;
+            .map_err(|e| err(format!("exchange '{name}' in vhost '{vname}': {e}")))?;
     }
     for q in section(defs, "queues")? {
         let name = field(q, "queue", "name")?;
@@ -296,7 +291,7 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
         };
         vhost
             .declare_queue(name, options, false, 0)
-            .map_err(|e| err(format!("queue '{name}' in vhost '{vname}': {}", e.text)))?;
+            .map_err(|e| err(format!("queue '{name}' in vhost '{vname}': {e}")))?;
     }
     for b in section(defs, "bindings")? {
         let source = field(b, "binding", "source")?;
@@ -315,7 +310,7 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
         r.map_err(|e| {
             err(format!(
                 "binding '{source}' -> '{dest}' in vhost '{vname}': {}",
-                e.text
+                e
             ))
         })?;
     }

@@ -296,6 +296,7 @@ pub async fn run(
     if let Some(gw) = &upstream {
         gw.close().await;
     }
+    broker.stop_timers().await;
     drop(broker);
     close_store(store);
     tracing::info!("stopped");
@@ -404,7 +405,18 @@ fn open_broker(config: &Config) -> Result<(Broker, Option<Store>), ServerError> 
         store.max_msg_id() + 1,
     );
     broker.restore(recovered);
+    release_free_memory();
     Ok((broker, Some(store)))
+}
+
+/// Recovery allocates and frees a lot (the store's recovered list, decoding buffers);
+/// give the freed memory back to the OS so the broker's RSS reflects what it keeps.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn close_store(store: Option<Store>) {

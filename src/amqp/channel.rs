@@ -18,11 +18,11 @@ use super::methods::*;
 use super::writer::{Out, OutTx};
 use crate::content::Properties;
 use crate::core::message::Names;
+use crate::core::Durable;
 use crate::core::{
     Broker, ConnectionInfo, Consumer, Credit, Delivered, DeliverySink, ExchangeOptions, Message,
     Queue, QueueOptions, VHost,
 };
-use crate::store::SyncTicket;
 
 /// What a channel needs from its connection.
 pub(crate) struct ConnCtx {
@@ -879,7 +879,7 @@ fn settle_kind(requeue: bool) -> Settle {
 struct Pending {
     seq: u64,
     /// Completes when the message is on disk (persistent into a durable queue).
-    ticket: Option<SyncTicket>,
+    ticket: Option<Durable>,
     /// A queue refused it: the confirm is a nack.
     rejected: bool,
 }

@@ -683,7 +683,7 @@ async fn handshake(
         if let Err(e) = broker.authenticate(&user, &pass, peer.ip()) {
             // As RabbitMQ with authentication_failure_close: the client hears only that
             // the login was refused; the reason goes to the log.
-            tracing::info!(peer = %peer, reason = %e.text, "login refused");
+            tracing::info!(peer = %peer, reason = %e, "login refused");
             return Err(AmqpError::new(
                 reply::ACCESS_REFUSED,
                 format!(
@@ -744,7 +744,7 @@ async fn handshake(
         *info.user.lock() = user.clone();
         *info.vhost.lock() = open.virtual_host.clone();
         if let Err(e) = broker.check_vhost_access(&user, &open.virtual_host) {
-            return Err(AmqpError::new(reply::NOT_ALLOWED, e.text).on_ids(10, 40));
+            return Err(AmqpError::new(reply::NOT_ALLOWED, e.to_string()).on_ids(10, 40));
         }
         write_method(
             wr,

@@ -58,7 +58,7 @@ impl AmqpError {
 
 impl From<CoreError> for AmqpError {
     fn from(e: CoreError) -> Self {
-        let code = match e.kind {
+        let code = match e.kind() {
             ErrorKind::NotFound => reply::NOT_FOUND,
             ErrorKind::AccessRefused => reply::ACCESS_REFUSED,
             ErrorKind::ResourceLocked => reply::RESOURCE_LOCKED,
@@ -69,6 +69,6 @@ impl From<CoreError> for AmqpError {
             ErrorKind::ResourceError => reply::RESOURCE_ERROR,
             ErrorKind::Internal => reply::INTERNAL_ERROR,
         };
-        AmqpError::new(code, e.text)
+        AmqpError::new(code, e.to_string())
     }
 }

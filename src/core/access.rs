@@ -23,7 +23,7 @@ use parking_lot::RwLock;
 use regex::Regex;
 use sha2::{Digest, Sha256, Sha512};
 
-use super::error::{CoreError, CoreResult, ErrorKind};
+use super::error::{CoreError, CoreResult, Entity};
 use super::exchange::Destination;
 use super::persist;
 use super::{Broker, VHost};
@@ -66,10 +66,10 @@ pub enum Resource<'a> {
 }
 
 impl Resource<'_> {
-    fn kind(&self) -> &'static str {
+    fn entity(&self) -> Entity {
         match self {
-            Resource::Queue(_) => "queue",
-            Resource::Exchange(_) => "exchange",
+            Resource::Queue(_) => Entity::Queue,
+            Resource::Exchange(_) => Entity::Exchange,
         }
     }
 
@@ -138,11 +138,9 @@ impl Pattern {
         }
         Regex::new(src)
             .map(|r| Self(src.to_owned(), Some(r)))
-            .map_err(|e| {
-                CoreError::new(
-                    ErrorKind::PreconditionFailed,
-                    format!("invalid regexp '{src}': {}", first_line(&e.to_string())),
-                )
+            .map_err(|e| CoreError::InvalidRegexp {
+                pattern: src.to_owned(),
+                reason: first_line(&e.to_string()).to_owned(),
             })
     }
 
@@ -256,20 +254,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn check_hash(hash: &str, algorithm: &str) -> CoreResult<()> {
     if digest(algorithm, b"", "").is_none() {
-        return Err(CoreError::new(
-            ErrorKind::PreconditionFailed,
-            format!("unsupported hashing algorithm '{algorithm}'"),
-        ));
+        return Err(CoreError::UnsupportedHashing {
+            algorithm: algorithm.to_owned(),
+        });
     }
     if !hash.is_empty()
         && base64::engine::general_purpose::STANDARD
             .decode(hash)
             .is_err()
     {
-        return Err(CoreError::new(
-            ErrorKind::PreconditionFailed,
-            "password_hash is not valid base64",
-        ));
+        return Err(CoreError::HashNotBase64);
     }
     Ok(())
 }
@@ -277,25 +271,27 @@ fn check_hash(hash: &str, algorithm: &str) -> CoreResult<()> {
 // ---- errors --------------------------------------------------------------------------
 
 fn no_user(name: &str) -> CoreError {
-    CoreError::new(ErrorKind::NotFound, format!("no user '{name}'"))
+    CoreError::NoUser {
+        user: name.to_owned(),
+    }
 }
 
 fn no_vhost(name: &str) -> CoreError {
-    CoreError::new(ErrorKind::NotFound, format!("no vhost '{name}'"))
+    CoreError::NoVhost {
+        vhost: name.to_owned(),
+    }
 }
 
 fn user_exists(name: &str) -> CoreError {
-    CoreError::new(
-        ErrorKind::AlreadyExists,
-        format!("user '{name}' already exists"),
-    )
+    CoreError::UserExists {
+        user: name.to_owned(),
+    }
 }
 
 fn vhost_exists(name: &str) -> CoreError {
-    CoreError::new(
-        ErrorKind::AlreadyExists,
-        format!("vhost '{name}' already exists"),
-    )
+    CoreError::VhostExists {
+        vhost: name.to_owned(),
+    }
 }
 
 fn normalize_tags(tags: Vec<String>) -> Vec<String> {
@@ -310,12 +306,9 @@ fn normalize_tags(tags: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-fn check_name(what: &str, name: &str) -> CoreResult<()> {
+fn check_name(what: &'static str, name: &str) -> CoreResult<()> {
     if name.is_empty() {
-        return Err(CoreError::new(
-            ErrorKind::PreconditionFailed,
-            format!("{what} name must not be empty"),
-        ));
+        return Err(CoreError::EmptyName { what });
     }
     Ok(())
 }
@@ -504,10 +497,10 @@ impl Broker {
             let r = if known {
                 self.access().insert_grant(p)
             } else {
-                Err(CoreError::new(ErrorKind::NotFound, "no such user or vhost"))
+                Err(CoreError::NoUserOrVhost)
             };
             if let Err(e) = r {
-                tracing::warn!(user = %p.user, vhost = %p.vhost, error = %e.text, "configured permissions not applied");
+                tracing::warn!(user = %p.user, vhost = %p.vhost, error = %e, "configured permissions not applied");
             }
         }
     }
@@ -555,29 +548,32 @@ impl Broker {
         self.access().remove_grants(|_, _| true);
         for p in &stored.permissions {
             if let Err(e) = self.access().insert_grant(p) {
-                tracing::warn!(user = %p.user, vhost = %p.vhost, error = %e.text, "stored permissions unreadable");
+                tracing::warn!(user = %p.user, vhost = %p.vhost, error = %e, "stored permissions unreadable");
             }
         }
     }
 
-    /// Checks credentials (PLAIN / AMQPLAIN, management Basic auth). `peer` is the
-    /// client's address: users in `loopback_users` are refused from anywhere else.
-    /// The error text says why (for the log); front ends word the refusal as RabbitMQ.
+    /// Checks a user name and password, whichever front end and mechanism carried
+    /// them. `peer` is the client's address: users in `loopback_users` are refused from
+    /// anywhere else. The error says why (for the log); each front end words the
+    /// refusal its clients expect.
     pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> CoreResult<AuthUser> {
-        let refused = |why: String| CoreError::new(ErrorKind::AccessRefused, why);
+        let invalid = || CoreError::InvalidCredentials {
+            user: user.to_owned(),
+        };
         let found = self.access().users.read().get(user).cloned();
         let Some(u) = found else {
-            return Err(refused(format!("user '{user}' - invalid credentials")));
+            return Err(invalid());
         };
         if u.password_hash.is_empty()
             || !verify_password(&u.password_hash, &u.hashing_algorithm, password)
         {
-            return Err(refused(format!("user '{user}' - invalid credentials")));
+            return Err(invalid());
         }
         if !is_loopback(peer) && self.access().loopback.read().contains(user) {
-            return Err(refused(format!(
-                "user '{user}' can only connect via localhost"
-            )));
+            return Err(CoreError::LoopbackOnly {
+                user: user.to_owned(),
+            });
         }
         Ok(AuthUser {
             name: u.name,
@@ -628,10 +624,7 @@ impl Broker {
     ) -> CoreResult<()> {
         check_name("user", name)?;
         if password.is_some() && password_hash.is_some() {
-            return Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                "Both password and password_hash are specified",
-            ));
+            return Err(CoreError::PasswordAndHash);
         }
         let tags = normalize_tags(tags);
         let info = {
@@ -735,7 +728,7 @@ impl Broker {
     /// Creates a vhost unless it exists (management `PUT /api/vhosts/{v}`).
     pub fn put_vhost(&self, name: &str) -> CoreResult<()> {
         match self.add_vhost(name) {
-            Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(()),
+            Err(CoreError::VhostExists { .. }) => Ok(()),
             r => r,
         }
     }
@@ -840,10 +833,9 @@ impl Broker {
     /// May `user` open `vhost`? (AMQP connection.open: 530 NOT_ALLOWED otherwise.)
     pub fn check_vhost_access(&self, user: &str, vhost: &str) -> CoreResult<()> {
         if self.vhost(vhost).is_none() {
-            return Err(CoreError::new(
-                ErrorKind::NotAllowed,
-                format!("vhost {vhost} not found"),
-            ));
+            return Err(CoreError::VhostNotFound {
+                vhost: vhost.to_owned(),
+            });
         }
         if !self
             .access()
@@ -852,10 +844,10 @@ impl Broker {
             .get(vhost)
             .is_some_and(|users| users.contains_key(user))
         {
-            return Err(CoreError::new(
-                ErrorKind::NotAllowed,
-                format!("access to vhost '{vhost}' refused for user '{user}'"),
-            ));
+            return Err(CoreError::VhostRefused {
+                vhost: vhost.to_owned(),
+                user: user.to_owned(),
+            });
         }
         Ok(())
     }
@@ -885,13 +877,12 @@ impl Broker {
         if allowed {
             Ok(())
         } else {
-            Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                format!(
-                    "access to {} '{name}' in vhost '{vhost}' refused for user '{user}'",
-                    resource.kind()
-                ),
-            ))
+            Err(CoreError::PermissionRefused {
+                entity: resource.entity(),
+                name: name.to_owned(),
+                vhost: vhost.to_owned(),
+                user: user.to_owned(),
+            })
         }
     }
 
@@ -924,14 +915,14 @@ impl VHost {
         for x in self.exchanges() {
             for b in x.bindings() {
                 if let Destination::Exchange(dest) = &b.destination {
-                    self.shared.unpersist_binding(
-                        &self.name,
-                        &x.name,
-                        dest,
-                        true,
-                        &b.routing_key,
-                        &b.arguments,
-                    );
+                    self.shared.unpersist_binding(&super::BindingDef {
+                        vhost: &self.name,
+                        source: &x.name,
+                        destination: dest,
+                        to_exchange: true,
+                        routing_key: &b.routing_key,
+                        arguments: &b.arguments,
+                    });
                 }
             }
             if x.options.durable && !x.name.is_empty() && !x.name.starts_with("amq.") {
@@ -957,6 +948,7 @@ pub fn full_permissions(user: &str, vhost: &str) -> VhostPermissions {
 mod tests {
     use super::*;
     use crate::core::CoreConfig;
+    use crate::core::ErrorKind;
 
     #[test]
     fn rabbitmq_hash_format() {
@@ -991,7 +983,7 @@ mod tests {
         assert_eq!(b.authenticate("u", "p", lo).unwrap().name, "u");
         assert!(b.authenticate("u", "x", lo).is_err());
         assert_eq!(
-            b.add_user("u", "p", vec![]).unwrap_err().kind,
+            b.add_user("u", "p", vec![]).unwrap_err().kind(),
             ErrorKind::AlreadyExists
         );
         b.change_password("u", "q").unwrap();
@@ -1001,7 +993,7 @@ mod tests {
             .unwrap();
         assert_eq!(b.user("u").unwrap().tags, ["administrator", "monitoring"]);
         b.delete_user("u").unwrap();
-        assert_eq!(b.delete_user("u").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(b.delete_user("u").unwrap_err().kind(), ErrorKind::NotFound);
         assert!(b.authenticate("u", "q", lo).is_err());
     }
 
@@ -1012,7 +1004,7 @@ mod tests {
         let remote: IpAddr = "10.1.2.3".parse().unwrap();
         assert!(b.authenticate("guest", "guest", lo).is_ok());
         let e = b.authenticate("guest", "guest", remote).unwrap_err();
-        assert_eq!(e.text, "user 'guest' can only connect via localhost");
+        assert_eq!(e.to_string(), "user 'guest' can only connect via localhost");
         b.access().set_loopback_users(vec![]);
         assert!(b.authenticate("guest", "guest", remote).is_ok());
     }
@@ -1031,7 +1023,7 @@ mod tests {
             .check_permission("u", "/", Permission::Configure, q("v"))
             .unwrap_err();
         assert_eq!(
-            e.text,
+            e.to_string(),
             "access to queue 'v' in vhost '/' refused for user 'u'"
         );
         // Unanchored: matches anywhere unless the pattern anchors itself.
@@ -1047,13 +1039,13 @@ mod tests {
         b.check_permission("u", "/", Permission::Write, Resource::Exchange(""))
             .unwrap();
         let e = b.set_permissions("u", "/", "(", "", "").unwrap_err();
-        assert_eq!(e.kind, ErrorKind::PreconditionFailed);
+        assert_eq!(e.kind(), ErrorKind::PreconditionFailed);
         b.clear_permissions("u", "/").unwrap();
         assert!(b.check_vhost_access("u", "/").is_err());
         assert_eq!(
             b.set_permissions("nobody", "/", "", "", "")
                 .unwrap_err()
-                .kind,
+                .kind(),
             ErrorKind::NotFound
         );
     }
@@ -1062,7 +1054,10 @@ mod tests {
     fn vhosts() {
         let b = broker();
         b.add_vhost("v").unwrap();
-        assert_eq!(b.add_vhost("v").unwrap_err().kind, ErrorKind::AlreadyExists);
+        assert_eq!(
+            b.add_vhost("v").unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
         b.put_vhost("v").unwrap();
         b.set_permissions("u", "v", ".*", ".*", ".*").unwrap();
         let v = b.vhost("v").unwrap();

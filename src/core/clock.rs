@@ -1,7 +1,10 @@
-//! A monotonic millisecond clock shared by the core, for message TTLs.
+//! A monotonic millisecond clock shared by the core, for message TTLs and `x-expires`.
+//! It is tokio's clock, which is the system's monotonic clock except in tests that
+//! pause time.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 static START: OnceLock<Instant> = OnceLock::new();
 

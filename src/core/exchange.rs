@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::error::{CoreError, CoreResult, ErrorKind};
+use super::error::{CoreError, CoreResult};
 use super::queue::Queue;
 use crate::content::{FieldTable, FieldValue};
 
@@ -31,10 +31,9 @@ impl ExchangeKind {
             "fanout" => Ok(Self::Fanout),
             "topic" => Ok(Self::Topic),
             "headers" => Ok(Self::Headers),
-            other => Err(CoreError::new(
-                ErrorKind::CommandInvalid,
-                format!("unknown exchange type '{other}'"),
-            )),
+            other => Err(CoreError::UnknownExchangeType {
+                kind: other.to_owned(),
+            }),
         }
     }
 
@@ -162,17 +161,12 @@ impl Exchange {
             {
                 Ok(())
             }
-            Some(other) => Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
-                    match other {
-                        FieldValue::LongString(v) =>
-                            format!("<<\"{}\">>", String::from_utf8_lossy(v)),
-                        v => format!("{v:?}"),
-                    }
-                ),
-            )),
+            Some(other) => Err(CoreError::InvalidXMatch {
+                value: match other {
+                    FieldValue::LongString(v) => format!("<<\"{}\">>", String::from_utf8_lossy(v)),
+                    v => format!("{v:?}"),
+                },
+            }),
         }
     }
 

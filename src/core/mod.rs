@@ -12,6 +12,7 @@ pub mod clock;
 pub mod consumer;
 pub mod deadletter;
 pub mod disk_alarm;
+mod durable;
 pub mod error;
 pub mod exchange;
 pub mod flow;
@@ -20,6 +21,7 @@ pub mod persist;
 pub mod queue;
 mod ready;
 pub mod stats;
+mod timers;
 pub mod vhost;
 
 use std::collections::HashMap;
@@ -33,7 +35,8 @@ use parking_lot::{Mutex, RwLock};
 
 pub use access::{AuthUser, Permission, Resource, SeedUser, UserInfo, VhostPermissions};
 pub use consumer::{Consumer, Credit, Delivered, DeliverySink};
-pub use error::{CoreError, CoreResult, ErrorKind};
+pub use durable::{Durable, NotDurable};
+pub use error::{CoreError, CoreResult, Entity, ErrorKind};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use message::{Message, QueuedMessage};
 pub use queue::{Queue, QueueDepth, QueueOptions};
@@ -155,6 +158,8 @@ pub(crate) struct Shared {
     started: Instant,
     flow: flow::FlowControl,
     limits: crate::config::Limits,
+    /// Every queue's TTL and `x-expires` timers, driven by one task.
+    timers: timers::Timers,
 }
 
 /// The broker: a cheap handle, clone freely.
@@ -195,6 +200,7 @@ impl Broker {
             started: Instant::now(),
             flow: flow::FlowControl::new(config.memory_high_watermark),
             limits: config.limits,
+            timers: timers::Timers::default(),
         });
         let broker = Self { shared };
         broker
@@ -309,6 +315,35 @@ impl Broker {
     pub fn restore(&self, recovered: crate::store::Recovered) {
         restore::restore(self, recovered);
     }
+
+    /// Stops the task that runs queue timers (message TTL at the head, `x-expires`) and
+    /// waits for it: at shutdown, once no client can reach the broker any more.
+    pub async fn stop_timers(&self) {
+        self.shared.timers.stop().await;
+    }
+}
+
+/// A binding as the store keeps it.
+pub(crate) struct BindingDef<'a> {
+    pub(crate) vhost: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) destination: &'a str,
+    /// An exchange-to-exchange binding.
+    pub(crate) to_exchange: bool,
+    pub(crate) routing_key: &'a str,
+    pub(crate) arguments: &'a crate::content::FieldTable,
+}
+
+impl BindingDef<'_> {
+    /// Its definition key; the arguments enter as a checksum, so bindings differing
+    /// only in arguments are stored apart.
+    fn key(&self) -> String {
+        let crc = crc32c::crc32c(&persist::encode_table(self.arguments));
+        let kind = if self.to_exchange { "e" } else { "q" };
+        let (vhost, source, dest, key) =
+            (self.vhost, self.source, self.destination, self.routing_key);
+        format!("binding\0{vhost}\0{source}\0{kind}\0{dest}\0{key}\0{crc:08x}")
+    }
 }
 
 impl Shared {
@@ -386,65 +421,26 @@ impl Shared {
         self.del_def(format!("queue\0{vhost}\0{}", q.name));
     }
 
-    fn binding_key(
-        vhost: &str,
-        source: &str,
-        dest: &str,
-        to_exchange: bool,
-        key: &str,
-        args: &crate::content::FieldTable,
-    ) -> String {
-        let crc = crc32c::crc32c(&persist::encode_table(args));
-        let kind = if to_exchange { "e" } else { "q" };
-        format!("binding\0{vhost}\0{source}\0{kind}\0{dest}\0{key}\0{crc:08x}")
-    }
-
-    pub(crate) fn persist_binding(
-        &self,
-        vhost: &str,
-        source: &str,
-        dest: &str,
-        to_exchange: bool,
-        key: &str,
-        args: &crate::content::FieldTable,
-    ) {
+    pub(crate) fn persist_binding(&self, b: &BindingDef<'_>) {
         if self.store.is_none() {
             return;
         }
         let t = persist::table(vec![
-            ("vhost", persist::s(vhost)),
-            ("source", persist::s(source)),
-            ("destination", persist::s(dest)),
-            ("to_exchange", FieldValue::Bool(to_exchange)),
-            ("routing_key", persist::s(key)),
-            ("arguments", FieldValue::Table(args.clone())),
+            ("vhost", persist::s(b.vhost)),
+            ("source", persist::s(b.source)),
+            ("destination", persist::s(b.destination)),
+            ("to_exchange", FieldValue::Bool(b.to_exchange)),
+            ("routing_key", persist::s(b.routing_key)),
+            ("arguments", FieldValue::Table(b.arguments.clone())),
         ]);
-        self.put_def(
-            Self::binding_key(vhost, source, dest, to_exchange, key, args),
-            t,
-        );
+        self.put_def(b.key(), t);
     }
 
-    pub(crate) fn unpersist_binding(
-        &self,
-        vhost: &str,
-        source: &str,
-        dest: &str,
-        to_exchange: bool,
-        key: &str,
-        args: &crate::content::FieldTable,
-    ) {
+    pub(crate) fn unpersist_binding(&self, b: &BindingDef<'_>) {
         if self.store.is_none() {
             return;
         }
-        self.del_def(Self::binding_key(
-            vhost,
-            source,
-            dest,
-            to_exchange,
-            key,
-            args,
-        ));
+        self.del_def(b.key());
     }
 }
 

@@ -5,9 +5,13 @@
 //!
 //! All state sits behind one short mutex per queue. Dispatch runs inline in whoever made
 //! progress possible (a publish, an ack, a new consumer), so there is no task per queue
-//! and no global lock on the hot path. Timers (head expiry, `x-expires`) are tokio tasks
-//! armed only for queues that use them. Dead letters are collected under the lock and
-//! republished after it is released, so a dead-letter cycle cannot deadlock.
+//! and no global lock on the hot path.
+//!
+//! The queue decides only about itself. What must happen elsewhere once its lock is
+//! released (republishing dead letters through an exchange, waking it at the head's
+//! expiry) it returns as an [`Outcome`] for its vhost to act on; the vhost also runs its
+//! timers and deletes it when `x-expires` runs out. Operations front ends call directly
+//! (get, settle, add a consumer) hand their outcome to the queue's [`Owner`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -18,15 +22,15 @@ use tokio::sync::Notify;
 
 use super::clock::now_ms;
 use super::consumer::{Consumer, Delivered};
-use super::deadletter::{dead_letter, DeadLetterTarget, Reason};
-use super::error::{CoreError, CoreResult, ErrorKind};
+use super::deadletter::{DeadLetterTarget, Reason};
+use super::durable::Durable;
+use super::error::{CoreError, CoreResult};
 use super::message::{Message, QueuedMessage, NEVER};
 use super::persist;
 use super::ready::Ready;
 use super::stats::QueueCounters;
-use super::vhost::VHost;
 use crate::content::FieldTable;
-use crate::store::{FsyncPolicy, Store, SyncTicket};
+use crate::store::{FsyncPolicy, Store};
 
 /// How a queue was declared.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,30 +68,21 @@ struct Features {
 impl Features {
     fn from_arguments(args: &FieldTable) -> CoreResult<Self> {
         let max_priority = match non_negative_arg(args, "x-max-priority")? {
-            Some(p) if p > 255 => {
-                return Err(CoreError::new(
-                    ErrorKind::PreconditionFailed,
-                    format!("invalid arg 'x-max-priority': {p} is larger than 255"),
-                ))
-            }
+            Some(p) if p > 255 => return Err(CoreError::PriorityTooLarge { value: p }),
             Some(p) => p as u8,
             None => 0,
         };
         let expires = non_negative_arg(args, "x-expires")?;
         if expires == Some(0) {
-            return Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                "invalid arg 'x-expires': value 0 is zero",
-            ));
+            return Err(CoreError::ExpiresZero);
         }
         let reject_publish = match args.get_str("x-overflow").as_deref() {
             None | Some("drop-head") => false,
             Some("reject-publish") | Some("reject-publish-dlx") => true,
             Some(other) => {
-                return Err(CoreError::new(
-                    ErrorKind::PreconditionFailed,
-                    format!("invalid arg 'x-overflow' for queue: '{other}'"),
-                ))
+                return Err(CoreError::InvalidOverflow {
+                    value: other.to_owned(),
+                })
             }
         };
         let single_active = matches!(
@@ -107,6 +102,42 @@ impl Features {
     }
 }
 
+/// What a queue operation leaves for the queue's owner (its vhost) to do once the
+/// queue's lock is released, so a dead-letter cycle can never deadlock and the queue
+/// never reaches into an exchange.
+#[derive(Debug, Default)]
+#[must_use = "dead letters and timers are lost unless the owner acts on them"]
+pub(crate) struct Outcome {
+    /// Messages that left the queue and go to its dead-letter exchange, in order.
+    pub(crate) dead: Vec<(QueuedMessage, Reason)>,
+    /// Wake the queue at this deadline (ms on the core clock): its head expires then.
+    pub(crate) wake_at: Option<u64>,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.dead.is_empty() && self.wake_at.is_none()
+    }
+}
+
+/// Who holds a queue and acts on the [`Outcome`]s of operations front ends call on the
+/// queue directly. Implemented by [`super::VHost`].
+pub(crate) trait Owner: Send + Sync {
+    /// Called after the queue's lock is released.
+    fn act(&self, queue: &Arc<Queue>, outcome: Outcome);
+}
+
+/// What the `x-expires` clock says when the queue's timer fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unused {
+    /// Used since: look again at this deadline.
+    Until(u64),
+    /// Unused for its `x-expires`: delete it.
+    Expired,
+    /// No `x-expires`, or deleted already.
+    Never,
+}
+
 /// A queue.
 pub struct Queue {
     /// Name, unique in its vhost.
@@ -124,23 +155,33 @@ pub struct Queue {
     features: Features,
     /// Set for durable queues when the broker has a store: persistent messages go there.
     store: Option<Store>,
-    home: Weak<VHost>,
+    /// Acts on the outcomes of operations that front ends call directly.
+    home: Weak<dyn Owner>,
     state: Mutex<State>,
+    /// Wakes `get_wait` callers when a message becomes ready or the queue goes.
     arrivals: Notify,
+    /// Core-clock ms of the last use, for `x-expires`.
     last_used: AtomicU64,
 }
 
+/// Everything behind the queue's lock.
 struct State {
+    /// Messages waiting for delivery, in delivery order.
     ready: Ready,
+    /// Delivered and not settled; the messages themselves travel in [`Delivered`]s.
     unacked: usize,
+    /// Registered consumers, oldest first.
     consumers: Vec<Arc<Consumer>>,
+    /// Round-robin position in `consumers`.
     next_consumer: usize,
+    /// Queue position of the next enqueued message (requeues go back by it).
     next_seq: u64,
+    /// Ever had a consumer (auto-delete applies only then).
     had_consumers: bool,
     deleted: bool,
-    /// Deadline of the armed head-expiry timer, if any.
-    expiry_timer: Option<u64>,
-    /// Dead letters collected under the lock, republished after it.
+    /// Deadline of the head-expiry wake-up already asked for, if any.
+    wake_at: Option<u64>,
+    /// Dead letters collected under the lock, handed out with the [`Outcome`].
     dead: Vec<(QueuedMessage, Reason)>,
 }
 
@@ -163,18 +204,22 @@ pub struct QueueDepth {
     pub bytes: usize,
 }
 
+/// The result of [`Queue::enqueue`]: accepted (with a [`Durable`] to wait on when the
+/// message must reach the disk first), or refused by a full `reject-publish` queue.
+pub(crate) type Enqueued = Result<Option<Durable>, Rejected>;
+
 impl Queue {
     pub(crate) fn new(
         id: u64,
         name: String,
-        home: Weak<VHost>,
+        home: Weak<dyn Owner>,
         vhost: Arc<str>,
         options: QueueOptions,
         owner: Option<u64>,
         store: Option<Store>,
     ) -> CoreResult<Arc<Self>> {
         let features = Features::from_arguments(&options.arguments)?;
-        let queue = Arc::new(Self {
+        Ok(Arc::new(Self {
             name,
             vhost,
             id,
@@ -190,18 +235,14 @@ impl Queue {
                 next_seq: 0,
                 had_consumers: false,
                 deleted: false,
-                expiry_timer: None,
+                wake_at: None,
                 dead: Vec::new(),
             }),
             features,
             home,
             arrivals: Notify::new(),
             last_used: AtomicU64::new(now_ms()),
-        });
-        if queue.features.expires.is_some() {
-            queue.arm_unused_timer();
-        }
-        Ok(queue)
+        }))
     }
 
     /// Ready, unacked and consumer counts.
@@ -220,6 +261,13 @@ impl Queue {
         self.state.lock().deleted
     }
 
+    /// Where dead letters go, if the queue dead-letters.
+    pub(crate) fn dead_letter_target(&self) -> Option<&DeadLetterTarget> {
+        self.features.dead_letter.as_ref()
+    }
+
+    // ---- x-expires -------------------------------------------------------------------
+
     /// Marks the queue used (declare, get, consume): restarts its `x-expires` clock.
     pub fn touch(&self) {
         if self.features.expires.is_some() {
@@ -227,28 +275,65 @@ impl Queue {
         }
     }
 
-    /// Adds a message at the tail and dispatches. Returns the store's ticket when the
-    /// message is persistent and this queue durable: it is safe once the ticket completes.
-    /// A full queue with `x-overflow: reject-publish` refuses it.
-    pub fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> Result<Option<SyncTicket>, Rejected> {
+    /// When the `x-expires` clock of a fresh queue runs out, if it has one.
+    pub(crate) fn unused_deadline(&self) -> Option<u64> {
+        let expires = self.features.expires?;
+        Some(
+            self.last_used
+                .load(Ordering::Relaxed)
+                .saturating_add(expires),
+        )
+    }
+
+    /// Reads the `x-expires` clock at `now`. A queue with consumers is in use: its
+    /// clock restarts.
+    pub(crate) fn check_unused(&self, now: u64) -> Unused {
+        let Some(expires) = self.features.expires else {
+            return Unused::Never;
+        };
+        let due = self
+            .last_used
+            .load(Ordering::Relaxed)
+            .saturating_add(expires);
+        if now < due {
+            return Unused::Until(due);
+        }
+        let st = self.state.lock();
+        if st.deleted {
+            return Unused::Never;
+        }
+        if st.consumers.is_empty() {
+            return Unused::Expired;
+        }
+        drop(st);
+        self.touch();
+        Unused::Until(now_ms().saturating_add(expires))
+    }
+
+    // ---- publishing ------------------------------------------------------------------
+
+    /// Adds a message at the tail and dispatches. Gives a [`Durable`] when the message is
+    /// persistent and this queue durable: it is safe once that completes. A full queue
+    /// with `x-overflow: reject-publish` refuses it.
+    pub(crate) fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> (Enqueued, Outcome) {
         let ttl = match (msg.expiration_ms(), self.features.message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let mut st = self.state.lock();
         if st.deleted {
-            return Ok(None);
+            return (Ok(None), Outcome::default());
         }
         if self.features.reject_publish && self.is_full(&st, msg.body().len()) {
-            return Err(Rejected);
+            return (Err(Rejected), Outcome::default());
         }
         // Written under the queue lock so the store sees publishes in queue order. Only
         // under `--fsync always` does anyone wait for the ticket: with `interval` and
         // `never` a confirm / STORED means "accepted", and the write follows at once.
-        let ticket = match &self.store {
+        let durable = match &self.store {
             Some(store) if msg.persistent => {
                 let ticket = store.publish(self.id, msg.id, persist::encode_message(&msg));
-                (store.policy() == FsyncPolicy::Always).then_some(ticket)
+                (store.policy() == FsyncPolicy::Always).then(|| Durable::new(ticket))
             }
             _ => None,
         };
@@ -263,8 +348,7 @@ impl Queue {
         self.counters.published.inc();
         self.enforce_limits(&mut st);
         self.dispatch_locked(&mut st);
-        self.after_locked(st);
-        Ok(ticket)
+        (Ok(durable), self.unlock(st))
     }
 
     /// Whether one more message of `bytes` would go over a length limit.
@@ -300,103 +384,46 @@ impl Queue {
         }
     }
 
-    /// Releases the lock, then does what must not happen under it: wake waiting
-    /// getters, arm the head-expiry timer, republish dead letters.
-    fn after_locked(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, State>) {
+    /// Releases the lock and wakes waiting getters; returns what the owner must do
+    /// outside the lock (dead letters to republish, a head-expiry wake-up to arm).
+    fn unlock(&self, mut st: parking_lot::MutexGuard<'_, State>) -> Outcome {
         let waiting = !st.ready.is_empty();
         let head_deadline = st.ready.front().and_then(QueuedMessage::deadline);
-        let arm = match (head_deadline, st.expiry_timer) {
-            (Some(d), None) => Some(d),
-            (Some(d), Some(armed)) if d < armed => Some(d),
-            _ => None,
-        };
-        if let Some(d) = arm {
-            st.expiry_timer = Some(d);
+        // Ask for a wake-up only when none is pending as early.
+        let wake_at = head_deadline.filter(|&d| st.wake_at.map_or(true, |armed| d < armed));
+        if wake_at.is_some() {
+            st.wake_at = wake_at;
         }
         let dead = std::mem::take(&mut st.dead);
         drop(st);
         if waiting {
             self.arrivals.notify_one();
         }
-        if let Some(deadline) = arm {
-            self.arm_expiry_timer(deadline);
-        }
-        if !dead.is_empty() {
-            self.publish_dead(dead);
-        }
+        Outcome { dead, wake_at }
     }
 
-    fn arm_expiry_timer(self: &Arc<Self>, deadline: u64) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+    /// Hands an outcome to the owner (for operations front ends call directly).
+    fn report(self: &Arc<Self>, outcome: Outcome) {
+        if outcome.is_empty() {
             return;
-        };
-        let weak = Arc::downgrade(self);
-        rt.spawn(async move {
-            let wait = deadline.saturating_sub(now_ms());
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            if let Some(q) = weak.upgrade() {
-                q.on_expiry_timer(deadline);
-            }
-        });
+        }
+        if let Some(home) = self.home.upgrade() {
+            home.act(self, outcome);
+        }
     }
 
-    fn on_expiry_timer(self: &Arc<Self>, deadline: u64) {
+    /// The head-expiry wake-up asked for at `deadline` is due: drop what expired.
+    pub(crate) fn wake(self: &Arc<Self>, deadline: u64) -> Outcome {
         let mut st = self.state.lock();
-        if st.expiry_timer == Some(deadline) {
-            st.expiry_timer = None;
+        if st.wake_at == Some(deadline) {
+            st.wake_at = None;
         }
         if st.deleted {
-            return;
+            return Outcome::default();
         }
         self.drop_expired_head(&mut st);
         self.dispatch_locked(&mut st);
-        self.after_locked(st);
-    }
-
-    fn arm_unused_timer(self: &Arc<Self>) {
-        let Some(expires) = self.features.expires else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak = Arc::downgrade(self);
-        rt.spawn(async move {
-            loop {
-                let Some(q) = weak.upgrade() else { return };
-                let idle_since = q.last_used.load(Ordering::Relaxed);
-                let due = idle_since + expires;
-                let now = now_ms();
-                if now >= due {
-                    let in_use = q.depth().consumers > 0;
-                    if q.is_deleted() {
-                        return;
-                    }
-                    if !in_use {
-                        if let Some(v) = q.home.upgrade() {
-                            v.expire_queue(&q);
-                        }
-                        return;
-                    }
-                    q.touch();
-                    continue;
-                }
-                drop(q);
-                tokio::time::sleep(Duration::from_millis(due - now)).await;
-            }
-        });
-    }
-
-    fn publish_dead(&self, dead: Vec<(QueuedMessage, Reason)>) {
-        let (Some(target), Some(vhost)) = (&self.features.dead_letter, self.home.upgrade()) else {
-            return;
-        };
-        for (m, reason) in dead {
-            let id = vhost.shared.next_message_id();
-            let (exchange, msg) = dead_letter(&m.msg, id, &self.name, reason, target);
-            // A missing dead-letter exchange drops the message, as in RabbitMQ.
-            let _ = vhost.publish_internal(&exchange, msg);
-        }
+        self.unlock(st)
     }
 
     /// Removes a message that is gone for good from the store.
@@ -427,11 +454,14 @@ impl Queue {
         });
     }
 
+    // ---- delivery --------------------------------------------------------------------
+
     /// Delivers ready messages to consumers with credit, round robin.
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
         self.dispatch_locked(&mut st);
-        self.after_locked(st);
+        let outcome = self.unlock(st);
+        self.report(outcome);
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
@@ -510,6 +540,8 @@ impl Queue {
         }
     }
 
+    // ---- basic.get -------------------------------------------------------------------
+
     /// Takes the head message (basic.get). With `auto_ack` it is settled at once.
     /// Returns the delivery and the number of messages still ready.
     pub fn get(self: &Arc<Self>, auto_ack: bool) -> Option<(Delivered, usize)> {
@@ -517,7 +549,7 @@ impl Queue {
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st);
         let Some(entry) = st.ready.pop_front() else {
-            self.after_locked(st);
+            self.report(self.unlock(st));
             return None;
         };
         self.counters.delivered.inc();
@@ -532,7 +564,7 @@ impl Queue {
             st.unacked += 1;
         }
         let remaining = st.ready.len();
-        self.after_locked(st);
+        self.report(self.unlock(st));
         Some((
             Delivered::new(self.clone(), entry, None, auto_ack),
             remaining,
@@ -567,7 +599,7 @@ impl Queue {
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st);
         let head = st.ready.front().cloned();
-        self.after_locked(st);
+        self.report(self.unlock(st));
         head
     }
 
@@ -580,6 +612,8 @@ impl Queue {
         }
         all.len()
     }
+
+    // ---- settling ------------------------------------------------------------------
 
     pub(crate) fn settle_acked(&self, entry: &QueuedMessage) {
         self.forget(entry);
@@ -594,7 +628,7 @@ impl Queue {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(1);
         self.drop_message(&mut st, entry, Reason::Rejected);
-        self.after_locked(st);
+        self.report(self.unlock(st));
     }
 
     pub(crate) fn settle_requeued(&self, mut entry: QueuedMessage) {
@@ -607,6 +641,8 @@ impl Queue {
         st.ready.insert_by_seq(entry);
     }
 
+    // ---- consumers and deletion ----------------------------------------------------
+
     /// Registers a consumer and starts dispatching to it.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> CoreResult<()> {
         self.touch();
@@ -617,18 +653,15 @@ impl Queue {
         if st.consumers.iter().any(|c| c.exclusive)
             || (consumer.exclusive && !st.consumers.is_empty())
         {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                format!(
-                    "queue '{}' in vhost '{}' in exclusive use",
-                    self.name, self.vhost
-                ),
-            ));
+            return Err(CoreError::ExclusiveConsumer {
+                queue: self.name.clone(),
+                vhost: self.vhost.to_string(),
+            });
         }
         st.consumers.push(consumer);
         st.had_consumers = true;
         self.dispatch_locked(&mut st);
-        self.after_locked(st);
+        self.report(self.unlock(st));
         Ok(())
     }
 
@@ -665,16 +698,16 @@ impl Queue {
     pub(crate) fn check_delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<()> {
         let st = self.state.lock();
         if if_unused && !st.consumers.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!("queue '{}' in vhost '{}' in use", self.name, self.vhost),
-            ));
+            return Err(CoreError::QueueInUse {
+                queue: self.name.clone(),
+                vhost: self.vhost.to_string(),
+            });
         }
         if if_empty && !st.ready.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!("queue '{}' in vhost '{}' not empty", self.name, self.vhost),
-            ));
+            return Err(CoreError::QueueNotEmpty {
+                queue: self.name.clone(),
+                vhost: self.vhost.to_string(),
+            });
         }
         Ok(())
     }
@@ -690,10 +723,10 @@ fn non_negative_arg(args: &FieldTable, key: &str) -> CoreResult<Option<u64>> {
         None => Ok(None),
         Some(v) => match v.as_i64() {
             Some(n) if n >= 0 => Ok(Some(n as u64)),
-            _ => Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!("invalid arg '{key}' for queue: {v:?}"),
-            )),
+            _ => Err(CoreError::InvalidQueueArg {
+                arg: key.to_owned(),
+                value: format!("{v:?}"),
+            }),
         },
     }
 }

@@ -151,7 +151,6 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
             restored += 1;
         }
     }
-    release_free_memory();
     tracing::info!(
         exchanges = exchanges.len(),
         queues = by_id.len(),
@@ -160,14 +159,4 @@ pub(super) fn restore(broker: &Broker, recovered: Recovered) {
         seconds = started.elapsed().as_secs_f64(),
         "definitions and messages restored"
     );
-}
-
-/// Recovery allocates and frees a lot (the store's recovered list, decoding buffers);
-/// give the freed memory back to the OS so the broker's RSS reflects what it keeps.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own free lists; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

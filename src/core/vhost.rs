@@ -2,15 +2,18 @@
 //! binds, routes to or deletes them. Reply texts follow RabbitMQ's wording.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 
-use super::error::{CoreError, CoreResult, ErrorKind};
+use super::deadletter::dead_letter;
+use super::durable::Durable;
+use super::error::{CoreError, CoreResult, Entity};
 use super::exchange::{Destination, Exchange, ExchangeKind, ExchangeOptions};
 use super::message::Message;
-use super::queue::{Queue, QueueOptions};
-use super::Shared;
+use super::queue::{Outcome, Owner, Queue, QueueOptions, Rejected, Unused};
+use super::timers::Timer;
+use super::{BindingDef, Shared};
 use crate::content::FieldTable;
 
 /// The result of routing one publish.
@@ -19,7 +22,7 @@ pub struct Routed {
     /// Queues the message was enqueued on.
     pub queues: usize,
     /// Set when the message must reach the disk before it may be confirmed.
-    pub durable: Option<crate::store::SyncTicket>,
+    pub durable: Option<Durable>,
     /// A queue refused it (`x-overflow: reject-publish` at its limit): a publisher
     /// confirm must be a nack.
     pub rejected: bool,
@@ -42,7 +45,7 @@ pub struct Declared {
 pub struct VHost {
     /// Name (e.g. `/`).
     pub name: Arc<str>,
-    me: std::sync::Weak<VHost>,
+    me: Weak<VHost>,
     pub(crate) shared: Arc<Shared>,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
@@ -53,8 +56,6 @@ impl std::fmt::Debug for VHost {
         f.debug_struct("VHost").field("name", &self.name).finish()
     }
 }
-
-const DEFAULT_EXCHANGE_DENIED: &str = "operation not permitted on the default exchange";
 
 impl VHost {
     pub(crate) fn new(name: &str, shared: Arc<Shared>) -> Arc<Self> {
@@ -99,10 +100,7 @@ impl VHost {
             return self.exchange(name);
         }
         if name.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                DEFAULT_EXCHANGE_DENIED,
-            ));
+            return Err(CoreError::DefaultExchange);
         }
         let kind = ExchangeKind::parse(kind)?;
         let mut map = self.exchanges.write();
@@ -113,10 +111,10 @@ impl VHost {
             return Ok(x);
         }
         if name.starts_with("amq.") {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
-            ));
+            return Err(CoreError::ReservedName {
+                entity: Entity::Exchange,
+                name: name.to_owned(),
+            });
         }
         let x = Exchange::new(name, kind, options);
         map.insert(name.to_owned(), x.clone());
@@ -136,7 +134,7 @@ impl VHost {
         let (name, vhost) = (&*x.name, &*self.name);
         let b = |v: bool| v.to_string();
         first_difference(
-            "exchange",
+            Entity::Exchange,
             name,
             vhost,
             &[
@@ -147,10 +145,10 @@ impl VHost {
             ],
         )?;
         if !x.options.arguments.equivalent(&o.arguments) {
-            return Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!("inequivalent arguments for exchange '{name}' in vhost '{vhost}'"),
-            ));
+            return Err(CoreError::InequivalentExchangeArguments {
+                exchange: name.to_owned(),
+                vhost: vhost.to_owned(),
+            });
         }
         Ok(())
     }
@@ -167,29 +165,23 @@ impl VHost {
     /// exchange.delete. A missing exchange is not an error (RabbitMQ 3.x).
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
         if name.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                DEFAULT_EXCHANGE_DENIED,
-            ));
+            return Err(CoreError::DefaultExchange);
         }
         if name.starts_with("amq.") {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                format!(
-                    "deletion of system exchange '{name}' in vhost '{}' is not allowed",
-                    self.name
-                ),
-            ));
+            return Err(CoreError::SystemExchange {
+                exchange: name.to_owned(),
+                vhost: self.name.to_string(),
+            });
         }
         let mut map = self.exchanges.write();
         let Some(x) = map.get(name).cloned() else {
             return Ok(());
         };
         if if_unused && x.binding_count() > 0 {
-            return Err(CoreError::new(
-                ErrorKind::PreconditionFailed,
-                format!("exchange '{name}' in vhost '{}' in use", self.name),
-            ));
+            return Err(CoreError::ExchangeInUse {
+                exchange: name.to_owned(),
+                vhost: self.name.to_string(),
+            });
         }
         map.remove(name);
         let others: Vec<Arc<Exchange>> = map.values().cloned().collect();
@@ -228,16 +220,15 @@ impl VHost {
     /// published to its name reach the channel's reply consumer.
     pub fn declare_reply_queue(&self, connection: u64) -> CoreResult<Arc<Queue>> {
         let name = self.shared.generate_name("amq.rabbitmq.reply-to.");
-        let queue = Queue::new(
+        let options = QueueOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = self.new_queue(
             self.shared.next_id(),
-            name.clone(),
-            self.me.clone(),
-            self.name.clone(),
-            QueueOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
+            &name,
+            options,
             Some(connection),
             None,
         )?;
@@ -265,10 +256,10 @@ impl VHost {
             generated.as_str()
         } else {
             if name.starts_with("amq.") {
-                return Err(CoreError::new(
-                    ErrorKind::AccessRefused,
-                    format!("queue name '{name}' contains reserved prefix 'amq.*'"),
-                ));
+                return Err(CoreError::ReservedName {
+                    entity: Entity::Queue,
+                    name: name.to_owned(),
+                });
             }
             name
         };
@@ -301,11 +292,9 @@ impl VHost {
             q.touch();
             return Ok(Self::declared(q, false));
         }
-        let queue = Queue::new(
+        let queue = self.new_queue(
             self.shared.next_id(),
-            name.to_owned(),
-            self.me.clone(),
-            self.name.clone(),
+            name,
             options,
             Some(connection),
             self.shared.store.clone(),
@@ -317,6 +306,31 @@ impl VHost {
             self.shared.persist_queue(&self.name, &queue);
         }
         Ok(Self::declared(queue, true))
+    }
+
+    /// Builds a queue owned by this vhost and starts its `x-expires` clock.
+    fn new_queue(
+        &self,
+        id: u64,
+        name: &str,
+        options: QueueOptions,
+        connection: Option<u64>,
+        store: Option<crate::store::Store>,
+    ) -> CoreResult<Arc<Queue>> {
+        let home: Weak<dyn Owner> = self.me.clone();
+        let queue = Queue::new(
+            id,
+            name.to_owned(),
+            home,
+            self.name.clone(),
+            options,
+            connection,
+            store,
+        )?;
+        if let Some(at) = queue.unused_deadline() {
+            self.schedule(at, Timer::Unused, &queue);
+        }
+        Ok(queue)
     }
 
     fn declared(queue: Arc<Queue>, created: bool) -> Declared {
@@ -341,7 +355,7 @@ impl VHost {
         }
         let b = |v: bool| v.to_string();
         first_difference(
-            "queue",
+            Entity::Queue,
             name,
             vhost,
             &[
@@ -361,7 +375,14 @@ impl VHost {
             .map(|(k, _)| (k.as_str(), show(new.get(k)), show(cur.get(k))))
             .collect();
         if let Some((arg, got, current)) = args.into_iter().next() {
-            return Err(inequivalent("queue", name, vhost, arg, &got, &current));
+            return Err(inequivalent(
+                Entity::Queue,
+                name,
+                vhost,
+                arg,
+                &got,
+                &current,
+            ));
         }
         Ok(())
     }
@@ -407,7 +428,7 @@ impl VHost {
     ) -> CoreResult<u32> {
         let q = match self.queue(name, connection) {
             Ok(q) => q,
-            Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
+            Err(CoreError::NoQueue { .. }) => return Ok(0),
             Err(e) => return Err(e),
         };
         q.check_delete(if_unused, if_empty)?;
@@ -434,9 +455,46 @@ impl VHost {
         n
     }
 
-    /// Deletes a queue whose `x-expires` time passed unused.
-    pub(crate) fn expire_queue(&self, q: &Arc<Queue>) {
-        self.remove_queue(q);
+    // ---- what queues leave to their vhost ---------------------------------------------
+
+    fn schedule(&self, at: u64, timer: Timer, queue: &Arc<Queue>) {
+        self.shared
+            .timers
+            .schedule(at, timer, queue, self.me.clone());
+    }
+
+    /// One of `queue`'s timers, asked for at `at`, is due.
+    pub(crate) fn timer_fired(&self, queue: &Arc<Queue>, timer: Timer, at: u64) {
+        match timer {
+            Timer::HeadExpiry => {
+                let outcome = queue.wake(at);
+                self.act(queue, outcome);
+            }
+            Timer::Unused => match queue.check_unused(super::clock::now_ms()) {
+                Unused::Until(next) => self.schedule(next, Timer::Unused, queue),
+                Unused::Expired => {
+                    self.remove_queue(queue);
+                }
+                Unused::Never => {}
+            },
+        }
+    }
+
+    /// Republishes `queue`'s dead letters, each with its `x-death` history, through its
+    /// dead-letter exchange. A missing dead-letter exchange drops them, as in RabbitMQ.
+    fn republish_dead(
+        &self,
+        queue: &Queue,
+        dead: Vec<(super::QueuedMessage, super::deadletter::Reason)>,
+    ) {
+        let Some(target) = queue.dead_letter_target() else {
+            return;
+        };
+        for (m, reason) in dead {
+            let id = self.shared.next_message_id();
+            let (exchange, msg) = dead_letter(&m.msg, id, &queue.name, reason, target);
+            let _ = self.publish_internal(&exchange, msg);
+        }
     }
 
     /// Deletes every exclusive queue owned by `connection` (it closed).
@@ -471,30 +529,10 @@ impl VHost {
         arguments: FieldTable,
         connection: u64,
     ) -> CoreResult<()> {
-        let q = self.queue(queue, connection)?;
-        if exchange.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                DEFAULT_EXCHANGE_DENIED,
-            ));
-        }
-        let x = self.exchange(exchange)?;
+        let (q, x) = self.queue_and_exchange(queue, exchange, connection)?;
         x.validate_binding(&arguments)?;
-        x.bind(
-            Destination::Queue(q.clone()),
-            routing_key,
-            arguments.clone(),
-        );
-        if x.options.durable && q.options.durable {
-            self.shared.persist_binding(
-                &self.name,
-                &x.name,
-                &q.name,
-                false,
-                routing_key,
-                &arguments,
-            );
-        }
+        let durable = q.options.durable;
+        self.add_binding(&x, Destination::Queue(q), durable, routing_key, arguments);
         Ok(())
     }
 
@@ -507,28 +545,9 @@ impl VHost {
         arguments: &FieldTable,
         connection: u64,
     ) -> CoreResult<()> {
-        let q = self.queue(queue, connection)?;
-        if exchange.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                DEFAULT_EXCHANGE_DENIED,
-            ));
-        }
-        let x = self.exchange(exchange)?;
-        let now_empty = x.unbind(&Destination::Queue(q.clone()), routing_key, arguments);
-        if x.options.durable && q.options.durable {
-            self.shared.unpersist_binding(
-                &self.name,
-                &x.name,
-                &q.name,
-                false,
-                routing_key,
-                arguments,
-            );
-        }
-        if now_empty && x.options.auto_delete {
-            let _ = self.delete_exchange(exchange, false);
-        }
+        let (q, x) = self.queue_and_exchange(queue, exchange, connection)?;
+        let durable = q.options.durable;
+        self.remove_binding(&x, Destination::Queue(q), durable, routing_key, arguments);
         Ok(())
     }
 
@@ -540,30 +559,10 @@ impl VHost {
         routing_key: &str,
         arguments: FieldTable,
     ) -> CoreResult<()> {
-        if destination.is_empty() || source.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                DEFAULT_EXCHANGE_DENIED,
-            ));
-        }
-        let d = self.exchange(destination)?;
-        let s = self.exchange(source)?;
+        let (d, s) = self.exchange_pair(destination, source)?;
         s.validate_binding(&arguments)?;
-        s.bind(
-            Destination::Exchange(d.name.clone()),
-            routing_key,
-            arguments.clone(),
-        );
-        if s.options.durable && d.options.durable {
-            self.shared.persist_binding(
-                &self.name,
-                &s.name,
-                &d.name,
-                true,
-                routing_key,
-                &arguments,
-            );
-        }
+        let dest = Destination::Exchange(d.name.clone());
+        self.add_binding(&s, dest, d.options.durable, routing_key, arguments);
         Ok(())
     }
 
@@ -575,33 +574,93 @@ impl VHost {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> CoreResult<()> {
-        if destination.is_empty() || source.is_empty() {
-            return Err(CoreError::new(
-                ErrorKind::AccessRefused,
-                DEFAULT_EXCHANGE_DENIED,
-            ));
+        let (d, s) = self.exchange_pair(destination, source)?;
+        let dest = Destination::Exchange(d.name.clone());
+        self.remove_binding(&s, dest, d.options.durable, routing_key, arguments);
+        Ok(())
+    }
+
+    /// The two ends of a queue binding; the default exchange takes no bindings.
+    fn queue_and_exchange(
+        &self,
+        queue: &str,
+        exchange: &str,
+        connection: u64,
+    ) -> CoreResult<(Arc<Queue>, Arc<Exchange>)> {
+        let q = self.queue(queue, connection)?;
+        if exchange.is_empty() {
+            return Err(CoreError::DefaultExchange);
         }
-        let d = self.exchange(destination)?;
-        let s = self.exchange(source)?;
-        let now_empty = s.unbind(
-            &Destination::Exchange(d.name.clone()),
+        Ok((q, self.exchange(exchange)?))
+    }
+
+    /// The two ends of an exchange-to-exchange binding.
+    fn exchange_pair(
+        &self,
+        destination: &str,
+        source: &str,
+    ) -> CoreResult<(Arc<Exchange>, Arc<Exchange>)> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(CoreError::DefaultExchange);
+        }
+        Ok((self.exchange(destination)?, self.exchange(source)?))
+    }
+
+    /// Binds, and stores the binding when both ends are durable.
+    fn add_binding(
+        &self,
+        source: &Exchange,
+        dest: Destination,
+        dest_durable: bool,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) {
+        source.bind(dest.clone(), routing_key, arguments.clone());
+        if source.options.durable && dest_durable {
+            self.shared
+                .persist_binding(&self.binding_def(source, &dest, routing_key, &arguments));
+        }
+    }
+
+    /// Unbinds and forgets the stored binding; an auto-delete source left without
+    /// bindings goes too.
+    fn remove_binding(
+        &self,
+        source: &Exchange,
+        dest: Destination,
+        dest_durable: bool,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) {
+        let now_empty = source.unbind(&dest, routing_key, arguments);
+        if source.options.durable && dest_durable {
+            self.shared
+                .unpersist_binding(&self.binding_def(source, &dest, routing_key, arguments));
+        }
+        if now_empty && source.options.auto_delete {
+            let _ = self.delete_exchange(&source.name, false);
+        }
+    }
+
+    fn binding_def<'a>(
+        &'a self,
+        source: &'a Exchange,
+        dest: &'a Destination,
+        routing_key: &'a str,
+        arguments: &'a FieldTable,
+    ) -> BindingDef<'a> {
+        let (destination, to_exchange) = match dest {
+            Destination::Queue(q) => (q.name.as_str(), false),
+            Destination::Exchange(x) => (&**x, true),
+        };
+        BindingDef {
+            vhost: &self.name,
+            source: &source.name,
+            destination,
+            to_exchange,
             routing_key,
             arguments,
-        );
-        if s.options.durable && d.options.durable {
-            self.shared.unpersist_binding(
-                &self.name,
-                &s.name,
-                &d.name,
-                true,
-                routing_key,
-                arguments,
-            );
         }
-        if now_empty && s.options.auto_delete {
-            let _ = self.delete_exchange(source, false);
-        }
-        Ok(())
     }
 
     // ---- publishing ------------------------------------------------------------------
@@ -637,13 +696,15 @@ impl VHost {
                 return Ok(Routed::default());
             };
             counters.messages_routed.inc();
-            return Ok(match q.enqueue(Arc::new(msg)) {
+            let (enqueued, outcome) = q.enqueue(Arc::new(msg));
+            self.act(&q, outcome);
+            return Ok(match enqueued {
                 Ok(durable) => Routed {
                     queues: 1,
                     durable,
                     rejected: false,
                 },
-                Err(super::queue::Rejected) => Routed {
+                Err(Rejected) => Routed {
                     queues: 1,
                     durable: None,
                     rejected: true,
@@ -654,13 +715,10 @@ impl VHost {
         {
             let x = self.exchange(exchange)?;
             if x.options.internal && !internal_ok {
-                return Err(CoreError::new(
-                    ErrorKind::AccessRefused,
-                    format!(
-                        "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                        self.name
-                    ),
-                ));
+                return Err(CoreError::InternalExchange {
+                    exchange: exchange.to_owned(),
+                    vhost: self.name.to_string(),
+                });
             }
             self.route(&x, &msg, &mut queues);
             if queues.is_empty() {
@@ -677,11 +735,13 @@ impl VHost {
             ..Default::default()
         };
         for q in &queues {
-            match q.enqueue(msg.clone()) {
-                Ok(Some(ticket)) => routed.durable = Some(ticket),
+            let (enqueued, outcome) = q.enqueue(msg.clone());
+            match enqueued {
+                Ok(Some(durable)) => routed.durable = Some(durable),
                 Ok(None) => {}
-                Err(super::queue::Rejected) => routed.rejected = true,
+                Err(Rejected) => routed.rejected = true,
             }
+            self.act(q, outcome);
         }
         Ok(routed)
     }
@@ -746,15 +806,7 @@ impl VHost {
         name: &str,
         options: QueueOptions,
     ) -> CoreResult<Arc<Queue>> {
-        let q = Queue::new(
-            id,
-            name.to_owned(),
-            self.me.clone(),
-            self.name.clone(),
-            options,
-            None,
-            self.shared.store.clone(),
-        )?;
+        let q = self.new_queue(id, name, options, None, self.shared.store.clone())?;
         self.queues.write().insert(name.to_owned(), q.clone());
         Ok(q)
     }
@@ -773,9 +825,22 @@ impl VHost {
     }
 }
 
+impl Owner for VHost {
+    /// Arms the head-expiry wake-up, then republishes the dead letters (the queue's
+    /// lock is released, so a dead-letter cycle back to the queue cannot deadlock).
+    fn act(&self, queue: &Arc<Queue>, outcome: Outcome) {
+        if let Some(at) = outcome.wake_at {
+            self.schedule(at, Timer::HeadExpiry, queue);
+        }
+        if !outcome.dead.is_empty() {
+            self.republish_dead(queue, outcome.dead);
+        }
+    }
+}
+
 /// Fails on the first argument whose redeclared value differs from the current one.
 fn first_difference(
-    what: &str,
+    what: Entity,
     name: &str,
     vhost: &str,
     args: &[(&str, String, String)],
@@ -786,15 +851,22 @@ fn first_difference(
     }
 }
 
-/// RabbitMQ's wording for a redeclaration that does not match.
-fn inequivalent(what: &str, name: &str, vhost: &str, arg: &str, got: &str, cur: &str) -> CoreError {
-    CoreError::new(
-        ErrorKind::PreconditionFailed,
-        format!(
-            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': \
-             received '{got}' but current is '{cur}'"
-        ),
-    )
+fn inequivalent(
+    what: Entity,
+    name: &str,
+    vhost: &str,
+    arg: &str,
+    got: &str,
+    cur: &str,
+) -> CoreError {
+    CoreError::InequivalentArg {
+        entity: what,
+        name: name.to_owned(),
+        vhost: vhost.to_owned(),
+        arg: arg.to_owned(),
+        received: got.to_owned(),
+        current: cur.to_owned(),
+    }
 }
 
 fn describe(v: &crate::content::FieldValue) -> String {

@@ -82,18 +82,18 @@ impl ApiError {
 
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
-        match e.kind {
+        match e.kind() {
             ErrorKind::NotFound => Self::not_found(),
             // RabbitMQ words every permission refusal the same way over HTTP.
             ErrorKind::AccessRefused | ErrorKind::NotAllowed => Self::refused("Access refused."),
-            ErrorKind::Internal | ErrorKind::ResourceError => Self::internal(e.text),
+            ErrorKind::Internal | ErrorKind::ResourceError => Self::internal(e.to_string()),
             // A refused declare or delete (inequivalent arguments, if-empty, a locked
             // exclusive queue, a bad argument) is 400 with the AMQP reply's text.
             ErrorKind::PreconditionFailed
             | ErrorKind::ResourceLocked
             | ErrorKind::CommandInvalid
             | ErrorKind::NotImplemented
-            | ErrorKind::AlreadyExists => Self::bad_request(e.text),
+            | ErrorKind::AlreadyExists => Self::bad_request(e.to_string()),
         }
     }
 }

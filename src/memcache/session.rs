@@ -35,8 +35,9 @@ use super::stats::{self, MemcacheCounters};
 use crate::config::Config;
 use crate::content::{FieldTable, FieldValue, Properties};
 use crate::core::message::Names;
-use crate::core::{Broker, ConnectionInfo, Delivered, ErrorKind, Message, QueueOptions, VHost};
-use crate::store::SyncTicket;
+use crate::core::{
+    Broker, ConnectionInfo, CoreError, Delivered, Durable, Message, QueueOptions, VHost,
+};
 
 /// The header carrying memcache flags on a message.
 pub const FLAGS_HEADER: &str = "x-memcache-flags";
@@ -60,7 +61,7 @@ struct Session {
     open: HashMap<String, Delivered>,
     out: BytesMut,
     /// Answers may not be written before these complete (STORED after fsync).
-    tickets: Vec<SyncTicket>,
+    tickets: Vec<Durable>,
     quit: bool,
     last_names: Arc<Names>,
     /// Has sent `set`: the memory alarm pauses this connection.
@@ -495,8 +496,8 @@ impl Session {
         {
             Ok(_) => Ok(()),
             // Another connection's exclusive queue: publishing to it is still allowed.
-            Err(e) if e.kind == ErrorKind::ResourceLocked => Ok(()),
-            Err(e) => Err(e.text),
+            Err(CoreError::Locked { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -506,7 +507,7 @@ impl Session {
         flags: u32,
         exptime: i64,
         body: Bytes,
-    ) -> Result<Option<SyncTicket>, String> {
+    ) -> Result<Option<Durable>, String> {
         let missing = self.vhost.find_queue(queue).is_none();
         self.guard().set(queue, missing)?;
         if missing {
@@ -531,7 +532,7 @@ impl Session {
             &decoded,
             &body,
         );
-        let routed = self.vhost.publish("", msg).map_err(|e| e.text)?;
+        let routed = self.vhost.publish("", msg).map_err(|e| e.to_string())?;
         if let Some(why) = not_stored(&routed) {
             return Err(why.to_owned());
         }
