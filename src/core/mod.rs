@@ -445,3 +445,5 @@ impl Shared {
 }
 
 mod restore;
+#[cfg(test)]
+mod tests;
