@@ -67,9 +67,7 @@ fn overflow_drops_the_oldest_into_the_dead_letter_exchange() {
     let dlq = declare(&v, "dlq", &[]);
     dead_lettering(&v, "q", &[("x-max-length", FieldValue::I64(2))]);
     let q = v.find_queue("q").unwrap();
-    for i in 1..=3 {
-        publish(&v, "q", &format!("m{i}"));
-    }
+    publish_numbered(&v, "q", 3);
     assert_eq!(q.counters.dropped.get(), 1);
     let (b, _, d) = get(&dlq).unwrap();
     assert_eq!(b, "m1");

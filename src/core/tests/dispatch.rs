@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::support::*;
 use crate::content::FieldValue;
-use crate::core::{Consumer, Credit};
+use crate::core::Credit;
 
 #[test]
 fn messages_go_round_robin_across_consumers() {
@@ -13,9 +13,7 @@ fn messages_go_round_robin_across_consumers() {
     let q = declare(&v, "q", &[]);
     let (_a, got_a) = consume(&q, "a", 0);
     let (_b, got_b) = consume(&q, "b", 0);
-    for i in 1..=4 {
-        publish(&v, "q", &format!("m{i}"));
-    }
+    publish_numbered(&v, "q", 4);
     assert_eq!(got_a.bodies(), ["m1", "m3"]);
     assert_eq!(got_b.bodies(), ["m2", "m4"]);
     assert_eq!(q.depth().unacked, 4);
@@ -25,9 +23,7 @@ fn messages_go_round_robin_across_consumers() {
 fn prefetch_holds_back_what_is_over_the_window_until_an_ack() {
     let v = vhost();
     let q = declare(&v, "q", &[]);
-    for i in 1..=5 {
-        publish(&v, "q", &format!("m{i}"));
-    }
+    publish_numbered(&v, "q", 5);
     let (_c, got) = consume(&q, "c", 2);
     assert_eq!(got.bodies(), ["m1", "m2"]);
     let d = q.depth();
@@ -47,9 +43,7 @@ fn a_shared_window_bounds_all_consumers_of_the_group_together() {
     let group = Arc::new(Credit::new(3));
     let (_a, got_a) = consume_in(&q, "a", 0, group.clone());
     let (_b, got_b) = consume_in(&q, "b", 0, group.clone());
-    for i in 1..=6 {
-        publish(&v, "q", &format!("m{i}"));
-    }
+    publish_numbered(&v, "q", 6);
     assert_eq!(got_a.bodies().len() + got_b.bodies().len(), 3);
     assert_eq!(group.in_flight(), 3);
     assert_eq!(q.depth().ready, 3);
@@ -62,20 +56,9 @@ fn a_shared_window_bounds_all_consumers_of_the_group_together() {
 fn a_no_ack_consumer_settles_on_delivery_and_ignores_prefetch() {
     let v = vhost();
     let q = declare(&v, "q", &[]);
-    let sink = Arc::new(Recorder::default());
-    let c = Consumer::new(
-        "c".into(),
-        true,
-        false,
-        CONN,
-        1,
-        Arc::new(Credit::new(1)),
-        sink.clone(),
-    );
+    let (c, sink) = consumer("c", true, false, 1, Arc::new(Credit::new(1)));
     q.add_consumer(c).unwrap();
-    for i in 1..=3 {
-        publish(&v, "q", &format!("m{i}"));
-    }
+    publish_numbered(&v, "q", 3);
     assert_eq!(sink.bodies(), ["m1", "m2", "m3"]);
     assert_eq!(q.depth().unacked, 0);
     assert_eq!(q.counters.acked.get(), 3);
@@ -86,16 +69,7 @@ fn a_paused_consumer_receives_nothing_until_resumed() {
     let v = vhost();
     let q = declare(&v, "q", &[]);
     publish(&v, "q", "m1");
-    let sink = Arc::new(Recorder::default());
-    let c = Consumer::new(
-        "c".into(),
-        false,
-        false,
-        CONN,
-        0,
-        Arc::new(Credit::new(0)),
-        sink.clone(),
-    );
+    let (c, sink) = consumer("c", false, false, 0, Arc::new(Credit::new(0)));
     c.set_active(false);
     q.add_consumer(c.clone()).unwrap();
     assert!(sink.bodies().is_empty());
@@ -127,27 +101,9 @@ fn with_a_single_active_consumer_only_the_oldest_receives_and_the_next_takes_ove
 fn an_exclusive_consumer_keeps_others_off_the_queue() {
     let v = vhost();
     let q = declare(&v, "q", &[]);
-    let sink = Arc::new(Recorder::default());
-    let exclusive = Consumer::new(
-        "x".into(),
-        false,
-        true,
-        CONN,
-        0,
-        Arc::new(Credit::new(0)),
-        sink,
-    );
+    let (exclusive, _sink) = consumer("x", false, true, 0, Arc::new(Credit::new(0)));
     q.add_consumer(exclusive).unwrap();
-    let sink = Arc::new(Recorder::default());
-    let other = Consumer::new(
-        "o".into(),
-        false,
-        false,
-        CONN,
-        0,
-        Arc::new(Credit::new(0)),
-        sink,
-    );
+    let (other, _sink) = consumer("o", false, false, 0, Arc::new(Credit::new(0)));
     let e = q.add_consumer(other).unwrap_err();
     assert_eq!(e.to_string(), "queue 'q' in vhost '/' in exclusive use");
     assert_eq!(e.kind(), crate::core::ErrorKind::AccessRefused);
@@ -157,12 +113,8 @@ fn an_exclusive_consumer_keeps_others_off_the_queue() {
 fn priorities_deliver_highest_first_and_cap_at_the_maximum() {
     let v = vhost();
     let q = declare(&v, "q", &[("x-max-priority", FieldValue::I64(5))]);
-    for (body, p) in [("low", 1u8), ("mid", 3), ("over", 9), ("high", 5)] {
-        let props = crate::content::Properties {
-            priority: Some(p),
-            ..Default::default()
-        };
-        publish_with(&v, "", "q", body, props);
+    for (body, p) in [("low", 1), ("mid", 3), ("over", 9), ("high", 5)] {
+        publish_priority(&v, "q", body, p);
     }
     // 9 counts as 5: it and "high" share the top level, in publish order.
     assert_eq!(drain(&q), ["over", "high", "mid", "low"]);

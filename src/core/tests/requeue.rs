@@ -9,9 +9,7 @@ use crate::content::FieldValue;
 fn requeued_messages_return_to_their_original_positions() {
     let v = vhost();
     let q = declare(&v, "q", &[]);
-    for i in 1..=5 {
-        publish(&v, "q", &format!("m{i}"));
-    }
+    publish_numbered(&v, "q", 5);
     let (_, _, d1) = get(&q).unwrap();
     let (_, _, d2) = get(&q).unwrap();
     let (_, _, d3) = get(&q).unwrap();
@@ -33,9 +31,7 @@ fn requeued_messages_return_to_their_original_positions() {
 fn a_closing_channel_puts_its_unacked_deliveries_back_in_order() {
     let v = vhost();
     let q = declare(&v, "q", &[]);
-    for i in 1..=4 {
-        publish(&v, "q", &format!("m{i}"));
-    }
+    publish_numbered(&v, "q", 4);
     let (c, sink) = consume(&q, "c", 0);
     let mut held = sink.take();
     assert_eq!(held.len(), 4);
@@ -77,12 +73,8 @@ fn a_requeued_message_goes_to_the_next_consumer_with_credit() {
 fn requeue_keeps_order_within_a_priority_level() {
     let v = vhost();
     let q = declare(&v, "q", &[("x-max-priority", FieldValue::I64(2))]);
-    for (b, p) in [("a1", 1u8), ("b2", 2), ("a2", 1), ("b1", 2)] {
-        let props = crate::content::Properties {
-            priority: Some(p),
-            ..Default::default()
-        };
-        publish_with(&v, "", "q", b, props);
+    for (b, p) in [("a1", 1), ("b2", 2), ("a2", 1), ("b1", 2)] {
+        publish_priority(&v, "q", b, p);
     }
     let taken: Vec<_> = std::iter::from_fn(|| get(&q)).collect();
     let order: Vec<&str> = taken.iter().map(|(b, _, _)| b.as_str()).collect();

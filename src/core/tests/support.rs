@@ -68,6 +68,22 @@ pub fn publish(v: &VHost, queue: &str, body: &str) -> Routed {
     publish_with(v, "", queue, body, Properties::default())
 }
 
+/// Publishes `m1` .. `m<n>` to `queue`.
+pub fn publish_numbered(v: &VHost, queue: &str, n: usize) {
+    for i in 1..=n {
+        publish(v, queue, &format!("m{i}"));
+    }
+}
+
+/// Publishes `body` to `queue` with a `priority`.
+pub fn publish_priority(v: &VHost, queue: &str, body: &str, priority: u8) -> Routed {
+    let props = Properties {
+        priority: Some(priority),
+        ..Default::default()
+    };
+    publish_with(v, "", queue, body, props)
+}
+
 /// Publishes `body` to `queue` with a per-message TTL.
 pub fn publish_expiring(v: &VHost, queue: &str, body: &str, ttl_ms: u64) -> Routed {
     let props = Properties {
@@ -129,6 +145,27 @@ impl DeliverySink for Recorder {
     }
 }
 
+/// A consumer not yet registered, and its sink.
+pub fn consumer(
+    tag: &str,
+    no_ack: bool,
+    exclusive: bool,
+    prefetch: u32,
+    group: Arc<Credit>,
+) -> (Arc<Consumer>, Arc<Recorder>) {
+    let sink = Arc::new(Recorder::default());
+    let c = Consumer::new(
+        tag.into(),
+        no_ack,
+        exclusive,
+        CONN,
+        prefetch,
+        group,
+        sink.clone(),
+    );
+    (c, sink)
+}
+
 /// Registers a consumer with acks and its own `prefetch` (0 = unlimited) in `group`.
 pub fn consume_in(
     q: &Arc<Queue>,
@@ -136,16 +173,7 @@ pub fn consume_in(
     prefetch: u32,
     group: Arc<Credit>,
 ) -> (Arc<Consumer>, Arc<Recorder>) {
-    let sink = Arc::new(Recorder::default());
-    let c = Consumer::new(
-        tag.into(),
-        false,
-        false,
-        CONN,
-        prefetch,
-        group,
-        sink.clone(),
-    );
+    let (c, sink) = consumer(tag, false, false, prefetch, group);
     q.add_consumer(c.clone()).expect("consume");
     (c, sink)
 }
