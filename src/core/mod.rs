@@ -5,7 +5,15 @@
 //!
 //! Task model: there is no task per queue. Every queue is a short mutex; a publish,
 //! an ack or a new consumer dispatches inline, handing messages to the consumers'
-//! [`DeliverySink`]s, which only queue bytes for their connection's writer.
+//! [`DeliverySink`]s, which only queue bytes for their connection's writer. A queue
+//! decides only about itself: what follows elsewhere (dead letters republished through
+//! an exchange, a wake-up for its head's TTL) it returns to its vhost, which acts on it
+//! once the queue's lock is released. One task per broker runs every queue timer
+//! (head TTL, `x-expires`); [`Broker::stop_timers`] ends it.
+//!
+//! The core knows no protocol: errors are [`CoreError`] variants worded as RabbitMQ
+//! words them, classed by [`ErrorKind`] for each front end to map; a publish that must
+//! reach the disk first hands out a [`Durable`] to wait on.
 
 pub mod access;
 pub mod clock;
@@ -15,6 +23,7 @@ pub mod disk_alarm;
 mod durable;
 pub mod error;
 pub mod exchange;
+mod features;
 pub mod flow;
 pub mod message;
 pub mod persist;

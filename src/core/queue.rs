@@ -25,6 +25,7 @@ use super::consumer::{Consumer, Delivered};
 use super::deadletter::{DeadLetterTarget, Reason};
 use super::durable::Durable;
 use super::error::{CoreError, CoreResult};
+use super::features::Features;
 use super::message::{Message, QueuedMessage, NEVER};
 use super::persist;
 use super::ready::Ready;
@@ -48,59 +49,6 @@ pub struct QueueOptions {
 /// A queue at its length limit with `x-overflow: reject-publish` refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected;
-
-/// Queue-level limits and behaviours read from the `x-` arguments.
-#[derive(Debug, Clone, Default)]
-struct Features {
-    /// `x-overflow: reject-publish` (or `reject-publish-dlx`): refuse new messages at
-    /// the limit instead of dropping the oldest.
-    reject_publish: bool,
-    /// `x-single-active-consumer`: only the oldest consumer receives.
-    single_active: bool,
-    message_ttl: Option<u64>,
-    max_length: Option<usize>,
-    max_length_bytes: Option<usize>,
-    expires: Option<u64>,
-    max_priority: u8,
-    dead_letter: Option<DeadLetterTarget>,
-}
-
-impl Features {
-    fn from_arguments(args: &FieldTable) -> CoreResult<Self> {
-        let max_priority = match non_negative_arg(args, "x-max-priority")? {
-            Some(p) if p > 255 => return Err(CoreError::PriorityTooLarge { value: p }),
-            Some(p) => p as u8,
-            None => 0,
-        };
-        let expires = non_negative_arg(args, "x-expires")?;
-        if expires == Some(0) {
-            return Err(CoreError::ExpiresZero);
-        }
-        let reject_publish = match args.get_str("x-overflow").as_deref() {
-            None | Some("drop-head") => false,
-            Some("reject-publish") | Some("reject-publish-dlx") => true,
-            Some(other) => {
-                return Err(CoreError::InvalidOverflow {
-                    value: other.to_owned(),
-                })
-            }
-        };
-        let single_active = matches!(
-            args.get("x-single-active-consumer"),
-            Some(crate::content::FieldValue::Bool(true))
-        );
-        Ok(Self {
-            reject_publish,
-            single_active,
-            message_ttl: non_negative_arg(args, "x-message-ttl")?,
-            max_length: non_negative_arg(args, "x-max-length")?.map(|n| n as usize),
-            max_length_bytes: non_negative_arg(args, "x-max-length-bytes")?.map(|n| n as usize),
-            expires,
-            max_priority,
-            dead_letter: DeadLetterTarget::from_arguments(args),
-        })
-    }
-}
 
 /// What a queue operation leaves for the queue's owner (its vhost) to do once the
 /// queue's lock is released, so a dead-letter cycle can never deadlock and the queue
@@ -384,6 +332,8 @@ impl Queue {
         }
     }
 
+    // ---- after the lock: outcomes ----------------------------------------------------
+
     /// Releases the lock and wakes waiting getters; returns what the owner must do
     /// outside the lock (dead letters to republish, a head-expiry wake-up to arm).
     fn unlock(&self, mut st: parking_lot::MutexGuard<'_, State>) -> Outcome {
@@ -425,6 +375,8 @@ impl Queue {
         self.dispatch_locked(&mut st);
         self.unlock(st)
     }
+
+    // ---- the store -------------------------------------------------------------------
 
     /// Removes a message that is gone for good from the store.
     fn forget(&self, m: &QueuedMessage) {
@@ -613,7 +565,7 @@ impl Queue {
         all.len()
     }
 
-    // ---- settling ------------------------------------------------------------------
+    // ---- settling --------------------------------------------------------------------
 
     pub(crate) fn settle_acked(&self, entry: &QueuedMessage) {
         self.forget(entry);
@@ -641,7 +593,7 @@ impl Queue {
         st.ready.insert_by_seq(entry);
     }
 
-    // ---- consumers and deletion ----------------------------------------------------
+    // ---- consumers and deletion ------------------------------------------------------
 
     /// Registers a consumer and starts dispatching to it.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> CoreResult<()> {
@@ -715,18 +667,5 @@ impl Queue {
     /// Consumers of this queue (for admin listings).
     pub fn consumers(&self) -> Vec<Arc<Consumer>> {
         self.state.lock().consumers.clone()
-    }
-}
-
-fn non_negative_arg(args: &FieldTable, key: &str) -> CoreResult<Option<u64>> {
-    match args.get(key) {
-        None => Ok(None),
-        Some(v) => match v.as_i64() {
-            Some(n) if n >= 0 => Ok(Some(n as u64)),
-            _ => Err(CoreError::InvalidQueueArg {
-                arg: key.to_owned(),
-                value: format!("{v:?}"),
-            }),
-        },
     }
 }

@@ -455,7 +455,7 @@ impl VHost {
         n
     }
 
-    // ---- what queues leave to their vhost ---------------------------------------------
+    // ---- what queues leave to their vhost --------------------------------------------
 
     fn schedule(&self, at: u64, timer: Timer, queue: &Arc<Queue>) {
         self.shared
