@@ -263,3 +263,108 @@ impl CoreError {
 
 /// Result alias for core operations.
 pub type CoreResult<T> = Result<T, CoreError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        v.to_owned()
+    }
+
+    /// The texts clients match on, as RabbitMQ 3.10 words them (after `CODE - `).
+    #[test]
+    fn texts_and_classes_are_rabbitmqs() {
+        let (q, v) = (s("q"), s("/"));
+        let cases: Vec<(CoreError, ErrorKind, &str)> = vec![
+            (
+                CoreError::no_queue("q", "/"),
+                ErrorKind::NotFound,
+                "no queue 'q' in vhost '/'",
+            ),
+            (
+                CoreError::no_exchange("x", "/"),
+                ErrorKind::NotFound,
+                "no exchange 'x' in vhost '/'",
+            ),
+            (
+                CoreError::locked("q", "/"),
+                ErrorKind::ResourceLocked,
+                "cannot obtain exclusive access to locked queue 'q' in vhost '/'. It could be \
+                 originally declared on another connection or the exclusive property value \
+                 does not match that of the original declaration.",
+            ),
+            (
+                CoreError::DefaultExchange,
+                ErrorKind::AccessRefused,
+                "operation not permitted on the default exchange",
+            ),
+            (
+                CoreError::ReservedName {
+                    entity: Entity::Queue,
+                    name: s("amq.x"),
+                },
+                ErrorKind::AccessRefused,
+                "queue name 'amq.x' contains reserved prefix 'amq.*'",
+            ),
+            (
+                CoreError::PermissionRefused {
+                    entity: Entity::Exchange,
+                    name: s("amq.default"),
+                    vhost: v.clone(),
+                    user: s("u"),
+                },
+                ErrorKind::AccessRefused,
+                "access to exchange 'amq.default' in vhost '/' refused for user 'u'",
+            ),
+            (
+                CoreError::VhostNotFound { vhost: s("v") },
+                ErrorKind::NotAllowed,
+                "vhost v not found",
+            ),
+            (
+                CoreError::InequivalentArg {
+                    entity: Entity::Queue,
+                    name: q.clone(),
+                    vhost: v.clone(),
+                    arg: s("durable"),
+                    received: s("true"),
+                    current: s("false"),
+                },
+                ErrorKind::PreconditionFailed,
+                "inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but \
+                 current is 'false'",
+            ),
+            (
+                CoreError::QueueNotEmpty {
+                    queue: q.clone(),
+                    vhost: v.clone(),
+                },
+                ErrorKind::PreconditionFailed,
+                "queue 'q' in vhost '/' not empty",
+            ),
+            (
+                CoreError::InvalidXMatch {
+                    value: s("<<\"some\">>"),
+                },
+                ErrorKind::PreconditionFailed,
+                "Invalid x-match field value <<\"some\">>; expected all, any, all-with-x, or \
+                 any-with-x",
+            ),
+            (
+                CoreError::VhostExists { vhost: s("v") },
+                ErrorKind::AlreadyExists,
+                "vhost 'v' already exists",
+            ),
+            (
+                CoreError::UnknownExchangeType { kind: s("nope") },
+                ErrorKind::CommandInvalid,
+                "unknown exchange type 'nope'",
+            ),
+        ];
+        for (e, kind, text) in cases {
+            assert_eq!(e.to_string(), text);
+            assert_eq!(e.kind(), kind, "{text}");
+        }
+    }
+}
