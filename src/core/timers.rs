@@ -84,11 +84,12 @@ impl Timers {
         }
     }
 
-    /// Starts the task on first use. Outside a tokio runtime (offline tools) timers
-    /// do not run, as no message waits there long enough to expire.
+    /// Starts the task on first use, and again if the runtime it ran on has ended.
+    /// Outside a tokio runtime (offline tools) timers do not run, as no message waits
+    /// there long enough to expire.
     fn start_driver(&self) {
         let mut driver = self.driver.lock();
-        if driver.is_some() {
+        if driver.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
