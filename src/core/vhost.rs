@@ -6,11 +6,11 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 
-use super::deadletter::dead_letter;
+use super::deadletter::{dead_letter, Reason};
 use super::durable::Durable;
 use super::error::{CoreError, CoreResult, Entity};
 use super::exchange::{Destination, Exchange, ExchangeKind, ExchangeOptions};
-use super::message::Message;
+use super::message::{Message, QueuedMessage};
 use super::queue::{Outcome, Owner, Queue, QueueOptions, Rejected, Unused};
 use super::timers::Timer;
 use super::{BindingDef, Shared};
@@ -482,11 +482,7 @@ impl VHost {
 
     /// Republishes `queue`'s dead letters, each with its `x-death` history, through its
     /// dead-letter exchange. A missing dead-letter exchange drops them, as in RabbitMQ.
-    fn republish_dead(
-        &self,
-        queue: &Queue,
-        dead: Vec<(super::QueuedMessage, super::deadletter::Reason)>,
-    ) {
+    fn republish_dead(&self, queue: &Queue, dead: Vec<(QueuedMessage, Reason)>) {
         let Some(target) = queue.dead_letter_target() else {
             return;
         };
