@@ -161,6 +161,34 @@ mod tests {
         assert!(buf.is_empty());
     }
 
+    /// The contract tokio-util's `FramedRead` relies on: fed by a reader, the codec
+    /// yields the header, the frames, then the end of the stream.
+    #[tokio::test]
+    async fn works_under_framed_read() {
+        use futures_lite::StreamExt;
+        use tokio_util::codec::FramedRead;
+
+        let mut stream = BytesMut::from(&PROTOCOL_HEADER[..]);
+        encode_heartbeat(&mut stream);
+        AmqpCodec::frames(0)
+            .encode(&start_ok(), &mut stream)
+            .unwrap();
+        let mut framed = FramedRead::new(&stream[..], AmqpCodec::new(4096));
+        assert_eq!(
+            framed.next().await.unwrap().unwrap(),
+            Incoming::ProtocolHeader
+        );
+        assert_eq!(
+            framed.next().await.unwrap().unwrap(),
+            Incoming::Frame(Frame::Heartbeat { channel: 0 })
+        );
+        assert_eq!(
+            framed.next().await.unwrap().unwrap(),
+            Incoming::Frame(start_ok())
+        );
+        assert!(framed.next().await.is_none());
+    }
+
     #[test]
     fn bad_protocol_header_consumes_nothing() {
         let mut codec = AmqpCodec::new(0);
