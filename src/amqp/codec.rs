@@ -9,7 +9,8 @@
 //!
 //! The limit is the codec's own state because it changes during the handshake: the
 //! client's first methods are read under the server's proposal (at least
-//! [`FRAME_MIN_SIZE`]), everything after tune-ok under the negotiated value.
+//! [`FRAME_MIN_SIZE`](super::methods::FRAME_MIN_SIZE)), everything after tune-ok under
+//! the negotiated value.
 
 use std::io;
 
@@ -17,8 +18,6 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::frame::{encode_frame, parse_frame, parse_protocol_header, Frame, FrameError};
-#[cfg(doc)]
-use super::methods::FRAME_MIN_SIZE;
 
 /// What the codec reads: the protocol header once, first, then frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +51,7 @@ pub enum CodecError {
 
 /// The server side of an AMQP stream. Streaming contract as [`parse_frame`]: incomplete
 /// input is `Ok(None)` with nothing consumed, a complete item is consumed exactly,
-/// malformed input is an error after which nothing more can be decoded.
+/// malformed input is an error (nothing consumed) after which the connection must close.
 #[derive(Debug, Clone)]
 pub struct AmqpCodec {
     state: State,
