@@ -1369,14 +1369,20 @@ async fn basic_cancel_sent_only_to_clients_that_asked_for_it() {
 
 // ---- the handshake's own checks ---------------------------------------------------------
 
+/// Connects and sends the protocol header; returns once connection.start arrived.
+async fn started(broker: &Broker) -> Wire {
+    let mut w = Wire::connect(broker).await;
+    w.send_raw(PROTOCOL_HEADER).await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::ConnectionStart(_)), "got {m:?}");
+    w
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_method_out_of_order_is_503_naming_the_expected_one() {
     let broker = start_broker();
     // connection.tune-ok where start-ok belongs.
-    let mut w = Wire::connect(&broker).await;
-    w.send_raw(PROTOCOL_HEADER).await;
-    let (_, m) = w.method().await;
-    assert!(matches!(m, Method::ConnectionStart(_)), "got {m:?}");
+    let mut w = started(&broker).await;
     w.send(0, tune(0, 0, 0)).await;
     let close = w.expect_connection_close(503).await;
     assert_eq!(
@@ -1387,17 +1393,14 @@ async fn handshake_method_out_of_order_is_503_naming_the_expected_one() {
     // connection.open where tune-ok belongs.
     let mut w = Wire::connect(&broker).await;
     w.start("PLAIN", plain("guest", "guest")).await;
-    let (_, m) = w.method().await;
-    assert!(matches!(m, Method::ConnectionTune(_)), "got {m:?}");
-    w.send(
-        0,
-        ConnectionOpen {
-            virtual_host: "/".into(),
-            reserved_1: String::new(),
-            reserved_2: false,
-        },
-    )
-    .await;
+    let Method::ConnectionTune(_) = w.method().await.1 else {
+        panic!("expected connection.tune");
+    };
+    let open = ConnectionOpen {
+        virtual_host: "/".into(),
+        ..Default::default()
+    };
+    w.send(0, open).await;
     let close = w.expect_connection_close(503).await;
     assert_eq!(
         close.reply_text,
@@ -1408,39 +1411,26 @@ async fn handshake_method_out_of_order_is_503_naming_the_expected_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_frames_are_bounded_by_the_servers_proposal() {
+async fn handshake_frames_are_bounded_by_our_proposal_and_must_be_methods() {
     let broker = start_broker();
-    let mut w = Wire::connect(&broker).await;
-    w.send_raw(PROTOCOL_HEADER).await;
-    let (_, m) = w.method().await;
-    let Method::ConnectionStart(_) = m else {
-        panic!("expected connection.start, got {m:?}");
-    };
+    let mut w = started(&broker).await;
     // Only the 7-byte header of a start-ok one byte over the proposed 131072: refused
     // before its payload is waited for.
     let mut header = vec![FRAME_METHOD, 0, 0];
     header.extend_from_slice(&(131_072u32 - 8 + 1).to_be_bytes());
     w.send_raw(&header).await;
-    let close = w.expect_connection_close(501).await;
+    let text = w.expect_connection_close(501).await.reply_text;
     assert_eq!(
-        close.reply_text,
+        text,
         "FRAME_ERROR - frame of 131073 bytes exceeds frame_max 131072"
     );
-    assert_broker_serves(&broker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_frame_during_the_handshake_is_505() {
-    let broker = start_broker();
-    let mut w = Wire::connect(&broker).await;
-    w.send_raw(PROTOCOL_HEADER).await;
-    let (_, m) = w.method().await;
-    assert!(matches!(m, Method::ConnectionStart(_)), "got {m:?}");
+    // A content frame where start-ok belongs.
+    let mut w = started(&broker).await;
     w.send_raw(&raw_frame(FRAME_BODY, 0, b"early", FRAME_END))
         .await;
-    let close = w.expect_connection_close(505).await;
+    let text = w.expect_connection_close(505).await.reply_text;
     assert_eq!(
-        close.reply_text,
+        text,
         "UNEXPECTED_FRAME - unexpected frame during the connection handshake"
     );
     assert_broker_serves(&broker).await;
