@@ -1366,3 +1366,211 @@ async fn basic_cancel_sent_only_to_clients_that_asked_for_it() {
         assert!(matches!(m, Method::BasicQosOk(_)), "got {m:?}");
     }
 }
+
+// ---- the handshake's own checks ---------------------------------------------------------
+
+/// Connects and sends the protocol header; returns once connection.start arrived.
+async fn started(broker: &Broker) -> Wire {
+    let mut w = Wire::connect(broker).await;
+    w.send_raw(PROTOCOL_HEADER).await;
+    let (_, m) = w.method().await;
+    assert!(matches!(m, Method::ConnectionStart(_)), "got {m:?}");
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_method_out_of_order_is_503_naming_the_expected_one() {
+    let broker = start_broker();
+    // connection.tune-ok where start-ok belongs.
+    let mut w = started(&broker).await;
+    w.send(0, tune(0, 0, 0)).await;
+    let close = w.expect_connection_close(503).await;
+    assert_eq!(
+        close.reply_text,
+        "COMMAND_INVALID - expected connection.start-ok"
+    );
+    assert_eq!((close.class_id, close.method_id), (10, 31));
+    // connection.open where tune-ok belongs.
+    let mut w = Wire::connect(&broker).await;
+    w.start("PLAIN", plain("guest", "guest")).await;
+    let Method::ConnectionTune(_) = w.method().await.1 else {
+        panic!("expected connection.tune");
+    };
+    let open = ConnectionOpen {
+        virtual_host: "/".into(),
+        ..Default::default()
+    };
+    w.send(0, open).await;
+    let close = w.expect_connection_close(503).await;
+    assert_eq!(
+        close.reply_text,
+        "COMMAND_INVALID - expected connection.tune-ok"
+    );
+    assert_eq!((close.class_id, close.method_id), (10, 40));
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_frames_are_bounded_by_our_proposal_and_must_be_methods() {
+    let broker = start_broker();
+    let mut w = started(&broker).await;
+    // Only the 7-byte header of a start-ok one byte over the proposed 131072: refused
+    // before its payload is waited for.
+    let mut header = vec![FRAME_METHOD, 0, 0];
+    header.extend_from_slice(&(131_072u32 - 8 + 1).to_be_bytes());
+    w.send_raw(&header).await;
+    let text = w.expect_connection_close(501).await.reply_text;
+    assert_eq!(
+        text,
+        "FRAME_ERROR - frame of 131073 bytes exceeds frame_max 131072"
+    );
+    // A content frame where start-ok belongs.
+    let mut w = started(&broker).await;
+    w.send_raw(&raw_frame(FRAME_BODY, 0, b"early", FRAME_END))
+        .await;
+    let text = w.expect_connection_close(505).await.reply_text;
+    assert_eq!(
+        text,
+        "UNEXPECTED_FRAME - unexpected frame during the connection handshake"
+    );
+    assert_broker_serves(&broker).await;
+}
+
+// ---- each class's handler: refusals ----------------------------------------------------
+
+/// Sends `setup` on a fresh channel 1 (each answered by one method), then `bad`, and
+/// expects the refusal: a channel.close for a soft error, a connection.close for a hard
+/// one, with `text` and the offending method's ids.
+async fn refusal_case(
+    broker: &Broker,
+    setup: &[Method],
+    bad: Method,
+    code: u16,
+    text: &str,
+    ids: (u16, u16),
+) {
+    let mut w = Wire::connect(broker).await;
+    w.handshake().await;
+    w.open_channel(1).await;
+    for m in setup {
+        w.send(1, m.clone()).await;
+        let (ch, answer) = w.method().await;
+        assert_eq!(ch, 1, "{} answered with {answer:?}", m.name());
+    }
+    let name = bad.name();
+    w.send(1, bad).await;
+    let hard = matches!(code, 503 | 540);
+    let (reply_text, got_ids) = if hard {
+        let c = w.expect_connection_close(code).await;
+        (c.reply_text, (c.class_id, c.method_id))
+    } else {
+        let (ch, m) = w.method().await;
+        let Method::ChannelClose(c) = m else {
+            panic!("{name}: expected channel.close, got {m:?}");
+        };
+        assert_eq!((ch, c.reply_code), (1, code), "{name}");
+        w.send(1, ChannelCloseOk {}).await;
+        w.open_channel(1).await;
+        (c.reply_text, (c.class_id, c.method_id))
+    };
+    assert_eq!(reply_text, text, "{name}");
+    assert_eq!(got_ids, ids, "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_class_refuses_what_only_the_server_sends() {
+    let broker = start_broker();
+    let cases: Vec<(Method, (u16, u16))> = vec![
+        (
+            ChannelOpenOk {
+                reserved_1: Bytes::new(),
+            }
+            .into(),
+            (20, 11),
+        ),
+        (ExchangeDeclareOk {}.into(), (40, 11)),
+        (
+            QueueDeclareOk {
+                queue: "q".into(),
+                message_count: 0,
+                consumer_count: 0,
+            }
+            .into(),
+            (50, 11),
+        ),
+        (BasicDeliver::default().into(), (60, 60)),
+        (ConfirmSelectOk {}.into(), (85, 11)),
+        (TxSelectOk {}.into(), (90, 11)),
+    ];
+    for (m, ids) in cases {
+        let text = format!(
+            "COMMAND_INVALID - unexpected method {} on a channel",
+            m.name()
+        );
+        refusal_case(&broker, &[], m, 503, &text, ids).await;
+    }
+    assert_broker_serves(&broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_and_argument_refusals_per_class() {
+    let broker = start_broker();
+    let tx_select: Method = TxSelect {}.into();
+    let confirm_select: Method = ConfirmSelect { no_wait: false }.into();
+    refusal_case(
+        &broker,
+        std::slice::from_ref(&tx_select),
+        confirm_select.clone(),
+        406,
+        "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
+        (85, 10),
+    )
+    .await;
+    refusal_case(
+        &broker,
+        &[confirm_select],
+        tx_select,
+        406,
+        "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
+        (90, 10),
+    )
+    .await;
+    for (m, ids) in [
+        (Method::from(TxCommit {}), (90, 20)),
+        (TxRollback {}.into(), (90, 30)),
+    ] {
+        refusal_case(
+            &broker,
+            &[],
+            m,
+            406,
+            "PRECONDITION_FAILED - channel is not transactional",
+            ids,
+        )
+        .await;
+    }
+    refusal_case(
+        &broker,
+        &[],
+        ChannelFlow { active: false }.into(),
+        540,
+        "NOT_IMPLEMENTED - active=false",
+        (20, 20),
+    )
+    .await;
+    refusal_case(
+        &broker,
+        &[],
+        BasicQos {
+            prefetch_size: 1,
+            prefetch_count: 0,
+            global: false,
+        }
+        .into(),
+        540,
+        "NOT_IMPLEMENTED - prefetch_size!=0 (1)",
+        (60, 10),
+    )
+    .await;
+    assert_broker_serves(&broker).await;
+}

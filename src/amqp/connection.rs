@@ -1,12 +1,18 @@
-//! One AMQP connection: the handshake, then the reader loop that feeds frames to
-//! channels, with heartbeats and the close handshakes.
+//! One AMQP connection: the socket with its read buffer ([`Connection`]), the
+//! handshake, then the session that feeds frames to channels, with heartbeats and the
+//! close handshakes.
 //!
 //! Grammar (AMQP 0-9-1, connection class):
 //! `connection = open-connection *use-connection close-connection`;
 //! `open-connection = C:protocol-header S:START C:START-OK *challenge S:TUNE C:TUNE-OK C:OPEN S:OPEN-OK`;
 //! `close-connection = C:CLOSE S:CLOSE-OK / S:CLOSE C:CLOSE-OK`.
+//!
+//! Task model: this task reads (handshake, then [`Session::serve`]); after the handshake
+//! everything bound for the client goes through one queue to the writer task
+//! ([`writer::run`]), which owns the socket's write half.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,11 +22,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{Channel, ConnCtx};
+use super::codec::{AmqpCodec, CodecError, Incoming};
 use super::error::AmqpError;
-use super::frame::{encode_method, parse_frame, parse_protocol_header, Frame, PROTOCOL_HEADER};
+use super::frame::{Frame, PROTOCOL_HEADER};
 use super::methods::*;
 use super::writer::{self, Out};
 use crate::config::Config;
@@ -54,6 +62,149 @@ struct Negotiated {
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The client's socket and read buffer, as mini-redis's `Connection`: frames are read
+/// through the [`AmqpCodec`] (which owns `frame_max` and the protocol-header state) and,
+/// during the handshake, written straight to the socket. Once the handshake is done the
+/// write half goes to the writer task ([`Connection::take_writer`]).
+struct Connection {
+    reader: OwnedReadHalf,
+    /// Until the writer task takes it.
+    writer: Option<OwnedWriteHalf>,
+    buffer: BytesMut,
+    codec: AmqpCodec,
+    info: Arc<ConnectionInfo>,
+    /// Bytes the last read returned: a busy connection reads in bigger chunks.
+    last_read: usize,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, frame_max: u32, info: Arc<ConnectionInfo>) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Self {
+            reader,
+            writer: Some(writer),
+            buffer: BytesMut::with_capacity(4 * 1024),
+            codec: AmqpCodec::new(frame_max),
+            info,
+            last_read: 0,
+        }
+    }
+
+    /// Frames larger than this (payload + 8) are refused from now on; 0 = no limit.
+    fn set_frame_max(&mut self, frame_max: u32) {
+        self.codec.set_frame_max(frame_max);
+    }
+
+    /// The next item from what was already read, without I/O.
+    fn decode(&mut self) -> Result<Option<Incoming>, CodecError> {
+        self.codec.decode(&mut self.buffer)
+    }
+
+    /// The next item, reading from the socket as needed; `Ok(None)` once the client has
+    /// closed its side.
+    async fn read(&mut self) -> Result<Option<Incoming>, CodecError> {
+        loop {
+            if let Some(item) = self.decode()? {
+                return Ok(Some(item));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads once from the socket into the buffer; `Ok(false)` when the client closed.
+    /// Cancel-safe (a read that did not complete took nothing).
+    async fn fill(&mut self) -> io::Result<bool> {
+        // Busy connections read 64 KiB at a time; idle ones (heartbeats only) keep a
+        // small buffer, so 10,000 idle connections stay cheap.
+        let chunk = if self.last_read >= 8 * 1024 {
+            64 * 1024
+        } else {
+            4 * 1024
+        };
+        if self.buffer.capacity() - self.buffer.len() < chunk / 2 {
+            if self.buffer.is_empty() {
+                self.buffer = BytesMut::with_capacity(chunk);
+            } else {
+                self.buffer.reserve(chunk);
+            }
+        }
+        let n = self.reader.read_buf(&mut self.buffer).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.last_read = n;
+        self.info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Writes one frame now (the handshake's; later frames go through the writer task).
+    async fn write_frame(&mut self, frame: &Frame) -> Result<(), CodecError> {
+        let mut out = BytesMut::new();
+        self.codec.encode(frame, &mut out)?;
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        writer.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Writes a method on channel 0 now.
+    async fn write_method(&mut self, m: impl Into<Method>) -> Result<(), CodecError> {
+        let frame = Frame::Method {
+            channel: 0,
+            method: m.into(),
+        };
+        self.write_frame(&frame).await
+    }
+
+    /// A client that does not speak 0-9-1: tell it the version we do, then close.
+    async fn refuse_protocol(&mut self) {
+        if let Some(writer) = self.writer.as_mut() {
+            let _ = writer.write_all(PROTOCOL_HEADER).await;
+        }
+        self.shutdown().await;
+    }
+
+    /// Closes the write side (the client sees end of stream).
+    async fn shutdown(&mut self) {
+        if let Some(writer) = self.writer.as_mut() {
+            let _ = writer.shutdown().await;
+        }
+    }
+
+    /// Hands the write half to the writer task.
+    fn take_writer(&mut self) -> Option<OwnedWriteHalf> {
+        self.writer.take()
+    }
+
+    /// Reads and discards what the client still sends until it closes or `within` passes.
+    async fn discard_input(&mut self, within: Duration) {
+        let _ = tokio::time::timeout(within, async {
+            let mut sink = [0u8; 4096];
+            while matches!(self.reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
+/// A codec error as the connection.close it calls for; a failed socket is reported as
+/// closed (the caller then sends nothing).
+fn codec_error(e: CodecError) -> AmqpError {
+    match e {
+        CodecError::Frame(e) => AmqpError::new(e.reply_code(), e.to_string()),
+        CodecError::Io(_) => closed(),
+    }
+}
+
+/// The client went away (or its socket failed) during the handshake.
+fn closed() -> AmqpError {
+    AmqpError::new(reply::CONNECTION_FORCED, "closed")
+}
+
 /// Serves one client until it goes away or the broker shuts down.
 pub async fn run(
     stream: TcpStream,
@@ -64,12 +215,15 @@ pub async fn run(
 ) {
     let guard = broker.register_connection("amqp", peer);
     let info = guard.info.clone();
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(4 * 1024);
+    // The client's first methods are read under our own proposal, at least the minimum.
+    let mut conn = Connection::new(
+        stream,
+        config.amqp.frame_max.max(FRAME_MIN_SIZE),
+        info.clone(),
+    );
     let negotiated = match tokio::time::timeout(
         Duration::from_millis(config.amqp.handshake_timeout),
-        handshake(&mut rd, &mut wr, &mut buf, &broker, &config, peer, &info),
+        handshake(&mut conn, &broker, &config, peer),
     )
     .await
     {
@@ -80,6 +234,9 @@ pub async fn run(
     *info.vhost.lock() = negotiated.vhost.clone();
     // Checked at open; gone only if deleted since, which closes this connection anyway.
     let Some(vhost) = broker.vhost(&negotiated.vhost) else {
+        return;
+    };
+    let Some(wr) = conn.take_writer() else {
         return;
     };
     let (out, rx) = writer::channel(&broker);
@@ -102,37 +259,33 @@ pub async fn run(
         max_message: config.amqp.max_message,
         info: info.clone(),
     };
-    let mut conn = Connection {
+    let mut session = Session {
+        conn,
         ctx,
         channels: HashMap::new(),
         channel_max: negotiated.channel_max,
-        frame_max: negotiated.frame_max,
         state: ConnectionState::Open,
         publisher: false,
         blocked_notify: negotiated.blocked_notify,
     };
-    conn.serve(&mut rd, &mut buf, negotiated.heartbeat, &shutdown)
-        .await;
-    conn.teardown();
+    session.serve(negotiated.heartbeat, &shutdown).await;
+    session.teardown();
     done.cancel();
     let wr = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
     // As RabbitMQ: after the last frame (close-ok, or the close the client answered),
     // let the client close the socket first, reading and discarding what it still sends,
     // so our close never turns into a reset the client sees as an aborted connection.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut sink = [0u8; 4096];
-        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    session.conn.discard_input(Duration::from_secs(1)).await;
     drop(wr);
     drop(guard);
 }
 
-struct Connection {
+/// An open connection's state: its channels and where it is in the close handshake.
+struct Session {
+    conn: Connection,
     ctx: ConnCtx,
     channels: HashMap<u16, Slot>,
     channel_max: u16,
-    frame_max: u32,
     state: ConnectionState,
     /// Has published: the memory alarm pauses this connection.
     publisher: bool,
@@ -145,14 +298,8 @@ enum Flow {
     Stop,
 }
 
-impl Connection {
-    async fn serve(
-        &mut self,
-        rd: &mut OwnedReadHalf,
-        buf: &mut BytesMut,
-        heartbeat: u16,
-        shutdown: &CancellationToken,
-    ) {
+impl Session {
+    async fn serve(&mut self, heartbeat: u16, shutdown: &CancellationToken) {
         // A peer silent for two heartbeat intervals is gone (plain TCP close, as RabbitMQ).
         let silence = if heartbeat > 0 {
             Duration::from_secs(heartbeat as u64 * 2)
@@ -160,19 +307,20 @@ impl Connection {
             Duration::from_secs(u64::MAX / 4)
         };
         let mut closing_deadline: Option<tokio::time::Instant> = None;
-        let mut last_read = 0usize;
         loop {
             loop {
-                match parse_frame(buf, self.frame_max) {
-                    Ok(Some(frame)) => {
+                match self.conn.decode() {
+                    Ok(Some(Incoming::Frame(frame))) => {
                         if let Flow::Stop = self.on_frame(frame) {
                             return;
                         }
                     }
+                    // The codec yields it once, first; the handshake read it.
+                    Ok(Some(Incoming::ProtocolHeader)) => {}
                     Ok(None) => break,
                     Err(e) => {
                         if self.state == ConnectionState::Open {
-                            self.close_connection(AmqpError::new(e.reply_code(), e.to_string()));
+                            self.close_connection(codec_error(e));
                         }
                         // The stream cannot be resynchronised: stop reading; the writer
                         // still flushes the close before the socket goes.
@@ -182,20 +330,6 @@ impl Connection {
             }
             if self.state == ConnectionState::Closing && closing_deadline.is_none() {
                 closing_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
-            }
-            // Busy connections read 64 KiB at a time; idle ones (heartbeats only) keep a
-            // small buffer, so 10,000 idle connections stay cheap.
-            let chunk = if last_read >= 8 * 1024 {
-                64 * 1024
-            } else {
-                4 * 1024
-            };
-            if buf.capacity() - buf.len() < chunk / 2 {
-                if buf.is_empty() {
-                    *buf = BytesMut::with_capacity(chunk);
-                } else {
-                    buf.reserve(chunk);
-                }
             }
             if self.publisher && self.state == ConnectionState::Open {
                 self.wait_while_blocked(shutdown).await;
@@ -213,12 +347,9 @@ impl Connection {
                 None => silence,
             };
             tokio::select! {
-                r = tokio::time::timeout(wait, rd.read_buf(buf)) => match r {
-                    Ok(Ok(0)) | Ok(Err(_)) => return,
-                    Ok(Ok(n)) => {
-                        last_read = n;
-                        self.ctx.info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    }
+                r = tokio::time::timeout(wait, self.conn.fill()) => match r {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) | Ok(Err(_)) => return,
                     Err(_) => {
                         if closing_deadline.is_none() {
                             tracing::info!(peer = %self.ctx.info.peer, "missed heartbeats from client, closing");
@@ -382,7 +513,7 @@ impl Connection {
     }
 
     fn on_channel_method(&mut self, id: u16, method: Method) -> Result<Flow, AmqpError> {
-        if method.class_id() == 10 {
+        if method.class_id() == ConnectionOpen::CLASS_ID {
             return Err(AmqpError::new(
                 reply::COMMAND_INVALID,
                 format!("connection method {} on channel {id}", method.name()),
@@ -456,7 +587,8 @@ impl Connection {
                     return Err(AmqpError::new(
                         reply::UNEXPECTED_FRAME,
                         format!(
-                            "expected content header for class 60, got method {} instead",
+                            "expected content header for class {}, got method {} instead",
+                            BasicPublish::CLASS_ID,
                             method.name()
                         ),
                     )
@@ -523,52 +655,39 @@ impl Connection {
 
 // ---- handshake ------------------------------------------------------------------------
 
-async fn read_more(
-    rd: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    info: &ConnectionInfo,
-) -> Result<(), ()> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
-    }
-    match rd.read_buf(buf).await {
-        Ok(0) | Err(_) => Err(()),
-        Ok(n) => {
-            info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            Ok(())
-        }
-    }
-}
-
 /// Reads the next method on channel 0, skipping heartbeats.
-async fn next_method(
-    rd: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    frame_max: u32,
-    info: &ConnectionInfo,
-) -> Result<Method, AmqpError> {
+async fn next_method(conn: &mut Connection) -> Result<Method, AmqpError> {
     loop {
-        match parse_frame(buf, frame_max) {
-            Ok(Some(Frame::Heartbeat { .. })) => continue,
-            Ok(Some(Frame::Method { channel: 0, method })) => return Ok(method),
+        match conn.read().await {
+            Ok(Some(Incoming::Frame(Frame::Heartbeat { .. }))) => continue,
+            Ok(Some(Incoming::Frame(Frame::Method { channel: 0, method }))) => return Ok(method),
             Ok(Some(_)) => {
                 return Err(AmqpError::new(
                     reply::UNEXPECTED_FRAME,
                     "unexpected frame during the connection handshake",
                 ))
             }
-            Ok(None) => read_more(rd, buf, info)
-                .await
-                .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?,
-            Err(e) => return Err(AmqpError::new(e.reply_code(), e.to_string())),
+            Ok(None) => return Err(closed()),
+            Err(e) => return Err(codec_error(e)),
         }
     }
 }
 
-async fn write_method(wr: &mut OwnedWriteHalf, m: impl Into<Method>) -> Result<(), ()> {
-    let mut out = BytesMut::new();
-    encode_method(&mut out, 0, &m.into());
-    wr.write_all(&out).await.map_err(|_| ())
+/// Reads the next handshake method, which must be `Method::$variant`; anything else is
+/// 503 COMMAND_INVALID naming the method expected.
+macro_rules! expect_method {
+    ($conn:expr, $variant:ident) => {
+        match next_method($conn).await? {
+            Method::$variant(m) => m,
+            other => {
+                return Err(AmqpError::new(
+                    reply::COMMAND_INVALID,
+                    format!("expected {}", $variant::NAME),
+                )
+                .on(&other))
+            }
+        }
+    };
 }
 
 fn server_properties() -> FieldTable {
@@ -630,47 +749,32 @@ fn credentials(start_ok: &ConnectionStartOk) -> Result<(String, String), AmqpErr
 /// Runs the connection handshake. On failure the client has been told (where the
 /// protocol allows) and the socket should be dropped.
 async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
+    conn: &mut Connection,
     broker: &Broker,
     config: &Config,
     peer: SocketAddr,
-    info: &ConnectionInfo,
 ) -> Result<Negotiated, ()> {
-    loop {
-        match parse_protocol_header(buf) {
-            Ok(Some(())) => break,
-            Ok(None) => read_more(rd, buf, info).await?,
-            Err(_) => {
-                let _ = wr.write_all(PROTOCOL_HEADER).await;
-                let _ = wr.shutdown().await;
-                return Err(());
-            }
+    match conn.read().await {
+        Ok(Some(Incoming::ProtocolHeader)) => {}
+        Err(CodecError::Frame(_)) => {
+            conn.refuse_protocol().await;
+            return Err(());
         }
+        Ok(_) | Err(CodecError::Io(_)) => return Err(()),
     }
-    write_method(
-        wr,
-        ConnectionStart {
-            version_major: 0,
-            version_minor: 9,
-            server_properties: server_properties(),
-            mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
-            locales: Bytes::from_static(b"en_US"),
-        },
-    )
-    .await?;
+    conn.write_method(ConnectionStart {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: server_properties(),
+        mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+        locales: Bytes::from_static(b"en_US"),
+    })
+    .await
+    .map_err(|_| ())?;
+    let info = conn.info.clone();
     let ours = config.amqp.frame_max;
     let result = async {
-        let start_ok = match next_method(rd, buf, ours.max(4096), info).await? {
-            Method::ConnectionStartOk(m) => m,
-            other => {
-                return Err(
-                    AmqpError::new(reply::COMMAND_INVALID, "expected connection.start-ok")
-                        .on(&other),
-                )
-            }
-        };
+        let start_ok = expect_method!(conn, ConnectionStartOk);
         let capability = |name: &str| {
             matches!(
                 start_ok.client_properties.get("capabilities"),
@@ -692,25 +796,14 @@ async fn handshake(
                 ),
             ));
         }
-        write_method(
-            wr,
-            ConnectionTune {
-                channel_max: config.amqp.channel_max,
-                frame_max: ours,
-                heartbeat: config.amqp.heartbeat,
-            },
-        )
+        conn.write_method(ConnectionTune {
+            channel_max: config.amqp.channel_max,
+            frame_max: ours,
+            heartbeat: config.amqp.heartbeat,
+        })
         .await
-        .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?;
-        let tune_ok = match next_method(rd, buf, ours.max(4096), info).await? {
-            Method::ConnectionTuneOk(m) => m,
-            other => {
-                return Err(
-                    AmqpError::new(reply::COMMAND_INVALID, "expected connection.tune-ok")
-                        .on(&other),
-                )
-            }
-        };
+        .map_err(|_| closed())?;
+        let tune_ok = expect_method!(conn, ConnectionTuneOk);
         let frame_max = match tune_ok.frame_max {
             0 => ours,
             f if f < FRAME_MIN_SIZE => {
@@ -731,29 +824,21 @@ async fn handshake(
             0 => config.amqp.channel_max,
             c => c.min(config.amqp.channel_max.max(1)),
         };
-        let open = match next_method(rd, buf, frame_max, info).await? {
-            Method::ConnectionOpen(m) => m,
-            other => {
-                return Err(
-                    AmqpError::new(reply::COMMAND_INVALID, "expected connection.open").on(&other),
-                )
-            }
-        };
+        conn.set_frame_max(frame_max);
+        let open = expect_method!(conn, ConnectionOpen);
         // Recorded before open-ok, so that a delete_user / delete_vhost racing with this
         // login already finds (and force-closes) the connection.
         *info.user.lock() = user.clone();
         *info.vhost.lock() = open.virtual_host.clone();
         if let Err(e) = broker.check_vhost_access(&user, &open.virtual_host) {
-            return Err(AmqpError::new(reply::NOT_ALLOWED, e.to_string()).on_ids(10, 40));
+            return Err(AmqpError::new(reply::NOT_ALLOWED, e.to_string())
+                .on_ids(ConnectionOpen::CLASS_ID, ConnectionOpen::METHOD_ID));
         }
-        write_method(
-            wr,
-            ConnectionOpenOk {
-                reserved_1: String::new(),
-            },
-        )
+        conn.write_method(ConnectionOpenOk {
+            reserved_1: String::new(),
+        })
         .await
-        .map_err(|_| AmqpError::new(reply::CONNECTION_FORCED, "closed"))?;
+        .map_err(|_| closed())?;
         Ok(Negotiated {
             frame_max,
             channel_max,
@@ -770,20 +855,20 @@ async fn handshake(
         Err(e) => {
             if e.code != reply::CONNECTION_FORCED {
                 tracing::info!(peer = %peer, code = e.code, text = ?e.text, "connection refused");
-                let _ = write_method(
-                    wr,
-                    ConnectionClose {
+                let _ = conn
+                    .write_method(ConnectionClose {
                         reply_code: e.code,
                         reply_text: e.text,
                         class_id: e.class_id,
                         method_id: e.method_id,
-                    },
-                )
-                .await;
-                // Give the client a moment to answer close-ok, then drop the socket.
+                    })
+                    .await;
+                // Give the client a moment to answer close-ok (whatever the size of what
+                // it sends first), then drop the socket.
+                conn.set_frame_max(0);
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     loop {
-                        match next_method(rd, buf, 0, info).await {
+                        match next_method(conn).await {
                             Ok(Method::ConnectionCloseOk(_)) | Err(_) => break,
                             Ok(_) => {}
                         }
@@ -791,7 +876,7 @@ async fn handshake(
                 })
                 .await;
             }
-            let _ = wr.shutdown().await;
+            conn.shutdown().await;
             Err(())
         }
     }

@@ -1,6 +1,7 @@
 //! AMQP 0-9-1 frames: the streaming parser and the encoders. No I/O and no tokio; the
-//! connection task reads into a `BytesMut`, calls [`parse_frame`] until it returns
-//! `Ok(None)`, and encodes replies into its write buffer.
+//! connection reads into a `BytesMut` and decodes it with [`super::codec::AmqpCodec`],
+//! which calls [`parse_frame`] with the `frame_max` in force; the writer encodes replies
+//! into its write buffer.
 //!
 //! ```text
 //! frame   = type:u8 channel:u16 size:u32 payload[size] 0xCE
@@ -46,7 +47,7 @@ pub enum Frame {
     Header {
         /// Channel number.
         channel: u16,
-        /// Class of the content (60 = basic).
+        /// Class of the content (basic's, the only one with content in 0-9-1).
         class_id: u16,
         /// Total size of the body frames that follow.
         body_size: u64,

@@ -4,12 +4,18 @@
 //!   `grammar/amqp-0-9-1.json` (+ the `grammar/amqp-server.json` overlay), with the frame
 //!   constants and reply codes.
 //! - [`frame`]: frames on the wire (method, content header, body, heartbeat), the
-//!   streaming parser and the encoders. No I/O: the connection task owns the socket and
-//!   hands its read buffer to [`frame::parse_frame`].
+//!   streaming parser and the encoders.
+//! - [`codec`]: the tokio-util `Decoder` / `Encoder` over them, which owns `frame_max`
+//!   and the protocol-header state. No I/O: the connection owns the socket and its read
+//!   buffer (mini-redis's `Connection`) and hands the buffer to the codec.
+//! - `connection`: the handshake and the session that routes frames to channels;
+//!   `channel/`: one channel's state, with a handler per class (`exchange`, `queue`,
+//!   `basic`, `confirm`, `tx`); `writer`: the single writer task per connection.
 //!
 //! Wire format: after the 8-byte protocol header `AMQP 0 0 9 1`, every frame is
 //! `type u8, channel u16, size u32, payload[size], 0xCE`.
 
+pub mod codec;
 pub mod frame;
 pub mod methods;
 
