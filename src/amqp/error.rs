@@ -41,18 +41,11 @@ impl AmqpError {
         self
     }
 
-    /// Hard errors close the whole connection; soft ones only the channel.
+    /// Hard errors close the whole connection; soft ones (the grammar's `soft-error`
+    /// class) only the channel. A code the grammar does not call soft closes the
+    /// connection.
     pub fn is_connection_level(&self) -> bool {
-        !matches!(
-            self.code,
-            reply::ACCESS_REFUSED
-                | reply::NOT_FOUND
-                | reply::RESOURCE_LOCKED
-                | reply::PRECONDITION_FAILED
-                | reply::CONTENT_TOO_LARGE
-                | reply::NO_ROUTE
-                | reply::NO_CONSUMERS
-        )
+        !reply::reply_is_soft_error(self.code)
     }
 }
 

@@ -71,8 +71,8 @@ async fn exchange(stream: &mut TcpStream, limit: u32) -> Option<()> {
     send(
         stream,
         ConnectionStart {
-            version_major: 0,
-            version_minor: 9,
+            version_major: VERSION_MAJOR,
+            version_minor: VERSION_MINOR,
             server_properties: FieldTable::new(),
             mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
             locales: Bytes::from_static(b"en_US"),
@@ -104,8 +104,8 @@ async fn exchange(stream: &mut TcpStream, limit: u32) -> Option<()> {
             reply_text: format!(
                 "NOT_ALLOWED - connection refused: node connection limit ({limit}) is reached"
             ),
-            class_id: 10,
-            method_id: 40,
+            class_id: ConnectionOpen::CLASS_ID,
+            method_id: ConnectionOpen::METHOD_ID,
         },
     )
     .await?;
