@@ -373,39 +373,25 @@ fn gen_constants(o: &mut String, g: &Grammar) {
             }
             other => panic!("{GRAMMAR}: constant {} has unknown kind {other}", c.name),
         };
-        let _ = writeln!(
-            o,
-            "/// `{}` = {} (frame constant from the spec).\npub const {}: {ty} = {};",
-            c.name,
-            c.value,
-            screaming(&c.name),
-            c.value
-        );
+        let doc = format!("`{}` = {} (frame constant from the spec).", c.name, c.value);
+        constant(o, "", &doc, &c.name, ty, c.value);
     }
 
     o.push_str("\n/// Class ids, named as in the spec.\npub mod class {\n");
     for class in &g.classes {
-        let _ = writeln!(
-            o,
-            "    /// `{}`: {}\n    pub const {}: u16 = {};",
-            class.name,
-            class.doc,
-            screaming(&class.name),
-            class.id
-        );
+        let doc = format!("`{}`: {}", class.name, class.doc);
+        constant(o, "    ", &doc, &class.name, "u16", class.id.into());
     }
     o.push_str("}\n");
 
     o.push_str("\n/// Reply codes (`connection.close` / `channel.close` / `basic.return`), named as in the spec.\npub mod reply {\n");
     for c in &replies {
-        let class = c.class.as_deref().unwrap_or("success");
-        let _ = writeln!(
-            o,
-            "    /// `{}` ({class}).\n    pub const {}: u16 = {};",
+        let doc = format!(
+            "`{}` ({}).",
             c.name,
-            screaming(&c.name),
-            c.value
+            c.class.as_deref().unwrap_or("success")
         );
+        constant(o, "    ", &doc, &c.name, "u16", c.value);
     }
     o.push_str("    pub use super::{reply_is_hard_error, reply_is_soft_error, reply_name};\n}\n\n");
     o.push_str("/// The constant's name for a reply code, as RabbitMQ starts its reply texts\n/// (`404` -> `\"NOT_FOUND\"`); `\"UNKNOWN\"` for a code the spec does not define.\npub fn reply_name(code: u16) -> &'static str {\n    match code {\n");
@@ -431,6 +417,15 @@ fn gen_constants(o: &mut String, g: &Grammar) {
         );
     }
     o.push('\n');
+}
+
+/// Appends `pub const NAME: ty = value;` (the spec's name in SCREAMING_CASE) with `doc`.
+fn constant(o: &mut String, indent: &str, doc: &str, name: &str, ty: &str, value: u32) {
+    let _ = writeln!(
+        o,
+        "{indent}/// {doc}\n{indent}pub const {}: {ty} = {value};",
+        screaming(name)
+    );
 }
 
 /// Bit fields pack into one octet, least significant bit first, up to 8 in a row.
@@ -539,18 +534,7 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
         "    /// Encodes the arguments (without class-id and method-id).\n    pub fn encode_args(&self, {out}: &mut BytesMut) {{"
     );
     if r.borrowed {
-        let args: Vec<String> = fields
-            .iter()
-            .map(|f| {
-                let ty = resolve_domain(g, &f.domain);
-                let by_ref = ty != "bit" && primitive(ty).by_ref;
-                format!(
-                    "{}self.{}",
-                    if by_ref { "&" } else { "" },
-                    field_ident(&f.name)
-                )
-            })
-            .collect();
+        let args: Vec<String> = fields.iter().map(|f| self_value(g, f)).collect();
         let _ = writeln!(
             o,
             "        Self::encode_args_borrowed(out, {});\n    }}\n",
@@ -575,17 +559,20 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
         );
         gen_encode_fields(o, g, fields, &|f| field_ident(&f.name));
     } else {
-        gen_encode_fields(o, g, fields, &|f| {
-            let ty = resolve_domain(g, &f.domain);
-            let by_ref = ty != "bit" && primitive(ty).by_ref;
-            format!(
-                "{}self.{}",
-                if by_ref { "&" } else { "" },
-                field_ident(&f.name)
-            )
-        });
+        gen_encode_fields(o, g, fields, &|f| self_value(g, f));
     }
     o.push_str("    }\n}\n\n");
+}
+
+/// `self.<field>`, borrowed for the types [`Primitive::by_ref`] marks.
+fn self_value(g: &Grammar, f: &Field) -> String {
+    let ty = resolve_domain(g, &f.domain);
+    let by_ref = ty != "bit" && primitive(ty).by_ref;
+    format!(
+        "{}self.{}",
+        if by_ref { "&" } else { "" },
+        field_ident(&f.name)
+    )
 }
 
 /// The statements that append `fields`; `value` is the expression for one field (a
@@ -708,31 +695,40 @@ fn gen_enum(o: &mut String, overlay: &Overlay, all: &[Resolved], known: &HashMap
 /// One content property, resolved.
 struct Prop<'a> {
     field: &'a Field,
-    ident: String,
-    /// `CONTENT_TYPE`, its constant in `flag`.
-    flag: String,
-    bit: usize,
     ty: &'a str,
+    bit: usize,
     p: Primitive,
 }
 
 impl Prop<'_> {
-    /// The primitive's `write` or `size` template applied to `v`, the property bound by
-    /// `if let Some(v) = &self.<property>`.
-    fn on_v(&self, template: &str) -> String {
-        template.replace("{}", if self.p.by_ref { "v" } else { "*v" })
-    }
-}
-
-/// Appends `line(property)` and a newline for each property.
-fn per_property(o: &mut String, props: &[Prop], line: impl Fn(&Prop) -> String) {
-    for prop in props {
-        o.push_str(&line(prop));
-        o.push('\n');
+    /// `template` with `{name}`, `{ident}`, `{flag}` (its constant in `flag`), `{bit}`,
+    /// `{doc}`, `{owned}` (the Rust type), `{read}` (the reader), `{write}` (the
+    /// statement appending `v`, bound by `if let Some(v) = &self.<ident>`) and `{len}`
+    /// (the statement adding its encoded size to `n`) filled in.
+    fn fill(&self, template: &str) -> String {
+        let ident = field_ident(&self.field.name);
+        let v = if self.p.by_ref { "v" } else { "*v" };
+        let len = if self.p.by_ref {
+            let size = self.p.size.replace("{}", v);
+            format!("if let Some(v) = &self.{ident} {{ n += {size}; }}")
+        } else {
+            format!("if self.{ident}.is_some() {{ n += {}; }}", self.p.size)
+        };
+        template
+            .replace("{name}", &self.field.name)
+            .replace("{ident}", &ident)
+            .replace("{flag}", &screaming(&self.field.name))
+            .replace("{bit}", &self.bit.to_string())
+            .replace("{doc}", &field_doc(self.field, self.ty))
+            .replace("{owned}", self.p.owned)
+            .replace("{read}", self.p.read)
+            .replace("{write}", &self.p.write.replace("{}", v))
+            .replace("{len}", &len)
     }
 }
 
 /// The `Properties` struct of class `basic`: one `Option` per property, in flag order.
+/// Each item is a head, one line per property (see [`Prop::fill`]) and a tail.
 fn generate_content(g: &Grammar) -> String {
     let mut o = String::new();
     header(&mut o, g, GRAMMAR);
@@ -760,79 +756,48 @@ fn generate_content(g: &Grammar) -> String {
             );
             Prop {
                 field,
-                ident: field_ident(&field.name),
-                flag: screaming(&field.name),
-                bit: 15 - i,
                 ty,
+                bit: 15 - i,
                 p: primitive(ty),
             }
         })
         .collect();
-
-    o.push_str(
-        "/// The property-flag bits of class `basic`, in the first flag word.\npub mod flag {\n",
-    );
-    per_property(&mut o, &props, |x| {
-        format!(
-            "    /// `{}`.\n    pub const {}: u16 = 1 << {};",
-            x.field.name, x.flag, x.bit
-        )
-    });
-    o.push_str("    /// Another flag word follows.\n    pub const CONTINUATION: u16 = 1;\n}\n\n");
-
-    let _ = writeln!(
-        o,
-        "/// The {n} content properties of class `basic`; `None` = flag clear, property absent.\n#[derive(Debug, Clone, PartialEq, Default)]\npub struct Properties {{"
-    );
-    per_property(&mut o, &props, |x| {
-        let doc = field_doc(x.field, x.ty);
-        format!(
-            "    /// {doc} Flag bit {}.\n    pub {}: Option<{}>,",
-            x.bit, x.ident, x.p.owned
-        )
-    });
-    o.push_str("}\n\n");
-
-    o.push_str("impl Properties {\n    /// Decodes property flags (with their continuation chain) and the property list.\n    /// Bytes after the last present property are ignored.\n    pub fn decode(raw: &[u8]) -> Result<Properties, DecodeError> {\n        let input = &mut &raw[..];\n        let flags = wire::get_u16(input)?;\n        let mut more = flags & flag::CONTINUATION != 0;\n        while more {\n            more = wire::get_u16(input)? & flag::CONTINUATION != 0;\n        }\n        Ok(Properties {\n");
-    per_property(&mut o, &props, |x| {
-        format!(
-            "            {}: read_if(flags & flag::{} != 0, input, {})?,",
-            x.ident, x.flag, x.p.read
-        )
-    });
-    o.push_str("        })\n    }\n\n");
-
-    o.push_str("    /// The property-flags word for the present properties.\n    pub fn flags(&self) -> u16 {\n        let mut flags = 0;\n");
-    per_property(&mut o, &props, |x| {
-        format!(
-            "        if self.{}.is_some() {{ flags |= flag::{}; }}",
-            x.ident, x.flag
-        )
-    });
-    o.push_str("        flags\n    }\n\n");
-
-    o.push_str("    /// Appends one flag word and the present properties. Strings longer than 255 bytes\n    /// are truncated on a character boundary (see [`wire::put_shortstr`]).\n    pub fn encode(&self, out: &mut BytesMut) {\n        out.put_u16(self.flags());\n");
-    per_property(&mut o, &props, |x| {
-        format!(
-            "        if let Some(v) = &self.{} {{ {} }}",
-            x.ident,
-            x.on_v(x.p.write)
-        )
-    });
-    o.push_str("    }\n\n");
-
-    o.push_str("    /// Bytes [`Properties::encode`] writes.\n    pub fn encoded_len(&self) -> usize {\n        let mut n = 2;\n");
-    per_property(&mut o, &props, |x| match x.p.by_ref {
-        true => format!(
-            "        if let Some(v) = &self.{} {{ n += {}; }}",
-            x.ident,
-            x.on_v(x.p.size)
+    let struct_head = format!("/// The {n} content properties of class `basic`; `None` = flag clear, property absent.\n#[derive(Debug, Clone, PartialEq, Default)]\npub struct Properties {{\n");
+    let items: [(&str, &str, &str); 6] = [
+        (
+            "/// The property-flag bits of class `basic`, in the first flag word.\npub mod flag {\n",
+            "    /// `{name}`.\n    pub const {flag}: u16 = 1 << {bit};",
+            "    /// Another flag word follows.\n    pub const CONTINUATION: u16 = 1;\n}\n\n",
         ),
-        false => format!(
-            "        if self.{}.is_some() {{ n += {}; }}",
-            x.ident, x.p.size
+        (&struct_head, "    /// {doc} Flag bit {bit}.\n    pub {ident}: Option<{owned}>,", "}\n\n"),
+        (
+            "impl Properties {\n    /// Decodes property flags (with their continuation chain) and the property list.\n    /// Bytes after the last present property are ignored.\n    pub fn decode(raw: &[u8]) -> Result<Properties, DecodeError> {\n        let input = &mut &raw[..];\n        let flags = wire::get_u16(input)?;\n        let mut more = flags & flag::CONTINUATION != 0;\n        while more {\n            more = wire::get_u16(input)? & flag::CONTINUATION != 0;\n        }\n        Ok(Properties {\n",
+            "            {ident}: read_if(flags & flag::{flag} != 0, input, {read})?,",
+            "        })\n    }\n\n",
         ),
-    });
-    o.push_str("        n\n    }\n}\n");
+        (
+            "    /// The property-flags word for the present properties.\n    pub fn flags(&self) -> u16 {\n        let mut flags = 0;\n",
+            "        if self.{ident}.is_some() { flags |= flag::{flag}; }",
+            "        flags\n    }\n\n",
+        ),
+        (
+            "    /// Appends one flag word and the present properties. Strings longer than 255 bytes\n    /// are truncated on a character boundary (see [`wire::put_shortstr`]).\n    pub fn encode(&self, out: &mut BytesMut) {\n        out.put_u16(self.flags());\n",
+            "        if let Some(v) = &self.{ident} { {write} }",
+            "    }\n\n",
+        ),
+        (
+            "    /// Bytes [`Properties::encode`] writes.\n    pub fn encoded_len(&self) -> usize {\n        let mut n = 2;\n",
+            "        {len}",
+            "        n\n    }\n}\n",
+        ),
+    ];
+    for (head, line, tail) in items {
+        o.push_str(head);
+        for prop in &props {
+            o.push_str(&prop.fill(line));
+            o.push('\n');
+        }
+        o.push_str(tail);
+    }
     o
 }
