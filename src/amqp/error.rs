@@ -65,3 +65,27 @@ impl From<CoreError> for AmqpError {
         AmqpError::new(code, e.text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grammar's soft errors close the channel; its hard errors, success and codes
+    /// it does not define close the connection.
+    #[test]
+    fn soft_errors_close_only_the_channel() {
+        let level = |code| AmqpError::new(code, "x").is_connection_level();
+        for code in [311, 312, 313, 403, 404, 405, 406] {
+            assert!(!level(code), "{code}");
+        }
+        for code in [
+            320, 402, 501, 502, 503, 504, 505, 506, 530, 540, 541, 200, 999,
+        ] {
+            assert!(level(code), "{code}");
+        }
+        assert_eq!(
+            AmqpError::new(404, "no queue 'q'").text,
+            "NOT_FOUND - no queue 'q'"
+        );
+    }
+}
