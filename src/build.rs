@@ -344,6 +344,12 @@ fn generate_amqp(g: &Grammar, overlay: &Overlay) -> String {
             class.name
         );
     }
+    for name in overlay.handlers.keys() {
+        assert!(
+            g.classes.iter().any(|c| &c.name == name),
+            "{OVERLAY}: handler for unknown class {name}"
+        );
+    }
 
     for r in &all {
         gen_struct(&mut o, g, r);
