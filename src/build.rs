@@ -1,27 +1,50 @@
-//! Build script: generates the AMQP 0-9-1 method types from `grammar/amqp-0-9-1.json`
-//! (the facts of the spec) and `grammar/amqp-server.json` (qgate's overlay: direction and
-//! handler of each method) into `$OUT_DIR/amqp_methods.rs`, which `src/amqp/methods.rs`
-//! includes. The JSON files are the single source; edit them, not the output.
+//! Build script: generates qgate's AMQP 0-9-1 code from `grammar/amqp-0-9-1.json` (the
+//! facts of the spec) and `grammar/amqp-server.json` (qgate's overlay: direction and
+//! handler of each method). The JSON files are the single source; edit them, not the
+//! output.
 //!
-//! Output: one struct per method (`BasicPublish`, ...) with `decode_args`/`encode_args`,
-//! the `Method` enum with `(class_id, method_id)` dispatch, `method_name`, the frame
-//! constants and the `reply` codes. The generated code calls the primitive readers and
-//! writers in `crate::content::value::wire` and converts their errors with `?`.
+//! Output, committed so that it can be read without building:
+//! - `src/amqp/generated.rs` (a child module of `src/amqp/methods.rs`): the protocol
+//!   version, the frame constants, the class ids, the `reply` codes with their names and
+//!   hard/soft classification, one struct per method (`BasicPublish`, ...) with
+//!   `decode_args`/`encode_args` (plus `encode_args_borrowed` for the content methods the
+//!   server sends, which it encodes once per message), and the `Method` enum with
+//!   `(class_id, method_id)` dispatch.
+//! - `src/content/generated.rs` (a child module of `src/content/mod.rs`): the content
+//!   properties of class `basic` (the `Properties` struct, its flag bits, decode, encode).
+//!
+//! Every build generates both into `$OUT_DIR`, where the test
+//! `amqp::methods::tests::generated_files_match_the_grammar` compares them with the
+//! committed files; `QGATE_REGENERATE=1 cargo build` rewrites the committed files (and a
+//! build whose committed files are stale says so in a warning). The generated code calls
+//! the primitive readers and writers in `crate::content::value::wire`.
+//!
+//! Every struct below denies unknown fields: a key the generator does not read is an
+//! error, so grammar data cannot be silently dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Deserialize;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Grammar {
+    /// Where the file comes from; repeated in the generated file's header.
+    comment: String,
+    name: String,
+    major: u8,
+    minor: u8,
+    revision: u8,
+    port: u16,
     constants: Vec<Constant>,
     domains: BTreeMap<String, String>,
     classes: Vec<Class>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Constant {
     name: String,
     value: u32,
@@ -31,15 +54,20 @@ struct Constant {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Class {
     name: String,
     id: u16,
     #[serde(default)]
     doc: String,
+    /// Content properties (only `basic` has them).
+    #[serde(default)]
+    properties: Vec<Field>,
     methods: Vec<MethodDef>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MethodDef {
     name: String,
     id: u16,
@@ -54,16 +82,26 @@ struct MethodDef {
     fields: Vec<Field>,
 }
 
+/// A method argument or a content property.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Field {
     name: String,
     domain: String,
+    /// A note on the field's use (reserved fields, RabbitMQ's reading).
     #[serde(default)]
     comment: Option<String>,
+    /// What the field means, for its doc comment.
+    #[serde(default)]
+    doc: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Overlay {
+    /// What the file is; for readers of the JSON only.
+    #[allow(dead_code)]
+    comment: String,
     receives: Vec<String>,
     sends: Vec<String>,
     handlers: BTreeMap<String, String>,
@@ -71,21 +109,75 @@ struct Overlay {
 
 const GRAMMAR: &str = "grammar/amqp-0-9-1.json";
 const OVERLAY: &str = "grammar/amqp-server.json";
+/// Committed output and the name of its fresh copy in `$OUT_DIR`.
+const AMQP_OUT: (&str, &str) = ("src/amqp/generated.rs", "amqp_generated.rs");
+const CONTENT_OUT: (&str, &str) = ("src/content/generated.rs", "content_generated.rs");
+const REGENERATE: &str = "QGATE_REGENERATE";
 
 fn main() {
     println!("cargo:rerun-if-changed={GRAMMAR}");
     println!("cargo:rerun-if-changed={OVERLAY}");
     println!("cargo:rerun-if-changed=src/build.rs");
+    println!("cargo:rerun-if-changed={}", AMQP_OUT.0);
+    println!("cargo:rerun-if-changed={}", CONTENT_OUT.0);
+    println!("cargo:rerun-if-env-changed={REGENERATE}");
     let grammar: Grammar = read_json(GRAMMAR);
     let overlay: Overlay = read_json(OVERLAY);
-    let code = generate(&grammar, &overlay);
-    let out = std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo");
-    std::fs::write(Path::new(&out).join("amqp_methods.rs"), code).expect("write amqp_methods.rs");
+    let regenerate = std::env::var_os(REGENERATE).is_some_and(|v| v == "1");
+    let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo");
+    for ((committed, fresh), code) in [
+        (AMQP_OUT, generate_amqp(&grammar, &overlay)),
+        (CONTENT_OUT, generate_content(&grammar)),
+    ] {
+        std::fs::write(Path::new(&out_dir).join(fresh), &code)
+            .unwrap_or_else(|e| panic!("write {fresh}: {e}"));
+        if std::fs::read_to_string(committed).ok().as_deref() == Some(code.as_str()) {
+            continue;
+        }
+        if regenerate {
+            std::fs::write(committed, &code).unwrap_or_else(|e| panic!("write {committed}: {e}"));
+        } else {
+            println!(
+                "cargo:warning={committed} is out of date with grammar/: run `{REGENERATE}=1 cargo build`"
+            );
+        }
+    }
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &str) -> T {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
+}
+
+fn header(o: &mut String, g: &Grammar, sources: &str) {
+    let _ = writeln!(
+        o,
+        "// @generated by src/build.rs from {sources}.\n\
+         // Do not edit: change the grammar, then run `{REGENERATE}=1 cargo build` to rewrite this\n\
+         // file. The test `generated_files_match_the_grammar` (in src/amqp/methods.rs) fails\n\
+         // while it differs from what the grammar generates.\n//"
+    );
+    for line in wrap(&g.comment, 88) {
+        let _ = writeln!(o, "// {line}");
+    }
+    o.push_str("\nuse super::*;\n\n");
+}
+
+/// Splits prose into lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
 }
 
 /// `no-wait` -> `no_wait`; `type` (a Rust keyword) -> `kind`.
@@ -113,31 +205,83 @@ fn screaming(name: &str) -> String {
     name.replace('-', "_").to_ascii_uppercase()
 }
 
-/// Primitive wire type -> (Rust type, decode expression, encode statement with `{f}` = field).
-fn primitive(ty: &str) -> (&'static str, &'static str, &'static str) {
+/// How one primitive wire type maps to Rust. In `write` and `size`, `{}` stands for the
+/// value: the value itself for a `Copy` type, a reference to it otherwise (`by_ref`).
+struct Primitive {
+    /// Owned type, as in a method struct.
+    owned: &'static str,
+    /// Parameter type of a borrowed encoder.
+    borrowed: &'static str,
+    /// Reader: a function `(&mut &[u8]) -> Result<T, DecodeError>`.
+    read: &'static str,
+    /// Statement appending the value to `out`.
+    write: &'static str,
+    /// Encoded size in bytes.
+    size: &'static str,
+    by_ref: bool,
+}
+
+fn primitive(ty: &str) -> Primitive {
+    let fixed = |owned, read, write, size| Primitive {
+        owned,
+        borrowed: owned,
+        read,
+        write,
+        size,
+        by_ref: false,
+    };
     match ty {
-        "octet" => ("u8", "wire::get_u8(input)?", "out.put_u8(self.{f});"),
-        "short" => ("u16", "wire::get_u16(input)?", "out.put_u16(self.{f});"),
-        "long" => ("u32", "wire::get_u32(input)?", "out.put_u32(self.{f});"),
-        "longlong" | "timestamp" => ("u64", "wire::get_u64(input)?", "out.put_u64(self.{f});"),
-        "shortstr" => (
-            "String",
-            "wire::get_shortstr(input)?",
-            "wire::put_shortstr(out, &self.{f});",
-        ),
-        "longstr" => (
-            "Bytes",
-            "wire::get_longstr(input)?",
-            "wire::put_longstr(out, &self.{f});",
-        ),
-        "table" => (
-            "FieldTable",
-            "FieldTable::decode(input)?",
-            "self.{f}.encode(out);",
-        ),
-        "bit" => ("bool", "", ""),
-        other => panic!("unknown primitive type {other}"),
+        "octet" => fixed("u8", "wire::get_u8", "out.put_u8({});", "1"),
+        "short" => fixed("u16", "wire::get_u16", "out.put_u16({});", "2"),
+        "long" => fixed("u32", "wire::get_u32", "out.put_u32({});", "4"),
+        "longlong" | "timestamp" => fixed("u64", "wire::get_u64", "out.put_u64({});", "8"),
+        "shortstr" => Primitive {
+            owned: "String",
+            borrowed: "&str",
+            read: "wire::get_shortstr",
+            write: "wire::put_shortstr(out, {});",
+            size: "1 + wire::shortstr_len({})",
+            by_ref: true,
+        },
+        "longstr" => Primitive {
+            owned: "Bytes",
+            borrowed: "&[u8]",
+            read: "wire::get_longstr",
+            write: "wire::put_longstr(out, {});",
+            size: "4 + {}.len()",
+            by_ref: true,
+        },
+        "table" => Primitive {
+            owned: "FieldTable",
+            borrowed: "&FieldTable",
+            read: "FieldTable::decode",
+            write: "FieldTable::encode({}, out);",
+            size: "{}.encoded_len()",
+            by_ref: true,
+        },
+        other => panic!("{GRAMMAR}: unknown primitive type {other}"),
     }
+}
+
+fn resolve_domain<'a>(g: &'a Grammar, domain: &'a str) -> &'a str {
+    let mut d = domain;
+    for _ in 0..8 {
+        match g.domains.get(d) {
+            Some(next) if next == d => return d,
+            Some(next) => d = next,
+            None => panic!("{GRAMMAR}: unknown domain {domain}"),
+        }
+    }
+    panic!("{GRAMMAR}: domain loop at {domain}")
+}
+
+/// The field's doc comment: name, domain, wire type, then its doc and comment.
+fn field_doc(f: &Field, ty: &str) -> String {
+    let mut doc = format!("`{}`: domain `{}`, wire type `{ty}`", f.name, f.domain);
+    for extra in [&f.doc, &f.comment].into_iter().flatten() {
+        let _ = write!(doc, "; {extra}");
+    }
+    doc + "."
 }
 
 struct Resolved<'a> {
@@ -145,33 +289,37 @@ struct Resolved<'a> {
     method: &'a MethodDef,
     full_name: String,
     ident: String,
+    /// Sent by the server with content: gets a borrowed encoder.
+    borrowed: bool,
 }
 
-fn generate(g: &Grammar, overlay: &Overlay) -> String {
+fn generate_amqp(g: &Grammar, overlay: &Overlay) -> String {
     let mut o = String::new();
-    o.push_str("// @generated by src/build.rs from grammar/amqp-0-9-1.json and grammar/amqp-server.json.\n// Do not edit: change the grammar instead.\n\n");
+    header(&mut o, g, &format!("{GRAMMAR} and {OVERLAY}"));
 
     gen_constants(&mut o, g);
 
     let mut all = Vec::new();
     for class in &g.classes {
         for method in &class.methods {
+            let full_name = format!("{}.{}", class.name, method.name);
             all.push(Resolved {
                 class,
                 method,
-                full_name: format!("{}.{}", class.name, method.name),
+                borrowed: method.content && overlay.sends.contains(&full_name),
+                full_name,
                 ident: format!("{}{}", camel(&class.name), camel(&method.name)),
             });
         }
     }
-    let mut ids = std::collections::HashSet::new();
+    let mut ids = HashSet::new();
     for r in &all {
         assert!(
             ids.insert((r.class.id, r.method.id)),
             "{GRAMMAR}: duplicate ids for {}",
             r.full_name
         );
-        let mut names = std::collections::HashSet::new();
+        let mut names = HashSet::new();
         for f in &r.method.fields {
             assert!(
                 names.insert(field_ident(&f.name)),
@@ -196,79 +344,103 @@ fn generate(g: &Grammar, overlay: &Overlay) -> String {
             class.name
         );
     }
+    for name in overlay.handlers.keys() {
+        assert!(
+            g.classes.iter().any(|c| &c.name == name),
+            "{OVERLAY}: handler for unknown class {name}"
+        );
+    }
 
     for r in &all {
         gen_struct(&mut o, g, r);
     }
-    gen_enum(&mut o, g, overlay, &all, &known);
+    gen_enum(&mut o, overlay, &all, &known);
     o
 }
 
 fn gen_constants(o: &mut String, g: &Grammar) {
+    let _ = writeln!(
+        o,
+        "/// Protocol `{0}` {1}-{2}-{3}: major version, as in `connection.start`.\n\
+         pub const VERSION_MAJOR: u8 = {1};\n\
+         /// Minor version, as in `connection.start`.\npub const VERSION_MINOR: u8 = {2};\n\
+         /// Revision (the protocol header's last octet).\npub const VERSION_REVISION: u8 = {3};\n\
+         /// The spec's default port.\npub const DEFAULT_PORT: u16 = {4};\n",
+        g.name, g.major, g.minor, g.revision, g.port
+    );
     let mut replies = Vec::new();
     for c in &g.constants {
-        match c.kind.as_str() {
-            "frame" => {
-                let _ = writeln!(
-                    o,
-                    "/// `{}` = {} (frame constant from the spec).\npub const {}: u8 = {};",
-                    c.name,
-                    c.value,
-                    screaming(&c.name),
-                    c.value
-                );
+        let ty = match c.kind.as_str() {
+            "frame" => "u8",
+            "frame-size" => "u32",
+            "reply" => {
+                replies.push(c);
+                continue;
             }
-            "frame-size" => {
-                let _ = writeln!(
-                    o,
-                    "/// `{}` = {} (frame constant from the spec).\npub const {}: u32 = {};",
-                    c.name,
-                    c.value,
-                    screaming(&c.name),
-                    c.value
-                );
-            }
-            "reply" => replies.push(c),
             other => panic!("{GRAMMAR}: constant {} has unknown kind {other}", c.name),
-        }
+        };
+        let doc = format!("`{}` = {} (frame constant from the spec).", c.name, c.value);
+        constant(o, "", &doc, &c.name, ty, c.value);
     }
+
+    o.push_str("\n/// Class ids, named as in the spec.\npub mod class {\n");
+    for class in &g.classes {
+        let doc = format!("`{}`: {}", class.name, class.doc);
+        constant(o, "    ", &doc, &class.name, "u16", class.id.into());
+    }
+    o.push_str("}\n");
+
     o.push_str("\n/// Reply codes (`connection.close` / `channel.close` / `basic.return`), named as in the spec.\npub mod reply {\n");
     for c in &replies {
-        let class = c.class.as_deref().unwrap_or("success");
-        let _ = writeln!(
-            o,
-            "    /// `{}` ({class}).\n    pub const {}: u16 = {};",
+        let doc = format!(
+            "`{}` ({}).",
             c.name,
-            screaming(&c.name),
-            c.value
+            c.class.as_deref().unwrap_or("success")
         );
+        constant(o, "    ", &doc, &c.name, "u16", c.value);
     }
-    o.push_str("    pub use super::{reply_is_hard_error, reply_name};\n}\n\n");
+    o.push_str("    pub use super::{reply_is_hard_error, reply_is_soft_error, reply_name};\n}\n\n");
     o.push_str("/// The constant's name for a reply code, as RabbitMQ starts its reply texts\n/// (`404` -> `\"NOT_FOUND\"`); `\"UNKNOWN\"` for a code the spec does not define.\npub fn reply_name(code: u16) -> &'static str {\n    match code {\n");
     for c in &replies {
-        let _ = writeln!(o, "        {} => \"{}\",", c.value, screaming(&c.name));
+        let _ = writeln!(o, "        reply::{0} => \"{0}\",", screaming(&c.name));
     }
-    o.push_str("        _ => \"UNKNOWN\",\n    }\n}\n\n");
-    o.push_str("/// True for a hard error (the connection must close), false for soft errors\n/// (the channel closes) and for codes that are not errors.\npub fn reply_is_hard_error(code: u16) -> bool {\n    matches!(code, ");
-    let hard: Vec<String> = replies
-        .iter()
-        .filter(|c| c.class.as_deref() == Some("hard-error"))
-        .map(|c| c.value.to_string())
-        .collect();
-    o.push_str(&hard.join(" | "));
-    o.push_str(")\n}\n\n");
+    o.push_str("        _ => \"UNKNOWN\",\n    }\n}\n");
+    for (class, doc) in [
+        ("hard-error", "True for a hard error (the connection must close), false for soft errors\n/// (the channel closes) and for codes that are not errors."),
+        ("soft-error", "True for a soft error (only the channel closes), false for hard errors and\n/// for codes that are not errors."),
+    ] {
+        let codes: Vec<String> = replies
+            .iter()
+            .filter(|c| c.class.as_deref() == Some(class))
+            .map(|c| format!("reply::{}", screaming(&c.name)))
+            .collect();
+        assert!(!codes.is_empty(), "{GRAMMAR}: no {class} reply codes");
+        let _ = writeln!(
+            o,
+            "\n/// {doc}\npub fn reply_is_{}(code: u16) -> bool {{\n    matches!(\n        code,\n        {}\n    )\n}}",
+            class.replace('-', "_"),
+            codes.join("\n            | ")
+        );
+    }
+    o.push('\n');
 }
 
-fn resolve_domain<'a>(g: &'a Grammar, domain: &'a str) -> &'a str {
-    let mut d = domain;
-    for _ in 0..8 {
-        match g.domains.get(d) {
-            Some(next) if next == d => return d,
-            Some(next) => d = next,
-            None => panic!("{GRAMMAR}: unknown domain {domain}"),
-        }
+/// Appends `pub const NAME: ty = value;` (the spec's name in SCREAMING_CASE) with `doc`.
+fn constant(o: &mut String, indent: &str, doc: &str, name: &str, ty: &str, value: u32) {
+    let _ = writeln!(
+        o,
+        "{indent}/// {doc}\n{indent}pub const {}: {ty} = {value};",
+        screaming(name)
+    );
+}
+
+/// Bit fields pack into one octet, least significant bit first, up to 8 in a row.
+fn bit_run(g: &Grammar, fields: &[Field], i: usize) -> usize {
+    let mut j = i;
+    while j < fields.len() && resolve_domain(g, &fields[j].domain) == "bit" && j - i < 8 {
+        j += 1;
     }
-    panic!("{GRAMMAR}: domain loop at {domain}")
+    j
 }
 
 fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
@@ -297,24 +469,20 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
         let _ = writeln!(o, "pub struct {};\n", r.ident);
     } else {
         let _ = writeln!(o, "pub struct {} {{", r.ident);
-    }
-    for f in &m.fields {
-        let ty = resolve_domain(g, &f.domain);
-        let (rust, _, _) = primitive(ty);
-        let note = f
-            .comment
-            .as_ref()
-            .map(|c| format!(" ({c})"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            o,
-            "    /// `{}`: domain `{}`, wire type `{ty}`{note}.\n    pub {}: {rust},",
-            f.name,
-            f.domain,
-            field_ident(&f.name)
-        );
-    }
-    if !m.fields.is_empty() {
+        for f in &m.fields {
+            let ty = resolve_domain(g, &f.domain);
+            let rust = if ty == "bit" {
+                "bool"
+            } else {
+                primitive(ty).owned
+            };
+            let _ = writeln!(
+                o,
+                "    /// {}\n    pub {}: {rust},",
+                field_doc(f, ty),
+                field_ident(&f.name)
+            );
+        }
         o.push_str("}\n\n");
     }
 
@@ -327,8 +495,10 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
     let _ = writeln!(o, "impl {} {{", r.ident);
     let _ = writeln!(
         o,
-        "    /// Class id on the wire.\n    pub const CLASS_ID: u16 = {};\n    /// Method id on the wire.\n    pub const METHOD_ID: u16 = {};\n    /// `class.method` name.\n    pub const NAME: &'static str = \"{}\";\n",
-        r.class.id, m.id, r.full_name
+        "    /// Class id on the wire.\n    pub const CLASS_ID: u16 = class::{};\n    /// Method id on the wire.\n    pub const METHOD_ID: u16 = {};\n    /// `class.method` name.\n    pub const NAME: &'static str = \"{}\";\n",
+        screaming(&r.class.name),
+        m.id,
+        r.full_name
     );
 
     // decode
@@ -336,16 +506,12 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
         o,
         "    /// Decodes the arguments (after class-id and method-id), advancing `input`.\n    pub fn decode_args({input}: &mut &[u8]) -> Result<Self, MethodError> {{"
     );
-    let mut i = 0;
     let fields = &m.fields;
     let mut lets = Vec::new();
+    let mut i = 0;
     while i < fields.len() {
-        let ty = resolve_domain(g, &fields[i].domain);
-        if ty == "bit" {
-            let mut j = i;
-            while j < fields.len() && resolve_domain(g, &fields[j].domain) == "bit" && j - i < 8 {
-                j += 1;
-            }
+        if resolve_domain(g, &fields[i].domain) == "bit" {
+            let j = bit_run(g, fields, i);
             let var = format!("bits_{i}");
             let _ = writeln!(o, "        let {var} = wire::get_u8(input)?;");
             for (k, f) in fields[i..j].iter().enumerate() {
@@ -355,9 +521,9 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
             }
             i = j;
         } else {
-            let (_, dec, _) = primitive(ty);
+            let p = primitive(resolve_domain(g, &fields[i].domain));
             let id = field_ident(&fields[i].name);
-            let _ = writeln!(o, "        let {id} = {dec};");
+            let _ = writeln!(o, "        let {id} = {}(input)?;", p.read);
             lets.push(id);
             i += 1;
         }
@@ -373,50 +539,79 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
         o,
         "    /// Encodes the arguments (without class-id and method-id).\n    pub fn encode_args(&self, {out}: &mut BytesMut) {{"
     );
+    if r.borrowed {
+        let args: Vec<String> = fields.iter().map(|f| self_value(g, f)).collect();
+        let _ = writeln!(
+            o,
+            "        Self::encode_args_borrowed(out, {});\n    }}\n",
+            args.join(", ")
+        );
+        let params: Vec<String> = fields
+            .iter()
+            .map(|f| {
+                let ty = resolve_domain(g, &f.domain);
+                let rust = if ty == "bit" {
+                    "bool"
+                } else {
+                    primitive(ty).borrowed
+                };
+                format!("{}: {rust}", field_ident(&f.name))
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "    /// [`Self::encode_args`] from borrowed values: the server sends this method with\n    /// every message it hands out, and this way builds no owned strings for it.\n    pub fn encode_args_borrowed(out: &mut BytesMut, {}) {{",
+            params.join(", ")
+        );
+        gen_encode_fields(o, g, fields, &|f| field_ident(&f.name));
+    } else {
+        gen_encode_fields(o, g, fields, &|f| self_value(g, f));
+    }
+    o.push_str("    }\n}\n\n");
+}
+
+/// `self.<field>`, borrowed for the types [`Primitive::by_ref`] marks.
+fn self_value(g: &Grammar, f: &Field) -> String {
+    let ty = resolve_domain(g, &f.domain);
+    let by_ref = ty != "bit" && primitive(ty).by_ref;
+    format!(
+        "{}self.{}",
+        if by_ref { "&" } else { "" },
+        field_ident(&f.name)
+    )
+}
+
+/// The statements that append `fields`; `value` is the expression for one field (a
+/// reference for the types [`Primitive::by_ref`] marks).
+fn gen_encode_fields(
+    o: &mut String,
+    g: &Grammar,
+    fields: &[Field],
+    value: &dyn Fn(&Field) -> String,
+) {
     let mut i = 0;
     while i < fields.len() {
-        let ty = resolve_domain(g, &fields[i].domain);
-        if ty == "bit" {
-            let mut j = i;
-            while j < fields.len() && resolve_domain(g, &fields[j].domain) == "bit" && j - i < 8 {
-                j += 1;
-            }
+        if resolve_domain(g, &fields[i].domain) == "bit" {
+            let j = bit_run(g, fields, i);
             let parts: Vec<String> = fields[i..j]
                 .iter()
                 .enumerate()
                 .map(|(k, f)| match k {
-                    0 => format!("u8::from(self.{})", field_ident(&f.name)),
-                    _ => format!("(u8::from(self.{}) << {k})", field_ident(&f.name)),
+                    0 => format!("u8::from({})", value(f)),
+                    _ => format!("(u8::from({}) << {k})", value(f)),
                 })
                 .collect();
             let _ = writeln!(o, "        out.put_u8({});", parts.join(" | "));
             i = j;
         } else {
-            let (_, _, enc) = primitive(ty);
-            let _ = writeln!(
-                o,
-                "        {}",
-                enc.replace("{f}", &field_ident(&fields[i].name))
-            );
+            let p = primitive(resolve_domain(g, &fields[i].domain));
+            let _ = writeln!(o, "        {}", p.write.replace("{}", &value(&fields[i])));
             i += 1;
         }
     }
-    o.push_str("    }\n}\n\n");
-
-    let _ = writeln!(
-        o,
-        "impl From<{0}> for Method {{\n    fn from(m: {0}) -> Method {{\n        Method::{0}(m)\n    }}\n}}\n",
-        r.ident
-    );
 }
 
-fn gen_enum(
-    o: &mut String,
-    _g: &Grammar,
-    overlay: &Overlay,
-    all: &[Resolved],
-    known: &HashMap<&str, &Resolved>,
-) {
+fn gen_enum(o: &mut String, overlay: &Overlay, all: &[Resolved], known: &HashMap<&str, &Resolved>) {
     o.push_str("/// Every AMQP 0-9-1 method qgate knows, one variant per method struct.\n#[derive(Debug, Clone, PartialEq)]\npub enum Method {\n");
     for r in all {
         let _ = writeln!(
@@ -427,31 +622,12 @@ fn gen_enum(
     }
     o.push_str("}\n\n");
 
-    let arms = |o: &mut String, f: &dyn Fn(&Resolved) -> String| {
-        for r in all {
-            let _ = writeln!(o, "            Method::{}(_) => {},", r.ident, f(r));
-        }
-    };
+    let idents: Vec<&str> = all.iter().map(|r| r.ident.as_str()).collect();
+    let _ = writeln!(o, "into_method!(\n    {}\n);\n", idents.join(",\n    "));
 
-    o.push_str("impl Method {\n");
-    o.push_str("    /// Class id on the wire.\n    pub fn class_id(&self) -> u16 {\n        match self {\n");
-    arms(o, &|r| r.class.id.to_string());
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// Method id on the wire.\n    pub fn method_id(&self) -> u16 {\n        match self {\n");
-    arms(o, &|r| r.method.id.to_string());
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// `class.method` name, e.g. `\"basic.publish\"`.\n    pub fn name(&self) -> &'static str {\n        match self {\n");
-    arms(o, &|r| format!("\"{}\"", r.full_name));
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// True for methods followed by a content header and body frames.\n    pub fn has_content(&self) -> bool {\n        match self {\n");
-    arms(o, &|r| r.method.content.to_string());
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// True for methods the spec marks synchronous (a request expecting a reply, or that reply).\n    pub fn is_synchronous(&self) -> bool {\n        match self {\n");
-    arms(o, &|r| r.method.synchronous.to_string());
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// `(class_id, method_id)` of the methods that answer this one; empty when none does.\n    pub fn response_ids(&self) -> &'static [(u16, u16)] {\n        match self {\n");
-    arms(o, &|r| {
-        let ids: Vec<String> = r
+    o.push_str("/// What the grammar says about each method, in grammar order.\nconst INFO: &[MethodInfo] = &[\n");
+    for r in all {
+        let responses: Vec<String> = r
             .method
             .response
             .iter()
@@ -463,18 +639,27 @@ fn gen_enum(
                 format!("({}, {})", target.class.id, target.method.id)
             })
             .collect();
-        format!("&[{}]", ids.join(", "))
-    });
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// True when a client may send this method to the server (grammar/amqp-server.json).\n    pub fn server_receives(&self) -> bool {\n        match self {\n");
-    arms(o, &|r| overlay.receives.contains(&r.full_name).to_string());
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// True when the server may send this method to a client (grammar/amqp-server.json).\n    pub fn server_sends(&self) -> bool {\n        match self {\n");
-    arms(o, &|r| overlay.sends.contains(&r.full_name).to_string());
-    o.push_str("        }\n    }\n\n");
-    o.push_str("    /// The front-end module that handles this method's class (grammar/amqp-server.json).\n    pub fn handler(&self) -> &'static str {\n        match self {\n");
-    arms(o, &|r| format!("\"{}\"", overlay.handlers[&r.class.name]));
-    o.push_str("        }\n    }\n\n");
+        let _ = writeln!(
+            o,
+            "    MethodInfo {{ class_id: {}, method_id: {}, name: \"{}\", content: {}, synchronous: {}, response_ids: &[{}], server_receives: {}, server_sends: {}, handler: \"{}\" }},",
+            r.class.id,
+            r.method.id,
+            r.full_name,
+            r.method.content,
+            r.method.synchronous,
+            responses.join(", "),
+            overlay.receives.contains(&r.full_name),
+            overlay.sends.contains(&r.full_name),
+            overlay.handlers[&r.class.name]
+        );
+    }
+    o.push_str("];\n\n");
+
+    o.push_str("impl Method {\n    /// The grammar's facts about this method.\n    pub fn info(&self) -> &'static MethodInfo {\n        &INFO[match self {\n");
+    for (i, r) in all.iter().enumerate() {
+        let _ = writeln!(o, "            Method::{}(_) => {i},", r.ident);
+    }
+    o.push_str("        }]\n    }\n\n");
 
     o.push_str("    /// Decodes a method frame payload: class-id, method-id, then the arguments.\n    /// Bytes after the last argument are ignored.\n    pub fn decode(payload: &[u8]) -> Result<Method, MethodError> {\n        let input = &mut &payload[..];\n        let class_id = wire::get_u16(input)?;\n        let method_id = wire::get_u16(input)?;\n        Ok(match (class_id, method_id) {\n");
     for r in all {
@@ -495,15 +680,7 @@ fn gen_enum(
     }
     o.push_str("        }\n    }\n}\n\n");
 
-    o.push_str("/// `class.method` name for wire ids, `None` when unknown.\npub fn method_name(class_id: u16, method_id: u16) -> Option<&'static str> {\n    Some(match (class_id, method_id) {\n");
-    for r in all {
-        let _ = writeln!(
-            o,
-            "        ({}, {}) => \"{}\",",
-            r.class.id, r.method.id, r.full_name
-        );
-    }
-    o.push_str("        _ => return None,\n    })\n}\n\n");
+    o.push_str("/// `class.method` name for wire ids, `None` when unknown.\npub fn method_name(class_id: u16, method_id: u16) -> Option<&'static str> {\n    INFO.iter()\n        .find(|m| (m.class_id, m.method_id) == (class_id, method_id))\n        .map(|m| m.name)\n}\n\n");
 
     o.push_str("/// Name and id of every class, in grammar order.\npub const CLASSES: &[(&str, u16)] = &[\n");
     let mut seen = Vec::new();
@@ -512,10 +689,121 @@ fn gen_enum(
             seen.push(r.class.id);
             let _ = writeln!(
                 o,
-                "    (\"{}\", {}), // {}",
-                r.class.name, r.class.id, r.class.doc
+                "    (\"{}\", class::{}),",
+                r.class.name,
+                screaming(&r.class.name)
             );
         }
     }
     o.push_str("];\n");
+}
+
+/// One content property, resolved.
+struct Prop<'a> {
+    field: &'a Field,
+    ty: &'a str,
+    bit: usize,
+    p: Primitive,
+}
+
+impl Prop<'_> {
+    /// `template` with `{name}`, `{ident}`, `{flag}` (its constant in `flag`), `{bit}`,
+    /// `{doc}`, `{owned}` (the Rust type), `{read}` (the reader), `{write}` (the
+    /// statement appending `v`, bound by `if let Some(v) = &self.<ident>`) and `{len}`
+    /// (the statement adding its encoded size to `n`) filled in.
+    fn fill(&self, template: &str) -> String {
+        let ident = field_ident(&self.field.name);
+        let v = if self.p.by_ref { "v" } else { "*v" };
+        let len = if self.p.by_ref {
+            let size = self.p.size.replace("{}", v);
+            format!("if let Some(v) = &self.{ident} {{ n += {size}; }}")
+        } else {
+            format!("if self.{ident}.is_some() {{ n += {}; }}", self.p.size)
+        };
+        template
+            .replace("{name}", &self.field.name)
+            .replace("{ident}", &ident)
+            .replace("{flag}", &screaming(&self.field.name))
+            .replace("{bit}", &self.bit.to_string())
+            .replace("{doc}", &field_doc(self.field, self.ty))
+            .replace("{owned}", self.p.owned)
+            .replace("{read}", self.p.read)
+            .replace("{write}", &self.p.write.replace("{}", v))
+            .replace("{len}", &len)
+    }
+}
+
+/// The `Properties` struct of class `basic`: one `Option` per property, in flag order.
+/// Each item is a head, one line per property (see [`Prop::fill`]) and a tail.
+fn generate_content(g: &Grammar) -> String {
+    let mut o = String::new();
+    header(&mut o, g, GRAMMAR);
+    let basic = g
+        .classes
+        .iter()
+        .find(|c| c.name == "basic")
+        .unwrap_or_else(|| panic!("{GRAMMAR}: no class basic"));
+    // Bit 0 of a flag word says another word follows: one word holds 15 properties.
+    let n = basic.properties.len();
+    assert!(
+        (1..=15).contains(&n),
+        "{GRAMMAR}: basic has {n} properties; the generator writes one flag word (1 to 15)"
+    );
+    let props: Vec<Prop> = basic
+        .properties
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let ty = resolve_domain(g, &field.domain);
+            assert!(
+                ty != "bit",
+                "{GRAMMAR}: bit property {} is not supported",
+                field.name
+            );
+            Prop {
+                field,
+                ty,
+                bit: 15 - i,
+                p: primitive(ty),
+            }
+        })
+        .collect();
+    let struct_head = format!("/// The {n} content properties of class `basic`; `None` = flag clear, property absent.\n#[derive(Debug, Clone, PartialEq, Default)]\npub struct Properties {{\n");
+    let items: [(&str, &str, &str); 6] = [
+        (
+            "/// The property-flag bits of class `basic`, in the first flag word.\npub mod flag {\n",
+            "    /// `{name}`.\n    pub const {flag}: u16 = 1 << {bit};",
+            "    /// Another flag word follows.\n    pub const CONTINUATION: u16 = 1;\n}\n\n",
+        ),
+        (&struct_head, "    /// {doc} Flag bit {bit}.\n    pub {ident}: Option<{owned}>,", "}\n\n"),
+        (
+            "impl Properties {\n    /// Decodes property flags (with their continuation chain) and the property list.\n    /// Bytes after the last present property are ignored.\n    pub fn decode(raw: &[u8]) -> Result<Properties, DecodeError> {\n        let input = &mut &raw[..];\n        let flags = wire::get_u16(input)?;\n        let mut more = flags & flag::CONTINUATION != 0;\n        while more {\n            more = wire::get_u16(input)? & flag::CONTINUATION != 0;\n        }\n        Ok(Properties {\n",
+            "            {ident}: read_if(flags & flag::{flag} != 0, input, {read})?,",
+            "        })\n    }\n\n",
+        ),
+        (
+            "    /// The property-flags word for the present properties.\n    pub fn flags(&self) -> u16 {\n        let mut flags = 0;\n",
+            "        if self.{ident}.is_some() { flags |= flag::{flag}; }",
+            "        flags\n    }\n\n",
+        ),
+        (
+            "    /// Appends one flag word and the present properties. Strings longer than 255 bytes\n    /// are truncated on a character boundary (see [`wire::put_shortstr`]).\n    pub fn encode(&self, out: &mut BytesMut) {\n        out.put_u16(self.flags());\n",
+            "        if let Some(v) = &self.{ident} { {write} }",
+            "    }\n\n",
+        ),
+        (
+            "    /// Bytes [`Properties::encode`] writes.\n    pub fn encoded_len(&self) -> usize {\n        let mut n = 2;\n",
+            "        {len}",
+            "        n\n    }\n}\n",
+        ),
+    ];
+    for (head, line, tail) in items {
+        o.push_str(head);
+        for prop in &props {
+            o.push_str(&prop.fill(line));
+            o.push('\n');
+        }
+        o.push_str(tail);
+    }
+    o
 }

@@ -4,7 +4,7 @@
 //! Invariants: decoding never panics or overflows the stack however deep the nesting
 //! (refused past MAX_DEPTH); a table never claims more bytes than it was given; decode-
 //! encode-decode is stable (compared on encodings, so NaN floats compare equal); a
-//! table's `encoded_len` is what `encode` writes.
+//! table's (and the properties') `encoded_len` is what `encode` writes.
 #![no_main]
 
 use bytes::BytesMut;
@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     if mode & 1 == 0 {
         if let Ok(p) = Properties::decode(rest) {
             let once = p.to_bytes();
+            assert_eq!(once.len(), p.encoded_len());
             let again = Properties::decode(&once).expect("encoded properties decode");
             assert_eq!(again.to_bytes(), once, "decode-encode-decode is not stable");
             assert_eq!(again.flags(), p.flags());

@@ -41,18 +41,11 @@ impl AmqpError {
         self
     }
 
-    /// Hard errors close the whole connection; soft ones only the channel.
+    /// Hard errors close the whole connection; soft ones (the grammar's `soft-error`
+    /// class) only the channel. A code the grammar does not call soft closes the
+    /// connection.
     pub fn is_connection_level(&self) -> bool {
-        !matches!(
-            self.code,
-            reply::ACCESS_REFUSED
-                | reply::NOT_FOUND
-                | reply::RESOURCE_LOCKED
-                | reply::PRECONDITION_FAILED
-                | reply::CONTENT_TOO_LARGE
-                | reply::NO_ROUTE
-                | reply::NO_CONSUMERS
-        )
+        !reply::reply_is_soft_error(self.code)
     }
 }
 
@@ -70,5 +63,29 @@ impl From<CoreError> for AmqpError {
             ErrorKind::Internal => reply::INTERNAL_ERROR,
         };
         AmqpError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grammar's soft errors close the channel; its hard errors, success and codes
+    /// it does not define close the connection.
+    #[test]
+    fn soft_errors_close_only_the_channel() {
+        let level = |code| AmqpError::new(code, "x").is_connection_level();
+        for code in [311, 312, 313, 403, 404, 405, 406] {
+            assert!(!level(code), "{code}");
+        }
+        for code in [
+            320, 402, 501, 502, 503, 504, 505, 506, 530, 540, 541, 200, 999,
+        ] {
+            assert!(level(code), "{code}");
+        }
+        assert_eq!(
+            AmqpError::new(404, "no queue 'q'").text,
+            "NOT_FOUND - no queue 'q'"
+        );
     }
 }

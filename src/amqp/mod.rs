@@ -1,6 +1,6 @@
 //! The AMQP 0-9-1 front end.
 //!
-//! - [`methods`]: the method argument types, generated at build time from
+//! - [`methods`]: the method argument types, generated into `generated.rs` from
 //!   `grammar/amqp-0-9-1.json` (+ the `grammar/amqp-server.json` overlay), with the frame
 //!   constants and reply codes.
 //! - [`frame`]: frames on the wire (method, content header, body, heartbeat), the

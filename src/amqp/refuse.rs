@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::error::AmqpError;
 use super::frame::{encode_method, parse_frame, parse_protocol_header, Frame, PROTOCOL_HEADER};
 use super::methods::*;
 use crate::content::FieldTable;
@@ -71,8 +72,8 @@ async fn exchange(stream: &mut TcpStream, limit: u32) -> Option<()> {
     send(
         stream,
         ConnectionStart {
-            version_major: 0,
-            version_minor: 9,
+            version_major: VERSION_MAJOR,
+            version_minor: VERSION_MINOR,
             server_properties: FieldTable::new(),
             mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
             locales: Bytes::from_static(b"en_US"),
@@ -97,15 +98,18 @@ async fn exchange(stream: &mut TcpStream, limit: u32) -> Option<()> {
     let Method::ConnectionOpen(_) = next(stream, &mut buf).await? else {
         return None;
     };
+    let refused = AmqpError::new(
+        reply::NOT_ALLOWED,
+        format!("connection refused: node connection limit ({limit}) is reached"),
+    )
+    .on_ids(ConnectionOpen::CLASS_ID, ConnectionOpen::METHOD_ID);
     send(
         stream,
         ConnectionClose {
-            reply_code: reply::NOT_ALLOWED,
-            reply_text: format!(
-                "NOT_ALLOWED - connection refused: node connection limit ({limit}) is reached"
-            ),
-            class_id: 10,
-            method_id: 40,
+            reply_code: refused.code,
+            reply_text: refused.text,
+            class_id: refused.class_id,
+            method_id: refused.method_id,
         },
     )
     .await?;

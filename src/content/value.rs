@@ -316,40 +316,30 @@ fn patch_size(out: &mut BytesMut, start: usize) {
 pub mod wire {
     use super::*;
 
-    /// One octet.
-    #[inline]
-    pub fn get_u8(input: &mut &[u8]) -> Result<u8, DecodeError> {
-        if input.is_empty() {
-            return Err(DecodeError::Truncated);
-        }
-        Ok(input.get_u8())
+    /// Readers of fixed-size big-endian numbers, each named after the `Buf` method it
+    /// calls once the input is known to be long enough.
+    macro_rules! fixed {
+        ($($(#[$doc:meta])* $name:ident -> $t:ty;)*) => {$(
+            $(#[$doc])*
+            #[inline]
+            pub fn $name(input: &mut &[u8]) -> Result<$t, DecodeError> {
+                if input.len() < std::mem::size_of::<$t>() {
+                    return Err(DecodeError::Truncated);
+                }
+                Ok(input.$name())
+            }
+        )*};
     }
 
-    /// A big-endian `u16`.
-    #[inline]
-    pub fn get_u16(input: &mut &[u8]) -> Result<u16, DecodeError> {
-        if input.len() < 2 {
-            return Err(DecodeError::Truncated);
-        }
-        Ok(input.get_u16())
-    }
-
-    /// A big-endian `u32`.
-    #[inline]
-    pub fn get_u32(input: &mut &[u8]) -> Result<u32, DecodeError> {
-        if input.len() < 4 {
-            return Err(DecodeError::Truncated);
-        }
-        Ok(input.get_u32())
-    }
-
-    /// A big-endian `u64`.
-    #[inline]
-    pub fn get_u64(input: &mut &[u8]) -> Result<u64, DecodeError> {
-        if input.len() < 8 {
-            return Err(DecodeError::Truncated);
-        }
-        Ok(input.get_u64())
+    fixed! {
+        /// One octet.
+        get_u8 -> u8;
+        /// A big-endian `u16`.
+        get_u16 -> u16;
+        /// A big-endian `u32`.
+        get_u32 -> u32;
+        /// A big-endian `u64`.
+        get_u64 -> u64;
     }
 
     /// `n` raw bytes.
