@@ -63,7 +63,7 @@ fn check(model: &Model, rec: &qgate::store::Recovered, round: u32) {
             let g = got.get(q);
             for (id, v) in m {
                 if g.and_then(|g| g.get(id)) != Some(v) {
-                    panic!("round {round}: queue {q} msg {id} missing or different");
+                    panic!("round {round}: queue {q} msg {id} missing or different: want len {} delivered {}, got {:?}", v.0.len(), v.1, g.and_then(|g| g.get(id)).map(|x| (x.0.len(), x.1)));
                 }
             }
         }
@@ -95,8 +95,21 @@ fn run(seed: u64, policy: FsyncPolicy) {
                 next_id += 1;
                 let len = rng.below(300) as usize;
                 let p = Bytes::from(vec![(next_id % 256) as u8; len]);
-                s.publish(q, next_id, p.clone());
-                model.entry(q).or_default().insert(next_id, (p, false));
+                if rng.below(4) == 0 {
+                    // A fanout: one body for a random subset of the queues (always q).
+                    let mut qs = vec![q];
+                    qs.extend((0..4).filter(|&o| o != q && rng.below(2) == 0));
+                    s.publish_shared(&qs, next_id, p.clone());
+                    for q in qs {
+                        model
+                            .entry(q)
+                            .or_default()
+                            .insert(next_id, (p.clone(), false));
+                    }
+                } else {
+                    s.publish(q, next_id, p.clone());
+                    model.entry(q).or_default().insert(next_id, (p, false));
+                }
             } else if op < 85 {
                 // Ack: mostly the head (a FIFO consumer), sometimes a random one.
                 // Queue 0 is a slow consumer: its old messages pin segments.
@@ -129,7 +142,13 @@ fn run(seed: u64, policy: FsyncPolicy) {
                 s.delete_queue(q);
             } else {
                 // Ack of something unknown or long gone: must be harmless.
-                s.ack(q, rng.below(next_id + 1));
+                // (A random id can be live in q: then it is a real ack, and the model
+                // follows.)
+                let id = rng.below(next_id + 1);
+                if let Some(m) = model.get_mut(&q) {
+                    m.remove(&id);
+                }
+                s.ack(q, id);
             }
         }
         // Anything acked at random above may have been acked already; the model is

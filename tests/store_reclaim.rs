@@ -151,3 +151,75 @@ fn slow_queue_does_not_pin_segments() {
     s.close().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A message routed to ten queues is one record: the directory grows by the body once,
+/// recovery gives it back to each queue (sharing one buffer), and it is reclaimed only
+/// when the last queue acks it.
+#[test]
+fn fanout_body_is_stored_once_and_reclaimed_with_the_last_ack() {
+    let dir = temp_dir("fanout");
+    let mut cfg = StoreConfig::new(&dir);
+    cfg.segment_size = 4 * MIB;
+    let queues: Vec<u64> = (1..=10).collect();
+    let n = 1000u64;
+    let payload = Bytes::from(vec![3u8; 4096]);
+    {
+        let (s, _) = Store::open(cfg.clone()).unwrap();
+        let mut last = None;
+        for id in 1..=n {
+            last = Some(s.publish_shared(&queues, id, payload.clone()));
+        }
+        last.unwrap().wait_blocking().unwrap();
+        let size = dir_size(&dir);
+        let body_bytes = n * payload.len() as u64;
+        println!(
+            "fanout to 10: {} KiB for {} KiB of bodies",
+            size / 1024,
+            body_bytes / 1024
+        );
+        assert!(
+            size < body_bytes * 13 / 10,
+            "{size} bytes for {body_bytes} of bodies"
+        );
+        // Nine queues take everything; queue 10 keeps every message alive.
+        for q in 1..=9 {
+            for id in 1..=n {
+                s.ack(q, id);
+            }
+        }
+        s.sync().wait_blocking().unwrap();
+        s.close().unwrap();
+    }
+    let (s, rec) = Store::open(cfg.clone()).unwrap();
+    assert_eq!(rec.queues.len(), 1);
+    let (q, msgs) = &rec.queues[0];
+    assert_eq!(*q, 10);
+    assert_eq!(msgs.len() as u64, n);
+    assert!(msgs
+        .iter()
+        .zip(1..)
+        .all(|(m, id)| m.msg_id == id && m.payload == payload));
+    for id in 1..=n {
+        s.ack(10, id);
+    }
+    // A synced record in a fresh batch, so the acks have been applied and reclaimed.
+    s.publish(11, n + 1, Bytes::from_static(b"tail"))
+        .wait_blocking()
+        .unwrap();
+    let mut tries = 0;
+    while dir_size(&dir) > MIB && tries < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        s.sync().wait_blocking().unwrap();
+        tries += 1;
+    }
+    let end = dir_size(&dir);
+    assert!(
+        end < MIB,
+        "directory still holds {end} bytes after the last ack"
+    );
+    s.close().unwrap();
+    let (s, rec) = Store::open(cfg).unwrap();
+    assert_eq!(rec.stats.messages, 1);
+    s.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -68,10 +68,7 @@ fn scan_segment(seg_dir: &Path, victim: u32) -> ScanResult {
     let base = data.as_ptr() as usize;
     let mut recs = Vec::new();
     record::scan(&data, |off, _, rec| {
-        if let Rec::Publish {
-            queue, id, payload, ..
-        } = rec
-        {
+        let mut push = |queue, id, payload: &[u8]| {
             let start = payload.as_ptr() as usize - base;
             recs.push((
                 queue,
@@ -80,6 +77,22 @@ fn scan_segment(seg_dir: &Path, victim: u32) -> ScanResult {
                 start as u32,
                 (start + payload.len()) as u32,
             ));
+        };
+        match rec {
+            Rec::Publish {
+                queue, id, payload, ..
+            } => push(queue, id, payload),
+            // One entry per queue, next to each other: the copy step regroups them.
+            Rec::PublishShared {
+                id,
+                payload,
+                queues,
+            } => {
+                for (queue, _) in record::shared_queues(queues) {
+                    push(queue, id, payload);
+                }
+            }
+            _ => {}
         }
     });
     Ok(Some(Scanned {
@@ -379,16 +392,28 @@ impl Writer {
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         let end = (sc.next + COMPACT_STEP_RECORDS).min(sc.recs.len());
+        let mut live = Vec::new();
         while sc.next < end && out.len() < COMPACT_STEP_BYTES {
-            let (queue, id, off, start, stop) = sc.recs[sc.next];
-            sc.next += 1;
-            if let Some(loc) = self.state.get(queue, id) {
-                if loc.seg == sc.victim && loc.off == off {
-                    let payload = &sc.data[start as usize..stop as usize];
-                    record::encode_publish(&mut out, queue, id, loc.flags(), payload);
-                    sc.copied += 1;
+            // The entries of one record (several for a shared body) are copied together,
+            // as one record for the queues still holding it.
+            let (_, id, off, start, stop) = sc.recs[sc.next];
+            live.clear();
+            while sc.next < sc.recs.len() && sc.recs[sc.next].2 == off {
+                let queue = sc.recs[sc.next].0;
+                sc.next += 1;
+                if let Some(loc) = self.state.get(queue, id) {
+                    if loc.seg == sc.victim && loc.off == off {
+                        live.push((queue, loc.flags()));
+                    }
                 }
             }
+            let payload = &sc.data[start as usize..stop as usize];
+            match live[..] {
+                [] => continue,
+                [(queue, flags)] => record::encode_publish(&mut out, queue, id, flags, payload),
+                _ => record::encode_publish_shared(&mut out, &live, id, payload),
+            }
+            sc.copied += live.len() as u64;
         }
         if !out.is_empty() {
             self.write_records(&out)?;

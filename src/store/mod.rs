@@ -6,9 +6,12 @@
 //! # Design
 //! - One store-wide append-only log split into segment files `segments/NNNNNNNNN.seg`
 //!   (default 32 MiB). Each record is framed `magic | len | crc32c | type | fields`
-//!   (see `record.rs`): Publish(queue, msg id, flags, payload), Ack, Delivered,
-//!   QueueDeleted, and MaxId (first record of every segment, so the message id
-//!   high-water mark survives even when every older segment is reclaimed).
+//!   (see `record.rs`): Publish(queue, msg id, flags, payload), PublishShared(msg id,
+//!   payload, [(queue, flags)]) for a message routed to several durable queues (the
+//!   body is written once; each queue's index entry points at the same record, which
+//!   stays live until the last of them lets go), Ack, Delivered, QueueDeleted, and
+//!   MaxId (first record of every segment, so the message id high-water mark survives
+//!   even when every older segment is reclaimed).
 //! - Definitions live in a small file rewritten atomically (temp + fsync + rename +
 //!   fsync dir) by the same flusher thread, before the records of the same batch.
 //! - Group commit: callers append encoded records to one in-memory batch under a mutex
@@ -662,6 +665,31 @@ impl Store {
         }
         self.enqueue(true, |p| {
             record::encode_publish(&mut p.buf, queue, msg_id, 0, &payload)
+        })
+    }
+
+    /// Appends one publish record for a message routed to several queues: the body is
+    /// written once and each queue holds a reference (reclaimed when the last of them
+    /// acks it or is deleted). The ticket covers every queue.
+    pub fn publish_shared(&self, queues: &[u64], msg_id: u64, payload: Bytes) -> SyncTicket {
+        match queues {
+            [] => return self.sync(),
+            [queue] => return self.publish(*queue, msg_id, payload),
+            _ => {}
+        }
+        let list = queues.len().min(record::MAX_SHARED_QUEUES) * 9;
+        if payload.len() > Self::MAX_PAYLOAD - list {
+            return SyncTicket {
+                shared: self.inner.shared.clone(),
+                seq: u64::MAX,
+                too_large: true,
+            };
+        }
+        let entries: Vec<(u64, u8)> = queues.iter().map(|&q| (q, 0)).collect();
+        self.enqueue(true, |p| {
+            for chunk in entries.chunks(record::MAX_SHARED_QUEUES) {
+                record::encode_publish_shared(&mut p.buf, chunk, msg_id, &payload);
+            }
         })
     }
 

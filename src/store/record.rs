@@ -17,6 +17,7 @@ pub(crate) const T_ACK: u8 = 2;
 pub(crate) const T_DELIVERED: u8 = 3;
 pub(crate) const T_QUEUE_DELETED: u8 = 4;
 pub(crate) const T_MAX_ID: u8 = 5;
+pub(crate) const T_PUBLISH_SHARED: u8 = 6;
 
 /// Publish flag: the message has been handed to a consumer at least once.
 pub(crate) const FLAG_DELIVERED: u8 = 1;
@@ -25,6 +26,12 @@ pub(crate) const FLAG_DELIVERED: u8 = 1;
 pub(crate) const PUBLISH_FIXED: usize = 1 + 1 + 8 + 8;
 /// Offset of the payload from the start of a publish record.
 pub(crate) const PUBLISH_PAYLOAD_OFF: usize = HEADER + PUBLISH_FIXED;
+
+/// Most queues one shared publish record may name (a fanout wider than this is
+/// written as several records).
+pub(crate) const MAX_SHARED_QUEUES: usize = 4096;
+/// Bytes per queue in a shared publish's trailing list: queue id, flags.
+const SHARED_ENTRY: usize = 9;
 
 /// A decoded record, borrowing from the buffer it was parsed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +54,18 @@ pub(crate) enum Rec<'a> {
         queue: u64,
     },
     MaxId(u64),
+    /// One message body for several queues (a fanout): `queues` is the raw trailing
+    /// list of `(queue u64, flags u8)` entries, read with [`shared_queues`].
+    PublishShared {
+        id: u64,
+        payload: &'a [u8],
+        queues: &'a [u8],
+    },
+}
+
+/// The `(queue, flags)` entries of a [`Rec::PublishShared`].
+pub(crate) fn shared_queues(raw: &[u8]) -> impl Iterator<Item = (u64, u8)> + '_ {
+    raw.chunks_exact(SHARED_ENTRY).map(|e| (u64_at(e, 0), e[8]))
 }
 
 fn begin(buf: &mut Vec<u8>, ty: u8) -> usize {
@@ -73,6 +92,31 @@ pub(crate) fn encode_publish(buf: &mut Vec<u8>, queue: u64, id: u64, flags: u8, 
     buf.extend_from_slice(&queue.to_le_bytes());
     buf.extend_from_slice(&id.to_le_bytes());
     buf.extend_from_slice(payload);
+    finish(buf, start);
+}
+
+/// Appends a shared publish record: one body, several queues. The payload sits where a
+/// plain publish has it ([`PUBLISH_PAYLOAD_OFF`]), so that an index entry's payload is
+/// found the same way for both; the queue list follows the payload, and the 8 bytes
+/// where a plain publish has its queue hold the payload length and the queue count.
+pub(crate) fn encode_publish_shared(
+    buf: &mut Vec<u8>,
+    queues: &[(u64, u8)],
+    id: u64,
+    payload: &[u8],
+) {
+    debug_assert!(!queues.is_empty() && queues.len() <= MAX_SHARED_QUEUES);
+    buf.reserve(PUBLISH_PAYLOAD_OFF + payload.len() + queues.len() * SHARED_ENTRY);
+    let start = begin(buf, T_PUBLISH_SHARED);
+    buf.push(0);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&(queues.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(payload);
+    for (q, flags) in queues {
+        buf.extend_from_slice(&q.to_le_bytes());
+        buf.push(*flags);
+    }
     finish(buf, start);
 }
 
@@ -122,6 +166,19 @@ pub(crate) fn decode_body(body: &[u8]) -> Option<Rec<'_>> {
             queue: u64_at(body, 1),
         }),
         T_MAX_ID if body.len() == 9 => Some(Rec::MaxId(u64_at(body, 1))),
+        T_PUBLISH_SHARED if body.len() >= PUBLISH_FIXED => {
+            let plen = u32_at(body, 2) as usize;
+            let n = u32_at(body, 6) as usize;
+            let end = PUBLISH_FIXED.checked_add(plen)?;
+            if n == 0 || n > MAX_SHARED_QUEUES || body.len() != end.checked_add(n * SHARED_ENTRY)? {
+                return None;
+            }
+            Some(Rec::PublishShared {
+                id: u64_at(body, 10),
+                payload: &body[PUBLISH_FIXED..end],
+                queues: &body[end..],
+            })
+        }
         _ => None,
     }
 }
@@ -241,6 +298,38 @@ mod tests {
         let rep = scan(t, |_, _, _| n += 1);
         assert_eq!(n, 3);
         assert!(rep.valid_end < t.len());
+    }
+
+    #[test]
+    fn shared_publish_roundtrip_and_bad_lengths() {
+        let mut b = Vec::new();
+        encode_publish_shared(&mut b, &[(3, 0), (9, FLAG_DELIVERED)], 77, b"body");
+        let (len, r) = decode_trusted(&b, 0);
+        assert_eq!(len, b.len());
+        let Rec::PublishShared {
+            id,
+            payload,
+            queues,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((id, payload), (77, &b"body"[..]));
+        assert_eq!(
+            shared_queues(queues).collect::<Vec<_>>(),
+            vec![(3, 0), (9, FLAG_DELIVERED)]
+        );
+        // The payload is where a plain publish has it.
+        assert_eq!(&b[PUBLISH_PAYLOAD_OFF..PUBLISH_PAYLOAD_OFF + 4], b"body");
+        // A body whose lengths disagree is not a record.
+        let body = &b[HEADER..];
+        assert!(decode_body(&body[..body.len() - 1]).is_none());
+        let mut zero = body.to_vec();
+        zero[6..10].copy_from_slice(&0u32.to_le_bytes());
+        assert!(decode_body(&zero).is_none());
+        let mut huge = body.to_vec();
+        huge[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_body(&huge).is_none());
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
             },
         );
         let rep = record::scan(&data, |off, len, rec| {
-            if let Rec::Publish { .. } = rec {
+            if let Rec::Publish { .. } | Rec::PublishShared { .. } = rec {
                 publishes += 1;
                 if publishes % PROGRESS_EVERY == 0 {
                     tracing::info!(
@@ -139,6 +139,9 @@ fn collect(state: &State, mut bufs: IdMap<u32, Vec<u8>>) -> Vec<(u64, Vec<Recove
             .remove(seg)
             .expect("every segment with live records was read");
         recs.sort_unstable_by_key(|r| r.0);
+        // A shared record (one body, several queues) has an entry per queue: its
+        // payload is kept once and sliced for each of them.
+        recs.dedup_by_key(|r| r.0);
         let mut end = 0usize;
         for r in recs.iter_mut() {
             let start = r.0 as usize + PUBLISH_PAYLOAD_OFF;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::index::Index;
-use super::record::{Rec, FLAG_DELIVERED};
+use super::record::{shared_queues, Rec, FLAG_DELIVERED, PUBLISH_PAYLOAD_OFF};
 
 /// A small multiplicative hasher for integer keys (ids are not attacker controlled).
 #[derive(Default, Clone, Copy)]
@@ -94,6 +94,20 @@ pub(crate) struct State {
     queue_ids: Vec<u64>,
     queue_idx: IdMap<u64, u32>,
     pub max_id: u64,
+    /// Shared publish records (one body, several queues) by `(segment, offset)`:
+    /// index entries still referring to it, and the whole record length, which leaves
+    /// the segment's live bytes only with the last of them.
+    shared: IdMap<u64, SharedRec>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SharedRec {
+    refs: u32,
+    len: u32,
+}
+
+fn shared_key(seg: u32, off: u32) -> u64 {
+    (u64::from(seg) << 32) | u64::from(off)
 }
 
 impl State {
@@ -121,10 +135,28 @@ impl State {
         self.index.get(id, *self.queue_idx.get(&queue)?)
     }
 
-    fn kill(segs: &mut BTreeMap<u32, SegInfo>, cur: u32, loc: &Loc) {
+    fn kill(
+        segs: &mut BTreeMap<u32, SegInfo>,
+        shared: &mut IdMap<u64, SharedRec>,
+        cur: u32,
+        loc: &Loc,
+    ) {
+        let key = shared_key(loc.seg, loc.off);
+        let bytes = match shared.get_mut(&key) {
+            Some(r) if r.refs > 1 => {
+                r.refs -= 1;
+                0
+            }
+            Some(r) => {
+                let len = r.len;
+                shared.remove(&key);
+                u64::from(len)
+            }
+            None => u64::from(loc.len()),
+        };
         if let Some(s) = segs.get_mut(&loc.seg) {
             s.live -= 1;
-            s.live_bytes -= u64::from(loc.len());
+            s.live_bytes -= bytes;
         }
         if loc.seg != cur {
             if let Some(c) = segs.get_mut(&cur) {
@@ -150,13 +182,43 @@ impl State {
                     // superseded. This segment must outlive the old one, or an ack of
                     // the copy could be reclaimed while the original is still on disk,
                     // and the original would come back.
-                    Self::kill(&mut self.segs, seg, &old);
+                    Self::kill(&mut self.segs, &mut self.shared, seg, &old);
                 }
+            }
+            Rec::PublishShared {
+                id,
+                payload,
+                queues,
+            } => {
+                self.max_id = self.max_id.max(id);
+                // Every entry points at the record; its length is "up to the end of the
+                // payload", which is what recovery slices (the queue list follows).
+                let entry_len = (PUBLISH_PAYLOAD_OFF + payload.len()) as u32;
+                let mut refs = 0u32;
+                self.segs.entry(seg).or_default();
+                for (queue, flags) in shared_queues(queues) {
+                    let loc = Loc::new(seg, off as u32, entry_len, flags & FLAG_DELIVERED != 0);
+                    let q = self.intern(queue);
+                    refs += 1;
+                    if let Some(old) = self.index.insert(id, q, loc) {
+                        Self::kill(&mut self.segs, &mut self.shared, seg, &old);
+                    }
+                }
+                let s = self.segs.entry(seg).or_default();
+                s.live += u64::from(refs);
+                s.live_bytes += len as u64;
+                self.shared.insert(
+                    shared_key(seg, off as u32),
+                    SharedRec {
+                        refs,
+                        len: len as u32,
+                    },
+                );
             }
             Rec::Ack { queue, id } => {
                 if let Some(&q) = self.queue_idx.get(&queue) {
                     if let Some(loc) = self.index.remove(id, q) {
-                        Self::kill(&mut self.segs, seg, &loc);
+                        Self::kill(&mut self.segs, &mut self.shared, seg, &loc);
                     }
                 }
             }
@@ -178,8 +240,9 @@ impl State {
                 let Some(&q) = self.queue_idx.get(&queue) else {
                     return;
                 };
-                let segs = &mut self.segs;
-                self.index.remove_queue(q, |loc| Self::kill(segs, seg, loc));
+                let (segs, shared) = (&mut self.segs, &mut self.shared);
+                self.index
+                    .remove_queue(q, |loc| Self::kill(segs, shared, seg, loc));
             }
             Rec::MaxId(m) => self.max_id = self.max_id.max(m),
         }
@@ -229,5 +292,42 @@ mod tests {
         assert_eq!(st.get(2, 3).unwrap().flags(), FLAG_DELIVERED);
         assert_eq!(st.get(2, 3).unwrap().len(), 30);
         assert_eq!(std::mem::size_of::<Loc>(), 12);
+    }
+
+    #[test]
+    fn shared_record_lives_until_its_last_queue_lets_go() {
+        let mut st = State::default();
+        let raw: Vec<u8> = [1u64, 2, 3]
+            .iter()
+            .flat_map(|q| {
+                let mut e = q.to_le_bytes().to_vec();
+                e.push(0);
+                e
+            })
+            .collect();
+        let rec = Rec::PublishShared {
+            id: 10,
+            payload: b"12345",
+            queues: &raw,
+        };
+        st.apply(1, 0, 57, rec);
+        assert_eq!(st.segs[&1].live, 3);
+        assert_eq!(st.segs[&1].live_bytes, 57);
+        assert_eq!(st.index.len(), 3);
+        assert_eq!(
+            st.get(2, 10).unwrap().len() as usize,
+            PUBLISH_PAYLOAD_OFF + 5
+        );
+        st.apply(2, 0, 29, Rec::Ack { queue: 1, id: 10 });
+        st.apply(2, 29, 21, Rec::QueueDeleted { queue: 3 });
+        assert_eq!(st.segs[&1].live, 1);
+        assert_eq!(st.segs[&1].live_bytes, 57, "still held by queue 2");
+        st.apply(2, 50, 29, Rec::Delivered { queue: 2, id: 10 });
+        assert_eq!(st.get(2, 10).unwrap().flags(), FLAG_DELIVERED);
+        st.apply(2, 79, 29, Rec::Ack { queue: 2, id: 10 });
+        assert_eq!(st.segs[&1].live, 0);
+        assert_eq!(st.segs[&1].live_bytes, 0);
+        assert!(st.shared.is_empty());
+        assert_eq!(st.max_id, 10);
     }
 }

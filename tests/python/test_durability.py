@@ -217,3 +217,48 @@ def test_memory_alarm_blocks_and_unblocks_publishers(data_dir):
         conn.close()
     finally:
         assert b.stop() == 0
+
+
+def _segments_bytes(data_dir):
+    seg = os.path.join(data_dir, "segments")
+    return sum(os.path.getsize(os.path.join(seg, f)) for f in os.listdir(seg))
+
+
+def test_fanout_to_ten_durable_queues_stores_each_body_once(data_dir):
+    b = Qgate(data_dir).start()
+    try:
+        conn, ch = channel(b)
+        ch.confirm_delivery()
+        ch.exchange_declare("fan", "fanout", durable=True)
+        queues = [f"fan-{i}" for i in range(10)]
+        for q in queues:
+            ch.queue_declare(q, durable=True)
+            ch.queue_bind(q, "fan")
+        before = _segments_bytes(data_dir)
+        body = b"x" * 16384
+        n = 200
+        for i in range(n):
+            ch.basic_publish("fan", "", body + str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        grew = _segments_bytes(data_dir) - before
+        payload = n * len(body)
+        # Ten queues, one copy of each body (plus record headers and the queue list).
+        assert grew < payload * 1.3, f"{grew} bytes on disk for {payload} bytes of bodies"
+        conn.close()
+        assert b.stop() == 0
+
+        b = Qgate(data_dir).start()
+        conn, ch = channel(b)
+        for q in queues[:9]:
+            got = drain(ch, q)
+            assert [g[0] for g in got] == [body + str(i).encode() for i in range(n)], q
+        conn.close()
+        # Nine queues took their copies: the last one still holds every body.
+        assert b.stop() == 0
+        b = Qgate(data_dir).start()
+        conn, ch = channel(b)
+        assert [g[0] for g in drain(ch, queues[9])] == [body + str(i).encode() for i in range(n)]
+        for q in queues[:9]:
+            assert drain(ch, q) == []
+        conn.close()
+    finally:
+        b.stop()
