@@ -264,22 +264,45 @@ impl Queue {
     /// persistent and this queue durable: it is safe once that completes. A full queue
     /// with `x-overflow: reject-publish` refuses it.
     pub(crate) fn enqueue(self: &Arc<Self>, msg: Arc<Message>) -> (Enqueued, Outcome) {
+        self.enqueue_as(msg, false)
+    }
+
+    /// Whether a persistent message routed here goes to the store.
+    pub(crate) fn stores(&self, msg: &Message) -> bool {
+        msg.persistent && self.store.is_some()
+    }
+
+    /// [`Queue::enqueue`]; `stored`: the vhost has already written the message to the
+    /// store for this queue among others (one body for a fanout), so this queue only
+    /// takes it, or tells the store it let go of it when it refuses it.
+    pub(crate) fn enqueue_as(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        stored: bool,
+    ) -> (Enqueued, Outcome) {
         let ttl = match (msg.expiration_ms(), self.features.message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let mut st = self.state.lock();
-        if st.deleted {
-            return (Ok(None), Outcome::default());
-        }
-        if self.features.reject_publish && self.is_full(&st, msg.body().len()) {
-            return (Err(Rejected), Outcome::default());
+        let refused = if st.deleted {
+            Some(Ok(None))
+        } else if self.features.reject_publish && self.is_full(&st, msg.body().len()) {
+            Some(Err(Rejected))
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            if let (true, Some(store)) = (stored, &self.store) {
+                store.ack(self.id, msg.id);
+            }
+            return (refused, Outcome::default());
         }
         // Written under the queue lock so the store sees publishes in queue order. Only
         // under `--fsync always` does anyone wait for the ticket: with `interval` and
         // `never` a confirm / STORED means "accepted", and the write follows at once.
         let durable = match &self.store {
-            Some(store) if msg.persistent => {
+            Some(store) if msg.persistent && !stored => {
                 let ticket = store.publish(self.id, msg.id, persist::encode_message(&msg));
                 (store.policy() == FsyncPolicy::Always).then(|| Durable::new(ticket))
             }

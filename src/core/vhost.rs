@@ -11,10 +11,12 @@ use super::durable::Durable;
 use super::error::{CoreError, CoreResult, Entity};
 use super::exchange::{Destination, Exchange, ExchangeKind, ExchangeOptions};
 use super::message::{Message, QueuedMessage};
+use super::persist;
 use super::queue::{Outcome, Owner, Queue, QueueOptions, Rejected, Unused};
 use super::timers::Timer;
 use super::{BindingDef, Shared};
 use crate::content::FieldTable;
+use crate::store::FsyncPolicy;
 
 /// The result of routing one publish.
 #[derive(Debug, Default)]
@@ -730,8 +732,25 @@ impl VHost {
             queues: queues.len(),
             ..Default::default()
         };
+        // Routed to several durable queues: the body is written to the store once, for
+        // all of them, before any of them can deliver (and so see an ack) it.
+        let shared = match &self.shared.store {
+            Some(store) if queues.iter().filter(|q| q.stores(&msg)).count() > 1 => {
+                let ids: Vec<u64> = queues
+                    .iter()
+                    .filter(|q| q.stores(&msg))
+                    .map(|q| q.id)
+                    .collect();
+                let ticket = store.publish_shared(&ids, msg.id, persist::encode_message(&msg));
+                if store.policy() == FsyncPolicy::Always {
+                    routed.durable = Some(Durable::new(ticket));
+                }
+                true
+            }
+            _ => false,
+        };
         for q in &queues {
-            let (enqueued, outcome) = q.enqueue(msg.clone());
+            let (enqueued, outcome) = q.enqueue_as(msg.clone(), shared && q.stores(&msg));
             match enqueued {
                 Ok(Some(durable)) => routed.durable = Some(durable),
                 Ok(None) => {}

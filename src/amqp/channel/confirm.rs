@@ -7,8 +7,8 @@ use super::{precondition, unexpected, Channel, ConnCtx};
 use crate::amqp::error::AmqpError;
 use crate::amqp::methods::*;
 use crate::amqp::writer::{Out, OutTx};
-use crate::core::{Broker, Routed};
 use crate::core::Durable;
+use crate::core::{Broker, Routed};
 
 pub(super) fn handle(ch: &mut Channel, ctx: &ConnCtx, method: &Method) -> Result<(), AmqpError> {
     let Method::ConfirmSelect(m) = method else {
