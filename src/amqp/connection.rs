@@ -62,7 +62,7 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
-    let guard = broker.register_connection("amqp", peer);
+    let guard = broker.register_connection(super::PROTOCOL, peer);
     let info = guard.info.clone();
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();

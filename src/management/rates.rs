@@ -126,8 +126,14 @@ pub fn global_totals(broker: &Broker) -> [u64; 22] {
         ready + unacked,
         ready,
         unacked,
-        l.amqp.connections_opened.get() + l.memcache.connections_opened.get(),
-        l.amqp.connections_closed.get() + l.memcache.connections_closed.get(),
+        l.protocols
+            .iter()
+            .map(|(_, p)| p.connections_opened.get())
+            .sum(),
+        l.protocols
+            .iter()
+            .map(|(_, p)| p.connections_closed.get())
+            .sum(),
         l.channels_opened.get(),
         l.channels_closed.get(),
         c.queues_declared.get(),
