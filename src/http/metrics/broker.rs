@@ -31,6 +31,7 @@ use std::sync::Arc;
 use crate::core::stats::{protocol_totals, BrokerCounters, ProtocolTotals, MESSAGE_SIZE_BUCKETS};
 use crate::core::{Broker, Queue, QueueDepth};
 use crate::exposition::{Family, Writer};
+use crate::http::process::{process_stats, ProcessStats};
 
 /// `le` labels of [`MESSAGE_SIZE_BUCKETS`], spelled as rabbitmq_prometheus spells them
 /// (dashboards select buckets by these exact strings).
@@ -40,6 +41,13 @@ const MESSAGE_SIZE_LE: [&str; MESSAGE_SIZE_BUCKETS.len()] = [
 
 /// A family with one series per row of a table (protocols, queues), valued by `value`.
 type Column<T> = (Family, fn(&T) -> u64);
+
+/// A table of [`Column`]s, one line each: `kind "name" "help" => value;`.
+macro_rules! columns {
+    ($($kind:ident $name:literal $help:literal => $value:expr;)*) => {
+        [$((Family::$kind($name, $help), $value)),*]
+    };
+}
 
 /// Writes each family of `columns` with one sample per row, labelled by `labels`.
 fn table<T, const N: usize>(
@@ -143,131 +151,27 @@ const GLOBAL_PUBLISHERS: Family =
     Family::gauge("global_publishers", "Current number of publishers.");
 
 /// The broker-wide counters, in the order served.
-const GLOBAL_COUNTERS: [Column<BrokerCounters>; 19] = [
-    (
-        Family::counter(
-            "global_messages_received_total",
-            "Total number of messages received from publishers.",
-        ),
-        |c| c.messages_received.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_received_confirm_total",
-            "Total number of messages received from publishers expecting confirmations.",
-        ),
-        |c| c.messages_received_confirm.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_routed_total",
-            "Total number of messages routed to queues.",
-        ),
-        |c| c.messages_routed.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_confirmed_total",
-            "Total number of messages confirmed to publishers.",
-        ),
-        |c| c.messages_confirmed.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_delivered_total",
-            "Total number of messages delivered to consumers.",
-        ),
-        |c| {
-            c.delivered_consume_auto_ack.get()
-                + c.delivered_consume_manual_ack.get()
-                + c.delivered_get_auto_ack.get()
-                + c.delivered_get_manual_ack.get()
-        },
-    ),
-    (
-        Family::counter(
-            "global_messages_delivered_consume_auto_ack_total",
-            "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment.",
-        ),
-        |c| c.delivered_consume_auto_ack.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_delivered_consume_manual_ack_total",
-            "Total number of messages delivered to consumers using basic.consume with manual acknowledgment.",
-        ),
-        |c| c.delivered_consume_manual_ack.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_delivered_get_auto_ack_total",
-            "Total number of messages delivered to consumers using basic.get with automatic acknowledgment.",
-        ),
-        |c| c.delivered_get_auto_ack.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_delivered_get_manual_ack_total",
-            "Total number of messages delivered to consumers using basic.get with manual acknowledgment.",
-        ),
-        |c| c.delivered_get_manual_ack.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_get_empty_total",
-            "Total number of times basic.get operations fetched no message.",
-        ),
-        |c| c.get_empty.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_redelivered_total",
-            "Total number of messages redelivered to consumers.",
-        ),
-        |c| c.redelivered.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_acknowledged_total",
-            "Total number of message acknowledgements received from consumers.",
-        ),
-        |c| c.acknowledged.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_unroutable_dropped_total",
-            "Total number of messages published as non-mandatory into an exchange and dropped as unroutable.",
-        ),
-        |c| c.unroutable_dropped.get(),
-    ),
-    (
-        Family::counter(
-            "global_messages_unroutable_returned_total",
-            "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable.",
-        ),
-        |c| c.unroutable_returned.get(),
-    ),
-    (
-        Family::counter("channels_opened_total", "Total number of channels opened."),
-        |c| c.lifecycle.channels_opened.get(),
-    ),
-    (
-        Family::counter("channels_closed_total", "Total number of channels closed."),
-        |c| c.lifecycle.channels_closed.get(),
-    ),
-    (
-        Family::counter("queues_declared_total", "Total number of queues declared."),
-        |c| c.queues_declared.get(),
-    ),
-    (
-        Family::counter("queues_created_total", "Total number of queues created."),
-        |c| c.queues_created.get(),
-    ),
-    (
-        Family::counter("queues_deleted_total", "Total number of queues deleted."),
-        |c| c.queues_deleted.get(),
-    ),
-];
+const GLOBAL_COUNTERS: [Column<BrokerCounters>; 19] = columns! {
+    counter "global_messages_received_total" "Total number of messages received from publishers." => |c| c.messages_received.get();
+    counter "global_messages_received_confirm_total" "Total number of messages received from publishers expecting confirmations." => |c| c.messages_received_confirm.get();
+    counter "global_messages_routed_total" "Total number of messages routed to queues." => |c| c.messages_routed.get();
+    counter "global_messages_confirmed_total" "Total number of messages confirmed to publishers." => |c| c.messages_confirmed.get();
+    counter "global_messages_delivered_total" "Total number of messages delivered to consumers." => |c| { c.delivered_consume_auto_ack.get() + c.delivered_consume_manual_ack.get() + c.delivered_get_auto_ack.get() + c.delivered_get_manual_ack.get() };
+    counter "global_messages_delivered_consume_auto_ack_total" "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment." => |c| c.delivered_consume_auto_ack.get();
+    counter "global_messages_delivered_consume_manual_ack_total" "Total number of messages delivered to consumers using basic.consume with manual acknowledgment." => |c| c.delivered_consume_manual_ack.get();
+    counter "global_messages_delivered_get_auto_ack_total" "Total number of messages delivered to consumers using basic.get with automatic acknowledgment." => |c| c.delivered_get_auto_ack.get();
+    counter "global_messages_delivered_get_manual_ack_total" "Total number of messages delivered to consumers using basic.get with manual acknowledgment." => |c| c.delivered_get_manual_ack.get();
+    counter "global_messages_get_empty_total" "Total number of times basic.get operations fetched no message." => |c| c.get_empty.get();
+    counter "global_messages_redelivered_total" "Total number of messages redelivered to consumers." => |c| c.redelivered.get();
+    counter "global_messages_acknowledged_total" "Total number of message acknowledgements received from consumers." => |c| c.acknowledged.get();
+    counter "global_messages_unroutable_dropped_total" "Total number of messages published as non-mandatory into an exchange and dropped as unroutable." => |c| c.unroutable_dropped.get();
+    counter "global_messages_unroutable_returned_total" "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable." => |c| c.unroutable_returned.get();
+    counter "channels_opened_total" "Total number of channels opened." => |c| c.lifecycle.channels_opened.get();
+    counter "channels_closed_total" "Total number of channels closed." => |c| c.lifecycle.channels_closed.get();
+    counter "queues_declared_total" "Total number of queues declared." => |c| c.queues_declared.get();
+    counter "queues_created_total" "Total number of queues created." => |c| c.queues_created.get();
+    counter "queues_deleted_total" "Total number of queues deleted." => |c| c.queues_deleted.get();
+};
 
 fn global(w: &mut Writer<'_>, broker: &Broker, queues: &[(Arc<Queue>, QueueDepth)]) {
     let c = broker.counters();
@@ -292,54 +196,15 @@ fn global(w: &mut Writer<'_>, broker: &Broker, queues: &[(Arc<Queue>, QueueDepth
 }
 
 /// The per-protocol families, in the order served (`connections` is the gauge).
-const PROTOCOL_FAMILIES: [Column<ProtocolTotals>; 7] = [
-    (
-        Family::gauge("connections", "Connections currently open."),
-        |t| t.connections,
-    ),
-    (
-        Family::counter(
-            "connections_opened_total",
-            "Total number of connections opened.",
-        ),
-        |t| t.connections_opened,
-    ),
-    (
-        Family::counter(
-            "connections_closed_total",
-            "Total number of connections closed or terminated.",
-        ),
-        |t| t.connections_closed,
-    ),
-    (
-        Family::counter(
-            "protocol_messages_received_total",
-            "Total number of messages received from publishers, by front end.",
-        ),
-        |t| t.messages_received,
-    ),
-    (
-        Family::counter(
-            "protocol_messages_delivered_total",
-            "Total number of messages delivered to consumers, by front end.",
-        ),
-        |t| t.messages_delivered,
-    ),
-    (
-        Family::counter(
-            "protocol_bytes_received_total",
-            "Total number of bytes received from clients, by front end.",
-        ),
-        |t| t.bytes_received,
-    ),
-    (
-        Family::counter(
-            "protocol_bytes_sent_total",
-            "Total number of bytes sent to clients, by front end.",
-        ),
-        |t| t.bytes_sent,
-    ),
-];
+const PROTOCOL_FAMILIES: [Column<ProtocolTotals>; 7] = columns! {
+    gauge "connections" "Connections currently open." => |t| t.connections;
+    counter "connections_opened_total" "Total number of connections opened." => |t| t.connections_opened;
+    counter "connections_closed_total" "Total number of connections closed or terminated." => |t| t.connections_closed;
+    counter "protocol_messages_received_total" "Total number of messages received from publishers, by front end." => |t| t.messages_received;
+    counter "protocol_messages_delivered_total" "Total number of messages delivered to consumers, by front end." => |t| t.messages_delivered;
+    counter "protocol_bytes_received_total" "Total number of bytes received from clients, by front end." => |t| t.bytes_received;
+    counter "protocol_bytes_sent_total" "Total number of bytes sent to clients, by front end." => |t| t.bytes_sent;
+};
 
 fn protocols(w: &mut Writer<'_>, totals: &[ProtocolTotals]) {
     table(w, &PROTOCOL_FAMILIES, totals, |t| {
@@ -368,75 +233,18 @@ fn message_size(w: &mut Writer<'_>, broker: &Broker) {
 }
 
 /// The per-queue families, in the order served.
-const QUEUE_FAMILIES: [Column<(Arc<Queue>, QueueDepth)>; 10] = [
-    (
-        Family::gauge(
-            "queue_messages_ready",
-            "Messages ready to be delivered to consumers.",
-        ),
-        |(_, d)| d.ready as u64,
-    ),
-    (
-        Family::gauge(
-            "queue_messages_unacked",
-            "Messages delivered to consumers but not yet acknowledged.",
-        ),
-        |(_, d)| d.unacked as u64,
-    ),
-    (
-        Family::gauge(
-            "queue_messages",
-            "Sum of ready and unacknowledged messages - total queue depth.",
-        ),
-        |(_, d)| (d.ready + d.unacked) as u64,
-    ),
-    (
-        Family::gauge("queue_consumers", "Consumers on a queue."),
-        |(_, d)| d.consumers as u64,
-    ),
-    (
-        Family::counter(
-            "queue_messages_published_total",
-            "Total number of messages published to a queue.",
-        ),
-        |(q, _)| q.counters.published.get(),
-    ),
-    (
-        Family::counter(
-            "queue_messages_delivered_total",
-            "Total number of messages delivered from a queue (consume and get).",
-        ),
-        |(q, _)| q.counters.delivered.get(),
-    ),
-    (
-        Family::counter(
-            "queue_messages_acked_total",
-            "Total number of messages acknowledged on a queue (automatic acknowledgements included).",
-        ),
-        |(q, _)| q.counters.acked.get(),
-    ),
-    (
-        Family::counter(
-            "queue_messages_redelivered_total",
-            "Total number of messages redelivered from a queue.",
-        ),
-        |(q, _)| q.counters.redelivered.get(),
-    ),
-    (
-        Family::counter(
-            "queue_messages_expired_total",
-            "Total number of messages dropped from a queue because their TTL passed.",
-        ),
-        |(q, _)| q.counters.expired.get(),
-    ),
-    (
-        Family::counter(
-            "queue_messages_dropped_total",
-            "Total number of messages dropped from the head of a queue over x-max-length.",
-        ),
-        |(q, _)| q.counters.dropped.get(),
-    ),
-];
+const QUEUE_FAMILIES: [Column<(Arc<Queue>, QueueDepth)>; 10] = columns! {
+    gauge "queue_messages_ready" "Messages ready to be delivered to consumers." => |(_, d)| d.ready as u64;
+    gauge "queue_messages_unacked" "Messages delivered to consumers but not yet acknowledged." => |(_, d)| d.unacked as u64;
+    gauge "queue_messages" "Sum of ready and unacknowledged messages - total queue depth." => |(_, d)| (d.ready + d.unacked) as u64;
+    gauge "queue_consumers" "Consumers on a queue." => |(_, d)| d.consumers as u64;
+    counter "queue_messages_published_total" "Total number of messages published to a queue." => |(q, _)| q.counters.published.get();
+    counter "queue_messages_delivered_total" "Total number of messages delivered from a queue (consume and get)." => |(q, _)| q.counters.delivered.get();
+    counter "queue_messages_acked_total" "Total number of messages acknowledged on a queue (automatic acknowledgements included)." => |(q, _)| q.counters.acked.get();
+    counter "queue_messages_redelivered_total" "Total number of messages redelivered from a queue." => |(q, _)| q.counters.redelivered.get();
+    counter "queue_messages_expired_total" "Total number of messages dropped from a queue because their TTL passed." => |(q, _)| q.counters.expired.get();
+    counter "queue_messages_dropped_total" "Total number of messages dropped from the head of a queue over x-max-length." => |(q, _)| q.counters.dropped.get();
+};
 
 fn queue_families(w: &mut Writer<'_>, queues: &[(Arc<Queue>, QueueDepth)]) {
     table(w, &QUEUE_FAMILIES, queues, |(q, _)| {
@@ -474,62 +282,26 @@ fn limits(w: &mut Writer<'_>, broker: &Broker) {
     w.single(&WRITE_BUFFER, broker.flow().buffered());
 }
 
-const RSS: Family = Family::gauge("process_resident_memory_bytes", "Memory used in bytes.");
-const MEMORY_LIMIT: Family = Family::gauge(
-    "resident_memory_limit_bytes",
-    "Memory high watermark in bytes (the physical memory when there is none).",
-);
-const MEMORY_ALARM: Family = Family::gauge(
-    "alarms_memory_used_watermark",
-    "1 while the memory alarm blocks publishers.",
-);
-const QUEUED_MEMORY: Family = Family::gauge(
-    "queued_messages_memory_bytes",
-    "Estimated memory held by ready messages (what the memory alarm watches).",
-);
-const OPEN_FDS: Family = Family::gauge("process_open_fds", "Open file descriptors.");
-const MAX_FDS: Family = Family::gauge("process_max_fds", "Open file descriptors limit.");
-const OPEN_SOCKETS: Family = Family::gauge(
-    "process_open_tcp_sockets",
-    "Open TCP sockets (client connections).",
-);
-const MAX_SOCKETS: Family = Family::gauge(
-    "process_max_tcp_sockets",
-    "Open TCP sockets limit (the file descriptor limit).",
-);
-const DISK_AVAILABLE: Family = Family::gauge(
-    "disk_space_available_bytes",
-    "Disk space available in bytes on the data directory's file system.",
-);
-const DISK_LIMIT: Family = Family::gauge(
-    "disk_space_available_limit_bytes",
-    "Free disk space low watermark in bytes (--disk-free-limit; 0 = no disk alarm).",
-);
-const DISK_ALARM: Family = Family::gauge(
-    "alarms_free_disk_space_watermark",
-    "1 while the disk alarm blocks publishers.",
-);
+/// What the process families read: the broker (alarms, watermarks) and the process's
+/// resource use.
+type ProcessRow = (Broker, ProcessStats);
+
+/// The process families, in the order served.
+const PROCESS_FAMILIES: [Column<ProcessRow>; 11] = columns! {
+    gauge "process_resident_memory_bytes" "Memory used in bytes." => |(_, p)| p.rss;
+    gauge "resident_memory_limit_bytes" "Memory high watermark in bytes (the physical memory when there is none)." => |(b, p)| match b.flow().limit() { 0 => p.physical, watermark => watermark };
+    gauge "alarms_memory_used_watermark" "1 while the memory alarm blocks publishers." => |(b, _)| b.flow().memory_alarm() as u64;
+    gauge "queued_messages_memory_bytes" "Estimated memory held by ready messages (what the memory alarm watches)." => |(b, _)| b.queued_memory();
+    gauge "process_open_fds" "Open file descriptors." => |(_, p)| p.open_fds;
+    gauge "process_max_fds" "Open file descriptors limit." => |(_, p)| p.max_fds;
+    gauge "process_open_tcp_sockets" "Open TCP sockets (client connections)." => |(b, _)| b.connections().len() as u64;
+    gauge "process_max_tcp_sockets" "Open TCP sockets limit (the file descriptor limit)." => |(_, p)| p.max_fds;
+    gauge "disk_space_available_bytes" "Disk space available in bytes on the data directory's file system." => |(_, p)| p.disk_available;
+    gauge "disk_space_available_limit_bytes" "Free disk space low watermark in bytes (--disk-free-limit; 0 = no disk alarm)." => |(b, _)| b.flow().disk().limit();
+    gauge "alarms_free_disk_space_watermark" "1 while the disk alarm blocks publishers." => |(b, _)| b.flow().disk().is_alarmed() as u64;
+};
 
 fn process(w: &mut Writer<'_>, broker: &Broker, data_dir: &Path) {
-    let p = crate::http::process::process_stats(data_dir);
-    let flow = broker.flow();
-    w.single(&RSS, p.rss);
-    let watermark = flow.limit();
-    w.single(
-        &MEMORY_LIMIT,
-        if watermark == 0 {
-            p.physical
-        } else {
-            watermark
-        },
-    );
-    w.single(&MEMORY_ALARM, flow.memory_alarm() as u64);
-    w.single(&QUEUED_MEMORY, broker.queued_memory());
-    w.single(&OPEN_FDS, p.open_fds);
-    w.single(&MAX_FDS, p.max_fds);
-    w.single(&OPEN_SOCKETS, broker.connections().len());
-    w.single(&MAX_SOCKETS, p.max_fds);
-    w.single(&DISK_AVAILABLE, p.disk_available);
-    w.single(&DISK_LIMIT, flow.disk().limit());
-    w.single(&DISK_ALARM, flow.disk().is_alarmed() as u64);
+    let row = (broker.clone(), process_stats(data_dir));
+    table(w, &PROCESS_FAMILIES, &[row], |_| []);
 }
