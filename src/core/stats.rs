@@ -175,32 +175,52 @@ pub struct ProtocolTotals {
 
 /// Every registered front end's totals now, in registration order.
 ///
-/// A connection closing while this runs can be missed for an instant (it leaves the
-/// registry just before its bytes join the closed totals).
+/// A closing connection leaves the registry and then adds its bytes to its protocol's
+/// closed totals: the registry is read first, so that no byte is missed, and the read
+/// is repeated when a connection closed meanwhile, so that none is counted twice
+/// (`protocol_bytes_*_total` must not go backwards).
 pub fn protocol_totals(broker: &super::Broker) -> Vec<ProtocolTotals> {
     let protocols = &broker.counters().lifecycle.protocols;
-    let mut totals: Vec<ProtocolTotals> = protocols
-        .iter()
-        .map(|(protocol, c)| ProtocolTotals {
-            protocol,
-            connections: 0,
-            connections_opened: c.connections_opened.get(),
-            connections_closed: c.connections_closed.get(),
-            bytes_received: c.bytes_received_closed.get(),
-            bytes_sent: c.bytes_sent_closed.get(),
-            messages_received: c.messages_received.get(),
-            messages_delivered: c.messages_delivered.get(),
-        })
-        .collect();
-    for c in broker.connections() {
-        // Registering the connection registered its protocol.
-        if let Some(t) = totals.iter_mut().find(|t| t.protocol == c.protocol) {
-            t.connections += 1;
-            t.bytes_received += c.bytes_in.load(Ordering::Relaxed);
-            t.bytes_sent += c.bytes_out.load(Ordering::Relaxed);
+    let closed = || -> u64 {
+        protocols
+            .iter()
+            .map(|(_, c)| c.connections_closed.get())
+            .sum()
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let closed_before = closed();
+        let live = broker.connections();
+        let mut totals: Vec<ProtocolTotals> = protocols
+            .iter()
+            .map(|(protocol, c)| ProtocolTotals {
+                protocol,
+                connections: 0,
+                connections_opened: c.connections_opened.get(),
+                bytes_received: c.bytes_received_closed.get(),
+                bytes_sent: c.bytes_sent_closed.get(),
+                messages_received: c.messages_received.get(),
+                messages_delivered: c.messages_delivered.get(),
+                // Last: a connection's bytes are added before it counts as closed.
+                connections_closed: c.connections_closed.get(),
+            })
+            .collect();
+        let settled = closed() == closed_before;
+        // Under heavy churn a scrape still finishes: a few tries, then what it read.
+        if !settled && attempts < 4 {
+            continue;
         }
+        for c in live {
+            // Registering the connection registered its protocol.
+            if let Some(t) = totals.iter_mut().find(|t| t.protocol == c.protocol) {
+                t.connections += 1;
+                t.bytes_received += c.bytes_in.load(Ordering::Relaxed);
+                t.bytes_sent += c.bytes_out.load(Ordering::Relaxed);
+            }
+        }
+        return totals;
     }
-    totals
 }
 
 /// Upper bounds (bytes) of the message size histogram buckets: rabbitmq_prometheus's,
@@ -325,6 +345,27 @@ mod tests {
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, names.map(|n| (n, 1000)));
+    }
+
+    #[test]
+    fn protocol_totals_keep_a_closed_connections_bytes() {
+        let broker = super::super::Broker::new(super::super::CoreConfig::default());
+        broker.counters().lifecycle.register("amqp");
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let guard = broker.register_connection("memcache", peer);
+        guard.info.bytes_in.fetch_add(7, Ordering::Relaxed);
+        guard.info.bytes_out.fetch_add(3, Ordering::Relaxed);
+        let open = protocol_totals(&broker);
+        assert_eq!(open.len(), 2);
+        assert_eq!((open[0].protocol, open[0].connections), ("amqp", 0));
+        let mc = open[1];
+        assert_eq!(mc.protocol, "memcache");
+        assert_eq!((mc.connections, mc.connections_opened), (1, 1));
+        assert_eq!((mc.bytes_received, mc.bytes_sent), (7, 3));
+        drop(guard);
+        let closed = protocol_totals(&broker)[1];
+        assert_eq!((closed.connections, closed.connections_closed), (0, 1));
+        assert_eq!((closed.bytes_received, closed.bytes_sent), (7, 3));
     }
 
     #[test]
