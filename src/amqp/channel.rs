@@ -86,11 +86,7 @@ impl DeliverySink for ChannelSink {
         if redelivered {
             counters.redelivered.inc();
         }
-        counters
-            .lifecycle
-            .protocol(super::PROTOCOL)
-            .messages_delivered
-            .inc();
+        counters.protocol(super::PROTOCOL).messages_delivered.inc();
         let _ = self.out.send(out);
         Ok(())
     }
@@ -583,11 +579,7 @@ impl Channel {
                 if d.redelivered() {
                     counters.redelivered.inc();
                 }
-                counters
-                    .lifecycle
-                    .protocol(super::PROTOCOL)
-                    .messages_delivered
-                    .inc();
+                counters.protocol(super::PROTOCOL).messages_delivered.inc();
                 let mut st = self.sink.state.lock();
                 st.next_tag += 1;
                 let tag = st.next_tag;
@@ -809,11 +801,7 @@ impl Channel {
 
     fn route(&mut self, ctx: &ConnCtx, p: &BasicPublish, msg: Message) -> Result<(), AmqpError> {
         let counters = ctx.broker.counters();
-        counters
-            .lifecycle
-            .protocol(super::PROTOCOL)
-            .messages_received
-            .inc();
+        counters.protocol(super::PROTOCOL).messages_received.inc();
         if !self.publishing {
             self.publishing = true;
             counters

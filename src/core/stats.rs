@@ -83,6 +83,14 @@ pub struct BrokerCounters {
     pub lifecycle: LifecycleCounters,
 }
 
+impl BrokerCounters {
+    /// The counters of front end `protocol` ([`LifecycleCounters::protocol`]).
+    #[inline]
+    pub fn protocol(&self, protocol: &'static str) -> &ProtocolCounters {
+        self.lifecycle.protocol(protocol)
+    }
+}
+
 /// Per-protocol totals (one per front end, see [`LifecycleCounters::protocol`]).
 #[derive(Debug, Default)]
 pub struct ProtocolCounters {
@@ -291,6 +299,22 @@ impl LifecycleCounters {
     /// connection.
     pub fn register(&self, protocol: &'static str) {
         self.protocols.get(protocol);
+    }
+
+    /// Connections opened, every front end together.
+    pub fn connections_opened_total(&self) -> u64 {
+        self.protocols
+            .iter()
+            .map(|(_, p)| p.connections_opened.get())
+            .sum()
+    }
+
+    /// Connections closed, every front end together.
+    pub fn connections_closed_total(&self) -> u64 {
+        self.protocols
+            .iter()
+            .map(|(_, p)| p.connections_closed.get())
+            .sum()
     }
 
     /// Records a connection of `protocol` being registered.

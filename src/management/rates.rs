@@ -126,14 +126,8 @@ pub fn global_totals(broker: &Broker) -> [u64; 22] {
         ready + unacked,
         ready,
         unacked,
-        l.protocols
-            .iter()
-            .map(|(_, p)| p.connections_opened.get())
-            .sum(),
-        l.protocols
-            .iter()
-            .map(|(_, p)| p.connections_closed.get())
-            .sum(),
+        l.connections_opened_total(),
+        l.connections_closed_total(),
         l.channels_opened.get(),
         l.channels_closed.get(),
         c.queues_declared.get(),

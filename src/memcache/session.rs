@@ -631,11 +631,7 @@ impl Session {
             match hit {
                 Some((d, _)) => {
                     self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .lifecycle
-                        .protocol(stats::PROTOCOL)
-                        .messages_delivered
-                        .inc();
+                    counters.protocol(stats::PROTOCOL).messages_delivered.inc();
                     if d.redelivered() {
                         counters.redelivered.inc();
                     }
