@@ -86,3 +86,45 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::CoreConfig;
+    use crate::exposition::Family;
+
+    struct Extra;
+
+    impl Collector for Extra {
+        fn collect(&self, w: &mut Writer<'_>) {
+            const F: Family = Family::counter("extra_total", "A front end's own family.");
+            w.single(&F, 5u64);
+        }
+    }
+
+    #[test]
+    fn front_end_families_follow_the_protocol_ones_under_the_prefix() {
+        let broker = Broker::new(CoreConfig::default());
+        broker.counters().lifecycle.register("amqp");
+        let mut metrics = Metrics::new(broker, "pfx", ".", "qgate@test");
+        metrics.register(Extra);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        let at = |needle: &str| {
+            out.find(needle)
+                .unwrap_or_else(|| panic!("{needle} not in:\n{out}"))
+        };
+        assert!(
+            at("pfx_protocol_bytes_sent_total{protocol=\"amqp\"} 0\n") < at("pfx_extra_total 5\n")
+        );
+        assert!(at("pfx_extra_total 5\n") < at("# TYPE pfx_message_size_bytes histogram\n"));
+        let lines = out.lines().filter(|l| !l.starts_with('#'));
+        assert!(lines.clone().all(|l| l.starts_with("pfx_")), "{out}");
+        // Each family is described once.
+        let types: Vec<&str> = out.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let mut unique = types.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len(), "{out}");
+    }
+}
