@@ -263,6 +263,15 @@ fn stats_serves_memcacheqs_fields_in_its_order_then_memcacheds() {
     assert_eq!(v("pid"), broker.child.id().to_string());
 }
 
+/// The number `name` has in a `stats` answer.
+fn stat_value(stats: &[(String, String)], name: &str) -> u64 {
+    let (_, v) = stats
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no stat {name}"));
+    v.parse().unwrap_or_else(|_| panic!("{name} = {v:?}"))
+}
+
 /// `stats` and `/metrics` read one count of the front end's connections and bytes:
 /// the same numbers, whichever asks.
 #[test]
@@ -283,15 +292,7 @@ fn stats_and_metrics_agree_on_connections_and_bytes() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let stats = mc.stats();
-    let v = |name: &str| -> u64 {
-        stats
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-            .parse()
-            .unwrap()
-    };
+    let v = |name: &str| stat_value(&stats, name);
     // The answer to that last `stats` was sent after it counted.
     let answer: u64 = stats
         .iter()
@@ -319,15 +320,7 @@ fn stats_reset_answers_reset_and_zeroes_the_counters() {
     mc.send(b"stats reset\r\n");
     assert_eq!(mc.line(), "RESET");
     let stats = mc.stats();
-    let v = |name: &str| -> u64 {
-        stats
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-            .parse()
-            .unwrap()
-    };
+    let v = |name: &str| stat_value(&stats, name);
     for zero in [
         "total_connections",
         "get_cmds",
