@@ -35,18 +35,7 @@ pub enum ServerError {
     Upstream(String),
 }
 
-/// Addresses the listeners are bound to (port 0 resolved).
-#[derive(Debug, Clone, Copy)]
-pub struct Bound {
-    /// AMQP.
-    pub amqp: SocketAddr,
-    /// memcache.
-    pub memcache: SocketAddr,
-    /// HTTP.
-    pub http: SocketAddr,
-    /// Management (API and console).
-    pub management: SocketAddr,
-}
+pub use crate::http::Bound;
 
 async fn bind(protocol: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
     let listener = TcpListener::bind(addr)
@@ -174,6 +163,11 @@ pub async fn run(
     };
     on_bound(bound);
     let tracker = TaskTracker::new();
+    // The front ends of this build, so that their series are served from the first
+    // scrape (the AMQP one too when its listener is off).
+    for protocol in [crate::amqp::PROTOCOL, crate::memcache::stats::PROTOCOL] {
+        broker.counters().lifecycle.register(protocol);
+    }
 
     // The memory alarm is re-evaluated a few times a second.
     {
@@ -268,10 +262,16 @@ pub async fn run(
             ConnectionMax::new(max, crate::memcache::refuse_connection),
         ));
     }
-    tracker.spawn(crate::metrics::routes::serve(
-        http,
+    let mut metrics = crate::http::metrics::Metrics::new(
         broker.clone(),
-        config.clone(),
+        &config.http.metrics_prefix,
+        &config.storage.data_dir,
+        &crate::http::node_name(),
+    );
+    metrics.register(crate::memcache::stats::counters());
+    tracker.spawn(crate::http::routes::serve(
+        http,
+        metrics,
         shutdown.clone(),
         tracker.clone(),
     ));

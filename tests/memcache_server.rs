@@ -263,6 +263,50 @@ fn stats_serves_memcacheqs_fields_in_its_order_then_memcacheds() {
     assert_eq!(v("pid"), broker.child.id().to_string());
 }
 
+/// The number `name` has in a `stats` answer.
+fn stat_value(stats: &[(String, String)], name: &str) -> u64 {
+    let (_, v) = stats
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no stat {name}"));
+    v.parse().unwrap_or_else(|_| panic!("{name} = {v:?}"))
+}
+
+/// `stats` and `/metrics` read one count of the front end's connections and bytes:
+/// the same numbers, whichever asks.
+#[test]
+fn stats_and_metrics_agree_on_connections_and_bytes() {
+    let broker = spawn_broker(&[]);
+    let q = unique("agree");
+    let mut gone = Mc::connect(broker.addrs.memcache);
+    assert_eq!(gone.set(&q, "abc"), "STORED");
+    drop(gone);
+    let mut mc = Mc::connect(broker.addrs.memcache);
+    assert_eq!(mc.get(&q).len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mc.stat("curr_connections") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first connection never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = mc.stats();
+    let v = |name: &str| stat_value(&stats, name);
+    // The answer to that last `stats` was sent after it counted.
+    let answer: u64 = stats
+        .iter()
+        .map(|(n, value)| (format!("STAT {n} {value}\r\n").len()) as u64)
+        .sum::<u64>()
+        + b"END\r\n".len() as u64;
+    let m = |series: &str| metric(&broker, &format!("qgate_{series}{{protocol=\"memcache\"}}"));
+    assert_eq!(m("connections"), v("curr_connections"));
+    assert_eq!(m("connections_opened_total"), v("total_connections"));
+    assert_eq!(m("connections_closed_total"), 1);
+    assert_eq!(m("protocol_bytes_received_total"), v("bytes_read"));
+    assert_eq!(m("protocol_bytes_sent_total"), v("bytes_written") + answer);
+}
+
 #[test]
 fn stats_reset_answers_reset_and_zeroes_the_counters() {
     let broker = spawn_broker(&[]);
@@ -276,15 +320,7 @@ fn stats_reset_answers_reset_and_zeroes_the_counters() {
     mc.send(b"stats reset\r\n");
     assert_eq!(mc.line(), "RESET");
     let stats = mc.stats();
-    let v = |name: &str| -> u64 {
-        stats
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-            .parse()
-            .unwrap()
-    };
+    let v = |name: &str| stat_value(&stats, name);
     for zero in [
         "total_connections",
         "get_cmds",

@@ -847,24 +847,15 @@ fn scrape_cost_10k_queues() {
             .declare_queue(&format!("queue-{i}"), QueueOptions::default(), false, 0)
             .unwrap();
     }
-    let scrape = qgate::metrics::render::Scrape {
-        prefix: "qgate",
-        data_dir: std::path::Path::new("."),
-        node: "qgate@test",
-    };
+    let mut metrics =
+        qgate::http::metrics::Metrics::new(broker.clone(), "qgate", ".", "qgate@test");
+    metrics.register(qgate::memcache::stats::counters());
     let mut best = Duration::MAX;
     let mut len = 0;
     for _ in 0..5 {
         let start = Instant::now();
         let mut out = String::new();
-        qgate::metrics::render::render(
-            &mut out,
-            &broker,
-            &scrape,
-            qgate::metrics::memcache_counters(),
-            None,
-            None,
-        );
+        metrics.render(&mut out);
         best = best.min(start.elapsed());
         len = out.len();
     }

@@ -213,7 +213,7 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
-    let guard = broker.register_connection("amqp", peer);
+    let guard = broker.register_connection(super::PROTOCOL, peer);
     let info = guard.info.clone();
     // The client's first methods are read under our own proposal, at least the minimum.
     let mut conn = Connection::new(

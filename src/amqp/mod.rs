@@ -28,3 +28,6 @@ mod writer;
 
 pub use connection::run as serve_connection;
 pub use refuse::refuse_connection;
+
+/// The name this front end registers its connections and counters under.
+pub const PROTOCOL: &str = "amqp";

@@ -2,6 +2,7 @@
 //! path; exporters read them when scraped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -82,10 +83,15 @@ pub struct BrokerCounters {
     pub lifecycle: LifecycleCounters,
 }
 
-// ---- Counters the metrics exporter reads but the front ends / core do not yet feed.
-// Each is one relaxed atomic add where it is fed; until then it reads 0.
+impl BrokerCounters {
+    /// The counters of front end `protocol` ([`LifecycleCounters::protocol`]).
+    #[inline]
+    pub fn protocol(&self, protocol: &'static str) -> &ProtocolCounters {
+        self.lifecycle.protocol(protocol)
+    }
+}
 
-/// Per-protocol totals (one per front end).
+/// Per-protocol totals (one per front end, see [`LifecycleCounters::protocol`]).
 #[derive(Debug, Default)]
 pub struct ProtocolCounters {
     /// Connections accepted.
@@ -93,7 +99,7 @@ pub struct ProtocolCounters {
     /// Connections closed.
     pub connections_closed: Counter,
     /// Bytes received on connections that have closed (live ones are summed from
-    /// `ConnectionInfo::bytes_in` at scrape time).
+    /// `ConnectionInfo::bytes_in`, see [`protocol_totals`]).
     pub bytes_received_closed: Counter,
     /// Bytes sent on connections that have closed.
     pub bytes_sent_closed: Counter,
@@ -101,6 +107,128 @@ pub struct ProtocolCounters {
     pub messages_received: Counter,
     /// Messages delivered through this front end (consume and get).
     pub messages_delivered: Counter,
+}
+
+impl ProtocolCounters {
+    /// Connections open now: opened and not yet closed.
+    pub fn open(&self) -> u64 {
+        self.connections_opened
+            .get()
+            .saturating_sub(self.connections_closed.get())
+    }
+}
+
+/// The front ends' counters, keyed by the protocol name each front end registers: a
+/// new front end is a new name, not a new field. Lock-free to read (a list of at most a
+/// few entries, each set once), because front ends look theirs up per message.
+#[derive(Debug, Default)]
+pub struct Protocols {
+    head: OnceLock<Box<ProtocolEntry>>,
+}
+
+#[derive(Debug)]
+struct ProtocolEntry {
+    name: &'static str,
+    counters: ProtocolCounters,
+    next: OnceLock<Box<ProtocolEntry>>,
+}
+
+impl Protocols {
+    /// The counters of `protocol`, registered on first use.
+    pub fn get(&self, protocol: &'static str) -> &ProtocolCounters {
+        let mut slot = &self.head;
+        loop {
+            // A racing registration of another name takes the slot first: move on.
+            let entry = slot.get_or_init(|| {
+                Box::new(ProtocolEntry {
+                    name: protocol,
+                    counters: ProtocolCounters::default(),
+                    next: OnceLock::new(),
+                })
+            });
+            if entry.name == protocol {
+                return &entry.counters;
+            }
+            slot = &entry.next;
+        }
+    }
+
+    /// Every registered protocol with its counters, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ProtocolCounters)> {
+        std::iter::successors(self.head.get(), |e| e.next.get()).map(|e| (e.name, &e.counters))
+    }
+}
+
+/// A front end's totals at one moment: its counters plus what its open connections
+/// have transferred so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProtocolTotals {
+    /// The protocol name.
+    pub protocol: &'static str,
+    /// Connections open.
+    pub connections: u64,
+    /// Connections accepted.
+    pub connections_opened: u64,
+    /// Connections closed.
+    pub connections_closed: u64,
+    /// Bytes received, open and closed connections.
+    pub bytes_received: u64,
+    /// Bytes sent, open and closed connections.
+    pub bytes_sent: u64,
+    /// Messages published through the front end.
+    pub messages_received: u64,
+    /// Messages delivered through the front end.
+    pub messages_delivered: u64,
+}
+
+/// Every registered front end's totals now, in registration order.
+///
+/// A closing connection leaves the registry and then adds its bytes to its protocol's
+/// closed totals: the registry is read first, so that no byte is missed, and the read
+/// is repeated when a connection closed meanwhile, so that none is counted twice
+/// (`protocol_bytes_*_total` must not go backwards).
+pub fn protocol_totals(broker: &super::Broker) -> Vec<ProtocolTotals> {
+    let protocols = &broker.counters().lifecycle.protocols;
+    let closed = || -> u64 {
+        protocols
+            .iter()
+            .map(|(_, c)| c.connections_closed.get())
+            .sum()
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let closed_before = closed();
+        let live = broker.connections();
+        let mut totals: Vec<ProtocolTotals> = protocols
+            .iter()
+            .map(|(protocol, c)| ProtocolTotals {
+                protocol,
+                connections: 0,
+                connections_opened: c.connections_opened.get(),
+                bytes_received: c.bytes_received_closed.get(),
+                bytes_sent: c.bytes_sent_closed.get(),
+                messages_received: c.messages_received.get(),
+                messages_delivered: c.messages_delivered.get(),
+                // Last: a connection's bytes are added before it counts as closed.
+                connections_closed: c.connections_closed.get(),
+            })
+            .collect();
+        let settled = closed() == closed_before;
+        // Under heavy churn a scrape still finishes: a few tries, then what it read.
+        if !settled && attempts < 4 {
+            continue;
+        }
+        for c in live {
+            // Registering the connection registered its protocol.
+            if let Some(t) = totals.iter_mut().find(|t| t.protocol == c.protocol) {
+                t.connections += 1;
+                t.bytes_received += c.bytes_in.load(Ordering::Relaxed);
+                t.bytes_sent += c.bytes_out.load(Ordering::Relaxed);
+            }
+        }
+        return totals;
+    }
 }
 
 /// Upper bounds (bytes) of the message size histogram buckets: rabbitmq_prometheus's,
@@ -147,10 +275,8 @@ impl SizeHistogram {
 /// Broker-wide counters that need feeding from connection / channel life cycles.
 #[derive(Debug, Default)]
 pub struct LifecycleCounters {
-    /// AMQP front end.
-    pub amqp: ProtocolCounters,
-    /// memcache front end.
-    pub memcache: ProtocolCounters,
+    /// Per front end, by the protocol name it registers.
+    pub protocols: Protocols,
     /// Channels opened (AMQP).
     pub channels_opened: Counter,
     /// Channels closed (AMQP).
@@ -163,28 +289,116 @@ pub struct LifecycleCounters {
 }
 
 impl LifecycleCounters {
-    /// The counters of front end `protocol` (`amqp` / `memcache`).
-    pub fn protocol(&self, protocol: &str) -> Option<&ProtocolCounters> {
-        match protocol {
-            "amqp" => Some(&self.amqp),
-            "memcache" => Some(&self.memcache),
-            _ => None,
-        }
+    /// The counters of front end `protocol`, registered on first use.
+    #[inline]
+    pub fn protocol(&self, protocol: &'static str) -> &ProtocolCounters {
+        self.protocols.get(protocol)
+    }
+
+    /// Registers front end `protocol`, so that its series are served before its first
+    /// connection.
+    pub fn register(&self, protocol: &'static str) {
+        self.protocols.get(protocol);
+    }
+
+    /// Connections opened, every front end together.
+    pub fn connections_opened_total(&self) -> u64 {
+        self.protocols
+            .iter()
+            .map(|(_, p)| p.connections_opened.get())
+            .sum()
+    }
+
+    /// Connections closed, every front end together.
+    pub fn connections_closed_total(&self) -> u64 {
+        self.protocols
+            .iter()
+            .map(|(_, p)| p.connections_closed.get())
+            .sum()
     }
 
     /// Records a connection of `protocol` being registered.
-    pub fn connection_opened(&self, protocol: &str) {
-        if let Some(p) = self.protocol(protocol) {
-            p.connections_opened.inc();
-        }
+    pub fn connection_opened(&self, protocol: &'static str) {
+        self.protocol(protocol).connections_opened.inc();
     }
 
     /// Records a connection going away with its byte totals.
-    pub fn connection_closed(&self, protocol: &str, bytes_in: u64, bytes_out: u64) {
-        if let Some(p) = self.protocol(protocol) {
-            p.connections_closed.inc();
-            p.bytes_received_closed.add(bytes_in);
-            p.bytes_sent_closed.add(bytes_out);
+    pub fn connection_closed(&self, protocol: &'static str, bytes_in: u64, bytes_out: u64) {
+        let p = self.protocol(protocol);
+        p.bytes_received_closed.add(bytes_in);
+        p.bytes_sent_closed.add(bytes_out);
+        p.connections_closed.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_register_once_in_order() {
+        let p = Protocols::default();
+        p.get("amqp").messages_received.inc();
+        p.get("memcache").messages_received.add(2);
+        p.get("amqp").messages_received.inc();
+        p.get("stomp");
+        let seen: Vec<_> = p
+            .iter()
+            .map(|(n, c)| (n, c.messages_received.get()))
+            .collect();
+        assert_eq!(seen, [("amqp", 2), ("memcache", 2), ("stomp", 0)]);
+    }
+
+    #[test]
+    fn protocols_register_concurrently() {
+        let p = Protocols::default();
+        let names: [&'static str; 4] = ["a", "b", "c", "d"];
+        std::thread::scope(|s| {
+            for n in names {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        p.get(n).connections_opened.inc();
+                    }
+                });
+            }
+        });
+        let mut seen: Vec<_> = p
+            .iter()
+            .map(|(n, c)| (n, c.connections_opened.get()))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, names.map(|n| (n, 1000)));
+    }
+
+    #[test]
+    fn protocol_totals_keep_a_closed_connections_bytes() {
+        let broker = super::super::Broker::new(super::super::CoreConfig::default());
+        broker.counters().lifecycle.register("amqp");
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let guard = broker.register_connection("memcache", peer);
+        guard.info.bytes_in.fetch_add(7, Ordering::Relaxed);
+        guard.info.bytes_out.fetch_add(3, Ordering::Relaxed);
+        let open = protocol_totals(&broker);
+        assert_eq!(open.len(), 2);
+        assert_eq!((open[0].protocol, open[0].connections), ("amqp", 0));
+        let mc = open[1];
+        assert_eq!(mc.protocol, "memcache");
+        assert_eq!((mc.connections, mc.connections_opened), (1, 1));
+        assert_eq!((mc.bytes_received, mc.bytes_sent), (7, 3));
+        drop(guard);
+        let closed = protocol_totals(&broker)[1];
+        assert_eq!((closed.connections, closed.connections_closed), (0, 1));
+        assert_eq!((closed.bytes_received, closed.bytes_sent), (7, 3));
+    }
+
+    #[test]
+    fn size_histogram_buckets_are_upper_inclusive() {
+        let h = SizeHistogram::default();
+        for b in [0, 100, 101, 100_000_000, 100_000_001] {
+            h.observe(b);
         }
+        assert_eq!(h.buckets(), [2, 1, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(h.sum(), 200_000_202);
     }
 }

@@ -18,7 +18,7 @@ fn failed(body: Value) -> Response {
 }
 
 fn node_json(m: &Mgmt) -> Value {
-    let p = crate::metrics::render::process_stats(&m.config.storage.data_dir);
+    let p = crate::http::process::process_stats(&m.config.storage.data_dir);
     let flow = m.broker.flow();
     json!({
         "name": m.node,

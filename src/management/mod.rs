@@ -45,7 +45,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::{Broker, VHost};
-use crate::server::Bound;
+use crate::http::Bound;
 
 use error::ApiError;
 

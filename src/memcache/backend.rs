@@ -233,7 +233,7 @@ impl Upstream {
                         let wait = Duration::from_millis(ms).min(MAX_WAIT);
                         tokio::select! {
                             r = self.client.get_wait(&k.queue, mode, wait, shutdown) => r,
-                            _ = ctx.conn.hung_up(counters, info) => {
+                            _ = ctx.conn.hung_up(info) => {
                                 // Nobody to answer: end the connection now, as local
                                 // mode does (a half-done read is requeued by finish).
                                 self.hung_up = true;

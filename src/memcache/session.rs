@@ -81,7 +81,7 @@ pub async fn run(
     shutdown: CancellationToken,
     upstream: Option<crate::upstream::Gateway>,
 ) {
-    let guard = broker.register_connection("memcache", peer);
+    let guard = broker.register_connection(stats::PROTOCOL, peer);
     let _ = stream.set_nodelay(true);
     let Some(vhost) = broker.vhost(&config.memcache.vhost) else {
         // Said once, memcached-style, then closed: every command would fail the same way.
@@ -93,7 +93,7 @@ pub async fn run(
         return;
     };
     let counters = stats::counters();
-    counters.connection_opened();
+    counters.connection_opened(&broker);
     let limits = Limits {
         max_line: super::parser::DEFAULT_MAX_LINE,
         max_message: config.memcache.max_message,
@@ -193,7 +193,6 @@ pub async fn run(
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     s.info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    s.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                 }
             },
             // An idle setter is paused at once when an alarm goes off, not after the
@@ -214,7 +213,6 @@ pub async fn run(
     if let Some(up) = s.upstream.take() {
         up.finish().await;
     }
-    counters.connection_closed();
     drop(guard);
 }
 
@@ -231,7 +229,7 @@ const MAX_PIPELINED_WHILE_WAITING: usize = 1 << 20;
 impl Client<'_> {
     /// Resolves when the client has closed its end (or the socket failed). Requests it
     /// pipelines meanwhile are kept in the buffer for after the wait.
-    pub(super) async fn hung_up(&mut self, counters: &MemcacheCounters, info: &ConnectionInfo) {
+    pub(super) async fn hung_up(&mut self, info: &ConnectionInfo) {
         loop {
             if self.buf.len() >= MAX_PIPELINED_WHILE_WAITING {
                 std::future::pending::<()>().await;
@@ -241,7 +239,6 @@ impl Client<'_> {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     info.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
         }
@@ -369,7 +366,6 @@ impl Session {
         flow.sub_buffered(n);
         written?;
         self.info.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.counters.bytes_written.fetch_add(n, Ordering::Relaxed);
         self.out.clear();
         Ok(())
     }
@@ -453,7 +449,7 @@ impl Session {
             }
             Request::Stats(StatsKind::General) => self.stats(),
             Request::Stats(StatsKind::Reset) => {
-                self.counters.reset();
+                self.counters.reset(&self.broker);
                 command::write_reset(&mut self.out);
             }
             Request::Stats(StatsKind::Queue) => {
@@ -539,7 +535,7 @@ impl Session {
         self.broker
             .counters()
             .lifecycle
-            .memcache
+            .protocol(stats::PROTOCOL)
             .messages_received
             .inc();
         Ok(routed.durable)
@@ -622,7 +618,7 @@ impl Session {
                     tokio::select! {
                         hit = queue.get_wait(auto_ack, wait) => hit,
                         _ = shutdown.cancelled() => None,
-                        _ = client.hung_up(self.counters, &self.info) => {
+                        _ = client.hung_up(&self.info) => {
                             // Nobody to answer: end the connection now (its slot and
                             // curr_connections with it), not when the timeout runs out.
                             self.quit = true;
@@ -636,7 +632,7 @@ impl Session {
             match hit {
                 Some((d, _)) => {
                     self.counters.get_hits.fetch_add(1, Ordering::Relaxed);
-                    counters.lifecycle.memcache.messages_delivered.inc();
+                    counters.protocol(stats::PROTOCOL).messages_delivered.inc();
                     if d.redelivered() {
                         counters.redelivered.inc();
                     }
@@ -668,11 +664,12 @@ impl Session {
     /// fields that memcacheq does not have, for memcached tools.
     fn stats(&mut self) {
         let c = self.counters;
-        let t = c.since_reset();
+        let connections = stats::protocol_totals(&self.broker);
+        let t = c.since_reset(&connections);
         let out = &mut self.out;
         let (user, system) = stats::rusage();
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let curr = get(&c.curr_connections);
+        let curr = connections.connections;
         command::write_stat(out, "pid", std::process::id());
         command::write_stat(out, "uptime", self.broker.uptime().as_secs());
         command::write_stat(out, "time", now_unix());

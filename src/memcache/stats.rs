@@ -1,17 +1,24 @@
-//! Counters of the memcache front end, as memcacheq's `stats` reports them (memcached's
-//! extra fields follow). One process global (the listener is one per process); the
-//! metrics exporter reads them too.
+//! The memcache front end's counters, as memcacheq's `stats` reports them (memcached's
+//! extra fields follow), and its one metrics family, `memcache_commands_total`.
+//!
+//! Connections and bytes are not counted here: the core counts them for every front end
+//! ([`crate::core::stats::ProtocolCounters`], under [`PROTOCOL`]), and `stats` reads them
+//! from there. The command counts are one process global (the listener is one per
+//! process).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use crate::core::stats::ProtocolTotals;
+use crate::core::Broker;
+use crate::exposition::{Collector, Family, Writer};
+
+/// The name this front end registers its connections and counters under.
+pub const PROTOCOL: &str = "memcache";
+
 /// memcache front-end counters.
 #[derive(Debug, Default)]
 pub struct MemcacheCounters {
-    /// Open connections.
-    pub curr_connections: AtomicU64,
-    /// Connections accepted since start.
-    pub total_connections: AtomicU64,
     /// The most connections open at once since start, which is how many connection
     /// structures memcacheq has allocated (it reuses freed ones, never frees them).
     pub peak_connections: AtomicU64,
@@ -29,38 +36,40 @@ pub struct MemcacheCounters {
     pub get_hits: AtomicU64,
     /// `get` keys that found nothing.
     pub get_misses: AtomicU64,
-    /// Bytes read from clients.
-    pub bytes_read: AtomicU64,
-    /// Bytes written to clients.
-    pub bytes_written: AtomicU64,
     /// The counts at the last `stats reset`.
     baseline: parking_lot::Mutex<Totals>,
 }
 
-impl MemcacheCounters {
-    /// A connection opened: counts it and raises the high-water mark.
-    pub fn connection_opened(&self) {
-        self.total_connections.fetch_add(1, Ordering::Relaxed);
-        let now = self.curr_connections.fetch_add(1, Ordering::Relaxed) + 1;
-        self.peak_connections.fetch_max(now, Ordering::Relaxed);
-    }
+/// This front end's connection and byte totals in `broker`.
+pub fn protocol_totals(broker: &Broker) -> ProtocolTotals {
+    crate::core::stats::protocol_totals(broker)
+        .into_iter()
+        .find(|t| t.protocol == PROTOCOL)
+        .unwrap_or(ProtocolTotals {
+            protocol: PROTOCOL,
+            ..ProtocolTotals::default()
+        })
+}
 
-    /// A connection closed.
-    pub fn connection_closed(&self) {
-        self.curr_connections.fetch_sub(1, Ordering::Relaxed);
+impl MemcacheCounters {
+    /// A connection opened (registered with `broker`): raises the high-water mark.
+    pub fn connection_opened(&self, broker: &Broker) {
+        let open = broker.counters().lifecycle.protocol(PROTOCOL).open();
+        self.peak_connections.fetch_max(open, Ordering::Relaxed);
     }
 
     /// `stats reset`: from now on `stats` counts from zero what memcacheq's
     /// `stats_reset` zeroes (the totals and the command, hit and byte counts). Gauges
     /// (current connections) and the connection structures are state and stay. The
     /// counters themselves keep running, so the Prometheus series stay monotonic.
-    pub fn reset(&self) {
-        *self.baseline.lock() = self.totals();
+    pub fn reset(&self, broker: &Broker) {
+        *self.baseline.lock() = self.totals(&protocol_totals(broker));
     }
 
-    /// The resettable counts as `stats` shows them: since start or the last reset.
-    pub fn since_reset(&self) -> Totals {
-        let now = self.totals();
+    /// The resettable counts as `stats` shows them: since start or the last reset;
+    /// `connections` are this front end's totals now.
+    pub fn since_reset(&self, connections: &ProtocolTotals) -> Totals {
+        let now = self.totals(connections);
         let base = *self.baseline.lock();
         Totals {
             total_connections: now.total_connections.saturating_sub(base.total_connections),
@@ -75,18 +84,42 @@ impl MemcacheCounters {
         }
     }
 
-    fn totals(&self) -> Totals {
+    fn totals(&self, connections: &ProtocolTotals) -> Totals {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Totals {
-            total_connections: get(&self.total_connections),
+            total_connections: connections.connections_opened,
             cmd_get: get(&self.cmd_get),
             cmd_set: get(&self.cmd_set),
             set_hits: get(&self.set_hits),
             cmd_delete: get(&self.cmd_delete),
             get_hits: get(&self.get_hits),
             get_misses: get(&self.get_misses),
-            bytes_read: get(&self.bytes_read),
-            bytes_written: get(&self.bytes_written),
+            bytes_read: connections.bytes_received,
+            bytes_written: connections.bytes_sent,
+        }
+    }
+}
+
+const COMMANDS: Family = Family::counter(
+    "memcache_commands_total",
+    "Total number of memcache commands, by command and result (get counts each key).",
+);
+
+impl Collector for &'static MemcacheCounters {
+    fn collect(&self, w: &mut Writer<'_>) {
+        w.family(&COMMANDS);
+        let series = [
+            ("get", "hit", &self.get_hits),
+            ("get", "miss", &self.get_misses),
+            ("set", "total", &self.cmd_set),
+            ("delete", "total", &self.cmd_delete),
+        ];
+        for (command, result, v) in series {
+            w.sample(
+                &COMMANDS,
+                &[("command", command), ("result", result)],
+                v.load(Ordering::Relaxed),
+            );
         }
     }
 }
@@ -94,7 +127,7 @@ impl MemcacheCounters {
 /// The counts `stats reset` restarts from zero (see the fields of [`MemcacheCounters`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
-    /// [`MemcacheCounters::total_connections`]
+    /// Connections accepted ([`ProtocolTotals::connections_opened`]).
     pub total_connections: u64,
     /// [`MemcacheCounters::cmd_get`]
     pub cmd_get: u64,
@@ -108,9 +141,9 @@ pub struct Totals {
     pub get_hits: u64,
     /// [`MemcacheCounters::get_misses`]
     pub get_misses: u64,
-    /// [`MemcacheCounters::bytes_read`]
+    /// Bytes read from clients ([`ProtocolTotals::bytes_received`]).
     pub bytes_read: u64,
-    /// [`MemcacheCounters::bytes_written`]
+    /// Bytes written to clients ([`ProtocolTotals::bytes_sent`]).
     pub bytes_written: u64,
 }
 

@@ -381,8 +381,8 @@ impl Shared {
             }
             r.push_back(d.as_secs_f64());
         }
-        metrics::counter!("qgate_store_fsyncs_total").increment(1);
-        metrics::histogram!("qgate_store_fsync_seconds").record(d.as_secs_f64());
+        metrics::counter!("store_fsyncs_total").increment(1);
+        metrics::histogram!("store_fsync_seconds").record(d.as_secs_f64());
     }
 }
 

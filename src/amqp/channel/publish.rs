@@ -183,7 +183,7 @@ impl Channel {
         msg: Message,
     ) -> Result<(), AmqpError> {
         let counters = ctx.broker.counters();
-        counters.lifecycle.amqp.messages_received.inc();
+        counters.protocol(crate::amqp::PROTOCOL).messages_received.inc();
         if !self.publishing {
             self.publishing = true;
             counters

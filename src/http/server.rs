@@ -1,4 +1,4 @@
-//! The HTTP serving layer both HTTP front ends share (metrics on 15692, management on
+//! The HTTP serving stack both HTTP listeners share (metrics on 15692, management on
 //! 15672): hyper's HTTP/1.1 connection handling under an axum [`Router`], one tracked
 //! task per connection, graceful shutdown on the server's signal.
 //!
