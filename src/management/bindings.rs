@@ -9,8 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine;
@@ -18,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::scope::{Api, Scope, WithBody};
 use super::{json as j, ok_json, Mgmt};
 use crate::content::FieldTable;
 use crate::core::exchange::Destination;
@@ -96,26 +96,10 @@ pub fn of_vhost(v: &VHost) -> Vec<Value> {
     out
 }
 
-/// `GET /api/bindings`.
-pub async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    let mut out = Vec::new();
-    for v in m.vhosts() {
-        if caller.sees(&m, &v.name) {
-            out.extend(of_vhost(&v));
-        }
-    }
+/// `GET /api/bindings` and `GET /api/bindings/{vhost}`.
+pub async fn list(s: Scope) -> ApiResult {
+    let out: Vec<Value> = s.vhosts().iter().flat_map(|v| of_vhost(v)).collect();
     Ok(ok_json(Value::Array(out)))
-}
-
-/// `GET /api/bindings/{vhost}`.
-pub async fn list_vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
-    Ok(ok_json(Value::Array(of_vhost(&v))))
 }
 
 /// `q` or `e` in the path.
@@ -145,8 +129,7 @@ fn ends(
     dest_type: &str,
     dest: &str,
 ) -> Result<Arc<VHost>, ApiError> {
-    let v = m.vhost(vhost)?;
-    caller.require_vhost(m, vhost)?;
+    let v = m.visible_vhost(caller, vhost)?;
     v.exchange(source).map_err(|_| ApiError::not_found())?;
     let found = match dest_type {
         "queue" => v.find_queue(dest).is_some(),
@@ -169,8 +152,7 @@ fn matching(v: &VHost, source: &str, dest_type: &str, dest: &str) -> Vec<Value> 
 
 /// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}`.
 pub async fn between(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
+    Api { m, caller }: Api,
     Path((vhost, source, k, dest)): Path<(String, String, String, String)>,
 ) -> ApiResult {
     let dest_type = kind(&k)?;
@@ -183,17 +165,11 @@ pub async fn between(
 
 /// `POST /api/bindings/{vhost}/e/{source}/{q|e}/{destination}` with `routing_key` and
 /// `arguments`: 201 with `Location: <destination>/<properties_key>`.
-pub async fn create(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, source, k, dest)): Path<(String, String, String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    let body = j::object(&body)?;
+pub async fn create(r: WithBody<(String, String, String, String)>) -> ApiResult {
+    let WithBody(Api { m, caller }, (vhost, source, k, dest), body) = r;
     let dest_type = kind(&k)?;
     let source = exchange_name(&source).to_owned();
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
+    let v = m.visible_vhost(&caller, &vhost)?;
     let routing_key = j::text(&body, "routing_key")?.unwrap_or_default();
     let arguments = j::arguments(&body, "arguments")?;
     let no_exchange = |name: &str| ApiError {
@@ -262,22 +238,17 @@ fn find_one(
     Ok((v, found))
 }
 
+/// The five segments of a path naming one binding.
+type OnePath = Path<(String, String, String, String, String)>;
+
 /// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
-pub async fn one(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(p): Path<(String, String, String, String, String)>,
-) -> ApiResult {
+pub async fn one(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
     let (_, b) = find_one(&m, &caller, &p)?;
     Ok(ok_json(b))
 }
 
 /// `DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
-pub async fn delete(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(p): Path<(String, String, String, String, String)>,
-) -> ApiResult {
+pub async fn delete(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
     let (v, b) = find_one(&m, &caller, &p)?;
     let source = exchange_name(&p.1);
     let dest = &p.3;

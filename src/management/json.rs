@@ -18,6 +18,22 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// 400 naming every key of `keys` that `body` lacks, in RabbitMQ's words
+/// (`[{key_missing,count},{key_missing,ackmode}]`); `sep` joins them as RabbitMQ's
+/// text does for that endpoint.
+pub fn require_keys(body: &Map<String, Value>, keys: &[&str], sep: &str) -> Result<(), ApiError> {
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !body.contains_key(**k))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("[{}]", missing.join(sep))))
+    }
+}
+
 /// A boolean field: `true`, `"true"`, `false`, `"false"`; absent or null = `None`.
 pub fn flag(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
     match m.get(key) {
