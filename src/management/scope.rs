@@ -148,20 +148,30 @@ impl Mgmt {
     }
 }
 
-/// The caller.
-async fn authenticated(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Api, Response> {
-    let caller = Caller::from_request_parts(parts, m)
-        .await
-        .map_err(IntoResponse::into_response)?;
+/// The caller, refused as [`Caller`] refuses, and then unless `allowed`.
+async fn authenticated(
+    parts: &mut Parts,
+    m: &Arc<Mgmt>,
+    allowed: fn(&Caller) -> Result<(), ApiError>,
+) -> Result<Api, ApiError> {
+    let caller = Caller::from_request_parts(parts, m).await?;
+    allowed(&caller)?;
     Ok(Api {
         m: m.clone(),
         caller,
     })
 }
 
+/// Any management user may.
+fn anyone(_: &Caller) -> Result<(), ApiError> {
+    Ok(())
+}
+
 /// The caller and the vhost the path names, if any, checked.
 async fn scoped(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Scope, Response> {
-    let Api { m, caller } = authenticated(parts, m).await?;
+    let Api { m, caller } = authenticated(parts, m, anyone)
+        .await
+        .map_err(IntoResponse::into_response)?;
     // Cannot fail: every matched route has its parameters, and the listener refused
     // paths that do not decode before routing.
     let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, &m)
@@ -182,7 +192,9 @@ impl<P: DeserializeOwned + Send> FromRequest<Arc<Mgmt>> for WithBody<P> {
 
     async fn from_request(req: Request, m: &Arc<Mgmt>) -> Result<Self, Response> {
         let (mut parts, body) = req.into_parts();
-        let Api { m, caller } = authenticated(&mut parts, m).await?;
+        let Api { m, caller } = authenticated(&mut parts, m, anyone)
+            .await
+            .map_err(IntoResponse::into_response)?;
         let Path(path) = Path::<P>::from_request_parts(&mut parts, &m)
             .await
             .map_err(IntoResponse::into_response)?;
@@ -195,33 +207,27 @@ impl<P: DeserializeOwned + Send> FromRequest<Arc<Mgmt>> for WithBody<P> {
 }
 
 impl FromRequestParts<Arc<Mgmt>> for Api {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Self, Response> {
-        authenticated(parts, m).await
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Self, ApiError> {
+        authenticated(parts, m, anyone).await
     }
 }
 
 impl FromRequestParts<Arc<Mgmt>> for Admin {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Self, Response> {
-        let Api { m, caller } = authenticated(parts, m).await?;
-        caller
-            .require_admin()
-            .map_err(IntoResponse::into_response)?;
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Self, ApiError> {
+        let Api { m, caller } = authenticated(parts, m, Caller::require_admin).await?;
         Ok(Admin { m, caller })
     }
 }
 
 impl FromRequestParts<Arc<Mgmt>> for Monitor {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Self, Response> {
-        let Api { m, caller } = authenticated(parts, m).await?;
-        caller
-            .require_monitor()
-            .map_err(IntoResponse::into_response)?;
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Mgmt>) -> Result<Self, ApiError> {
+        let Api { m, caller } = authenticated(parts, m, Caller::require_monitor).await?;
         Ok(Monitor { m, caller })
     }
 }
