@@ -18,7 +18,7 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// 400 naming every key of `keys` that `body` lacks, in RabbitMQ's words
+/// 400 naming every key of `keys` that `body` lacks, in RabbitMQ's Erlang-term form
 /// (`[{key_missing,count},{key_missing,ackmode}]`); `sep` joins them as RabbitMQ's
 /// text does for that endpoint.
 pub fn require_keys(body: &Map<String, Value>, keys: &[&str], sep: &str) -> Result<(), ApiError> {
@@ -206,6 +206,20 @@ mod tests {
         assert!(object(b"{bad").is_err());
         assert!(object(b"[1]").is_err());
         assert_eq!(object(br#"{"a":1}"#).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn missing_keys_are_listed_in_one_reason() {
+        let m = object(br#"{"count": 1}"#).unwrap();
+        assert!(require_keys(&m, &["count"], ",").is_ok());
+        let e = require_keys(&m, &["count", "ackmode", "encoding"], ",\n ").unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.reason,
+            "[{key_missing,ackmode},\n {key_missing,encoding}]"
+        );
+        let e = require_keys(&m, &["write", "read"], ",").unwrap_err();
+        assert_eq!(e.reason, "[{key_missing,write},{key_missing,read}]");
     }
 
     #[test]
