@@ -141,37 +141,29 @@ def test_tag_rules(api):
 
 
 def test_refusal_order(api):
-    """Which refusal a request that is wrong in several ways gets: a path that does not
-    decode first, then credentials, then the tag or the vhost; a handler that reads a
-    body judges it before the vhost (and an administrator-only PUT reads it before the
-    tag)."""
+    """Which refusal a request that is wrong in two ways gets, where qgate answers as
+    RabbitMQ 3.10.8 does: credentials first, then the tag, then the vhost (404 when it
+    does not exist, 401 when the caller has no permissions on it), then the object."""
     assert api.put("/api/vhosts/other") == 201
     mgr = add_user(api, "mgr", "management")
     anon = Api(int(api.base.rsplit(":", 1)[1]), user=None)
-    status, _, body = anon.call("GET", "/api/users/%FF")
-    assert (status, body["error"]) == (400, "bad_request")
     assert anon.call("GET", "/api/queues/no-such-vhost")[:3:2] == (401, None)
     assert mgr.call("GET", "/api/queues/no-such-vhost")[:3:2] == (404, NOT_FOUND)
     refused = {"error": "not_authorised", "reason": "User not authorised to access virtual host"}
-    for path in ["/api/queues/other", "/api/exchanges/other/amq.direct",
-                 "/api/consumers/other", "/api/vhosts/other/connections",
-                 "/api/aliveness-test/other"]:
-        assert mgr.call("GET", path)[:3:2] == (401, refused), path
-    # The destination kind of a bindings path is judged before the vhost.
-    assert mgr.call("GET", "/api/bindings/other/e/amq.direct/x/q")[:3:2] == (404, NOT_FOUND)
-    assert mgr.call("GET", "/api/bindings/other/e/amq.direct/q/q")[:3:2] == (401, refused)
-    not_json = {"error": "bad_request", "reason": "not_json"}
-    for path in ["/api/queues/other/x", "/api/exchanges/other/x", "/api/queues/no-such/x"]:
-        assert mgr.call("PUT", path, raw=b"{bad")[:3:2] == (400, not_json), path
-    status, _, body = mgr.call("POST", "/api/exchanges/other/amq.default/publish", {})
-    assert status == 400 and "key_missing" in body["reason"]
-    status, _, body = mgr.call("POST", "/api/queues/other/q/get", {})
-    assert status == 400 and "key_missing" in body["reason"]
+    for method, path in [("GET", "/api/queues/other"), ("GET", "/api/exchanges/other"),
+                         ("GET", "/api/bindings/other"), ("GET", "/api/exchanges/other/amq.direct"),
+                         ("GET", "/api/vhosts/other/connections"),
+                         ("GET", "/api/aliveness-test/other"),
+                         ("GET", "/api/queues/other/missing/bindings"),
+                         ("GET", "/api/exchanges/other/missing/bindings/source"),
+                         ("GET", "/api/bindings/other/e/amq.direct/q/missing"),
+                         ("DELETE", "/api/queues/other/missing"),
+                         ("DELETE", "/api/queues/other/missing/contents")]:
+        assert mgr.call(method, path)[:3:2] == (401, refused), path
     assert mgr.call("PUT", "/api/queues/other/x", {})[:3:2] == (401, refused)
+    assert mgr.call("POST", "/api/bindings/other/e/amq.direct/q/x", {})[:3:2] == (401, refused)
     not_admin = {"error": "not_authorised", "reason": "Not administrator user"}
     assert mgr.call("PUT", "/api/users/x", raw=b"{bad")[:3:2] == (401, not_admin)
-    status, _, body = mgr.call("PUT", "/api/users/x", raw=b" " * (21 * 1024 * 1024))
-    assert (status, body["error"]) == (413, "payload_too_large")
     assert mgr.call("DELETE", "/api/users/missing")[:3:2] == (401, not_admin)
 
 
