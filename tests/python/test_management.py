@@ -151,7 +151,8 @@ def test_refusal_order(api):
     assert mgr.call("GET", "/api/queues/no-such-vhost")[:3:2] == (404, NOT_FOUND)
     refused = {"error": "not_authorised", "reason": "User not authorised to access virtual host"}
     for method, path in [("GET", "/api/queues/other"), ("GET", "/api/exchanges/other"),
-                         ("GET", "/api/bindings/other"), ("GET", "/api/exchanges/other/amq.direct"),
+                         ("GET", "/api/bindings/other"),
+                         ("GET", "/api/exchanges/other/amq.direct"),
                          ("GET", "/api/vhosts/other/connections"),
                          ("GET", "/api/aliveness-test/other"),
                          ("GET", "/api/queues/other/missing/bindings"),
