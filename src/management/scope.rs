@@ -10,6 +10,9 @@
 //! publish or a get takes [`WithBody`] and calls [`Mgmt::visible_vhost`] once it has
 //! read what it needs of the body, and an administrator-only PUT takes [`Api`] and
 //! checks the tag after reading (so an oversized body is 413 whoever sends it).
+//! RabbitMQ 3.10.8 differs here: it checks the vhost before it reads the body (and
+//! before the `q`/`e` of a bindings path); qgate's order is older than this module
+//! and is kept as it was.
 
 use std::sync::Arc;
 
