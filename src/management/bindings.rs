@@ -180,12 +180,7 @@ pub async fn create(r: WithBody<(String, String, String, String)>) -> ApiResult 
     if v.exchange(&source).is_err() {
         return Err(no_exchange(&source));
     }
-    let dest_resource = match dest_type {
-        "queue" => Resource::Queue(&dest),
-        _ => Resource::Exchange(&dest),
-    };
-    caller.permit(&m, &vhost, Permission::Write, dest_resource)?;
-    caller.permit(&m, &vhost, Permission::Read, Resource::Exchange(&source))?;
+    permit_binding(&m, &caller, &vhost, &source, dest_type, &dest)?;
     let key = properties_key(&routing_key, &arguments);
     match dest_type {
         "queue" => {
@@ -207,6 +202,24 @@ pub async fn create(r: WithBody<(String, String, String, String)>) -> ApiResult 
     }
     let location = format!("{}/{}", encode_segment(&dest), encode_segment(&key));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
+}
+
+/// Binding and unbinding need write on the destination and read on the source, as
+/// over AMQP.
+fn permit_binding(
+    m: &Mgmt,
+    caller: &Caller,
+    vhost: &str,
+    source: &str,
+    dest_type: &str,
+    dest: &str,
+) -> Result<(), ApiError> {
+    let dest = match dest_type {
+        "queue" => Resource::Queue(dest),
+        _ => Resource::Exchange(dest),
+    };
+    caller.permit(m, vhost, Permission::Write, dest)?;
+    caller.permit(m, vhost, Permission::Read, Resource::Exchange(source))
 }
 
 /// Percent-encodes a path segment.
@@ -259,17 +272,11 @@ pub async fn delete(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
     };
     // The stored arguments, not their JSON round trip: field types must match exactly.
     let arguments = stored_arguments(&v, source, dest, routing_key, &arguments);
-    match b["destination_type"].as_str() {
-        Some("queue") => {
-            caller.permit(&m, &v.name, Permission::Write, Resource::Queue(dest))?;
-            caller.permit(&m, &v.name, Permission::Read, Resource::Exchange(source))?;
-            v.unbind_queue(dest, source, routing_key, &arguments, 0)?
-        }
-        _ => {
-            caller.permit(&m, &v.name, Permission::Write, Resource::Exchange(dest))?;
-            caller.permit(&m, &v.name, Permission::Read, Resource::Exchange(source))?;
-            v.unbind_exchange(dest, source, routing_key, &arguments)?
-        }
+    let dest_type = b["destination_type"].as_str().unwrap_or_default();
+    permit_binding(&m, &caller, &v.name, source, dest_type, dest)?;
+    match dest_type {
+        "queue" => v.unbind_queue(dest, source, routing_key, &arguments, 0)?,
+        _ => v.unbind_exchange(dest, source, routing_key, &arguments)?,
     }
     Ok(super::no_content())
 }
