@@ -120,34 +120,60 @@ pub fn exchange_name(name: &str) -> &str {
     }
 }
 
-/// The vhost, after checking that both ends exist (404 otherwise).
-fn ends(
-    m: &Mgmt,
-    caller: &Caller,
-    vhost: &str,
-    source: &str,
-    dest_type: &str,
-    dest: &str,
-) -> Result<Arc<VHost>, ApiError> {
-    let v = m.visible_vhost(caller, vhost)?;
-    v.exchange(source).map_err(|_| ApiError::not_found())?;
-    let found = match dest_type {
-        "queue" => v.find_queue(dest).is_some(),
-        _ => v.exchange(dest).is_ok(),
-    };
-    if !found {
-        return Err(ApiError::not_found());
-    }
-    Ok(v)
+/// A binding's two ends as a path names them: `{source}/{q|e}/{destination}`.
+struct Ends<'a> {
+    source: &'a str,
+    dest_type: &'static str,
+    dest: &'a str,
 }
 
-fn matching(v: &VHost, source: &str, dest_type: &str, dest: &str) -> Vec<Value> {
-    of_vhost(v)
-        .into_iter()
-        .filter(|b| {
-            b["source"] == source && b["destination_type"] == dest_type && b["destination"] == dest
+impl<'a> Ends<'a> {
+    /// 404 for a kind other than `q` or `e`.
+    fn parse(source: &'a str, k: &str, dest: &'a str) -> Result<Self, ApiError> {
+        let dest_type = kind(k)?;
+        Ok(Ends {
+            source: exchange_name(source),
+            dest_type,
+            dest,
         })
-        .collect()
+    }
+
+    /// The vhost, after checking that both ends exist (404 otherwise).
+    fn existing(&self, m: &Mgmt, caller: &Caller, vhost: &str) -> Result<Arc<VHost>, ApiError> {
+        let v = m.visible_vhost(caller, vhost)?;
+        v.exchange(self.source).map_err(|_| ApiError::not_found())?;
+        let found = match self.dest_type {
+            "queue" => v.find_queue(self.dest).is_some(),
+            _ => v.exchange(self.dest).is_ok(),
+        };
+        if !found {
+            return Err(ApiError::not_found());
+        }
+        Ok(v)
+    }
+
+    /// The bindings between the two ends.
+    fn bindings(&self, v: &VHost) -> Vec<Value> {
+        of_vhost(v)
+            .into_iter()
+            .filter(|b| {
+                b["source"] == self.source
+                    && b["destination_type"] == self.dest_type
+                    && b["destination"] == self.dest
+            })
+            .collect()
+    }
+
+    /// Binding and unbinding need write on the destination and read on the source, as
+    /// over AMQP.
+    fn permit(&self, m: &Mgmt, caller: &Caller, vhost: &str) -> Result<(), ApiError> {
+        let dest = match self.dest_type {
+            "queue" => Resource::Queue(self.dest),
+            _ => Resource::Exchange(self.dest),
+        };
+        caller.permit(m, vhost, Permission::Write, dest)?;
+        caller.permit(m, vhost, Permission::Read, Resource::Exchange(self.source))
+    }
 }
 
 /// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}`.
@@ -155,20 +181,17 @@ pub async fn between(
     Api { m, caller }: Api,
     Path((vhost, source, k, dest)): Path<(String, String, String, String)>,
 ) -> ApiResult {
-    let dest_type = kind(&k)?;
-    let source = exchange_name(&source);
-    let v = ends(&m, &caller, &vhost, source, dest_type, &dest)?;
-    Ok(ok_json(Value::Array(matching(
-        &v, source, dest_type, &dest,
-    ))))
+    let ends = Ends::parse(&source, &k, &dest)?;
+    let v = ends.existing(&m, &caller, &vhost)?;
+    Ok(ok_json(Value::Array(ends.bindings(&v))))
 }
 
 /// `POST /api/bindings/{vhost}/e/{source}/{q|e}/{destination}` with `routing_key` and
 /// `arguments`: 201 with `Location: <destination>/<properties_key>`.
 pub async fn create(r: WithBody<(String, String, String, String)>) -> ApiResult {
     let WithBody(Api { m, caller }, (vhost, source, k, dest), body) = r;
-    let dest_type = kind(&k)?;
-    let source = exchange_name(&source).to_owned();
+    let ends = Ends::parse(&source, &k, &dest)?;
+    let (source, dest) = (ends.source, ends.dest);
     let v = m.visible_vhost(&caller, &vhost)?;
     let routing_key = j::text(&body, "routing_key")?.unwrap_or_default();
     let arguments = j::arguments(&body, "arguments")?;
@@ -177,49 +200,31 @@ pub async fn create(r: WithBody<(String, String, String, String)>) -> ApiResult 
         error: Some("not_found"),
         reason: format!("no exchange '{name}' in vhost '{vhost}'"),
     };
-    if v.exchange(&source).is_err() {
-        return Err(no_exchange(&source));
+    if v.exchange(source).is_err() {
+        return Err(no_exchange(source));
     }
-    permit_binding(&m, &caller, &vhost, &source, dest_type, &dest)?;
+    ends.permit(&m, &caller, &vhost)?;
     let key = properties_key(&routing_key, &arguments);
-    match dest_type {
+    match ends.dest_type {
         "queue" => {
-            if v.find_queue(&dest).is_none() {
+            if v.find_queue(dest).is_none() {
                 return Err(ApiError {
                     status: StatusCode::NOT_FOUND,
                     error: Some("not_found"),
                     reason: format!("no queue '{dest}' in vhost '{vhost}'"),
                 });
             }
-            v.bind_queue(&dest, &source, &routing_key, arguments, 0)?
+            v.bind_queue(dest, source, &routing_key, arguments, 0)?
         }
         _ => {
-            if v.exchange(&dest).is_err() {
-                return Err(no_exchange(&dest));
+            if v.exchange(dest).is_err() {
+                return Err(no_exchange(dest));
             }
-            v.bind_exchange(&dest, &source, &routing_key, arguments)?
+            v.bind_exchange(dest, source, &routing_key, arguments)?
         }
     }
-    let location = format!("{}/{}", encode_segment(&dest), encode_segment(&key));
+    let location = format!("{}/{}", encode_segment(dest), encode_segment(&key));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
-}
-
-/// Binding and unbinding need write on the destination and read on the source, as
-/// over AMQP.
-fn permit_binding(
-    m: &Mgmt,
-    caller: &Caller,
-    vhost: &str,
-    source: &str,
-    dest_type: &str,
-    dest: &str,
-) -> Result<(), ApiError> {
-    let dest = match dest_type {
-        "queue" => Resource::Queue(dest),
-        _ => Resource::Exchange(dest),
-    };
-    caller.permit(m, vhost, Permission::Write, dest)?;
-    caller.permit(m, vhost, Permission::Read, Resource::Exchange(source))
 }
 
 /// Percent-encodes a path segment.
@@ -236,19 +241,19 @@ fn encode_segment(s: &str) -> String {
 }
 
 /// The binding a `properties_key` names, or 404.
-fn find_one(
+fn find_one<'p>(
     m: &Mgmt,
     caller: &Caller,
-    (vhost, source, k, dest, props): &(String, String, String, String, String),
-) -> Result<(Arc<VHost>, Value), ApiError> {
-    let dest_type = kind(k)?;
-    let source = exchange_name(source);
-    let v = ends(m, caller, vhost, source, dest_type, dest)?;
-    let found = matching(&v, source, dest_type, dest)
+    (vhost, source, k, dest, props): &'p (String, String, String, String, String),
+) -> Result<(Arc<VHost>, Ends<'p>, Value), ApiError> {
+    let ends = Ends::parse(source, k, dest)?;
+    let v = ends.existing(m, caller, vhost)?;
+    let found = ends
+        .bindings(&v)
         .into_iter()
         .find(|b| b["properties_key"] == props.as_str())
         .ok_or_else(ApiError::not_found)?;
-    Ok((v, found))
+    Ok((v, ends, found))
 }
 
 /// The five segments of a path naming one binding.
@@ -256,15 +261,14 @@ type OnePath = Path<(String, String, String, String, String)>;
 
 /// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
 pub async fn one(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
-    let (_, b) = find_one(&m, &caller, &p)?;
+    let (_, _, b) = find_one(&m, &caller, &p)?;
     Ok(ok_json(b))
 }
 
 /// `DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
 pub async fn delete(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
-    let (v, b) = find_one(&m, &caller, &p)?;
-    let source = exchange_name(&p.1);
-    let dest = &p.3;
+    let (v, ends, b) = find_one(&m, &caller, &p)?;
+    let (source, dest) = (ends.source, ends.dest);
     let routing_key = b["routing_key"].as_str().unwrap_or_default();
     let arguments = match &b["arguments"] {
         Value::Object(o) => j::to_table(o),
@@ -272,9 +276,8 @@ pub async fn delete(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
     };
     // The stored arguments, not their JSON round trip: field types must match exactly.
     let arguments = stored_arguments(&v, source, dest, routing_key, &arguments);
-    let dest_type = b["destination_type"].as_str().unwrap_or_default();
-    permit_binding(&m, &caller, &v.name, source, dest_type, dest)?;
-    match dest_type {
+    ends.permit(&m, &caller, &v.name)?;
+    match ends.dest_type {
         "queue" => v.unbind_queue(dest, source, routing_key, &arguments, 0)?,
         _ => v.unbind_exchange(dest, source, routing_key, &arguments)?,
     }
