@@ -11,7 +11,7 @@
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
 //! - [`scope`]: who asks, what their tags allow and which vhost the path names, as
-//!   extractors that refuse in RabbitMQ's order.
+//!   extractors, each refusing in one fixed order.
 //! - [`query`]: `columns`, `sort`, `name` and paging on any list.
 //! - [`static_files`]: every other GET: the web console ([`console`]).
 //!
