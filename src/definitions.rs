@@ -8,12 +8,13 @@
 //! and ignored, with a warning in the log when they are not empty.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::content::json::{table_from_json, table_to_json};
 use serde_json::{json, Value};
 
 use crate::content::FieldTable;
-use crate::core::{Broker, ExchangeOptions, QueueOptions};
+use crate::core::{Broker, ExchangeOptions, QueueOptions, UserInfo, VHost, VhostPermissions};
 
 /// Why an import failed (the text is shown to the operator as is).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,40 +32,39 @@ impl std::error::Error for DefinitionsError {}
 /// it writes, so RabbitMQ's importer accepts the file.
 pub const RABBIT_VERSION: &str = "3.10.8";
 
+/// A user as the definitions file and `GET /api/users` show it.
+pub fn user_json(u: &UserInfo) -> Value {
+    json!({
+        "name": u.name,
+        "password_hash": u.password_hash,
+        "hashing_algorithm": u.hashing_algorithm,
+        "tags": u.tags,
+        "limits": {},
+    })
+}
+
+/// A user's permissions in a vhost, as the definitions file and
+/// `GET /api/permissions` show them.
+pub fn permission_json(p: &VhostPermissions) -> Value {
+    json!({
+        "user": p.user,
+        "vhost": p.vhost,
+        "configure": p.configure,
+        "write": p.write,
+        "read": p.read,
+    })
+}
+
 /// Exports every definition.
 pub fn export(broker: &Broker) -> Value {
-    let users: Vec<Value> = broker
-        .users()
-        .into_iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "password_hash": u.password_hash,
-                "hashing_algorithm": u.hashing_algorithm,
-                "tags": u.tags,
-                "limits": {},
-            })
-        })
-        .collect();
+    let users: Vec<Value> = broker.users().iter().map(user_json).collect();
     let mut vhost_list = broker.vhosts();
     vhost_list.sort_by(|a, b| a.name.cmp(&b.name));
     let vhosts: Vec<Value> = vhost_list
         .iter()
         .map(|v| json!({ "name": &*v.name, "limits": [], "metadata": { "description": "", "tags": [] } }))
         .collect();
-    let permissions: Vec<Value> = broker
-        .permissions()
-        .into_iter()
-        .map(|p| {
-            json!({
-                "user": p.user,
-                "vhost": p.vhost,
-                "configure": p.configure,
-                "write": p.write,
-                "read": p.read,
-            })
-        })
-        .collect();
+    let permissions: Vec<Value> = broker.permissions().iter().map(permission_json).collect();
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
@@ -178,6 +178,17 @@ fn arguments(item: &Value) -> Result<FieldTable, DefinitionsError> {
     }
 }
 
+/// The vhost `vname`, which must exist (else an error naming the item as `who`).
+fn vhost_named(
+    broker: &Broker,
+    vname: &str,
+    who: fmt::Arguments<'_>,
+) -> Result<Arc<VHost>, DefinitionsError> {
+    broker
+        .vhost(vname)
+        .ok_or_else(|| err(format!("{who}: no vhost '{vname}'")))
+}
+
 /// Tags as RabbitMQ writes them (definitions, the management API): a list (3.9+) or a
 /// comma-separated string (older).
 pub fn tags(item: &Value) -> Vec<String> {
@@ -247,9 +258,7 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
     for x in section(defs, "exchanges")? {
         let name = field(x, "exchange", "name")?;
         let vname = field(x, "exchange", "vhost")?;
-        let vhost = broker
-            .vhost(vname)
-            .ok_or_else(|| err(format!("exchange '{name}': no vhost '{vname}'")))?;
+        let vhost = vhost_named(broker, vname, format_args!("exchange '{name}'"))?;
         let options = ExchangeOptions {
             durable: flag(x, "durable", true),
             auto_delete: flag(x, "auto_delete", false),
@@ -263,25 +272,19 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
     for q in section(defs, "queues")? {
         let name = field(q, "queue", "name")?;
         let vname = field(q, "queue", "vhost")?;
-        let vhost = broker
-            .vhost(vname)
-            .ok_or_else(|| err(format!("queue '{name}': no vhost '{vname}'")))?;
+        let vhost = vhost_named(broker, vname, format_args!("queue '{name}'"))?;
         let args = arguments(q)?;
         // RabbitMQ 3.10 exports `"type": "classic"` beside the arguments; qgate's
         // queues are classic queues, so a classic type is the same queue.
-        if let Some(t) = q.get("type").and_then(Value::as_str) {
-            if t != "classic" {
-                return Err(err(format!(
-                    "queue '{name}' in vhost '{vname}': queue type '{t}' is not supported"
-                )));
-            }
-        }
-        if let Some(t) = args.get_str("x-queue-type") {
-            if t != "classic" {
-                return Err(err(format!(
-                    "queue '{name}' in vhost '{vname}': queue type '{t}' is not supported"
-                )));
-            }
+        let x_queue_type = args.get_str("x-queue-type");
+        let types = [
+            q.get("type").and_then(Value::as_str),
+            x_queue_type.as_deref(),
+        ];
+        if let Some(t) = types.into_iter().flatten().find(|t| *t != "classic") {
+            return Err(err(format!(
+                "queue '{name}' in vhost '{vname}': queue type '{t}' is not supported"
+            )));
         }
         let options = QueueOptions {
             durable: flag(q, "durable", true),
@@ -298,9 +301,7 @@ pub fn import(broker: &Broker, defs: &Value) -> Result<(), DefinitionsError> {
         let vname = field(b, "binding", "vhost")?;
         let dest = field(b, "binding", "destination")?;
         let key = b.get("routing_key").and_then(Value::as_str).unwrap_or("");
-        let vhost = broker
-            .vhost(vname)
-            .ok_or_else(|| err(format!("binding of '{dest}': no vhost '{vname}'")))?;
+        let vhost = vhost_named(broker, vname, format_args!("binding of '{dest}'"))?;
         let args = arguments(b)?;
         let r = match b.get("destination_type").and_then(Value::as_str) {
             Some("exchange") => vhost.bind_exchange(dest, source, key, args),

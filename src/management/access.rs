@@ -3,36 +3,16 @@
 //! is for administrators; listing vhosts is for every management user (each sees the
 //! vhosts they may use).
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use serde_json::{json, Map, Value};
 
-use super::auth::{Caller, COOKIE_USER};
+use super::auth::COOKIE_USER;
 use super::error::{ApiError, ApiResult};
+use super::scope::{Admin, Api, Scope};
 use super::{json as j, ok_json, rates, Mgmt};
 use crate::core::{UserInfo, VHost, VhostPermissions};
-
-fn user_json(u: &UserInfo) -> Value {
-    json!({
-        "name": u.name,
-        "password_hash": u.password_hash,
-        "hashing_algorithm": u.hashing_algorithm,
-        "tags": u.tags,
-        "limits": {},
-    })
-}
-
-fn permission_json(p: &VhostPermissions) -> Value {
-    json!({
-        "user": p.user,
-        "vhost": p.vhost,
-        "configure": p.configure,
-        "write": p.write,
-        "read": p.read,
-    })
-}
+use crate::definitions::{permission_json, user_json};
 
 fn vhost_json(m: &Mgmt, v: &VHost) -> Value {
     // A vhost's numbers are the sums over its queues, totals and rates alike.
@@ -80,23 +60,13 @@ fn vhost_json(m: &Mgmt, v: &VHost) -> Value {
 }
 
 /// `GET /api/vhosts`: the vhosts the caller sees.
-pub async fn vhosts(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    let out: Vec<Value> = m
-        .vhosts()
-        .iter()
-        .filter(|v| caller.sees(&m, &v.name))
-        .map(|v| vhost_json(&m, v))
-        .collect();
+pub async fn vhosts(s: Scope) -> ApiResult {
+    let out: Vec<Value> = s.vhosts().iter().map(|v| vhost_json(&s.m, v)).collect();
     Ok(ok_json(Value::Array(out)))
 }
 
 /// `GET /api/vhosts/{vhost}` (administrators, as in RabbitMQ).
-pub async fn vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
+pub async fn vhost(Admin { m, .. }: Admin, Path(name): Path<String>) -> ApiResult {
     let v = m.vhost(&name)?;
     Ok(ok_json(vhost_json(&m, &v)))
 }
@@ -104,12 +74,7 @@ pub async fn vhost(
 /// `PUT /api/vhosts/{vhost}`: 201 created (the creator gets full permissions on it, as
 /// in RabbitMQ), 204 when it existed. `description`, `tags` and
 /// `default_queue_type` are not kept.
-pub async fn put_vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> ApiResult {
+pub async fn put_vhost(Api { m, caller }: Api, Path(name): Path<String>, body: Bytes) -> ApiResult {
     caller.require_admin()?;
     j::object(&body)?;
     let existed = m.broker.vhost(&name).is_some();
@@ -125,45 +90,33 @@ pub async fn put_vhost(
 }
 
 /// `DELETE /api/vhosts/{vhost}`.
-pub async fn delete_vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
+pub async fn delete_vhost(Admin { m, .. }: Admin, Path(name): Path<String>) -> ApiResult {
     m.vhost(&name)?;
     m.broker.delete_vhost(&name)?;
     Ok(super::no_content())
 }
 
 /// `GET /api/vhosts/{vhost}/permissions`.
-pub async fn vhost_permissions(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
+pub async fn vhost_permissions(Admin { m, .. }: Admin, Path(name): Path<String>) -> ApiResult {
     m.vhost(&name)?;
     Ok(ok_json(permissions_where(&m, |p| p.vhost == name)))
 }
 
 /// `GET /api/users`.
-pub async fn users(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+pub async fn users(Admin { m, .. }: Admin) -> ApiResult {
     let mut users = m.broker.users();
     users.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(ok_json(Value::Array(users.iter().map(user_json).collect())))
 }
 
+/// The user named in a path, or 404.
+fn user_named(m: &Mgmt, name: &str) -> Result<UserInfo, ApiError> {
+    m.broker.user(name).ok_or_else(ApiError::not_found)
+}
+
 /// `GET /api/users/{user}`.
-pub async fn user(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
-    let u = m.broker.user(&name).ok_or_else(ApiError::not_found)?;
-    Ok(ok_json(user_json(&u)))
+pub async fn user(Admin { m, .. }: Admin, Path(name): Path<String>) -> ApiResult {
+    Ok(ok_json(user_json(&user_named(&m, &name)?)))
 }
 
 /// Tags as RabbitMQ accepts them: `"a,b"` (3.x) or `["a", "b"]`.
@@ -192,12 +145,7 @@ fn tags(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
 
 /// `PUT /api/users/{user}` with `password` or `password_hash` (+ `hashing_algorithm`)
 /// and `tags`: 201 created, 204 updated.
-pub async fn put_user(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> ApiResult {
+pub async fn put_user(Api { m, caller }: Api, Path(name): Path<String>, body: Bytes) -> ApiResult {
     caller.require_admin()?;
     let body = j::object(&body)?;
     let password = j::text(&body, "password")?;
@@ -212,33 +160,19 @@ pub async fn put_user(
         algorithm.as_deref(),
         tags,
     )?;
-    Ok(if existed {
-        super::no_content()
-    } else {
-        super::created()
-    })
+    Ok(super::put_answer(!existed))
 }
 
 /// `DELETE /api/users/{user}`.
-pub async fn delete_user(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
-    m.broker.user(&name).ok_or_else(ApiError::not_found)?;
+pub async fn delete_user(Admin { m, .. }: Admin, Path(name): Path<String>) -> ApiResult {
+    user_named(&m, &name)?;
     m.broker.delete_user(&name)?;
     Ok(super::no_content())
 }
 
 /// `GET /api/users/{user}/permissions`.
-pub async fn user_permissions(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
-    m.broker.user(&name).ok_or_else(ApiError::not_found)?;
+pub async fn user_permissions(Admin { m, .. }: Admin, Path(name): Path<String>) -> ApiResult {
+    user_named(&m, &name)?;
     Ok(ok_json(permissions_where(&m, |p| p.user == name)))
 }
 
@@ -250,52 +184,42 @@ fn permissions_where(m: &Mgmt, keep: impl Fn(&VhostPermissions) -> bool) -> Valu
 }
 
 /// `GET /api/permissions`.
-pub async fn permissions(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+pub async fn permissions(Admin { m, .. }: Admin) -> ApiResult {
     Ok(ok_json(permissions_where(&m, |_| true)))
 }
 
-/// `GET /api/permissions/{vhost}/{user}`.
-pub async fn permission(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, user)): Path<(String, String)>,
-) -> ApiResult {
-    caller.require_admin()?;
+/// The permissions of `user` in `vhost`, when set.
+fn permission_of(m: &Mgmt, vhost: &str, user: &str) -> Option<VhostPermissions> {
     m.broker
         .permissions()
-        .iter()
+        .into_iter()
         .find(|p| p.vhost == vhost && p.user == user)
-        .map(|p| ok_json(permission_json(p)))
+}
+
+/// The `{vhost}/{user}` of a permissions path.
+type PermissionPath = Path<(String, String)>;
+
+/// `GET /api/permissions/{vhost}/{user}`.
+pub async fn permission(Admin { m, .. }: Admin, Path((vhost, user)): PermissionPath) -> ApiResult {
+    permission_of(&m, &vhost, &user)
+        .map(|p| ok_json(permission_json(&p)))
         .ok_or_else(ApiError::not_found)
 }
 
 /// `PUT /api/permissions/{vhost}/{user}` with `configure`, `write`, `read`: 201 new,
 /// 204 replaced; 400 for a missing user or vhost, or a bad regular expression.
 pub async fn put_permission(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, user)): Path<(String, String)>,
+    Api { m, caller }: Api,
+    Path((vhost, user)): PermissionPath,
     body: Bytes,
 ) -> ApiResult {
     caller.require_admin()?;
     let body = j::object(&body)?;
-    let missing: Vec<String> = ["configure", "write", "read"]
-        .iter()
-        .filter(|k| !body.contains_key(**k))
-        .map(|k| format!("{{key_missing,{k}}}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
-    }
+    j::require_keys(&body, &["configure", "write", "read"], ",")?;
     if m.broker.vhost(&vhost).is_none() || m.broker.user(&user).is_none() {
         return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
-    let existed = m
-        .broker
-        .permissions()
-        .iter()
-        .any(|p| p.vhost == vhost && p.user == user);
+    let existed = permission_of(&m, &vhost, &user).is_some();
     m.broker.set_permissions(
         &user,
         &vhost,
@@ -303,28 +227,15 @@ pub async fn put_permission(
         &j::required_text(&body, "write")?,
         &j::required_text(&body, "read")?,
     )?;
-    Ok(if existed {
-        super::no_content()
-    } else {
-        super::created()
-    })
+    Ok(super::put_answer(!existed))
 }
 
 /// `DELETE /api/permissions/{vhost}/{user}`.
 pub async fn delete_permission(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, user)): Path<(String, String)>,
+    Admin { m, .. }: Admin,
+    Path((vhost, user)): PermissionPath,
 ) -> ApiResult {
-    caller.require_admin()?;
-    let exists = m
-        .broker
-        .permissions()
-        .iter()
-        .any(|p| p.vhost == vhost && p.user == user);
-    if !exists {
-        return Err(ApiError::not_found());
-    }
+    permission_of(&m, &vhost, &user).ok_or_else(ApiError::not_found)?;
     m.broker.clear_permissions(&user, &vhost)?;
     Ok(super::no_content())
 }

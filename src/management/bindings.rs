@@ -9,8 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine;
@@ -18,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::scope::{Api, Scope, WithBody};
 use super::{json as j, ok_json, Mgmt};
 use crate::content::FieldTable;
 use crate::core::exchange::Destination;
@@ -96,26 +96,10 @@ pub fn of_vhost(v: &VHost) -> Vec<Value> {
     out
 }
 
-/// `GET /api/bindings`.
-pub async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    let mut out = Vec::new();
-    for v in m.vhosts() {
-        if caller.sees(&m, &v.name) {
-            out.extend(of_vhost(&v));
-        }
-    }
+/// `GET /api/bindings` and `GET /api/bindings/{vhost}`.
+pub async fn list(s: Scope) -> ApiResult {
+    let out: Vec<Value> = s.vhosts().iter().flat_map(|v| of_vhost(v)).collect();
     Ok(ok_json(Value::Array(out)))
-}
-
-/// `GET /api/bindings/{vhost}`.
-pub async fn list_vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
-    Ok(ok_json(Value::Array(of_vhost(&v))))
 }
 
 /// `q` or `e` in the path.
@@ -136,64 +120,79 @@ pub fn exchange_name(name: &str) -> &str {
     }
 }
 
-/// The vhost, after checking that both ends exist (404 otherwise).
-fn ends(
-    m: &Mgmt,
-    caller: &Caller,
-    vhost: &str,
-    source: &str,
-    dest_type: &str,
-    dest: &str,
-) -> Result<Arc<VHost>, ApiError> {
-    let v = m.vhost(vhost)?;
-    caller.require_vhost(m, vhost)?;
-    v.exchange(source).map_err(|_| ApiError::not_found())?;
-    let found = match dest_type {
-        "queue" => v.find_queue(dest).is_some(),
-        _ => v.exchange(dest).is_ok(),
-    };
-    if !found {
-        return Err(ApiError::not_found());
-    }
-    Ok(v)
+/// A binding's two ends as a path names them: `{source}/{q|e}/{destination}`.
+struct Ends<'a> {
+    source: &'a str,
+    dest_type: &'static str,
+    dest: &'a str,
 }
 
-fn matching(v: &VHost, source: &str, dest_type: &str, dest: &str) -> Vec<Value> {
-    of_vhost(v)
-        .into_iter()
-        .filter(|b| {
-            b["source"] == source && b["destination_type"] == dest_type && b["destination"] == dest
+impl<'a> Ends<'a> {
+    /// 404 for a kind other than `q` or `e`.
+    fn parse(source: &'a str, k: &str, dest: &'a str) -> Result<Self, ApiError> {
+        let dest_type = kind(k)?;
+        Ok(Ends {
+            source: exchange_name(source),
+            dest_type,
+            dest,
         })
-        .collect()
+    }
+
+    /// The vhost, after checking that both ends exist (404 otherwise).
+    fn existing(&self, m: &Mgmt, caller: &Caller, vhost: &str) -> Result<Arc<VHost>, ApiError> {
+        let v = m.visible_vhost(caller, vhost)?;
+        v.exchange(self.source).map_err(|_| ApiError::not_found())?;
+        let found = match self.dest_type {
+            "queue" => v.find_queue(self.dest).is_some(),
+            _ => v.exchange(self.dest).is_ok(),
+        };
+        if !found {
+            return Err(ApiError::not_found());
+        }
+        Ok(v)
+    }
+
+    /// The bindings between the two ends.
+    fn bindings(&self, v: &VHost) -> Vec<Value> {
+        of_vhost(v)
+            .into_iter()
+            .filter(|b| {
+                b["source"] == self.source
+                    && b["destination_type"] == self.dest_type
+                    && b["destination"] == self.dest
+            })
+            .collect()
+    }
+
+    /// Binding and unbinding need write on the destination and read on the source, as
+    /// over AMQP.
+    fn permit(&self, m: &Mgmt, caller: &Caller, vhost: &str) -> Result<(), ApiError> {
+        let dest = match self.dest_type {
+            "queue" => Resource::Queue(self.dest),
+            _ => Resource::Exchange(self.dest),
+        };
+        caller.permit(m, vhost, Permission::Write, dest)?;
+        caller.permit(m, vhost, Permission::Read, Resource::Exchange(self.source))
+    }
 }
 
 /// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}`.
 pub async fn between(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
+    Api { m, caller }: Api,
     Path((vhost, source, k, dest)): Path<(String, String, String, String)>,
 ) -> ApiResult {
-    let dest_type = kind(&k)?;
-    let source = exchange_name(&source);
-    let v = ends(&m, &caller, &vhost, source, dest_type, &dest)?;
-    Ok(ok_json(Value::Array(matching(
-        &v, source, dest_type, &dest,
-    ))))
+    let ends = Ends::parse(&source, &k, &dest)?;
+    let v = ends.existing(&m, &caller, &vhost)?;
+    Ok(ok_json(Value::Array(ends.bindings(&v))))
 }
 
 /// `POST /api/bindings/{vhost}/e/{source}/{q|e}/{destination}` with `routing_key` and
 /// `arguments`: 201 with `Location: <destination>/<properties_key>`.
-pub async fn create(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, source, k, dest)): Path<(String, String, String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    let body = j::object(&body)?;
-    let dest_type = kind(&k)?;
-    let source = exchange_name(&source).to_owned();
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
+pub async fn create(r: WithBody<(String, String, String, String)>) -> ApiResult {
+    let WithBody(Api { m, caller }, (vhost, source, k, dest), body) = r;
+    let ends = Ends::parse(&source, &k, &dest)?;
+    let (source, dest) = (ends.source, ends.dest);
+    let v = m.visible_vhost(&caller, &vhost)?;
     let routing_key = j::text(&body, "routing_key")?.unwrap_or_default();
     let arguments = j::arguments(&body, "arguments")?;
     let no_exchange = |name: &str| ApiError {
@@ -201,35 +200,30 @@ pub async fn create(
         error: Some("not_found"),
         reason: format!("no exchange '{name}' in vhost '{vhost}'"),
     };
-    if v.exchange(&source).is_err() {
-        return Err(no_exchange(&source));
+    if v.exchange(source).is_err() {
+        return Err(no_exchange(source));
     }
-    let dest_resource = match dest_type {
-        "queue" => Resource::Queue(&dest),
-        _ => Resource::Exchange(&dest),
-    };
-    caller.permit(&m, &vhost, Permission::Write, dest_resource)?;
-    caller.permit(&m, &vhost, Permission::Read, Resource::Exchange(&source))?;
+    ends.permit(&m, &caller, &vhost)?;
     let key = properties_key(&routing_key, &arguments);
-    match dest_type {
+    match ends.dest_type {
         "queue" => {
-            if v.find_queue(&dest).is_none() {
+            if v.find_queue(dest).is_none() {
                 return Err(ApiError {
                     status: StatusCode::NOT_FOUND,
                     error: Some("not_found"),
                     reason: format!("no queue '{dest}' in vhost '{vhost}'"),
                 });
             }
-            v.bind_queue(&dest, &source, &routing_key, arguments, 0)?
+            v.bind_queue(dest, source, &routing_key, arguments, 0)?
         }
         _ => {
-            if v.exchange(&dest).is_err() {
-                return Err(no_exchange(&dest));
+            if v.exchange(dest).is_err() {
+                return Err(no_exchange(dest));
             }
-            v.bind_exchange(&dest, &source, &routing_key, arguments)?
+            v.bind_exchange(dest, source, &routing_key, arguments)?
         }
     }
-    let location = format!("{}/{}", encode_segment(&dest), encode_segment(&key));
+    let location = format!("{}/{}", encode_segment(dest), encode_segment(&key));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
@@ -247,40 +241,34 @@ fn encode_segment(s: &str) -> String {
 }
 
 /// The binding a `properties_key` names, or 404.
-fn find_one(
+fn find_one<'p>(
     m: &Mgmt,
     caller: &Caller,
-    (vhost, source, k, dest, props): &(String, String, String, String, String),
-) -> Result<(Arc<VHost>, Value), ApiError> {
-    let dest_type = kind(k)?;
-    let source = exchange_name(source);
-    let v = ends(m, caller, vhost, source, dest_type, dest)?;
-    let found = matching(&v, source, dest_type, dest)
+    (vhost, source, k, dest, props): &'p (String, String, String, String, String),
+) -> Result<(Arc<VHost>, Ends<'p>, Value), ApiError> {
+    let ends = Ends::parse(source, k, dest)?;
+    let v = ends.existing(m, caller, vhost)?;
+    let found = ends
+        .bindings(&v)
         .into_iter()
         .find(|b| b["properties_key"] == props.as_str())
         .ok_or_else(ApiError::not_found)?;
-    Ok((v, found))
+    Ok((v, ends, found))
 }
 
+/// The five segments of a path naming one binding.
+type OnePath = Path<(String, String, String, String, String)>;
+
 /// `GET /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
-pub async fn one(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(p): Path<(String, String, String, String, String)>,
-) -> ApiResult {
-    let (_, b) = find_one(&m, &caller, &p)?;
+pub async fn one(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
+    let (_, _, b) = find_one(&m, &caller, &p)?;
     Ok(ok_json(b))
 }
 
 /// `DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
-pub async fn delete(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(p): Path<(String, String, String, String, String)>,
-) -> ApiResult {
-    let (v, b) = find_one(&m, &caller, &p)?;
-    let source = exchange_name(&p.1);
-    let dest = &p.3;
+pub async fn delete(Api { m, caller }: Api, Path(p): OnePath) -> ApiResult {
+    let (v, ends, b) = find_one(&m, &caller, &p)?;
+    let (source, dest) = (ends.source, ends.dest);
     let routing_key = b["routing_key"].as_str().unwrap_or_default();
     let arguments = match &b["arguments"] {
         Value::Object(o) => j::to_table(o),
@@ -288,17 +276,10 @@ pub async fn delete(
     };
     // The stored arguments, not their JSON round trip: field types must match exactly.
     let arguments = stored_arguments(&v, source, dest, routing_key, &arguments);
-    match b["destination_type"].as_str() {
-        Some("queue") => {
-            caller.permit(&m, &v.name, Permission::Write, Resource::Queue(dest))?;
-            caller.permit(&m, &v.name, Permission::Read, Resource::Exchange(source))?;
-            v.unbind_queue(dest, source, routing_key, &arguments, 0)?
-        }
-        _ => {
-            caller.permit(&m, &v.name, Permission::Write, Resource::Exchange(dest))?;
-            caller.permit(&m, &v.name, Permission::Read, Resource::Exchange(source))?;
-            v.unbind_exchange(dest, source, routing_key, &arguments)?
-        }
+    ends.permit(&m, &caller, &v.name)?;
+    match ends.dest_type {
+        "queue" => v.unbind_queue(dest, source, routing_key, &arguments, 0)?,
+        _ => v.unbind_exchange(dest, source, routing_key, &arguments)?,
     }
     Ok(super::no_content())
 }

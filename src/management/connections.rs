@@ -10,12 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::scope::{Api, Scope};
 use super::{ok_json, Mgmt};
 use crate::core::{ConnectionInfo, Queue, VHost};
 
@@ -78,27 +79,16 @@ fn visible(m: &Mgmt, caller: &Caller) -> Vec<Arc<ConnectionInfo>> {
     conns
 }
 
-/// `GET /api/connections`.
-pub async fn connections(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    let out: Vec<Value> = visible(&m, &caller)
+/// `GET /api/connections` and `GET /api/vhosts/{vhost}/connections`.
+pub async fn connections(s: Scope) -> ApiResult {
+    let out: Vec<Value> = visible(&s.m, &s.caller)
         .iter()
-        .map(|c| connection_json(&m, c))
-        .collect();
-    Ok(ok_json(Value::Array(out)))
-}
-
-/// `GET /api/vhosts/{vhost}/connections`.
-pub async fn vhost_connections(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
-    let out: Vec<Value> = visible(&m, &caller)
-        .iter()
-        .filter(|c| *c.vhost.lock() == vhost)
-        .map(|c| connection_json(&m, c))
+        .filter(|c| {
+            s.vhost
+                .as_ref()
+                .map_or(true, |v| *c.vhost.lock() == *v.name)
+        })
+        .map(|c| connection_json(&s.m, c))
         .collect();
     Ok(ok_json(Value::Array(out)))
 }
@@ -111,11 +101,7 @@ fn find(m: &Mgmt, caller: &Caller, name: &str) -> Result<Arc<ConnectionInfo>, Ap
 }
 
 /// `GET /api/connections/{name}`.
-pub async fn connection(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
+pub async fn connection(Api { m, caller }: Api, Path(name): Path<String>) -> ApiResult {
     let c = find(&m, &caller, &name)?;
     Ok(ok_json(connection_json(&m, &c)))
 }
@@ -123,8 +109,7 @@ pub async fn connection(
 /// `DELETE /api/connections/{name}`: closes it; the `X-Reason` header, when sent,
 /// is the close reason (as RabbitMQ). Administrators, or the connection's own user.
 pub async fn close(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
+    Api { m, caller }: Api,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -143,11 +128,7 @@ pub async fn close(
 }
 
 /// `GET /api/connections/{name}/channels`.
-pub async fn connection_channels(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
+pub async fn connection_channels(Api { m, caller }: Api, Path(name): Path<String>) -> ApiResult {
     let c = find(&m, &caller, &name)?;
     Ok(ok_json(Value::Array(channels_of(&m, &c))))
 }
@@ -180,43 +161,37 @@ fn channels_of(m: &Mgmt, c: &ConnectionInfo) -> Vec<Value> {
         .collect()
 }
 
-/// `GET /api/channels`.
-pub async fn channels(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    let out: Vec<Value> = visible(&m, &caller)
+/// Every channel of the connections the caller may see.
+fn all_channels(m: &Mgmt, caller: &Caller) -> Vec<Value> {
+    visible(m, caller)
         .iter()
-        .flat_map(|c| channels_of(&m, c))
-        .collect();
-    Ok(ok_json(Value::Array(out)))
+        .flat_map(|c| channels_of(m, c))
+        .collect()
+}
+
+/// `GET /api/channels`.
+pub async fn channels(Api { m, caller }: Api) -> ApiResult {
+    Ok(ok_json(Value::Array(all_channels(&m, &caller))))
 }
 
 /// `GET /api/channels/{name}`.
-pub async fn channel(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    visible(&m, &caller)
-        .iter()
-        .flat_map(|c| channels_of(&m, c))
+pub async fn channel(Api { m, caller }: Api, Path(name): Path<String>) -> ApiResult {
+    all_channels(&m, &caller)
+        .into_iter()
         .find(|ch| ch["name"] == name.as_str())
         .map(ok_json)
         .ok_or_else(ApiError::not_found)
 }
 
-fn consumers(m: &Mgmt, caller: &Caller, vhosts: Vec<Arc<VHost>>) -> Value {
-    let conns = m.broker.connections();
-    let mut out = Vec::new();
-    for v in vhosts {
-        if !caller.sees(m, &v.name) {
-            continue;
-        }
-        let mut qs = v.queues();
-        qs.sort_by(|a, b| a.name.cmp(&b.name));
-        for q in qs {
-            out.extend(consumers_json(m, &q, &conns));
-        }
-    }
-    Value::Array(out)
+/// `GET /api/consumers` and `GET /api/consumers/{vhost}`.
+pub async fn consumers(s: Scope) -> ApiResult {
+    let conns = s.m.broker.connections();
+    let out = s.list(
+        VHost::queues,
+        |q| &q.name,
+        |_, q| consumers_json(&s.m, q, &conns),
+    );
+    Ok(ok_json(out))
 }
 
 /// The consumers of one queue in the API's shape.
@@ -252,20 +227,4 @@ fn consumers_json(m: &Mgmt, q: &Queue, conns: &[Arc<ConnectionInfo>]) -> Vec<Val
             })
         })
         .collect()
-}
-
-/// `GET /api/consumers`.
-pub async fn consumers_all(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    Ok(ok_json(consumers(&m, &caller, m.vhosts())))
-}
-
-/// `GET /api/consumers/{vhost}`.
-pub async fn consumers_vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
-    Ok(ok_json(consumers(&m, &caller, vec![v])))
 }

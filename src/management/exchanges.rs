@@ -5,15 +5,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::auth::Caller;
 use super::bindings::exchange_name;
 use super::error::{ApiError, ApiResult};
-use super::{json as j, ok_json, Mgmt};
+use super::json as j;
+use super::ok_json;
+use super::scope::{Api, InVhost, Scope, WithBody};
 use crate::core::message::Names;
 use crate::core::{Exchange, ExchangeOptions, Message, Permission, Resource, VHost};
 
@@ -30,73 +30,34 @@ pub fn exchange_json(vhost: &str, x: &Exchange) -> Value {
     })
 }
 
-fn list(m: &Mgmt, caller: &Caller, vhosts: Vec<Arc<VHost>>) -> Value {
-    let mut out = Vec::new();
-    for v in vhosts {
-        if !caller.sees(m, &v.name) {
-            continue;
-        }
-        let mut xs = v.exchanges();
-        xs.sort_by(|a, b| a.name.cmp(&b.name));
-        out.extend(xs.iter().map(|x| exchange_json(&v.name, x)));
-    }
-    Value::Array(out)
+/// `GET /api/exchanges` and `GET /api/exchanges/{vhost}`.
+pub async fn list(s: Scope) -> ApiResult {
+    let out = s.list(
+        VHost::exchanges,
+        |x| &x.name,
+        |v, x| [exchange_json(&v.name, x)],
+    );
+    Ok(ok_json(out))
 }
 
-/// `GET /api/exchanges`.
-pub async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    Ok(ok_json(list(&m, &caller, m.vhosts())))
-}
-
-/// `GET /api/exchanges/{vhost}`.
-pub async fn list_vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
-    Ok(ok_json(list(&m, &caller, vec![v])))
-}
-
-fn find(
-    m: &Mgmt,
-    caller: &Caller,
-    vhost: &str,
-    name: &str,
-) -> Result<(Arc<VHost>, Arc<Exchange>), ApiError> {
-    let v = m.vhost(vhost)?;
-    caller.require_vhost(m, vhost)?;
-    let x = v
+/// The exchange named in a path (`amq.default` is the default exchange).
+fn find(at: &InVhost, name: &str) -> Result<Arc<Exchange>, ApiError> {
+    at.vhost
         .exchange(exchange_name(name))
-        .map_err(|_| ApiError::not_found())?;
-    Ok((v, x))
+        .map_err(|_| ApiError::not_found())
 }
 
 /// `GET /api/exchanges/{vhost}/{exchange}`.
-pub async fn one(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult {
-    let (v, x) = find(&m, &caller, &vhost, &name)?;
-    Ok(ok_json(exchange_json(&v.name, &x)))
+pub async fn one(at: InVhost, Path((_, name)): Path<(String, String)>) -> ApiResult {
+    let x = find(&at, &name)?;
+    Ok(ok_json(exchange_json(&at.vhost.name, &x)))
 }
 
 /// `PUT /api/exchanges/{vhost}/{exchange}`: `type` (default `direct`), `durable`,
 /// `auto_delete`, `internal`, `arguments`; 201 created, 204 existed, 400 inequivalent.
-pub async fn declare(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    let body = j::object(&body)?;
-    let v = m
-        .broker
-        .vhost(&vhost)
-        .ok_or_else(ApiError::vhost_not_found)?;
-    caller.require_vhost(&m, &vhost)?;
+pub async fn declare(r: WithBody<(String, String)>) -> ApiResult {
+    let WithBody(Api { m, caller }, (vhost, name), body) = r;
+    let v = m.visible_vhost_or(&caller, &vhost, ApiError::vhost_not_found)?;
     let kind = j::text(&body, "type")?.unwrap_or_else(|| "direct".into());
     if crate::core::ExchangeKind::parse(&kind).is_err() {
         return Err(ApiError::bad_request(format!(
@@ -113,51 +74,32 @@ pub async fn declare(
     caller.permit(&m, &vhost, Permission::Configure, Resource::Exchange(name))?;
     let existed = v.exchange(name).is_ok();
     v.declare_exchange(name, &kind, options, false)?;
-    Ok(if existed {
-        super::no_content()
-    } else {
-        super::created()
-    })
+    Ok(super::put_answer(!existed))
 }
 
 /// `DELETE /api/exchanges/{vhost}/{exchange}[?if-unused=true]`.
 pub async fn delete(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
+    at: InVhost,
+    Path((_, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let (v, x) = find(&m, &caller, &vhost, &name)?;
-    caller.permit(
-        &m,
-        &vhost,
-        Permission::Configure,
-        Resource::Exchange(&x.name),
-    )?;
+    let x = find(&at, &name)?;
+    at.permit(Permission::Configure, Resource::Exchange(&x.name))?;
     let if_unused = query.get("if-unused").is_some_and(|v| v == "true");
-    v.delete_exchange(&x.name, if_unused)?;
+    at.vhost.delete_exchange(&x.name, if_unused)?;
     Ok(super::no_content())
 }
 
 /// `POST /api/exchanges/{vhost}/{exchange}/publish` with `routing_key`, `payload`,
 /// `payload_encoding` (`string` | `base64`) and `properties`: `{"routed": bool}`.
-pub async fn publish(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    let body = j::object(&body)?;
-    let missing: Vec<String> = ["routing_key", "properties", "payload", "payload_encoding"]
-        .iter()
-        .filter(|k| !body.contains_key(**k))
-        .map(|k| format!("{{key_missing,{k}}}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::bad_request(format!("[{}]", missing.join(",\n "))));
-    }
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
+pub async fn publish(r: WithBody<(String, String)>) -> ApiResult {
+    let WithBody(Api { m, caller }, (vhost, name), body) = r;
+    j::require_keys(
+        &body,
+        &["routing_key", "properties", "payload", "payload_encoding"],
+        ",\n ",
+    )?;
+    let v = m.visible_vhost(&caller, &vhost)?;
     let name = exchange_name(&name).to_owned();
     let routing_key = j::required_text(&body, "routing_key")?;
     let payload = j::required_text(&body, "payload")?;
@@ -204,24 +146,19 @@ fn bindings_where(v: &VHost, key: &str, name: &str, kind: Option<&str>) -> Value
 }
 
 /// `GET /api/exchanges/{vhost}/{exchange}/bindings/source`.
-pub async fn bindings_source(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult {
-    let (v, x) = find(&m, &caller, &vhost, &name)?;
-    Ok(ok_json(bindings_where(&v, "source", &x.name, None)))
+pub async fn bindings_source(at: InVhost, Path((_, name)): Path<(String, String)>) -> ApiResult {
+    let x = find(&at, &name)?;
+    Ok(ok_json(bindings_where(&at.vhost, "source", &x.name, None)))
 }
 
 /// `GET /api/exchanges/{vhost}/{exchange}/bindings/destination`.
 pub async fn bindings_destination(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
+    at: InVhost,
+    Path((_, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let (v, x) = find(&m, &caller, &vhost, &name)?;
+    let x = find(&at, &name)?;
     Ok(ok_json(bindings_where(
-        &v,
+        &at.vhost,
         "destination",
         &x.name,
         Some("exchange"),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::scope::Monitor;
 use super::{ok_json, Mgmt};
 
 fn failed(body: Value) -> Response {
@@ -41,18 +42,12 @@ fn node_json(m: &Mgmt) -> Value {
 }
 
 /// `GET /api/nodes` (monitoring): the one node.
-pub async fn nodes(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    caller.require_monitor()?;
+pub async fn nodes(Monitor { m, .. }: Monitor) -> ApiResult {
     Ok(ok_json(json!([node_json(&m)])))
 }
 
 /// `GET /api/nodes/{name}` (monitoring).
-pub async fn node(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_monitor()?;
+pub async fn node(Monitor { m, .. }: Monitor, Path(name): Path<String>) -> ApiResult {
     if name != m.node {
         return Err(ApiError::not_found());
     }
@@ -61,8 +56,7 @@ pub async fn node(
 
 /// `GET /api/qgate/limits` (monitoring, qgate's own): every limit a client can run
 /// into, as README's "Limits and hardening" lists them.
-pub async fn limits(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    caller.require_monitor()?;
+pub async fn limits(Monitor { m, .. }: Monitor) -> ApiResult {
     Ok(ok_json(
         serde_json::to_value(m.broker.limits()).unwrap_or(Value::Null),
     ))
@@ -124,6 +118,23 @@ fn listeners(m: &Mgmt) -> [(&'static str, std::net::SocketAddr); 4] {
     ]
 }
 
+/// A listener check's answer: 200 `{"status":"ok", <what>: asked}`, or 503 naming
+/// what was asked for as `missing` and every listener's `<what>s`.
+fn listener_check(found: bool, what: &str, asked: Value, all: Value) -> Response {
+    if found {
+        let mut ok = json!({ "status": "ok" });
+        ok[what] = asked;
+        return ok_json(ok);
+    }
+    let mut out = json!({
+        "status": "failed",
+        "reason": "No active listener",
+        "missing": asked,
+    });
+    out[format!("{what}s")] = all;
+    failed(out)
+}
+
 /// `GET /api/health/checks/port-listener/{port}`.
 pub async fn check_port(
     State(m): State<Arc<Mgmt>>,
@@ -134,16 +145,12 @@ pub async fn check_port(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid port '{port}'")))?;
     let ports: Vec<u16> = listeners(&m).iter().map(|(_, a)| a.port()).collect();
-    Ok(if ports.contains(&port) {
-        ok_json(json!({ "status": "ok", "port": port }))
-    } else {
-        failed(json!({
-            "status": "failed",
-            "reason": "No active listener",
-            "missing": port,
-            "ports": ports,
-        }))
-    })
+    Ok(listener_check(
+        ports.contains(&port),
+        "port",
+        json!(port),
+        json!(ports),
+    ))
 }
 
 /// `GET /api/health/checks/protocol-listener/{protocol}` (`amqp`, `amqp091`,
@@ -161,14 +168,11 @@ pub async fn check_protocol(
         _ => "",
     };
     let protocols: Vec<&str> = listeners(&m).iter().map(|(p, _)| *p).collect();
-    Ok(if protocols.contains(&wanted) {
-        ok_json(json!({ "status": "ok", "protocol": protocol }))
-    } else {
-        failed(json!({
-            "status": "failed",
-            "reason": "No active listener",
-            "missing": protocol,
-            "protocols": protocols,
-        }))
-    })
+    let found = protocols.contains(&wanted);
+    Ok(listener_check(
+        found,
+        "protocol",
+        json!(protocol),
+        json!(protocols),
+    ))
 }

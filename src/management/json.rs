@@ -18,6 +18,22 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// 400 naming every key of `keys` that `body` lacks, in RabbitMQ's Erlang-term form
+/// (`[{key_missing,count},{key_missing,ackmode}]`); `sep` joins them as RabbitMQ's
+/// text does for that endpoint.
+pub fn require_keys(body: &Map<String, Value>, keys: &[&str], sep: &str) -> Result<(), ApiError> {
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !body.contains_key(**k))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("[{}]", missing.join(sep))))
+    }
+}
+
 /// A boolean field: `true`, `"true"`, `false`, `"false"`; absent or null = `None`.
 pub fn flag(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
     match m.get(key) {
@@ -190,6 +206,20 @@ mod tests {
         assert!(object(b"{bad").is_err());
         assert!(object(b"[1]").is_err());
         assert_eq!(object(br#"{"a":1}"#).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn missing_keys_are_listed_in_one_reason() {
+        let m = object(br#"{"count": 1}"#).unwrap();
+        assert!(require_keys(&m, &["count"], ",").is_ok());
+        let e = require_keys(&m, &["count", "ackmode", "encoding"], ",\n ").unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.reason,
+            "[{key_missing,ackmode},\n {key_missing,encoding}]"
+        );
+        let e = require_keys(&m, &["write", "read"], ",").unwrap_err();
+        assert_eq!(e.reason, "[{key_missing,write},{key_missing,read}]");
     }
 
     #[test]

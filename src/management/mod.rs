@@ -10,6 +10,8 @@
 //! - [`health`]: nodes, cluster name, `/api/health/checks/*`.
 //! - [`queues`], [`exchanges`], [`bindings`], [`connections`] (also channels and
 //!   consumers), [`access`] (users, vhosts, permissions): one file per resource.
+//! - [`scope`]: who asks, what their tags allow and which vhost the path names, as
+//!   extractors, each refusing in one fixed order.
 //! - [`query`]: `columns`, `sort`, `name` and paging on any list.
 //! - [`static_files`]: every other GET: the web console ([`console`]).
 //!
@@ -30,6 +32,7 @@ pub mod overview;
 pub mod query;
 pub mod queues;
 pub mod rates;
+pub mod scope;
 pub mod static_files;
 
 use std::sync::Arc;
@@ -99,6 +102,15 @@ pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// A PUT's answer: 201 when it made the object, 204 when the object was there.
+pub fn put_answer(created: bool) -> Response {
+    if created {
+        self::created()
+    } else {
+        no_content()
+    }
+}
+
 /// The API's routes.
 pub fn router(mgmt: Arc<Mgmt>) -> Router {
     use access as a;
@@ -160,8 +172,8 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
                 .put(a::put_permission)
                 .delete(a::delete_permission),
         )
-        .route("/queues", get(q::list_all))
-        .route("/queues/{vhost}", get(q::list_vhost))
+        .route("/queues", get(q::list))
+        .route("/queues/{vhost}", get(q::list))
         .route(
             "/queues/{vhost}/{queue}",
             get(q::one).put(q::declare).delete(q::delete),
@@ -172,8 +184,8 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         )
         .route("/queues/{vhost}/{queue}/get", post(q::get_messages))
         .route("/queues/{vhost}/{queue}/bindings", get(q::bindings))
-        .route("/exchanges", get(e::list_all))
-        .route("/exchanges/{vhost}", get(e::list_vhost))
+        .route("/exchanges", get(e::list))
+        .route("/exchanges/{vhost}", get(e::list))
         .route(
             "/exchanges/{vhost}/{exchange}",
             get(e::one).put(e::declare).delete(e::delete),
@@ -187,8 +199,8 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
             "/exchanges/{vhost}/{exchange}/bindings/destination",
             get(e::bindings_destination),
         )
-        .route("/bindings", get(b::list_all))
-        .route("/bindings/{vhost}", get(b::list_vhost))
+        .route("/bindings", get(b::list))
+        .route("/bindings/{vhost}", get(b::list))
         .route(
             "/bindings/{vhost}/e/{source}/{kind}/{destination}",
             get(b::between).post(b::create),
@@ -200,11 +212,11 @@ pub fn router(mgmt: Arc<Mgmt>) -> Router {
         .route("/connections", get(c::connections))
         .route("/connections/{name}", get(c::connection).delete(c::close))
         .route("/connections/{name}/channels", get(c::connection_channels))
-        .route("/vhosts/{vhost}/connections", get(c::vhost_connections))
+        .route("/vhosts/{vhost}/connections", get(c::connections))
         .route("/channels", get(c::channels))
         .route("/channels/{name}", get(c::channel))
-        .route("/consumers", get(c::consumers_all))
-        .route("/consumers/{vhost}", get(c::consumers_vhost))
+        .route("/consumers", get(c::consumers))
+        .route("/consumers/{vhost}", get(c::consumers))
         .fallback(|| async { ApiError::not_found() })
         .layer(axum::middleware::from_fn(query::apply))
         .layer(axum::middleware::from_fn(same_origin))

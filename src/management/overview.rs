@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{json, Map, Value};
@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::rates::{self, Window};
+use super::scope::{Admin, Api, InVhost, Monitor};
 use super::{ok_json, Mgmt};
 use crate::content::Properties;
 use crate::core::{Message, QueueOptions};
@@ -36,23 +37,14 @@ pub async fn overview(
 ) -> ApiResult {
     let b = &m.broker;
     let now = rates::global_totals(b);
-    let mut message_stats = Map::new();
-    m.rates.global_into(
-        &mut message_stats,
-        &now,
-        rates::MESSAGE_STATS,
-        window(&query, "msg_rates"),
-    );
-    let mut queue_totals = Map::new();
-    m.rates.global_into(
-        &mut queue_totals,
-        &now,
-        rates::LENGTHS,
-        window(&query, "lengths"),
-    );
-    let mut churn_rates = Map::new();
-    m.rates
-        .global_into(&mut churn_rates, &now, rates::CHURN, None);
+    let section = |range, window| {
+        let mut out = Map::new();
+        m.rates.global_into(&mut out, &now, range, window);
+        out
+    };
+    let message_stats = section(rates::MESSAGE_STATS, window(&query, "msg_rates"));
+    let queue_totals = section(rates::LENGTHS, window(&query, "lengths"));
+    let churn_rates = section(rates::CHURN, None);
     let (mut exchanges, mut queues, mut consumers) = (0usize, 0usize, 0usize);
     for v in b.vhosts() {
         exchanges += v.exchanges().len();
@@ -140,13 +132,7 @@ pub async fn healthcheck(_caller: Caller) -> ApiResult {
 
 /// `GET /api/aliveness-test/{vhost}`: declares the queue `aliveness-test`, publishes a
 /// message to it and takes it back, as RabbitMQ does.
-pub async fn aliveness(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
+pub async fn aliveness(InVhost { m, vhost: v, .. }: InVhost) -> ApiResult {
     const QUEUE: &str = "aliveness-test";
     let declared = v.declare_queue(QUEUE, QueueOptions::default(), false, 0)?;
     let props = Properties::default();
@@ -169,13 +155,12 @@ pub async fn aliveness(
 
 /// `GET /api/definitions` (administrators): the same JSON as
 /// `qgate ctl export_definitions`.
-pub async fn export(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+pub async fn export(Admin { m, .. }: Admin) -> ApiResult {
     Ok(ok_json(crate::definitions::export(&m.broker)))
 }
 
 /// `POST /api/definitions` (administrators): imports; 204, or 400 with the reason.
-pub async fn import(State(m): State<Arc<Mgmt>>, caller: Caller, body: Bytes) -> ApiResult {
+pub async fn import(Api { m, caller }: Api, body: Bytes) -> ApiResult {
     caller.require_admin()?;
     let defs: Value =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
@@ -186,8 +171,7 @@ pub async fn import(State(m): State<Arc<Mgmt>>, caller: Caller, body: Bytes) -> 
 
 /// `POST /api/qgate/stop` (administrators): 202, then the same graceful shutdown as
 /// SIGTERM (the response is finished before the connection closes).
-pub async fn stop(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+pub async fn stop(Admin { m, caller }: Admin) -> ApiResult {
     tracing::info!(user = %caller.name, "stop requested over the management API");
     m.shutdown.cancel();
     Ok((
@@ -201,8 +185,7 @@ pub async fn stop(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
 /// gateway's figures ([`crate::upstream::UpstreamStatus`]: connections and their node,
 /// operations, publish retries, confirm latency, the queue depths it sees); 404 in
 /// local mode.
-pub async fn upstream(caller: Caller) -> ApiResult {
-    caller.require_monitor()?;
+pub async fn upstream(_: Monitor) -> ApiResult {
     match crate::upstream::current() {
         Some(gw) => Ok(ok_json(
             serde_json::to_value(gw.status()).unwrap_or(serde_json::Value::Null),

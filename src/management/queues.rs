@@ -8,13 +8,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::scope::{Api, InVhost, Scope, WithBody};
 use super::{json as j, ok_json, rates, Mgmt};
 use crate::core::{Permission, Queue, QueueOptions, Resource, VHost};
 
@@ -43,70 +42,32 @@ pub fn queue_json(m: &Mgmt, q: &Queue) -> Value {
     Value::Object(out)
 }
 
-fn list(m: &Mgmt, caller: &Caller, vhosts: Vec<Arc<VHost>>) -> Value {
-    let mut out = Vec::new();
-    for v in vhosts {
-        if !caller.sees(m, &v.name) {
-            continue;
-        }
-        let mut qs = v.queues();
-        qs.sort_by(|a, b| a.name.cmp(&b.name));
-        out.extend(qs.iter().map(|q| queue_json(m, q)));
-    }
-    Value::Array(out)
+/// `GET /api/queues` and `GET /api/queues/{vhost}`.
+pub async fn list(s: Scope) -> ApiResult {
+    let out = s.list(VHost::queues, |q| &q.name, |_, q| [queue_json(&s.m, q)]);
+    Ok(ok_json(out))
 }
 
-/// `GET /api/queues`.
-pub async fn list_all(State(m): State<Arc<Mgmt>>, caller: Caller) -> ApiResult {
-    Ok(ok_json(list(&m, &caller, m.vhosts())))
-}
-
-/// `GET /api/queues/{vhost}`.
-pub async fn list_vhost(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    let v = m.vhost(&vhost)?;
-    caller.require_vhost(&m, &vhost)?;
-    Ok(ok_json(list(&m, &caller, vec![v])))
-}
-
-/// The queue named in a path, after the vhost check.
-fn find(m: &Mgmt, caller: &Caller, vhost: &str, name: &str) -> Result<Arc<Queue>, ApiError> {
-    let v = m.vhost(vhost)?;
-    caller.require_vhost(m, vhost)?;
-    v.find_queue(name).ok_or_else(ApiError::not_found)
+/// The queue named in a path.
+fn find(at: &InVhost, name: &str) -> Result<Arc<Queue>, ApiError> {
+    at.vhost.find_queue(name).ok_or_else(ApiError::not_found)
 }
 
 /// `GET /api/queues/{vhost}/{queue}`.
 /// One queue also lists its consumers (`consumer_details`), as in RabbitMQ.
-pub async fn one(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult {
-    let q = find(&m, &caller, &vhost, &name)?;
-    let mut out = queue_json(&m, &q);
-    out["consumer_details"] = Value::Array(super::connections::consumers_of(&m, &q));
+pub async fn one(at: InVhost, Path((_, name)): Path<(String, String)>) -> ApiResult {
+    let q = find(&at, &name)?;
+    let mut out = queue_json(&at.m, &q);
+    out["consumer_details"] = Value::Array(super::connections::consumers_of(&at.m, &q));
     Ok(ok_json(out))
 }
 
 /// `PUT /api/queues/{vhost}/{queue}`: 201 when created, 204 when it existed with the
 /// same properties, 400 with RabbitMQ's text when not. `exclusive` is ignored, as in
 /// RabbitMQ (the HTTP request has no connection to own the queue).
-pub async fn declare(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    let body = j::object(&body)?;
-    let v = m
-        .broker
-        .vhost(&vhost)
-        .ok_or_else(ApiError::vhost_not_found)?;
-    caller.require_vhost(&m, &vhost)?;
+pub async fn declare(r: WithBody<(String, String)>) -> ApiResult {
+    let WithBody(Api { m, caller }, (vhost, name), body) = r;
+    let v = m.visible_vhost_or(&caller, &vhost, ApiError::vhost_not_found)?;
     let options = QueueOptions {
         durable: j::flag(&body, "durable")?.unwrap_or(false),
         exclusive: false,
@@ -115,37 +76,28 @@ pub async fn declare(
     };
     caller.permit(&m, &vhost, Permission::Configure, Resource::Queue(&name))?;
     let declared = v.declare_queue(&name, options, false, 0)?;
-    Ok(if declared.created {
-        super::created()
-    } else {
-        super::no_content()
-    })
+    Ok(super::put_answer(declared.created))
 }
 
 /// `DELETE /api/queues/{vhost}/{queue}[?if-empty=true&if-unused=true]`.
 pub async fn delete(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
+    at: InVhost,
+    Path((_, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let q = find(&m, &caller, &vhost, &name)?;
-    caller.permit(&m, &vhost, Permission::Configure, Resource::Queue(&q.name))?;
+    let q = find(&at, &name)?;
+    at.permit(Permission::Configure, Resource::Queue(&q.name))?;
     let yes = |k: &str| query.get(k).is_some_and(|v| v == "true");
-    let v = m.vhost(&vhost)?;
-    v.delete_queue(&name, yes("if-unused"), yes("if-empty"), 0)?;
+    at.vhost
+        .delete_queue(&name, yes("if-unused"), yes("if-empty"), 0)?;
     Ok(super::no_content())
 }
 
 /// `DELETE /api/queues/{vhost}/{queue}/contents`: purge.
-pub async fn purge(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult {
-    let _ = find(&m, &caller, &vhost, &name)?;
-    caller.permit(&m, &vhost, Permission::Read, Resource::Queue(&name))?;
-    m.vhost(&vhost)?.purge_queue(&name, 0)?;
+pub async fn purge(at: InVhost, Path((_, name)): Path<(String, String)>) -> ApiResult {
+    find(&at, &name)?;
+    at.permit(Permission::Read, Resource::Queue(&name))?;
+    at.vhost.purge_queue(&name, 0)?;
     Ok(super::no_content())
 }
 
@@ -163,22 +115,9 @@ enum AckMode {
 /// `reject_requeue_false`), `encoding` (`auto` | `base64`) and optional `truncate`.
 /// Messages put back are requeued only after all are taken, so `count` distinct
 /// messages come back.
-pub async fn get_messages(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    let body = j::object(&body)?;
-    let mut missing = Vec::new();
-    for key in ["count", "ackmode", "encoding"] {
-        if body.get(key).is_none() {
-            missing.push(format!("{{key_missing,{key}}}"));
-        }
-    }
-    if !missing.is_empty() {
-        return Err(ApiError::bad_request(format!("[{}]", missing.join(",\n "))));
-    }
+pub async fn get_messages(r: WithBody<(String, String)>) -> ApiResult {
+    let WithBody(Api { m, caller }, (vhost, name), body) = r;
+    j::require_keys(&body, &["count", "ackmode", "encoding"], ",\n ")?;
     let count = j::count(&body, "count")?.unwrap_or(1);
     let ackmode = match j::required_text(&body, "ackmode")?.as_str() {
         "ack_requeue_true" => AckMode::AckRequeue,
@@ -193,10 +132,11 @@ pub async fn get_messages(
         other => return Err(ApiError::bad_request(format!("unknown encoding '{other}'"))),
     };
     let truncate = j::count(&body, "truncate")?;
-    let q = find(&m, &caller, &vhost, &name)?;
+    let v = m.visible_vhost(&caller, &vhost)?;
+    let q = v.find_queue(&name).ok_or_else(ApiError::not_found)?;
     caller.permit(&m, &vhost, Permission::Read, Resource::Queue(&q.name))?;
     // Another connection's exclusive queue is locked, as for an AMQP basic.get.
-    let q = m.vhost(&vhost)?.queue(&q.name, 0)?;
+    let q = v.queue(&q.name, 0)?;
     let counters = m.broker.counters();
     let mut taken = Vec::new();
     let mut out = Vec::new();
@@ -250,14 +190,9 @@ pub async fn get_messages(
 
 /// `GET /api/queues/{vhost}/{queue}/bindings`: the default exchange's binding first,
 /// then every exchange's bindings to it.
-pub async fn bindings(
-    State(m): State<Arc<Mgmt>>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult {
-    let q = find(&m, &caller, &vhost, &name)?;
-    let v = m.vhost(&vhost)?;
-    let all = super::bindings::of_vhost(&v);
+pub async fn bindings(at: InVhost, Path((_, name)): Path<(String, String)>) -> ApiResult {
+    let q = find(&at, &name)?;
+    let all = super::bindings::of_vhost(&at.vhost);
     Ok(ok_json(Value::Array(
         all.into_iter()
             .filter(|b| b["destination"] == q.name.as_str() && b["destination_type"] == "queue")

@@ -140,6 +140,34 @@ def test_tag_rules(api):
     assert (status, body) == (401, {"error": "not_authorised", "reason": "Access refused."})
 
 
+def test_refusal_order(api):
+    """Which refusal a request that is wrong in two ways gets, where qgate answers as
+    RabbitMQ 3.10.8 does: credentials first, then the tag, then the vhost (404 when it
+    does not exist, 401 when the caller has no permissions on it), then the object."""
+    assert api.put("/api/vhosts/other") == 201
+    mgr = add_user(api, "mgr", "management")
+    anon = Api(int(api.base.rsplit(":", 1)[1]), user=None)
+    assert anon.call("GET", "/api/queues/no-such-vhost")[:3:2] == (401, None)
+    assert mgr.call("GET", "/api/queues/no-such-vhost")[:3:2] == (404, NOT_FOUND)
+    refused = {"error": "not_authorised", "reason": "User not authorised to access virtual host"}
+    for method, path in [("GET", "/api/queues/other"), ("GET", "/api/exchanges/other"),
+                         ("GET", "/api/bindings/other"),
+                         ("GET", "/api/exchanges/other/amq.direct"),
+                         ("GET", "/api/vhosts/other/connections"),
+                         ("GET", "/api/aliveness-test/other"),
+                         ("GET", "/api/queues/other/missing/bindings"),
+                         ("GET", "/api/exchanges/other/missing/bindings/source"),
+                         ("GET", "/api/bindings/other/e/amq.direct/q/missing"),
+                         ("DELETE", "/api/queues/other/missing"),
+                         ("DELETE", "/api/queues/other/missing/contents")]:
+        assert mgr.call(method, path)[:3:2] == (401, refused), path
+    assert mgr.call("PUT", "/api/queues/other/x", {})[:3:2] == (401, refused)
+    assert mgr.call("POST", "/api/bindings/other/e/amq.direct/q/x", {})[:3:2] == (401, refused)
+    not_admin = {"error": "not_authorised", "reason": "Not administrator user"}
+    assert mgr.call("PUT", "/api/users/x", raw=b"{bad")[:3:2] == (401, not_admin)
+    assert mgr.call("DELETE", "/api/users/missing")[:3:2] == (401, not_admin)
+
+
 def test_cookie_is_private_and_acts_as_administrator(fresh_broker):
     path = os.path.join(fresh_broker.data_dir, ".qgate-cookie")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -23,6 +23,35 @@ function queueLink(q) {
   return h("a", {href: queueHref(q.vhost, q.name), class: "mono"}, q.name);
 }
 
+/* refresh() of a list page with an add form: re-reads the list into its table and
+ * keeps the form's vhost choices current. */
+function listRefresh(path, table, vh) {
+  return function () {
+    syncVhostSelect(vh);
+    return api.get(path).then(function (rows) { table.update(rows); });
+  };
+}
+
+/* A numeric table column of a per-second rate: sorted by the rate, shown formatted. */
+function rateColumn(key, title, rate) {
+  return {key: key, title: title, num: true, value: rate,
+          cell: function (row) { return fmt.rate(rate(row)); }};
+}
+
+/* The rate of one message_stats field of a row. */
+function statRate(stat) {
+  return function (row) { return Q.rate(row, stat); };
+}
+
+/* The publish, deliver / get and ack rate columns that channels and queues share. */
+function flowColumns(publishKey, publishTitle) {
+  return [
+    rateColumn(publishKey, publishTitle, statRate("publish")),
+    rateColumn("deliver", "Deliver / get", Q.deliverRate),
+    rateColumn("ack", "Ack", statRate("ack")),
+  ];
+}
+
 /* A status line under a form: ok(text) / fail(error). */
 function feedback(id) {
   var el = h("p", {class: "feedback", id: id, role: "status"});
@@ -211,13 +240,7 @@ Q.views.channels = function () {
     {key: "prefetch_count", title: "Prefetch", num: true},
     {key: "messages_unacknowledged", title: "Unacked", num: true},
     {key: "consumer_count", title: "Consumers", num: true},
-    {key: "publish", title: "Publish", num: true, value: function (c) { return Q.rate(c, "publish"); },
-     cell: function (c) { return fmt.rate(Q.rate(c, "publish")); }},
-    {key: "deliver", title: "Deliver / get", num: true, value: function (c) { return Q.deliverRate(c); },
-     cell: function (c) { return fmt.rate(Q.deliverRate(c)); }},
-    {key: "ack", title: "Ack", num: true, value: function (c) { return Q.rate(c, "ack"); },
-     cell: function (c) { return fmt.rate(Q.rate(c, "ack")); }},
-  ], {id: "channels", filter: function (c) { return [c.name, c.user, c.vhost].join(" "); },
+  ].concat(flowColumns("publish", "Publish")), {id: "channels", filter: function (c) { return [c.name, c.user, c.vhost].join(" "); },
       empty: "No channels."});
   el.appendChild(table.el);
   return {
@@ -237,10 +260,8 @@ Q.views.exchanges = function () {
      cell: function (e) { return h("span", {class: "mono"}, e.name || "(AMQP default)"); }},
     {key: "type", title: "Type"},
     {key: "features", title: "Features", sortable: false, cell: features},
-    {key: "in", title: "Message rate in", num: true, value: function (e) { return Q.rate(e, "publish_in"); },
-     cell: function (e) { return fmt.rate(Q.rate(e, "publish_in")); }},
-    {key: "out", title: "Message rate out", num: true, value: function (e) { return Q.rate(e, "publish_out"); },
-     cell: function (e) { return fmt.rate(Q.rate(e, "publish_out")); }},
+    rateColumn("in", "Message rate in", statRate("publish_in")),
+    rateColumn("out", "Message rate out", statRate("publish_out")),
     {key: "del", title: "", sortable: false, cell: function (e) {
       if (!e.name || e.name.indexOf("amq.") === 0) return "";
       return deleteButton("Delete", "Delete exchange " + e.name + "?", function () {
@@ -275,13 +296,7 @@ Q.views.exchanges = function () {
     }, function () { addFb.ok("Exchange " + name.value + " declared."); name.value = ""; });
   });
   el.appendChild(Q.section("Add a new exchange", form, {closed: true}));
-  return {
-    el: el,
-    refresh: function () {
-      syncVhostSelect(vh);
-      return api.get("/exchanges").then(function (rows) { table.update(rows); });
-    },
-  };
+  return {el: el, refresh: listRefresh("/exchanges", table, vh)};
 };
 
 /* ---------------------------------------------------------------- queues */
@@ -297,13 +312,7 @@ Q.views.queues = function () {
     {key: "messages_unacknowledged", title: "Unacked", num: true},
     {key: "messages", title: "Total", num: true},
     {key: "consumers", title: "Consumers", num: true},
-    {key: "incoming", title: "Incoming", num: true, value: function (q) { return Q.rate(q, "publish"); },
-     cell: function (q) { return fmt.rate(Q.rate(q, "publish")); }},
-    {key: "deliver", title: "Deliver / get", num: true, value: function (q) { return Q.deliverRate(q); },
-     cell: function (q) { return fmt.rate(Q.deliverRate(q)); }},
-    {key: "ack", title: "Ack", num: true, value: function (q) { return Q.rate(q, "ack"); },
-     cell: function (q) { return fmt.rate(Q.rate(q, "ack")); }},
-  ], {id: "queues", sortKey: "name",
+  ].concat(flowColumns("incoming", "Incoming")), {id: "queues", sortKey: "name",
       filter: function (q) { return q.vhost + " " + q.name; },
       rowAttrs: function (q) { return {"data-queue": q.name, "data-vhost": q.vhost}; },
       empty: "No queues."});
@@ -332,13 +341,7 @@ Q.views.queues = function () {
     }, function () { addFb.ok("Queue " + name.value + " declared."); name.value = ""; });
   });
   el.appendChild(Q.section("Add a new queue", form, {closed: true}));
-  return {
-    el: el,
-    refresh: function () {
-      syncVhostSelect(vh);
-      return api.get("/queues").then(function (rows) { table.update(rows); });
-    },
-  };
+  return {el: el, refresh: listRefresh("/queues", table, vh)};
 };
 
 /* ---------------------------------------------------------------- one queue */
