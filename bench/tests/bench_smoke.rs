@@ -55,12 +55,12 @@ impl Drop for TempDir {
 fn start_broker(tag: &str) -> Broker {
     let dir = TempDir::new(tag);
     let mut config = qgate::config::Config::default();
-    let loopback = "127.0.0.1:0";
-    config.amqp.listen = loopback.into();
-    config.memcache.listen = loopback.into();
-    config.http.listen = loopback.into();
-    config.management.listen = loopback.into();
-    config.storage.fsync = "never".into();
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.amqp.listen = loopback;
+    config.memcache.listen = loopback;
+    config.http.listen = loopback;
+    config.management.listen = loopback;
+    config.storage.fsync = qgate::config::FsyncPolicy::Never;
     config.storage.data_dir = dir.0.clone();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -68,7 +68,7 @@ pub async fn run(
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(4 * 1024);
     let negotiated = match tokio::time::timeout(
-        Duration::from_millis(config.amqp.handshake_timeout),
+        config.amqp.handshake_timeout,
         handshake(&mut rd, &mut wr, &mut buf, &broker, &config, peer, &info),
     )
     .await
