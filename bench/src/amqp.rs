@@ -271,11 +271,7 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
             Err(e) => total.error(format!("consumer task: {e}")),
         }
     }
-    let secs = if a.count > 0 {
-        span.start.elapsed().as_secs_f64()
-    } else {
-        a.load.duration.as_secs_f64()
-    };
+    let secs = span.measured_secs();
     cleanup(&a, &ch, &queues, &mut total).await;
     for c in conns {
         let _ = c.close(200, "bench done").await;

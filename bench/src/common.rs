@@ -221,6 +221,8 @@ pub struct Load {
 pub struct Span {
     pub start: Instant,
     pub end: Instant,
+    /// Bounded by a message count rather than by time.
+    bounded: bool,
 }
 
 impl Span {
@@ -232,12 +234,24 @@ impl Span {
             Span {
                 start: t0,
                 end: t0 + Duration::from_secs(3600),
+                bounded,
             }
         } else {
             Span {
                 start: t0 + warmup,
                 end: t0 + warmup + duration,
+                bounded,
             }
+        }
+    }
+
+    /// Seconds the rates are over: the measured window, or for a count-bounded run the
+    /// time it took so far.
+    pub fn measured_secs(&self) -> f64 {
+        if self.bounded {
+            self.start.elapsed().as_secs_f64()
+        } else {
+            (self.end - self.start).as_secs_f64()
         }
     }
 

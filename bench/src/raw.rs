@@ -126,11 +126,7 @@ pub async fn run(
             Err(e) => total.error(format!("task: {e}")),
         }
     }
-    let secs = if a.count > 0 {
-        span.start.elapsed().as_secs_f64()
-    } else {
-        a.load.duration.as_secs_f64()
-    };
+    let secs = span.measured_secs();
     Ok((total, secs))
 }
 
