@@ -1257,6 +1257,21 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_keep_their_toml_units() {
+        let c: Config = toml::from_str(
+            "[amqp]\nhandshake_timeout = 1500\n[memcache]\nidle_timeout = 7\n\
+             [upstream]\nconfirm_timeout_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(c.amqp.handshake_timeout, Duration::from_millis(1500));
+        assert_eq!(c.memcache.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.upstream.confirm_timeout, Duration::from_millis(250));
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("confirm_timeout_ms = 250"), "{text}");
+        assert!(text.contains("handshake_timeout = 1500"), "{text}");
+    }
+
+    #[test]
     fn loopback_users() {
         let c: Config = toml::from_str("loopback_users = []\n").unwrap();
         assert_eq!(c.loopback_users, Some(vec![]));
