@@ -55,11 +55,14 @@ impl Drop for TempDir {
 fn start_broker(tag: &str) -> Broker {
     let dir = TempDir::new(tag);
     let mut config = qgate::config::Config::default();
-    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.amqp.listen = loopback;
-    config.memcache.listen = loopback;
-    config.http.listen = loopback;
-    config.management.listen = loopback;
+    for listen in [
+        &mut config.amqp.listen,
+        &mut config.memcache.listen,
+        &mut config.http.listen,
+        &mut config.management.listen,
+    ] {
+        *listen = ([127, 0, 0, 1], 0).into();
+    }
     config.storage.fsync = qgate::config::FsyncPolicy::Never;
     config.storage.data_dir = dir.0.clone();
     let shutdown = CancellationToken::new();
