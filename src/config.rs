@@ -1,9 +1,25 @@
 //! Configuration: one struct per section, embedded defaults, then a TOML file
 //! (`--config`), then environment (`QGATE_<NAME>`), then flags, in rising priority.
-//! Flags and env are read by clap in `main.rs` and applied with [`Config::apply`].
+//!
+//! Every setting a flag can set is declared once, in [`FLAGS`]: its TOML key, its flag
+//! (the variable is `QGATE_` and the flag's name), its help and how its text becomes
+//! the typed field. The binary derives its command line from that table (clap stays
+//! out of this library) and hands the given values to [`Config::load`], which reads
+//! each winning value into its type once: listen addresses are [`SocketAddr`]s, the
+//! fsync policy a [`FsyncPolicy`], the memory watermark and the disk free limit
+//! [`MemoryWatermark`] and [`DiskFreeLimit`], timeouts [`Duration`]s, so nothing
+//! downstream parses a string again. A bad value is refused by its name, whichever
+//! layer gave it (`invalid setting storage.fsync (--fsync, QGATE_FSYNC): ...`).
+//!
+//! A leaf: this module imports nothing of the broker; the store and the core take the
+//! types defined here.
 
+use std::ffi::OsStr;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,16 +43,18 @@ pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
 /// Default largest AMQP message body (RabbitMQ's max_message_size).
 pub const DEFAULT_MAX_MESSAGE: u64 = 128 * 1024 * 1024;
 /// Default memory high watermark: RabbitMQ's, 40% of physical memory.
-pub const DEFAULT_MEMORY_HIGH_WATERMARK: &str = "0.4";
+pub const DEFAULT_MEMORY_HIGH_WATERMARK: MemoryWatermark = MemoryWatermark::Fraction(0.4);
+/// RabbitMQ's default `disk_free_limit.absolute` (3.10): 50 MB.
+pub const DEFAULT_DISK_FREE_LIMIT: DiskFreeLimit = DiskFreeLimit::Bytes(50_000_000);
 /// Default largest memcache data block.
 pub const DEFAULT_MEMCACHE_MAX_MESSAGE: usize = 1024 * 1024;
 /// Default AMQP connection limit: none (RabbitMQ's `connection_max = infinity`).
 pub const DEFAULT_AMQP_CONNECTION_MAX: u32 = 0;
 /// Default memcache connection limit (memcached's `-c 1024`).
 pub const DEFAULT_MEMCACHE_CONNECTION_MAX: u32 = 1024;
-/// Default time a client has to finish the AMQP handshake, ms (RabbitMQ's
-/// `handshake_timeout`).
-pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default time a client has to finish the AMQP handshake (RabbitMQ's
+/// `handshake_timeout`, 10 s).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Longest memcache command line (memcached's 2048; the parser's `DEFAULT_MAX_LINE`,
 /// which a test keeps equal: config sits below the front ends and cannot import it).
 pub const MEMCACHE_MAX_LINE: u64 = 2048;
@@ -74,11 +92,13 @@ pub struct Config {
     /// Memory the queued messages may hold before publishers are blocked: a fraction of
     /// physical memory (`0.4`, RabbitMQ's default), a number of bytes (`536870912`), or
     /// `0` for no limit.
-    pub memory_high_watermark: String,
+    #[serde(with = "text")]
+    pub memory_high_watermark: MemoryWatermark,
     /// Free space the data directory's file system must keep, or publishers are blocked:
     /// RabbitMQ's `disk_free_limit` (`50MB`, its default; `1GB`, `2GiB`, a byte count,
     /// `mem_relative:1.0` for a multiple of physical memory, or `0` for no disk alarm).
-    pub disk_free_limit: String,
+    #[serde(with = "text")]
+    pub disk_free_limit: DiskFreeLimit,
     /// Upstream mode: the memcache listener's queues live in a RabbitMQ cluster.
     pub upstream: UpstreamConfig,
 }
@@ -88,7 +108,7 @@ pub const DEFAULT_UPSTREAM_QUEUE_TYPE: &str = "quorum";
 /// Default number of AMQP connections to the cluster.
 pub const DEFAULT_UPSTREAM_POOL: usize = 3;
 /// Default wait for a publisher confirm before the publish is retried.
-pub const DEFAULT_UPSTREAM_CONFIRM_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_UPSTREAM_CONFIRM_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Default attempts per `set` (first publish + retries) before `SERVER_ERROR`.
 pub const DEFAULT_UPSTREAM_PUBLISH_ATTEMPTS: u32 = 5;
 
@@ -102,8 +122,10 @@ pub struct UpstreamConfig {
     pub queue_type: String,
     /// AMQP connections to the cluster, spread over the listed nodes.
     pub pool: usize,
-    /// Milliseconds to wait for a publisher confirm before retrying on a fresh channel.
-    pub confirm_timeout_ms: u64,
+    /// Wait for a publisher confirm before retrying on a fresh channel (TOML:
+    /// `confirm_timeout_ms`, milliseconds).
+    #[serde(rename = "confirm_timeout_ms", with = "millis")]
+    pub confirm_timeout: Duration,
     /// Attempts per `set` before answering `SERVER_ERROR`.
     pub publish_attempts: u32,
 }
@@ -114,7 +136,7 @@ impl Default for UpstreamConfig {
             url: String::new(),
             queue_type: DEFAULT_UPSTREAM_QUEUE_TYPE.into(),
             pool: DEFAULT_UPSTREAM_POOL,
-            confirm_timeout_ms: DEFAULT_UPSTREAM_CONFIRM_TIMEOUT_MS,
+            confirm_timeout: DEFAULT_UPSTREAM_CONFIRM_TIMEOUT,
             publish_attempts: DEFAULT_UPSTREAM_PUBLISH_ATTEMPTS,
         }
     }
@@ -169,7 +191,8 @@ impl UpstreamConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
     /// Listen address.
-    pub listen: String,
+    #[serde(with = "text")]
+    pub listen: SocketAddr,
     /// Heartbeat proposed in connection.tune, seconds (0 disables).
     pub heartbeat: u16,
     /// frame_max proposed in connection.tune.
@@ -180,9 +203,10 @@ pub struct AmqpConfig {
     pub max_message: u64,
     /// Most client connections open at once (0 = no limit; RabbitMQ's `connection_max`).
     pub connection_max: u32,
-    /// Milliseconds a client has from TCP accept to connection.open (RabbitMQ's
-    /// `handshake_timeout`).
-    pub handshake_timeout: u64,
+    /// Time a client has from TCP accept to connection.open (RabbitMQ's
+    /// `handshake_timeout`; TOML: milliseconds).
+    #[serde(with = "millis")]
+    pub handshake_timeout: Duration,
 }
 
 /// `[memcache]`
@@ -190,16 +214,18 @@ pub struct AmqpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MemcacheConfig {
     /// Listen address.
-    pub listen: String,
+    #[serde(with = "text")]
+    pub listen: SocketAddr,
     /// Largest data block accepted by `set`.
     pub max_message: usize,
     /// Vhost the memcache queues live in.
     pub vhost: String,
     /// Most client connections open at once (0 = no limit; memcached's `-c`).
     pub connection_max: u32,
-    /// Seconds a connection may stay silent before it is closed (0 = never; memcached's
-    /// `-o idle_timeout`).
-    pub idle_timeout: u64,
+    /// Time a connection may stay silent before it is closed (zero = never; memcached's
+    /// `-o idle_timeout`; TOML: seconds).
+    #[serde(with = "seconds")]
+    pub idle_timeout: Duration,
     /// User whose permissions govern memcache commands (the protocol has no login).
     pub user: String,
 }
@@ -209,7 +235,8 @@ pub struct MemcacheConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Listen address.
-    pub listen: String,
+    #[serde(with = "text")]
+    pub listen: SocketAddr,
     /// Metric name prefix (`rabbitmq` makes RabbitMQ dashboards work unchanged).
     pub metrics_prefix: String,
 }
@@ -219,13 +246,14 @@ pub struct HttpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ManagementConfig {
     /// Listen address.
-    pub listen: String,
+    #[serde(with = "text")]
+    pub listen: SocketAddr,
 }
 
 impl Default for ManagementConfig {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_MANAGEMENT_LISTEN.into(),
+            listen: addr(DEFAULT_MANAGEMENT_LISTEN),
         }
     }
 }
@@ -237,7 +265,8 @@ pub struct StorageConfig {
     /// Data directory.
     pub data_dir: PathBuf,
     /// `always`, `interval:<ms>` or `never`.
-    pub fsync: String,
+    #[serde(with = "text")]
+    pub fsync: FsyncPolicy,
 }
 
 /// The limits in force, gathered from the sections above (0 = none where a limit may
@@ -351,8 +380,8 @@ impl Default for Config {
             vhosts: vec!["/".into()],
             permissions: Vec::new(),
             loopback_users: None,
-            memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK.into(),
-            disk_free_limit: crate::core::disk_alarm::DEFAULT_LIMIT.into(),
+            memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK,
+            disk_free_limit: DEFAULT_DISK_FREE_LIMIT,
             upstream: UpstreamConfig::default(),
             management: ManagementConfig::default(),
         }
@@ -362,13 +391,13 @@ impl Default for Config {
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_AMQP_LISTEN.into(),
+            listen: addr(DEFAULT_AMQP_LISTEN),
             heartbeat: DEFAULT_HEARTBEAT,
             frame_max: DEFAULT_FRAME_MAX,
             channel_max: DEFAULT_CHANNEL_MAX,
             max_message: DEFAULT_MAX_MESSAGE,
             connection_max: DEFAULT_AMQP_CONNECTION_MAX,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -376,11 +405,11 @@ impl Default for AmqpConfig {
 impl Default for MemcacheConfig {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_MEMCACHE_LISTEN.into(),
+            listen: addr(DEFAULT_MEMCACHE_LISTEN),
             max_message: DEFAULT_MEMCACHE_MAX_MESSAGE,
             vhost: "/".into(),
             connection_max: DEFAULT_MEMCACHE_CONNECTION_MAX,
-            idle_timeout: 0,
+            idle_timeout: Duration::ZERO,
             user: "guest".into(),
         }
     }
@@ -389,7 +418,7 @@ impl Default for MemcacheConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_HTTP_LISTEN.into(),
+            listen: addr(DEFAULT_HTTP_LISTEN),
             metrics_prefix: "qgate".into(),
         }
     }
@@ -399,60 +428,9 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: DEFAULT_DATA_DIR.into(),
-            fsync: "always".into(),
+            fsync: FsyncPolicy::Always,
         }
     }
-}
-
-/// Values given on the command line or in the environment; `None` = not given.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--amqp-listen` / `QGATE_AMQP_LISTEN`
-    pub amqp_listen: Option<String>,
-    /// `--memcache-listen` / `QGATE_MEMCACHE_LISTEN`
-    pub memcache_listen: Option<String>,
-    /// `--http-listen` / `QGATE_HTTP_LISTEN`
-    pub http_listen: Option<String>,
-    /// `--data-dir` / `QGATE_DATA_DIR`
-    pub data_dir: Option<PathBuf>,
-    /// `--fsync` / `QGATE_FSYNC`
-    pub fsync: Option<String>,
-    /// `--log` / `QGATE_LOG`
-    pub log: Option<String>,
-    /// `--memcache-max-message` / `QGATE_MEMCACHE_MAX_MESSAGE`
-    pub memcache_max_message: Option<usize>,
-    /// `--memcache-vhost` / `QGATE_MEMCACHE_VHOST`
-    pub memcache_vhost: Option<String>,
-    /// `--metrics-prefix` / `QGATE_METRICS_PREFIX`
-    pub metrics_prefix: Option<String>,
-    /// `--heartbeat` / `QGATE_HEARTBEAT`
-    pub heartbeat: Option<u16>,
-    /// `--memory-high-watermark` / `QGATE_MEMORY_HIGH_WATERMARK`
-    pub memory_high_watermark: Option<String>,
-    /// `--amqp-connection-max` / `QGATE_AMQP_CONNECTION_MAX`
-    pub amqp_connection_max: Option<u32>,
-    /// `--memcache-connection-max` / `QGATE_MEMCACHE_CONNECTION_MAX`
-    pub memcache_connection_max: Option<u32>,
-    /// `--channel-max` / `QGATE_CHANNEL_MAX`
-    pub channel_max: Option<u16>,
-    /// `--frame-max` / `QGATE_FRAME_MAX`
-    pub frame_max: Option<u32>,
-    /// `--max-message-size` / `QGATE_MAX_MESSAGE_SIZE`
-    pub max_message_size: Option<u64>,
-    /// `--handshake-timeout` / `QGATE_HANDSHAKE_TIMEOUT` (ms)
-    pub handshake_timeout: Option<u64>,
-    /// `--memcache-idle-timeout` / `QGATE_MEMCACHE_IDLE_TIMEOUT` (s)
-    pub memcache_idle_timeout: Option<u64>,
-    /// `--disk-free-limit` / `QGATE_DISK_FREE_LIMIT`
-    pub disk_free_limit: Option<String>,
-    /// `--upstream` / `QGATE_UPSTREAM`
-    pub upstream: Option<String>,
-    /// `--loopback-users` / `QGATE_LOOPBACK_USERS` (comma-separated; empty = none)
-    pub loopback_users: Option<String>,
-    /// `--memcache-user` / `QGATE_MEMCACHE_USER`
-    pub memcache_user: Option<String>,
-    /// `--management-listen` / `QGATE_MANAGEMENT_LISTEN`
-    pub management_listen: Option<String>,
 }
 
 /// A configuration problem.
@@ -485,126 +463,83 @@ pub enum ConfigError {
     },
 }
 
+/// The settings whose errors name their flag and variable too (the others, such as
+/// `amqp.frame_max`, are named by their TOML key alone, as they always were).
+const LABELLED: [&str; 12] = [
+    "amqp.listen",
+    "memcache.listen",
+    "http.listen",
+    "storage.data_dir",
+    "storage.fsync",
+    "log",
+    "memcache.max_message",
+    "memcache.vhost",
+    "http.metrics_prefix",
+    "amqp.heartbeat",
+    "memory_high_watermark",
+    "disk_free_limit",
+];
+
 /// `amqp.listen (--amqp-listen, QGATE_AMQP_LISTEN)`: a setting's TOML key, then the
 /// flag and environment variable that override it, when there are.
 pub fn setting_label(name: &str) -> String {
-    let flag = match name {
-        "amqp.listen" => "amqp-listen",
-        "memcache.listen" => "memcache-listen",
-        "http.listen" => "http-listen",
-        "storage.data_dir" => "data-dir",
-        "storage.fsync" => "fsync",
-        "log" => "log",
-        "memcache.max_message" => "memcache-max-message",
-        "memcache.vhost" => "memcache-vhost",
-        "http.metrics_prefix" => "metrics-prefix",
-        "amqp.heartbeat" => "heartbeat",
-        "memory_high_watermark" => "memory-high-watermark",
-        "disk_free_limit" => "disk-free-limit",
-        _ => return name.to_owned(),
-    };
-    let env = format!("QGATE_{}", flag.replace('-', "_").to_ascii_uppercase());
-    format!("{name} (--{flag}, {env})")
+    match FLAGS.iter().find(|f| f.key == name) {
+        Some(f) if LABELLED.contains(&name) => format!("{name} (--{}, {})", f.flag, f.env()),
+        _ => name.to_owned(),
+    }
 }
 
 impl Config {
-    /// Reads a TOML file over the defaults.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+    /// The configuration: the defaults, then the TOML `file`, then `given` (each
+    /// setting's value from its variable or flag, the flag winning, as the command line
+    /// resolved them), each winning value read into its type here, once; then
+    /// [`Config::validate`]. A file value that a flag or variable overrides is not
+    /// read, as it never counted.
+    pub fn load(file: Option<&Path>, given: &[(&Flag, &OsStr)]) -> Result<Self, ConfigError> {
+        let overridden = |key: &str| given.iter().any(|(f, _)| f.key == key);
+        let mut config = match file {
+            Some(path) => Self::from_file(path, overridden)?,
+            None => Config::default(),
+        };
+        for (flag, value) in given {
+            flag.set(&mut config, value)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file over the defaults, leaving out the keys `skip` says are
+    /// overridden; a flag's key with a bad value is refused by its name (with its flag
+    /// and variable), as the same value given by flag would be.
+    fn from_file(path: &Path, skip: impl Fn(&str) -> bool) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let parse = |source| ConfigError::Parse {
             path: path.into(),
             source,
-        })
-    }
-
-    /// Applies env/flag overrides.
-    pub fn apply(&mut self, o: Overrides) {
-        if let Some(v) = o.amqp_listen {
-            self.amqp.listen = v;
-        }
-        if let Some(v) = o.memcache_listen {
-            self.memcache.listen = v;
-        }
-        if let Some(v) = o.http_listen {
-            self.http.listen = v;
-        }
-        if let Some(v) = o.data_dir {
-            self.storage.data_dir = v;
-        }
-        if let Some(v) = o.fsync {
-            self.storage.fsync = v;
-        }
-        if let Some(v) = o.log {
-            self.log = v;
-        }
-        if let Some(v) = o.memcache_max_message {
-            self.memcache.max_message = v;
-        }
-        if let Some(v) = o.memcache_vhost {
-            self.memcache.vhost = v;
-        }
-        if let Some(v) = o.metrics_prefix {
-            self.http.metrics_prefix = v;
-        }
-        if let Some(v) = o.heartbeat {
-            self.amqp.heartbeat = v;
-        }
-        if let Some(v) = o.memory_high_watermark {
-            self.memory_high_watermark = v;
-        }
-        if let Some(v) = o.amqp_connection_max {
-            self.amqp.connection_max = v;
-        }
-        if let Some(v) = o.memcache_connection_max {
-            self.memcache.connection_max = v;
-        }
-        if let Some(v) = o.channel_max {
-            self.amqp.channel_max = v;
-        }
-        if let Some(v) = o.frame_max {
-            self.amqp.frame_max = v;
-        }
-        if let Some(v) = o.max_message_size {
-            self.amqp.max_message = v;
-        }
-        if let Some(v) = o.handshake_timeout {
-            self.amqp.handshake_timeout = v;
-        }
-        if let Some(v) = o.memcache_idle_timeout {
-            self.memcache.idle_timeout = v;
-        }
-        if let Some(v) = o.disk_free_limit {
-            self.disk_free_limit = v;
-        }
-        if let Some(v) = o.upstream {
-            self.upstream.url = v;
-        }
-        if let Some(v) = o.loopback_users {
-            self.loopback_users = Some(
-                v.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            );
-        }
-        if let Some(v) = o.memcache_user {
-            self.memcache.user = v;
-        }
-        if let Some(v) = o.management_listen {
-            self.management.listen = v;
-        }
-    }
-
-    /// The disk free limit in bytes (0 = no disk alarm), given the machine's memory.
-    pub fn disk_free_limit_bytes(&self, physical: u64) -> Result<u64, ConfigError> {
-        crate::core::disk_alarm::parse_limit(&self.disk_free_limit, physical).map_err(|reason| {
-            ConfigError::Invalid {
-                name: "disk_free_limit",
-                reason,
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse)?;
+        for flag in FLAGS {
+            let (section, key) = match flag.key.split_once('.') {
+                Some((section, key)) => {
+                    (table.get_mut(section).and_then(|v| v.as_table_mut()), key)
+                }
+                None => (Some(&mut table), flag.key),
+            };
+            let Some(section) = section else { continue };
+            if skip(flag.key) {
+                section.remove(key);
+            } else if let (FlagValue::Text, Some(toml::Value::String(v))) =
+                (flag.value, section.get(key))
+            {
+                flag.set(&mut Config::default(), OsStr::new(v))?;
             }
+        }
+        toml::Value::Table(table).try_into().map_err(|e| {
+            // The same error read from the text carries its line and column.
+            parse(toml::from_str::<Config>(&text).err().unwrap_or(e))
         })
     }
 
@@ -616,44 +551,16 @@ impl Config {
             channel_max: self.amqp.channel_max,
             frame_max: self.amqp.frame_max,
             max_message_size: self.amqp.max_message,
-            handshake_timeout_ms: self.amqp.handshake_timeout,
+            handshake_timeout_ms: self.amqp.handshake_timeout.as_millis() as u64,
             memcache_max_message: self.memcache.max_message as u64,
             memcache_max_line: MEMCACHE_MAX_LINE,
-            memcache_idle_timeout_s: self.memcache.idle_timeout,
+            memcache_idle_timeout_s: self.memcache.idle_timeout.as_secs(),
             table_max_depth: crate::content::value::MAX_DEPTH as u64,
-        }
-    }
-
-    /// The memory high watermark in bytes (0 = none), given the machine's memory.
-    pub fn memory_high_watermark_bytes(&self, physical: u64) -> Result<u64, ConfigError> {
-        let v = self.memory_high_watermark.trim();
-        let invalid = || ConfigError::Invalid {
-            name: "memory_high_watermark",
-            reason: format!("'{v}' is neither a fraction of memory (0.4) nor a byte count"),
-        };
-        if let Ok(bytes) = v.parse::<u64>() {
-            return Ok(bytes);
-        }
-        match v.parse::<f64>() {
-            Ok(f) if (0.0..=1.0).contains(&f) => Ok((physical as f64 * f) as u64),
-            _ => Err(invalid()),
         }
     }
 
     /// Checks ranges and formats; kept apart from the structs.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (name, addr) in [
-            ("amqp.listen", &self.amqp.listen),
-            ("memcache.listen", &self.memcache.listen),
-            ("http.listen", &self.http.listen),
-            ("management.listen", &self.management.listen),
-        ] {
-            addr.parse::<SocketAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    name,
-                    reason: format!("'{addr}' is not an ip:port address ({e})"),
-                })?;
-        }
         if self.amqp.frame_max != 0 && self.amqp.frame_max < 4096 {
             return Err(ConfigError::Invalid {
                 name: "amqp.frame_max",
@@ -668,7 +575,7 @@ impl Config {
                 ),
             });
         }
-        if self.amqp.handshake_timeout == 0 {
+        if self.amqp.handshake_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "amqp.handshake_timeout",
                 reason: "must be positive (milliseconds)".into(),
@@ -682,8 +589,6 @@ impl Config {
         }
         // memcache.vhost is not checked against `vhosts`: those only seed a fresh data
         // directory, and the vhost may have been added at runtime since.
-        self.memory_high_watermark_bytes(1)?;
-        self.disk_free_limit_bytes(1)?;
         if self.upstream.enabled() {
             self.upstream
                 .node_urls()
@@ -721,25 +626,611 @@ impl Config {
     }
 }
 
+/// `"127.0.0.1:5672"` as an address (the defaults above are literals known to parse).
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("a default listen address")
+}
+
+/// When the store calls `fdatasync`, and what a durability ticket waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every ticket completes only after the fsync covering its record returned
+    /// (group commit: one fsync for everything pending).
+    Always,
+    /// Tickets complete once the record is written to the OS; the log is fsynced at
+    /// most once per interval (and on close).
+    Interval(Duration),
+    /// Tickets complete once written to the OS; fsync only on close.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    /// Why the text is not a policy, quoting it.
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            other => other
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.trim().trim_end_matches("ms").parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
+                .ok_or_else(|| {
+                    format!(
+                        "'{text}' is not a fsync policy: expected always, never or \
+                         interval:<ms> (e.g. interval:100)"
+                    )
+                }),
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Never => f.write_str("never"),
+            FsyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// Memory the queued messages may hold before publishers are blocked (RabbitMQ's
+/// `vm_memory_high_watermark`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryWatermark {
+    /// A fraction of physical memory, 0 to 1 (`0.4`).
+    Fraction(f64),
+    /// A number of bytes; 0 = no limit.
+    Bytes(u64),
+}
+
+impl MemoryWatermark {
+    /// The watermark in bytes (0 = none) on a machine with `physical` bytes of memory.
+    pub fn bytes(self, physical: u64) -> u64 {
+        match self {
+            MemoryWatermark::Fraction(f) => (physical as f64 * f) as u64,
+            MemoryWatermark::Bytes(n) => n,
+        }
+    }
+}
+
+impl FromStr for MemoryWatermark {
+    /// Why the text is not a watermark, quoting it.
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let v = text.trim();
+        if let Ok(bytes) = v.parse::<u64>() {
+            return Ok(MemoryWatermark::Bytes(bytes));
+        }
+        match v.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok(MemoryWatermark::Fraction(f)),
+            _ => Err(format!(
+                "'{v}' is neither a fraction of memory (0.4) nor a byte count"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for MemoryWatermark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryWatermark::Fraction(x) => write!(f, "{x}"),
+            MemoryWatermark::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Free space the data directory's file system must keep, or publishers are blocked
+/// (RabbitMQ's `disk_free_limit`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DiskFreeLimit {
+    /// A number of bytes; 0 = no disk alarm.
+    Bytes(u64),
+    /// That fraction, or multiple, of physical memory (`mem_relative:1.0`).
+    MemRelative(f64),
+}
+
+impl DiskFreeLimit {
+    /// The limit in bytes (0 = no disk alarm) on a machine with `physical` bytes of
+    /// memory.
+    pub fn bytes(self, physical: u64) -> u64 {
+        match self {
+            DiskFreeLimit::Bytes(n) => n,
+            DiskFreeLimit::MemRelative(f) => (physical as f64 * f) as u64,
+        }
+    }
+}
+
+impl FromStr for DiskFreeLimit {
+    /// Why the text is not a limit, quoting it.
+    type Err = String;
+
+    /// Parses a free-space limit the way RabbitMQ does: a byte count, a number with one
+    /// of RabbitMQ's information units (`k`/`KiB`/`m`/`MiB`/`g`/`GiB` are powers of
+    /// 1024, `kB`/`KB`/`MB`/`GB` powers of 1000), or `mem_relative:<f>`. `0` turns the
+    /// alarm off.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let v = text.trim();
+        if let Some(f) = v
+            .strip_prefix("mem_relative:")
+            .or_else(|| v.strip_prefix("mem_relative,"))
+        {
+            return match f.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() && f >= 0.0 => Ok(DiskFreeLimit::MemRelative(f)),
+                _ => Err(format!(
+                    "'{v}': mem_relative needs a non-negative number (e.g. mem_relative:1.0)"
+                )),
+            };
+        }
+        let digits = v.bytes().take_while(u8::is_ascii_digit).count();
+        let (num, unit) = v.split_at(digits);
+        let bad = || {
+            format!(
+                "'{v}' is neither a size (50MB, 1GB, 2GiB, bytes) nor mem_relative:<fraction of RAM>"
+            )
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit {
+            "" => 1,
+            "k" | "K" | "kiB" | "KiB" | "KIB" | "kib" => 1 << 10,
+            "m" | "M" | "MiB" | "MIB" | "mib" => 1 << 20,
+            "g" | "G" | "GiB" | "GIB" | "gib" => 1 << 30,
+            "KB" | "kB" | "kb" | "Kb" => 1_000,
+            "MB" | "mB" | "mb" | "Mb" => 1_000_000,
+            "GB" | "gB" | "gb" | "Gb" => 1_000_000_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult)
+            .map(DiskFreeLimit::Bytes)
+            .ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for DiskFreeLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskFreeLimit::Bytes(n) => write!(f, "{n}"),
+            DiskFreeLimit::MemRelative(x) => write!(f, "mem_relative:{x}"),
+        }
+    }
+}
+
+/// Serde for a typed setting written as text in TOML (`listen = "0.0.0.0:5672"`,
+/// `fsync = "always"`): its `FromStr` and `Display`.
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// Serde for a [`Duration`] written in TOML as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Serde for a [`Duration`] written in TOML as whole seconds.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// What a flag's value is, so that the command line can check numbers and paths
+/// itself (`--heartbeat x` is refused by the argument parser, with its usual message,
+/// before the configuration is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagValue {
+    /// Text, read into its type by [`Config::load`].
+    Text,
+    /// A file system path (need not be UTF-8).
+    Path,
+    /// An unsigned 16-bit number.
+    U16,
+    /// An unsigned 32-bit number.
+    U32,
+    /// An unsigned 64-bit number.
+    U64,
+    /// An unsigned machine-word number.
+    Usize,
+}
+
+/// One setting that a flag, an environment variable and a TOML key all set.
+pub struct Flag {
+    /// The TOML key, `section.name` (`amqp.listen`), as error messages name it.
+    pub key: &'static str,
+    /// The flag without its dashes (`amqp-listen`); the variable is [`Flag::env`].
+    pub flag: &'static str,
+    /// What the value is.
+    pub value: FlagValue,
+    /// One line of help, ending with the default.
+    pub help: &'static str,
+    /// Reads a value into the field, or says why it is not one.
+    set: fn(&mut Config, &OsStr) -> Result<(), String>,
+}
+
+impl Flag {
+    /// `QGATE_AMQP_LISTEN` for `amqp-listen`.
+    pub fn env(&self) -> String {
+        format!("QGATE_{}", self.flag.replace('-', "_").to_ascii_uppercase())
+    }
+
+    /// Sets the field from `value`; a bad value is refused by the setting's name.
+    pub fn set(&self, config: &mut Config, value: &OsStr) -> Result<(), ConfigError> {
+        (self.set)(config, value).map_err(|reason| ConfigError::Invalid {
+            name: self.key,
+            reason,
+        })
+    }
+}
+
+impl fmt::Debug for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--{} ({})", self.flag, self.key)
+    }
+}
+
+fn utf8(v: &OsStr) -> Result<&str, String> {
+    v.to_str()
+        .ok_or_else(|| format!("'{}' is not UTF-8", v.to_string_lossy()))
+}
+
+fn number<T: FromStr>(v: &OsStr) -> Result<T, String> {
+    let v = utf8(v)?;
+    v.parse()
+        .map_err(|_| format!("'{v}' is not a number in range"))
+}
+
+fn listen(v: &OsStr) -> Result<SocketAddr, String> {
+    let v = utf8(v)?;
+    v.parse()
+        .map_err(|e| format!("'{v}' is not an ip:port address ({e})"))
+}
+
+/// Every setting with a flag, in the order `qgate --help` lists them.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        key: "amqp.listen",
+        flag: "amqp-listen",
+        value: FlagValue::Text,
+        help: "AMQP listen address [default: 0.0.0.0:5672]",
+        set: |c, v| {
+            c.amqp.listen = listen(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "memcache.listen",
+        flag: "memcache-listen",
+        value: FlagValue::Text,
+        help: "memcache listen address [default: 127.0.0.1:22201]",
+        set: |c, v| {
+            c.memcache.listen = listen(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "http.listen",
+        flag: "http-listen",
+        value: FlagValue::Text,
+        help: "HTTP (metrics, health, admin API) listen address [default: 127.0.0.1:15692]",
+        set: |c, v| {
+            c.http.listen = listen(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "storage.data_dir",
+        flag: "data-dir",
+        value: FlagValue::Path,
+        help: "Data directory [default: ./qgate-data]",
+        set: |c, v| {
+            c.storage.data_dir = v.into();
+            Ok(())
+        },
+    },
+    Flag {
+        key: "storage.fsync",
+        flag: "fsync",
+        value: FlagValue::Text,
+        help: "fsync policy: always | interval:<ms> | never [default: always]",
+        set: |c, v| {
+            c.storage.fsync = utf8(v)?.parse()?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "log",
+        flag: "log",
+        value: FlagValue::Text,
+        help: "Log filter, e.g. info, debug, qgate=trace [default: info]",
+        set: |c, v| {
+            c.log = utf8(v)?.to_owned();
+            Ok(())
+        },
+    },
+    Flag {
+        key: "memcache.max_message",
+        flag: "memcache-max-message",
+        value: FlagValue::Usize,
+        help: "Largest memcache data block in bytes [default: 1048576]",
+        set: |c, v| {
+            c.memcache.max_message = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "memcache.vhost",
+        flag: "memcache-vhost",
+        value: FlagValue::Text,
+        help: "Vhost of the memcache queues [default: /]",
+        set: |c, v| {
+            c.memcache.vhost = utf8(v)?.to_owned();
+            Ok(())
+        },
+    },
+    Flag {
+        key: "http.metrics_prefix",
+        flag: "metrics-prefix",
+        value: FlagValue::Text,
+        help: "Prefix of metric names; `rabbitmq` for RabbitMQ dashboards [default: qgate]",
+        set: |c, v| {
+            c.http.metrics_prefix = utf8(v)?.to_owned();
+            Ok(())
+        },
+    },
+    Flag {
+        key: "amqp.heartbeat",
+        flag: "heartbeat",
+        value: FlagValue::U16,
+        help: "Heartbeat proposed to AMQP clients, seconds [default: 60]",
+        set: |c, v| {
+            c.amqp.heartbeat = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "memory_high_watermark",
+        flag: "memory-high-watermark",
+        value: FlagValue::Text,
+        help: "Memory queued messages may hold before publishers are blocked: a fraction of \
+               physical memory, a byte count, or 0 for none [default: 0.4]",
+        set: |c, v| {
+            c.memory_high_watermark = utf8(v)?.parse()?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "amqp.connection_max",
+        flag: "amqp-connection-max",
+        value: FlagValue::U32,
+        help: "Most AMQP connections open at once; 0 for none [default: 0]",
+        set: |c, v| {
+            c.amqp.connection_max = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "memcache.connection_max",
+        flag: "memcache-connection-max",
+        value: FlagValue::U32,
+        help: "Most memcache connections open at once; 0 for none [default: 1024]",
+        set: |c, v| {
+            c.memcache.connection_max = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "amqp.channel_max",
+        flag: "channel-max",
+        value: FlagValue::U16,
+        help: "channel_max proposed to AMQP clients [default: 2047]",
+        set: |c, v| {
+            c.amqp.channel_max = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "amqp.frame_max",
+        flag: "frame-max",
+        value: FlagValue::U32,
+        help: "frame_max proposed to AMQP clients, bytes; 0 for none [default: 131072]",
+        set: |c, v| {
+            c.amqp.frame_max = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "amqp.max_message",
+        flag: "max-message-size",
+        value: FlagValue::U64,
+        help: "Largest AMQP message body, bytes [default: 134217728]",
+        set: |c, v| {
+            c.amqp.max_message = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "amqp.handshake_timeout",
+        flag: "handshake-timeout",
+        value: FlagValue::U64,
+        help: "Time an AMQP client has to open its connection, ms [default: 10000]",
+        set: |c, v| {
+            c.amqp.handshake_timeout = Duration::from_millis(number(v)?);
+            Ok(())
+        },
+    },
+    Flag {
+        key: "memcache.idle_timeout",
+        flag: "memcache-idle-timeout",
+        value: FlagValue::U64,
+        help: "Close memcache connections silent for this many seconds; 0 for never [default: 0]",
+        set: |c, v| {
+            c.memcache.idle_timeout = Duration::from_secs(number(v)?);
+            Ok(())
+        },
+    },
+    Flag {
+        key: "disk_free_limit",
+        flag: "disk-free-limit",
+        value: FlagValue::Text,
+        help: "Free disk space below which publishers are blocked (RabbitMQ's \
+               disk_free_limit): 50MB, 1GB, 2GiB, bytes, mem_relative:<f>, or 0 for none \
+               [default: 50MB]",
+        set: |c, v| {
+            c.disk_free_limit = utf8(v)?.parse()?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "upstream.url",
+        flag: "upstream",
+        value: FlagValue::Text,
+        help: "Upstream mode: serve the memcache listener from a RabbitMQ cluster, \
+               amqp://user:pass@host1:5672,host2:5672/vhost (the AMQP listener is off)",
+        set: |c, v| {
+            c.upstream.url = utf8(v)?.to_owned();
+            Ok(())
+        },
+    },
+    Flag {
+        key: "loopback_users",
+        flag: "loopback-users",
+        value: FlagValue::Text,
+        help: "Users who may log in only from loopback addresses, comma-separated; \"\" lets \
+               every user in from anywhere (RabbitMQ's loopback_users) [default: guest]",
+        set: |c, v| {
+            let users = utf8(v)?.split(',').map(str::trim).filter(|s| !s.is_empty());
+            c.loopback_users = Some(users.map(str::to_owned).collect());
+            Ok(())
+        },
+    },
+    Flag {
+        key: "memcache.user",
+        flag: "memcache-user",
+        value: FlagValue::Text,
+        help: "User whose permissions govern memcache commands [default: guest]",
+        set: |c, v| {
+            c.memcache.user = utf8(v)?.to_owned();
+            Ok(())
+        },
+    },
+    Flag {
+        key: "management.listen",
+        flag: "management-listen",
+        value: FlagValue::Text,
+        help: "Management (HTTP API, web console) listen address [default: 127.0.0.1:15672]",
+        set: |c, v| {
+            c.management.listen = listen(v)?;
+            Ok(())
+        },
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn flag(name: &str) -> &'static Flag {
+        FLAGS.iter().find(|f| f.flag == name).expect(name)
+    }
+
+    /// A TOML file of its own, removed on drop.
+    struct File(PathBuf);
+
+    impl File {
+        fn new(tag: &str, text: &str) -> File {
+            let p = std::env::temp_dir()
+                .join(format!("qgate-config-{tag}-{}.toml", std::process::id()));
+            std::fs::write(&p, text).unwrap();
+            File(p)
+        }
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
     #[test]
     fn file_then_overrides() {
-        let mut c: Config = toml::from_str(
-            "log = \"debug\"\n[amqp]\nlisten = \"127.0.0.1:1\"\n[storage]\nfsync = \"never\"\n",
-        )
-        .unwrap();
-        assert_eq!(c.amqp.listen, "127.0.0.1:1");
-        assert_eq!(c.memcache.listen, DEFAULT_MEMCACHE_LISTEN);
-        c.apply(Overrides {
-            amqp_listen: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        });
-        assert_eq!(c.amqp.listen, "127.0.0.1:2");
-        assert_eq!(c.storage.fsync, "never");
-        c.validate().unwrap();
+        let f = File::new(
+            "layers",
+            "log = \"debug\"\n[amqp]\nlisten = \"127.0.0.1:1\"\nhandshake_timeout = 2500\n\
+             [storage]\nfsync = \"interval:20\"\n",
+        );
+        let c = Config::load(Some(&f.0), &[]).unwrap();
+        assert_eq!(c.amqp.listen, addr("127.0.0.1:1"));
+        assert_eq!(c.memcache.listen, addr(DEFAULT_MEMCACHE_LISTEN));
+        assert_eq!(c.amqp.handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            c.storage.fsync,
+            FsyncPolicy::Interval(Duration::from_millis(20))
+        );
+        let given = [
+            (flag("amqp-listen"), OsStr::new("127.0.0.1:2")),
+            (flag("fsync"), OsStr::new("never")),
+            (flag("memcache-idle-timeout"), OsStr::new("30")),
+        ];
+        let c = Config::load(Some(&f.0), &given).unwrap();
+        assert_eq!(c.amqp.listen, addr("127.0.0.1:2"));
+        assert_eq!(c.storage.fsync, FsyncPolicy::Never);
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.memcache.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits().memcache_idle_timeout_s, 30);
+    }
+
+    #[test]
+    fn a_bad_file_value_is_refused_by_name_unless_overridden() {
+        let f = File::new("bad", "[storage]\nfsync = \"rarely\"\n");
+        let e = Config::load(Some(&f.0), &[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid setting storage.fsync (--fsync, QGATE_FSYNC): 'rarely' is not a fsync \
+             policy: expected always, never or interval:<ms> (e.g. interval:100)"
+        );
+        let c = Config::load(Some(&f.0), &[(flag("fsync"), OsStr::new("always"))]).unwrap();
+        assert_eq!(c.storage.fsync, FsyncPolicy::Always);
+        // A schema error keeps TOML's line and column.
+        let f = File::new("schema", "[amqp]\nheartbeat = \"x\"\n");
+        let e = Config::load(Some(&f.0), &[]).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]
@@ -766,15 +1257,27 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_keep_their_toml_units() {
+        let c: Config = toml::from_str(
+            "[amqp]\nhandshake_timeout = 1500\n[memcache]\nidle_timeout = 7\n\
+             [upstream]\nconfirm_timeout_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(c.amqp.handshake_timeout, Duration::from_millis(1500));
+        assert_eq!(c.memcache.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.upstream.confirm_timeout, Duration::from_millis(250));
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("confirm_timeout_ms = 250"), "{text}");
+        assert!(text.contains("handshake_timeout = 1500"), "{text}");
+    }
+
+    #[test]
     fn loopback_users() {
         let c: Config = toml::from_str("loopback_users = []\n").unwrap();
         assert_eq!(c.loopback_users, Some(vec![]));
         assert_eq!(Config::default().loopback_users, None);
-        let mut c = Config::default();
-        c.apply(Overrides {
-            loopback_users: Some("guest, ops".into()),
-            ..Default::default()
-        });
+        let given = [(flag("loopback-users"), OsStr::new("guest, ops"))];
+        let c = Config::load(None, &given).unwrap();
         assert_eq!(c.loopback_users, Some(vec!["guest".into(), "ops".into()]));
         let perms: Config = toml::from_str(
             "[[permissions]]\nuser = \"u\"\nconfigure = \".*\"\nwrite = \"\"\nread = \"\"\n",
@@ -785,28 +1288,120 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        let mut c = Config::default();
-        c.amqp.listen = "nonsense".into();
-        assert!(c.validate().is_err());
+        let e = Config::load(None, &[(flag("amqp-listen"), OsStr::new("nonsense"))])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid setting amqp.listen (--amqp-listen, QGATE_AMQP_LISTEN): 'nonsense' is \
+             not an ip:port address (invalid socket address syntax)"
+        );
+        let e = Config::load(None, &[(flag("management-listen"), OsStr::new("x"))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid setting management.listen: 'x'"),
+            "{e}"
+        );
+        let e = Config::load(None, &[(flag("frame-max"), OsStr::new("1"))])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid setting amqp.frame_max: must be 0 or at least 4096"
+        );
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
     }
 
     #[test]
+    fn memory_high_watermark() {
+        let c = Config::default();
+        assert_eq!(c.memory_high_watermark.bytes(1000), 400);
+        let given = [(flag("memory-high-watermark"), OsStr::new("536870912"))];
+        let c = Config::load(None, &given).unwrap();
+        assert_eq!(c.memory_high_watermark, MemoryWatermark::Bytes(536_870_912));
+        for bad in ["lots", "1.5", "-0.1"] {
+            assert!(bad.parse::<MemoryWatermark>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn disk_free_limit() {
-        let mut c = Config::default();
-        assert_eq!(c.disk_free_limit_bytes(1 << 30).unwrap(), 50_000_000);
-        c = toml::from_str("disk_free_limit = \"mem_relative:2.0\"").unwrap();
-        assert_eq!(c.disk_free_limit_bytes(1 << 30).unwrap(), 2 << 30);
-        c.apply(Overrides {
-            disk_free_limit: Some("1GB".into()),
-            ..Default::default()
-        });
-        assert_eq!(c.disk_free_limit_bytes(1).unwrap(), 1_000_000_000);
-        c.disk_free_limit = "lots".into();
-        let e = c.validate().unwrap_err().to_string();
+        let c = Config::default();
+        assert_eq!(c.disk_free_limit.bytes(1 << 30), 50_000_000);
+        let c: Config = toml::from_str("disk_free_limit = \"mem_relative:2.0\"").unwrap();
+        assert_eq!(c.disk_free_limit.bytes(1 << 30), 2 << 30);
+        let c = Config::load(None, &[(flag("disk-free-limit"), OsStr::new("1GB"))]).unwrap();
+        assert_eq!(c.disk_free_limit.bytes(1), 1_000_000_000);
+        let e = Config::load(None, &[(flag("disk-free-limit"), OsStr::new("lots"))])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--disk-free-limit, QGATE_DISK_FREE_LIMIT"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn disk_free_limits_parse_like_rabbitmq() {
+        let gib = 1u64 << 30;
+        let bytes = |s: &str| s.parse::<DiskFreeLimit>().map(|l| l.bytes(gib));
+        assert_eq!(bytes("50MB").unwrap(), 50_000_000);
+        assert_eq!(bytes("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(bytes("2GiB").unwrap(), 2 * gib);
+        assert_eq!(bytes("512M").unwrap(), 512 << 20);
+        assert_eq!(bytes("10kB").unwrap(), 10_000);
+        assert_eq!(bytes("10k").unwrap(), 10_240);
+        assert_eq!(bytes("123456").unwrap(), 123_456);
+        assert_eq!(bytes("0").unwrap(), 0);
+        assert_eq!(bytes("mem_relative:1.5").unwrap(), gib * 3 / 2);
+        assert_eq!(bytes("mem_relative,0.5").unwrap(), gib / 2);
+        for bad in [
+            "",
+            "MB",
+            "50 XB",
+            "-1",
+            "1.5GB",
+            "mem_relative:",
+            "mem_relative:-1",
+        ] {
+            assert!(bytes(bad).is_err(), "{bad}");
+        }
+        assert!(bytes("99999999999999999999GB").is_err());
+    }
+
+    #[test]
+    fn fsync_policy_parse_display() {
+        for s in ["always", "never", "interval:250"] {
+            let p: FsyncPolicy = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+        }
+        assert_eq!(
+            "interval:5".parse::<FsyncPolicy>().unwrap(),
+            FsyncPolicy::Interval(Duration::from_millis(5))
+        );
+        assert!("interval:".parse::<FsyncPolicy>().is_err());
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    }
+
+    #[test]
+    fn each_setting_is_declared_once_and_typed_values_round_trip() {
+        for (i, f) in FLAGS.iter().enumerate() {
+            assert!(
+                FLAGS[i + 1..]
+                    .iter()
+                    .all(|g| g.key != f.key && g.flag != f.flag),
+                "{f:?} twice"
+            );
+        }
+        assert_eq!(flag("max-message-size").env(), "QGATE_MAX_MESSAGE_SIZE");
+        assert_eq!(
+            setting_label("storage.fsync"),
+            "storage.fsync (--fsync, QGATE_FSYNC)"
+        );
+        assert_eq!(setting_label("amqp.frame_max"), "amqp.frame_max");
+        // What the defaults serialize to reads back as the defaults.
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), Config::default());
     }
 }

@@ -8,7 +8,6 @@ pub mod amqp;
 pub mod config;
 pub mod content;
 pub mod core;
-pub mod ctl;
 pub mod definitions;
 pub mod exposition;
 pub mod http;

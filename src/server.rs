@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::{Broker, CoreConfig, SeedUser, VhostPermissions};
-use crate::store::{FsyncPolicy, Store, StoreConfig};
+use crate::store::{Store, StoreConfig};
 
 /// A fatal start-up problem.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +37,17 @@ pub enum ServerError {
 
 pub use crate::http::Bound;
 
-async fn bind(protocol: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
+async fn bind(protocol: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind {
             protocol,
-            addr: addr.to_owned(),
+            addr: addr.to_string(),
             source,
         })?;
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         protocol,
-        addr: addr.to_owned(),
+        addr: addr.to_string(),
         source,
     })?;
     tracing::info!(protocol = %protocol, addr = %local, "listening");
@@ -102,9 +102,7 @@ fn core_config(config: &Config) -> CoreConfig {
             .collect()
     });
     CoreConfig {
-        memory_high_watermark: config
-            .memory_high_watermark_bytes(physical_memory())
-            .unwrap_or(0),
+        memory_high_watermark: config.memory_high_watermark.bytes(physical_memory()),
         limits: config.limits(),
         vhosts: config.vhosts.clone(),
         users: config
@@ -146,12 +144,12 @@ pub async fn run(
     // (its address reads as port 0).
     let amqp = match upstream {
         Some(_) => None,
-        None => Some(bind("amqp", &config.amqp.listen).await?),
+        None => Some(bind("amqp", config.amqp.listen).await?),
     };
-    let memcache = bind("memcache", &config.memcache.listen).await?;
-    let http = bind("http", &config.http.listen).await?;
+    let memcache = bind("memcache", config.memcache.listen).await?;
+    let http = bind("http", config.http.listen).await?;
     let cookie = crate::management::prepare_cookie(&config);
-    let management = bind("management", &config.management.listen).await?;
+    let management = bind("management", config.management.listen).await?;
     let bound = Bound {
         amqp: amqp
             .as_ref()
@@ -185,7 +183,7 @@ pub async fn run(
 
     // The disk alarm checks the data directory's free space, sooner when near the limit.
     {
-        let limit = config.disk_free_limit_bytes(physical_memory()).unwrap_or(0);
+        let limit = config.disk_free_limit.bytes(physical_memory());
         broker.flow().disk().set_limit(limit);
         let (broker, dir, shutdown) = (
             broker.clone(),
@@ -219,10 +217,7 @@ pub async fn run(
     let config = Arc::new(config);
     if let Some(amqp) = amqp {
         let (broker, config, shutdown) = (broker.clone(), config.clone(), shutdown.clone());
-        let (max, timeout) = (
-            config.amqp.connection_max,
-            Duration::from_millis(config.amqp.handshake_timeout),
-        );
+        let (max, timeout) = (config.amqp.connection_max, config.amqp.handshake_timeout);
         tracker.spawn(accept_loop(
             amqp,
             shutdown.clone(),
@@ -390,13 +385,8 @@ fn upstream_gateway(config: &Config) -> Result<Option<crate::upstream::Gateway>,
 }
 
 fn open_broker(config: &Config) -> Result<(Broker, Option<Store>), ServerError> {
-    let fsync: FsyncPolicy = config
-        .storage
-        .fsync
-        .parse()
-        .map_err(|e| ServerError::Store(format!("invalid fsync policy: {e}")))?;
     let mut store_config = StoreConfig::new(&config.storage.data_dir);
-    store_config.fsync = fsync;
+    store_config.fsync = config.storage.fsync;
     let (store, recovered) = Store::open(store_config)
         .map_err(|e| ServerError::Store(format!("{}: {e}", config.storage.data_dir.display())))?;
     let broker = Broker::with_store(

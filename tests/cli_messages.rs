@@ -180,3 +180,35 @@ fn a_fresh_data_directory_is_reported_as_a_new_store() {
     assert!(log.contains("recovering after a clean shutdown"), "{log}");
     assert!(!log.contains("created a new store"), "{log}");
 }
+
+#[test]
+fn file_values_that_a_flag_or_variable_overrides_are_not_read() {
+    // Precedence is file < env < flag: a bad value in the file loses to the flag or
+    // variable, and the broker starts with the winners (as before values were typed).
+    let dir = TempDir::new();
+    let file = dir.path().join("qgate.toml");
+    std::fs::write(
+        &file,
+        "disk_free_limit = \"lots\"\n[amqp]\nlisten = \"nowhere\"\nhandshake_timeout = 0\n\
+         [storage]\nfsync = \"rarely\"\n",
+    )
+    .unwrap();
+    // The AMQP address comes from the variable (no --amqp-listen), the rest from flags.
+    let mut cmd = qgate();
+    for flag in ["--memcache-listen", "--http-listen", "--management-listen"] {
+        cmd.args([flag, "127.0.0.1:0"]);
+    }
+    cmd.args(["--fsync", "never", "--handshake-timeout", "500", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("QGATE_DISK_FREE_LIMIT", "0")
+        .env("QGATE_AMQP_LISTEN", "127.0.0.1:0");
+    let broker = spawn_command(cmd, Some(dir));
+    assert!(
+        broker.addrs.amqp.ip().is_loopback(),
+        "{}",
+        broker.addrs.amqp
+    );
+    assert_ne!(broker.addrs.amqp.port(), 0);
+}

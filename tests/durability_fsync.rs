@@ -68,7 +68,7 @@ async fn publish_confirmed(ch: &lapin::Channel, queue: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_sequential_confirm_waits_for_its_own_fsync() {
     let _turn = SERIAL.lock().await;
-    let broker = start_broker_with(|c| c.storage.fsync = "always".into());
+    let broker = start_broker_with(|c| c.storage.fsync = qgate::config::FsyncPolicy::Always);
     let (_conn, ch) = channel(&broker.uri(), "fsync-seq").await;
     let before = fsyncs(broker.addrs.http).await;
     // One publisher waiting for each confirm before the next publish: if a confirm were
@@ -89,7 +89,7 @@ async fn each_sequential_confirm_waits_for_its_own_fsync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_share_fsyncs() {
     let _turn = SERIAL.lock().await;
-    let broker = start_broker_with(|c| c.storage.fsync = "always".into());
+    let broker = start_broker_with(|c| c.storage.fsync = qgate::config::FsyncPolicy::Always);
     let uri = broker.uri();
     let before = fsyncs(broker.addrs.http).await;
     let mut tasks = Vec::new();

@@ -1,7 +1,9 @@
 //! The `Limits` struct (config) agrees with the constants the front ends enforce, and
 //! the flags feed it.
 
-use qgate::config::{Config, Overrides, MEMCACHE_MAX_LINE};
+use std::ffi::OsStr;
+
+use qgate::config::{Config, FLAGS, MEMCACHE_MAX_LINE};
 
 #[test]
 fn limits_match_what_the_parsers_enforce() {
@@ -25,18 +27,22 @@ fn limits_match_what_the_parsers_enforce() {
 
 #[test]
 fn overrides_reach_the_limits() {
-    let mut c = Config::default();
-    c.apply(Overrides {
-        amqp_connection_max: Some(5),
-        memcache_connection_max: Some(6),
-        channel_max: Some(7),
-        frame_max: Some(8192),
-        max_message_size: Some(1000),
-        handshake_timeout: Some(500),
-        memcache_idle_timeout: Some(9),
-        ..Default::default()
-    });
-    c.validate().unwrap();
+    let given: Vec<_> = [
+        ("amqp-connection-max", "5"),
+        ("memcache-connection-max", "6"),
+        ("channel-max", "7"),
+        ("frame-max", "8192"),
+        ("max-message-size", "1000"),
+        ("handshake-timeout", "500"),
+        ("memcache-idle-timeout", "9"),
+    ]
+    .into_iter()
+    .map(|(flag, value)| {
+        let flag = FLAGS.iter().find(|f| f.flag == flag).expect(flag);
+        (flag, OsStr::new(value))
+    })
+    .collect();
+    let mut c = Config::load(None, &given).unwrap();
     let l = c.limits();
     assert_eq!(
         (

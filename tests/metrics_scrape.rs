@@ -48,10 +48,11 @@ impl Broker {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = Config::default();
-        config.amqp.listen = "127.0.0.1:0".into();
-        config.memcache.listen = "127.0.0.1:0".into();
-        config.http.listen = "127.0.0.1:0".into();
-        config.management.listen = "127.0.0.1:0".into();
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.amqp.listen = loopback;
+        config.memcache.listen = loopback;
+        config.http.listen = loopback;
+        config.management.listen = loopback;
         config.http.metrics_prefix = prefix.into();
         config.storage.data_dir = dir.join("data");
         config.log = "warn".into();

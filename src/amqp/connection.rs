@@ -222,7 +222,7 @@ pub async fn run(
         info.clone(),
     );
     let negotiated = match tokio::time::timeout(
-        Duration::from_millis(config.amqp.handshake_timeout),
+        config.amqp.handshake_timeout,
         handshake(&mut conn, &broker, &config, peer),
     )
     .await

@@ -116,7 +116,7 @@ pub async fn run(
     *s.info.vhost.lock() = s.vhost.name.to_string();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut discard = Discard::Nothing;
-    let idle = Duration::from_secs(config.memcache.idle_timeout);
+    let idle = config.memcache.idle_timeout;
     'conn: loop {
         // Answer every complete request in the buffer, in order.
         loop {

@@ -76,7 +76,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -95,50 +94,9 @@ const SEGMENTS: &str = "segments";
 /// How many recent fsync durations [`StoreStats`] keeps.
 const RECENT_FSYNCS: usize = 1024;
 
-/// When the store calls `fdatasync`, and what a [`SyncTicket`] waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Every ticket completes only after the fsync covering its record returned
-    /// (group commit: one fsync for everything pending).
-    Always,
-    /// Tickets complete once the record is written to the OS; the log is fsynced at
-    /// most once per interval (and on close).
-    Interval(Duration),
-    /// Tickets complete once written to the OS; fsync only on close.
-    Never,
-}
-
-impl FromStr for FsyncPolicy {
-    type Err = StoreError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        match s.to_ascii_lowercase().as_str() {
-            "always" => Ok(FsyncPolicy::Always),
-            "never" => Ok(FsyncPolicy::Never),
-            other => other
-                .strip_prefix("interval:")
-                .and_then(|ms| ms.trim().trim_end_matches("ms").parse::<u64>().ok())
-                .filter(|ms| *ms > 0)
-                .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
-                .ok_or_else(|| {
-                    StoreError::InvalidConfig(format!(
-                        "fsync policy {s:?}: expected always, never or interval:<ms>"
-                    ))
-                }),
-        }
-    }
-}
-
-impl fmt::Display for FsyncPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FsyncPolicy::Always => f.write_str("always"),
-            FsyncPolicy::Never => f.write_str("never"),
-            FsyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
-        }
-    }
-}
+/// When the store calls `fdatasync`, and what a [`SyncTicket`] waits for: a setting,
+/// so its type lives in the config leaf, where it is parsed.
+pub use crate::config::FsyncPolicy;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -158,9 +116,6 @@ pub enum StoreError {
     /// The payload exceeds [`Store::MAX_PAYLOAD`]; nothing was stored.
     #[error("payload too large for the store")]
     TooLarge,
-    /// Bad configuration value.
-    #[error("invalid store configuration: {0}")]
-    InvalidConfig(String),
 }
 
 /// How to open a store.
@@ -799,24 +754,5 @@ impl Store {
             written_seq: sh.written_seq.load(Ordering::Acquire),
             synced_seq: sh.synced_seq.load(Ordering::Acquire),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_parse_display() {
-        for s in ["always", "never", "interval:250"] {
-            let p: FsyncPolicy = s.parse().unwrap();
-            assert_eq!(p.to_string(), s);
-        }
-        assert_eq!(
-            "interval:5".parse::<FsyncPolicy>().unwrap(),
-            FsyncPolicy::Interval(Duration::from_millis(5))
-        );
-        assert!("interval:".parse::<FsyncPolicy>().is_err());
-        assert!("sometimes".parse::<FsyncPolicy>().is_err());
     }
 }

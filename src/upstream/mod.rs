@@ -236,7 +236,7 @@ impl Gateway {
         started: Instant,
     ) -> Result<(), (String, bool)> {
         let stats = &self.0.stats;
-        let confirm_timeout = Duration::from_millis(self.0.config.confirm_timeout_ms);
+        let confirm_timeout = self.0.config.confirm_timeout;
         match tokio::time::timeout(confirm_timeout, confirm).await {
             Ok(Ok(Confirmation::Ack(None))) => {
                 stats.confirm.observe(started.elapsed());

@@ -82,10 +82,11 @@ impl Drop for TempDir {
 /// A test configuration: every listener on 127.0.0.1 port 0, a unique data dir.
 pub fn test_config(data_dir: &Path) -> qgate::config::Config {
     let mut config = qgate::config::Config::default();
-    config.amqp.listen = "127.0.0.1:0".into();
-    config.memcache.listen = "127.0.0.1:0".into();
-    config.http.listen = "127.0.0.1:0".into();
-    config.management.listen = "127.0.0.1:0".into();
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.amqp.listen = loopback;
+    config.memcache.listen = loopback;
+    config.http.listen = loopback;
+    config.management.listen = loopback;
     config.storage.data_dir = data_dir.to_path_buf();
     config.log = "warn".into();
     config

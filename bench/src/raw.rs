@@ -103,15 +103,7 @@ pub async fn run(
         rpc(&mut s, 60, 20, &args, (60, 21), "basic.consume").await?;
         consumers.push(s);
     }
-    let t0 = Instant::now();
-    let span = Span {
-        start: if a.count > 0 { t0 } else { t0 + a.warmup },
-        end: if a.count > 0 {
-            t0 + Duration::from_secs(3600)
-        } else {
-            t0 + a.warmup + a.duration
-        },
-    };
+    let span = Span::from_now(a.load.warmup, a.load.duration, a.count > 0);
     let quota = Arc::new(AtomicU64::new(a.count));
     let mut tasks = Vec::new();
     for (s, q) in producers {
@@ -134,11 +126,7 @@ pub async fn run(
             Err(e) => total.error(format!("task: {e}")),
         }
     }
-    let secs = if a.count > 0 {
-        t0.elapsed().as_secs_f64()
-    } else {
-        a.duration.as_secs_f64()
-    };
+    let secs = span.measured_secs();
     Ok((total, secs))
 }
 
@@ -208,7 +196,7 @@ async fn produce(
     });
     let reader = tokio::spawn(read_confirms(r, conf.clone()));
     let mut t = Tally::default();
-    let (template, body_at) = publish_template(&queue, a.size, a.persistent);
+    let (template, body_at) = publish_template(&queue, a.load.size, a.persistent);
     let window = a.window.max(1);
     let batch = 32.min(window);
     let mut out = Vec::with_capacity(template.len() * batch);
@@ -253,7 +241,7 @@ async fn produce(
             }
             let at = out.len();
             out.extend_from_slice(&template);
-            crate::common::stamp(&mut out[at + body_at..at + body_at + a.size]);
+            crate::common::stamp(&mut out[at + body_at..at + body_at + a.load.size]);
             let counted = span.counting();
             if a.confirm {
                 conf.pending

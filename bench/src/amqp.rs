@@ -28,15 +28,9 @@ pub struct AmqpArgs {
     /// Queues; producer i publishes to and consumer j consumes from queue i % Q / j % Q.
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
-    /// Body size in bytes (the first 8 carry the send timestamp).
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Measured time (10s, 500ms, 2m).
-    #[arg(long, default_value = "10s", value_parser = crate::common::parse_duration)]
-    pub duration: Duration,
-    /// Unmeasured time before the measured one.
-    #[arg(long, default_value = "500ms", value_parser = crate::common::parse_duration)]
-    pub warmup: Duration,
+    /// Body size, measured time and warm-up.
+    #[command(flatten)]
+    pub load: crate::common::Load,
     /// Persistent messages (delivery_mode 2) into durable queues.
     #[arg(long)]
     pub persistent: bool,
@@ -168,7 +162,7 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
         a.consumers,
         queues.len(),
         if durable { " durable" } else { "" },
-        a.size,
+        a.load.size,
         if a.persistent { "persistent, " } else { "transient, " },
         if a.confirm { "confirms, " } else { "" },
         a.ack,
@@ -238,15 +232,7 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
         conns.push(c);
     }
 
-    let t0 = Instant::now();
-    let span = Span {
-        start: if a.count > 0 { t0 } else { t0 + a.warmup },
-        end: if a.count > 0 {
-            t0 + Duration::from_secs(3600)
-        } else {
-            t0 + a.warmup + a.duration
-        },
-    };
+    let span = Span::from_now(a.load.warmup, a.load.duration, a.count > 0);
     let mut tasks = Vec::new();
     for (i, ch) in prod_chans.into_iter().enumerate() {
         let q: Arc<str> = queues[i % queues.len()].as_str().into();
@@ -285,11 +271,7 @@ pub async fn run(a: AmqpArgs) -> Result<bool, String> {
             Err(e) => total.error(format!("consumer task: {e}")),
         }
     }
-    let secs = if a.count > 0 {
-        t0.elapsed().as_secs_f64()
-    } else {
-        a.duration.as_secs_f64()
-    };
+    let secs = span.measured_secs();
     cleanup(&a, &ch, &queues, &mut total).await;
     for c in conns {
         let _ = c.close(200, "bench done").await;
@@ -319,7 +301,7 @@ fn summary(a: &AmqpArgs, queues: usize, secs: f64, mut total: Tally) -> bool {
         ("producers", a.producers.to_string()),
         ("consumers", a.consumers.to_string()),
         ("queues", queues.to_string()),
-        ("size", a.size.to_string()),
+        ("size", a.load.size.to_string()),
         ("persistent", a.persistent.to_string()),
         ("confirm", a.confirm.to_string()),
         ("engine", format!("{:?}", a.engine).to_lowercase()),
@@ -393,7 +375,7 @@ async fn produce(
         if span.over() {
             break;
         }
-        let mut body = vec![0u8; a.size];
+        let mut body = vec![0u8; a.load.size];
         stamp(&mut body);
         let counted = span.counting();
         let ch2 = ch.clone();

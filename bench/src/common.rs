@@ -201,15 +201,60 @@ pub fn age(body: &[u8]) -> Option<u64> {
     Some(now_ns().saturating_sub(ts))
 }
 
+/// What every load mode sends and for how long.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Load {
+    /// Body size in bytes (the first 8 carry the send timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Measured time (10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time before the measured one.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub warmup: Duration,
+}
+
 /// The measurement window: counting starts at `start` (after the warm-up) and every
 /// task stops at `end`.
 #[derive(Clone, Copy)]
 pub struct Span {
     pub start: Instant,
     pub end: Instant,
+    /// Bounded by a message count rather than by time.
+    bounded: bool,
 }
 
 impl Span {
+    /// From now: `warmup` unmeasured, then `duration` measured; a run `bounded` by a
+    /// message count counts from the start and stops on its count (an hour at most).
+    pub fn from_now(warmup: Duration, duration: Duration, bounded: bool) -> Span {
+        let t0 = Instant::now();
+        if bounded {
+            Span {
+                start: t0,
+                end: t0 + Duration::from_secs(3600),
+                bounded,
+            }
+        } else {
+            Span {
+                start: t0 + warmup,
+                end: t0 + warmup + duration,
+                bounded,
+            }
+        }
+    }
+
+    /// Seconds the rates are over: the measured window, or for a count-bounded run the
+    /// time it took so far.
+    pub fn measured_secs(&self) -> f64 {
+        if self.bounded {
+            self.start.elapsed().as_secs_f64()
+        } else {
+            (self.end - self.start).as_secs_f64()
+        }
+    }
+
     pub fn counting(&self) -> bool {
         Instant::now() >= self.start
     }

@@ -56,7 +56,7 @@ pub struct CtlArgs {
     )]
     pub password: Option<String>,
     /// The broker's data directory, where its local cookie file is.
-    #[arg(long, env = "QGATE_DATA_DIR", global = true, default_value = crate::config::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "QGATE_DATA_DIR", global = true, default_value = qgate::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Suppress informational messages (banners); rows and the header remain.
     #[arg(short, long, global = true)]
@@ -311,13 +311,6 @@ pub fn run(args: CtlArgs) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// Runs one command and returns what it prints on stdout.
-pub fn execute(args: &CtlArgs) -> Result<String, CtlError> {
-    let mut out = String::new();
-    execute_into(args, &mut out)?;
-    Ok(out)
-}
-
 fn no_user(name: &str) -> CtlError {
     CtlError::said(67, format!("Error:\nUser \"{name}\" does not exist"))
 }
@@ -421,7 +414,7 @@ pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
                 body["hashing_algorithm"] = user
                     .get("hashing_algorithm")
                     .cloned()
-                    .unwrap_or(json!(crate::core::access::HASHING_SHA256));
+                    .unwrap_or(json!(qgate::core::access::HASHING_SHA256));
             }
             client.send("PUT", &path, &body)?;
         }
@@ -433,7 +426,7 @@ pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
                 "user" => row.get("name").cloned(),
                 _ => Some(Value::String(format!(
                     "[{}]",
-                    crate::definitions::tags(row).join(", ")
+                    qgate::definitions::tags(row).join(", ")
                 ))),
             });
         }
@@ -470,7 +463,7 @@ pub fn execute_into(args: &CtlArgs, out: &mut String) -> Result<(), CtlError> {
                 "description" => Some(row.get(col).cloned().unwrap_or(json!(""))),
                 "tags" => Some(Value::String(format!(
                     "[{}]",
-                    crate::definitions::tags(row).join(", ")
+                    qgate::definitions::tags(row).join(", ")
                 ))),
                 _ => row.get(col).cloned(),
             });

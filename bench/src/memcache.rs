@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,15 +24,9 @@ pub struct MemcacheArgs {
     /// Connections sending `get`.
     #[arg(long, default_value_t = 1)]
     pub getters: usize,
-    /// Data block size in bytes (the first 8 carry the send timestamp).
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Measured time.
-    #[arg(long, default_value = "10s", value_parser = crate::common::parse_duration)]
-    pub duration: Duration,
-    /// Unmeasured time before the measured one.
-    #[arg(long, default_value = "500ms", value_parser = crate::common::parse_duration)]
-    pub warmup: Duration,
+    /// Body size, measured time and warm-up.
+    #[command(flatten)]
+    pub load: crate::common::Load,
     /// Requests written per round trip on each connection.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
@@ -165,7 +159,7 @@ pub async fn run(a: MemcacheArgs) -> Result<bool, String> {
         ));
     }
     if a.memcached {
-        let body = vec![b'x'; a.size];
+        let body = vec![b'x'; a.load.size];
         let mut k = 0;
         while k < a.keys {
             let n = (a.keys - k).min(256);
@@ -191,7 +185,7 @@ pub async fn run(a: MemcacheArgs) -> Result<bool, String> {
         "memcache: {} setter(s), {} getter(s), {} B, pipeline {}, {}",
         a.setters,
         a.getters,
-        a.size,
+        a.load.size,
         pipeline,
         if a.memcached {
             format!("memcached keys k0..k{}", a.keys)
@@ -212,11 +206,7 @@ pub async fn run(a: MemcacheArgs) -> Result<bool, String> {
     for _ in 0..a.getters {
         getters.push(Conn::open(&a.addr).await?);
     }
-    let t0 = Instant::now();
-    let span = Span {
-        start: t0 + a.warmup,
-        end: t0 + a.warmup + a.duration,
-    };
+    let span = Span::from_now(a.load.warmup, a.load.duration, false);
     let key_counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, c) in setters.into_iter().enumerate() {
@@ -257,7 +247,7 @@ pub async fn run(a: MemcacheArgs) -> Result<bool, String> {
             let _ = admin.line().await;
         }
     }
-    let secs = a.duration.as_secs_f64();
+    let secs = a.load.duration.as_secs_f64();
     let ops = total.published + total.consumed;
     println!(
         "set+get: {:.0} ops/s (sets {:.0}/s, hits {:.0}/s, empty gets {:.0}/s)",
@@ -270,7 +260,7 @@ pub async fn run(a: MemcacheArgs) -> Result<bool, String> {
         ("setters", a.setters.to_string()),
         ("getters", a.getters.to_string()),
         ("pipeline", pipeline.to_string()),
-        ("size", a.size.to_string()),
+        ("size", a.load.size.to_string()),
         ("memcached", a.memcached.to_string()),
         ("misses", total.misses.to_string()),
         ("ops_rate", format!("{:.0}", ops as f64 / secs)),
@@ -289,8 +279,8 @@ async fn setter(
 ) -> Tally {
     let mut t = Tally::default();
     let pipeline = a.pipeline.max(1);
-    let mut body = vec![b'x'; a.size];
-    let mut out = Vec::with_capacity(pipeline * (a.size + 64));
+    let mut body = vec![b'x'; a.load.size];
+    let mut out = Vec::with_capacity(pipeline * (a.load.size + 64));
     while !span.over() {
         out.clear();
         for _ in 0..pipeline {

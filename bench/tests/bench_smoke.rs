@@ -1,23 +1,31 @@
 //! Smoke test of the load generator: `qgate-bench` runs for one second against a broker
-//! started as a child process, in amqp and memcache modes, and messages flow. No timing
+//! running on loopback, in amqp and memcache modes, and messages flow. No timing
 //! assertion: speed is judged by `scripts/bench-compare`, not by the test suite.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+/// A broker running in this process on loopback port 0 (the bench's package cannot
+/// name the broker's binary, so the test runs the library's `server::run`, which is
+/// what that binary runs). Dropping it shuts the broker down.
 struct Broker {
-    child: Child,
     amqp: String,
     memcache: String,
+    shutdown: CancellationToken,
+    thread: Option<JoinHandle<()>>,
     _dir: TempDir,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -46,62 +54,42 @@ impl Drop for TempDir {
 
 fn start_broker(tag: &str) -> Broker {
     let dir = TempDir::new(tag);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qgate"))
-        .args([
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--memcache-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--management-listen",
-            "127.0.0.1:0",
-            "--fsync",
-            "never",
-            "--log",
-            "info",
-        ])
-        .arg("--data-dir")
-        .arg(&dir.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining stderr so the broker never blocks on a full pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("listening protocol=") {
-                let rest = &line[i + "listening protocol=".len()..];
-                let mut it = rest.split_whitespace();
-                let proto = it.next().unwrap_or("").to_owned();
-                let addr = it
-                    .next()
-                    .and_then(|a| a.strip_prefix("addr="))
-                    .unwrap_or("")
-                    .to_owned();
-                let _ = tx.send((proto, addr));
-            }
-        }
-    });
-    let (mut amqp, mut memcache) = (None, None);
-    while amqp.is_none() || memcache.is_none() {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((p, a)) if p == "amqp" => amqp = Some(a),
-            Ok((p, a)) if p == "memcache" => memcache = Some(a),
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                panic!("qgate did not report its listeners");
-            }
-        }
+    let mut config = qgate::config::Config::default();
+    for listen in [
+        &mut config.amqp.listen,
+        &mut config.memcache.listen,
+        &mut config.http.listen,
+        &mut config.management.listen,
+    ] {
+        *listen = ([127, 0, 0, 1], 0).into();
     }
+    config.storage.fsync = qgate::config::FsyncPolicy::Never;
+    config.storage.data_dir = dir.0.clone();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let result = runtime.block_on(qgate::server::run(config, token, move |bound| {
+            let _ = tx.send(bound);
+        }));
+        if let Err(e) = result {
+            eprintln!("broker: {e}");
+        }
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    });
+    let bound = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("qgate did not report its listeners"));
     Broker {
-        child,
-        amqp: amqp.unwrap_or_default(),
-        memcache: memcache.unwrap_or_default(),
+        amqp: bound.amqp.to_string(),
+        memcache: bound.memcache.to_string(),
+        shutdown,
+        thread: Some(thread),
         _dir: dir,
     }
 }

@@ -13,17 +13,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-#[path = "qgate-bench/amqp.rs"]
 mod amqp;
-#[path = "qgate-bench/common.rs"]
 mod common;
-#[path = "qgate-bench/hist.rs"]
 mod hist;
-#[path = "qgate-bench/idle.rs"]
 mod idle;
-#[path = "qgate-bench/memcache.rs"]
 mod memcache;
-#[path = "qgate-bench/raw.rs"]
 mod raw;
 
 #[derive(Parser, Debug)]
