@@ -70,6 +70,9 @@ pub enum StatsKind {
 /// One key of a `get`: a queue name and its Kestrel-style options (`q/open`, `q/t=500`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetKey {
+    /// The key as the client wrote it, options included (`q/t=500/open`): the `VALUE`
+    /// line of a hit names it so, as memcached echoes the key it was asked for.
+    pub key: String,
     /// The queue name, without options.
     pub queue: String,
     /// The options after the name.

@@ -8,47 +8,13 @@
 //!   Rules that span lines or a data block ([`set_cmd`], [`data_block`], [`request`],
 //!   the responses) are *streaming*: a prefix of a valid input gives
 //!   `Err(nom::Err::Incomplete(_))`.
-//! - **[`parse_request`]**, the contract the session uses: framing, [`Limits`], and the
+//! - **[`parse_request`]**, the contract the codec drives: framing, [`Limits`], and the
 //!   choice of the answer memcached/memcacheq give to each malformed input. Every
 //!   outcome is a value ([`Parsed`]); it never fails and never panics.
 //!
-//! # How the session drives it
-//!
-//! ```
-//! use bytes::BytesMut;
-//! use qgate::memcache::parser::{parse_request, Discard, Limits, Parsed};
-//! use qgate::memcache::command::Request;
-//!
-//! let limits = Limits::default();
-//! let mut buf = BytesMut::from(&b"set q 0 0 2\r\nhi\r\nget q\r\n"[..]);
-//! let mut discard = Discard::Nothing;
-//! let mut seen = Vec::new();
-//! loop {
-//!     // First drop what an earlier error asked to drop (maybe across several reads).
-//!     let n = discard.feed(&buf);
-//!     let _ = buf.split_to(n);
-//!     if !discard.is_done() {
-//!         break; // read more, then come back here
-//!     }
-//!     let Ok(Some((consumed, parsed))) = parse_request(&buf, &limits) else {
-//!         break; // Ok(None): read more
-//!     };
-//!     let frame = buf.split_to(consumed).freeze(); // no copy
-//!     match parsed {
-//!         Parsed::Request(Request::Set { key, data, .. }) => {
-//!             let body = frame.slice(data); // zero-copy body
-//!             seen.push((key, body));
-//!         }
-//!         Parsed::Request(_) => {}
-//!         Parsed::Error { error, discard: d } => {
-//!             let _answer = error.answer(); // write it out
-//!             discard = d;
-//!         }
-//!     }
-//! }
-//! assert_eq!(seen[0].0, "q");
-//! assert_eq!(&seen[0].1[..], b"hi");
-//! ```
+//! [`MemcacheCodec`](super::codec::MemcacheCodec) runs it over a byte stream: it drops
+//! what an error's [`Discard`] asks to drop, as it arrives, then calls
+//! [`parse_request`] on what is left and splits off the consumed bytes.
 
 use std::convert::Infallible;
 
@@ -580,13 +546,15 @@ pub fn queue_name(input: &[u8]) -> Res<'_, &[u8]> {
 /// `nom::Err::Failure` (no other reading of the key exists).
 pub fn get_key(input: &[u8]) -> Res<'_, GetKey> {
     let (rest, (queue, options)) = pair(queue_name, many0(preceded(ctag("/"), get_option)))(input)?;
-    if input.len() - rest.len() > MAX_KEY {
+    let key = &input[..input.len() - rest.len()];
+    if key.len() > MAX_KEY {
         return fail(input, ErrorKind::TooLarge);
     }
     match GetOptions::from_options(options) {
         Ok(options) => Ok((
             rest,
             GetKey {
+                key: ascii_string(key),
                 queue: ascii_string(queue),
                 options,
             },
