@@ -734,54 +734,47 @@ pub fn version_reply(input: &[u8]) -> Res<'_, &[u8]> {
     )(input)
 }
 
-/// `stored-reply = "STORED" CRLF`
-pub fn stored_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("STORED\r\n"))(input)
+/// The reply rules that are one fixed line: `name(input)` matches it.
+macro_rules! fixed_line_rules {
+    ($($(#[$doc:meta])* $name:ident => $line:literal;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(input: &[u8]) -> Res<'_, ()> {
+            value((), tag($line))(input)
+        }
+    )*};
 }
 
-/// `not-stored-reply = "NOT_STORED" CRLF`
-pub fn not_stored_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("NOT_STORED\r\n"))(input)
-}
-
-/// `deleted-reply = "DELETED" CRLF`
-pub fn deleted_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("DELETED\r\n"))(input)
-}
-
-/// `not-found-reply = "NOT_FOUND" CRLF`
-pub fn not_found_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("NOT_FOUND\r\n"))(input)
-}
-
-/// `end-reply = "END" CRLF`
-pub fn end_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("END\r\n"))(input)
-}
-
-/// `ok-reply = "OK" CRLF`
-pub fn ok_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("OK\r\n"))(input)
-}
-
-/// `reset-reply = "RESET" CRLF`
-pub fn reset_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("RESET\r\n"))(input)
-}
-
-/// `error-reply = "ERROR" CRLF`
-pub fn error_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("ERROR\r\n"))(input)
+fixed_line_rules! {
+    /// `stored-reply = "STORED" CRLF`
+    stored_reply => "STORED\r\n";
+    /// `not-stored-reply = "NOT_STORED" CRLF`
+    not_stored_reply => "NOT_STORED\r\n";
+    /// `deleted-reply = "DELETED" CRLF`
+    deleted_reply => "DELETED\r\n";
+    /// `not-found-reply = "NOT_FOUND" CRLF`
+    not_found_reply => "NOT_FOUND\r\n";
+    /// `end-reply = "END" CRLF`
+    end_reply => "END\r\n";
+    /// `ok-reply = "OK" CRLF`
+    ok_reply => "OK\r\n";
+    /// `reset-reply = "RESET" CRLF`
+    reset_reply => "RESET\r\n";
+    /// `error-reply = "ERROR" CRLF`
+    error_reply => "ERROR\r\n";
 }
 
 /// `client-error-reply = "CLIENT_ERROR" SP error-text CRLF`; returns the text.
 pub fn client_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("CLIENT_ERROR "), terminated(more(error_text), crlf))(input)
+    error_text_reply("CLIENT_ERROR ", input)
 }
 
 /// `server-error-reply = "SERVER_ERROR" SP error-text CRLF`; returns the text.
 pub fn server_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("SERVER_ERROR "), terminated(more(error_text), crlf))(input)
+    error_text_reply("SERVER_ERROR ", input)
+}
+
+fn error_text_reply<'a>(class: &'static str, input: &'a [u8]) -> Res<'a, &'a [u8]> {
+    preceded(tag(class), terminated(more(error_text), crlf))(input)
 }
 
 /// `error-text = 1*( %x20-7E )`
