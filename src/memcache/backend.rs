@@ -211,3 +211,31 @@ impl Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_positive_timeout_waits_and_never_past_the_cap() {
+        let with = |timeout_ms| GetOptions {
+            timeout_ms,
+            ..Default::default()
+        };
+        assert_eq!(wait_of(&with(None)), None);
+        // `q/t=0` is a plain read, as in Kestrel.
+        assert_eq!(wait_of(&with(Some(0))), None);
+        assert_eq!(wait_of(&with(Some(250))), Some(Duration::from_millis(250)));
+        assert_eq!(wait_of(&with(Some(u64::MAX))), Some(MAX_WAIT));
+    }
+
+    #[test]
+    fn stored_counts_and_answers_unless_noreply() {
+        let counters = MemcacheCounters::default();
+        let mut out = BytesMut::new();
+        stored(&mut out, false, &counters);
+        stored(&mut out, true, &counters);
+        assert_eq!(&out[..], b"STORED\r\n");
+        assert_eq!(counters.set_hits.load(Ordering::Relaxed), 2);
+    }
+}
