@@ -46,7 +46,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 
 /// Bounds on what [`parse_request`] buffers.
 ///
-/// The session never needs more than `max_line + max_message + 2` bytes of input
+/// The codec never needs more than `max_line + max_message + 2` bytes of input
 /// buffered: longer lines and larger data blocks are refused and discarded as they
 /// arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! mode). What each request answers, the counters behind `stats`, the access checks
 //! and when answers are written are the session's, the same in both modes.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,7 +47,7 @@ struct Session {
 /// Serves one client until it quits, disconnects or the broker shuts down.
 pub async fn run(
     mut stream: TcpStream,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     broker: Broker,
     config: Arc<Config>,
     shutdown: CancellationToken,
