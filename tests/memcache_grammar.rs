@@ -3,8 +3,11 @@
 //!   function (table below) and positive and negative vectors in
 //!   `grammar/memcache.examples`, and every vector gives the expected result;
 //! - `parse_request`: exact answers and consumed/discarded byte counts for every error,
-//!   every truncation, 1-byte and random chunking, bounded buffering, and property
-//!   tests (no panic, always progress or "need more", round trips).
+//!   every truncation, and property tests (no panic, always progress or "need more",
+//!   round trips);
+//! - `MemcacheCodec`, the decoder the session reads with: 1-byte and random chunking
+//!   give the same requests and errors as one read, buffering stays bounded, and what
+//!   an error discards is never kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -12,8 +15,10 @@ use std::ops::Range;
 use bytes::BytesMut;
 use nom::IResult;
 use proptest::prelude::*;
+use qgate::memcache::codec::{Decoded, MemcacheCodec};
 use qgate::memcache::command::{GetKey, GetOptions, ProtocolError, Request, StatsKind};
 use qgate::memcache::parser::{self as p, parse_request, Discard, Limits, Parsed};
+use tokio_util::codec::Decoder;
 
 const ABNF: &str = include_str!("../grammar/memcache.abnf");
 const EXAMPLES: &str = include_str!("../grammar/memcache.examples");
@@ -276,6 +281,7 @@ fn err(error: ProtocolError) -> Parsed {
 
 fn plain(queue: &str) -> GetKey {
     GetKey {
+        key: queue.into(),
         queue: queue.into(),
         options: GetOptions::default(),
     }
@@ -338,6 +344,7 @@ fn well_formed_requests() {
             Parsed::Request(Request::Get {
                 keys: vec![
                     GetKey {
+                        key: "q/t=500/open".into(),
                         queue: "q".into(),
                         options: GetOptions {
                             open: true,
@@ -346,6 +353,7 @@ fn well_formed_requests() {
                         },
                     },
                     GetKey {
+                        key: "r/close/open".into(),
                         queue: "r".into(),
                         options: GetOptions {
                             open: true,
@@ -354,6 +362,7 @@ fn well_formed_requests() {
                         },
                     },
                     GetKey {
+                        key: "s/abort".into(),
                         queue: "s".into(),
                         options: GetOptions {
                             abort: true,
@@ -361,6 +370,7 @@ fn well_formed_requests() {
                         },
                     },
                     GetKey {
+                        key: "t/peek".into(),
                         queue: "t".into(),
                         options: GetOptions {
                             peek: true,
@@ -763,46 +773,43 @@ enum Event {
     Error(ProtocolError),
 }
 
-/// Runs the session's read loop over `chunks`, checking the contract on the way:
-/// progress on every `Some`, ranges inside the consumed bytes, bounded buffering.
+/// Runs the session's decoder over `chunks`, checking the contract on the way:
+/// progress on every `Some`, ranges inside the consumed bytes, bounded buffering, and
+/// nothing kept of what is being discarded.
 fn drive(chunks: &[&[u8]], limits: &Limits) -> Vec<Event> {
+    let mut codec = MemcacheCodec::new(*limits);
     let mut buf = BytesMut::new();
-    let mut discard = Discard::Nothing;
     let mut events = Vec::new();
     for chunk in chunks {
         buf.extend_from_slice(chunk);
         loop {
-            let n = discard.feed(&buf);
-            let _ = buf.split_to(n);
-            if !discard.is_done() {
-                assert!(buf.is_empty());
-                break;
-            }
-            let Some((consumed, parsed)) = parse_request(&buf, limits).unwrap() else {
-                assert!(
-                    buf.len() < limits.max_line.max(1) + limits.max_message + 2,
-                    "buffered {} bytes",
-                    buf.len()
-                );
+            let before = buf.len();
+            let Some(decoded) = codec.decode(&mut buf).unwrap() else {
+                if codec.discarding().is_done() {
+                    assert!(
+                        buf.len() < limits.max_line.max(1) + limits.max_message + 2,
+                        "buffered {} bytes",
+                        buf.len()
+                    );
+                } else {
+                    assert!(buf.is_empty());
+                }
                 break;
             };
-            assert!(consumed > 0 && consumed <= buf.len());
-            let frame = buf.split_to(consumed).freeze();
-            events.push(match parsed {
-                Parsed::Request(r) => {
-                    let data = match &r {
+            assert!(buf.len() < before, "no progress");
+            events.push(match decoded {
+                Decoded::Request { request, frame } => {
+                    assert!(frame.len() <= before);
+                    let data = match &request {
                         Request::Set { data, .. } => {
-                            assert!(data.end <= consumed);
+                            assert!(data.end + 2 <= frame.len());
                             frame.slice(data.clone()).to_vec()
                         }
                         _ => Vec::new(),
                     };
-                    Event::Request(r, data)
+                    Event::Request(request, data)
                 }
-                Parsed::Error { error, discard: d } => {
-                    discard = d;
-                    Event::Error(error)
-                }
+                Decoded::Error(error) => Event::Error(error),
             });
         }
     }
@@ -920,21 +927,7 @@ fn encode(r: &Request, data: &[u8]) -> Vec<u8> {
             let mut s = String::from("get");
             for k in keys {
                 s.push(' ');
-                s.push_str(&k.queue);
-                let o = &k.options;
-                for (on, name) in [
-                    (o.close, "/close"),
-                    (o.open, "/open"),
-                    (o.abort, "/abort"),
-                    (o.peek, "/peek"),
-                ] {
-                    if on {
-                        s.push_str(name);
-                    }
-                }
-                if let Some(t) = o.timeout_ms {
-                    s.push_str(&format!("/t={t}"));
-                }
+                s.push_str(&k.key);
             }
             s.push_str("\r\n");
             s.into_bytes()
@@ -951,6 +944,25 @@ fn encode(r: &Request, data: &[u8]) -> Vec<u8> {
         }
         Request::Quit => b"quit\r\n".to_vec(),
     }
+}
+
+/// A get key as a client writes it: the queue name, then its options.
+fn key_text(queue: &str, o: &GetOptions) -> String {
+    let mut s = queue.to_owned();
+    for (on, name) in [
+        (o.close, "/close"),
+        (o.open, "/open"),
+        (o.abort, "/abort"),
+        (o.peek, "/peek"),
+    ] {
+        if on {
+            s.push_str(name);
+        }
+    }
+    if let Some(t) = o.timeout_ms {
+        s.push_str(&format!("/t={t}"));
+    }
+    s
 }
 
 fn queue_name() -> impl Strategy<Value = String> {
@@ -1012,7 +1024,11 @@ fn request_and_data() -> impl Strategy<Value = (Request, Vec<u8>)> {
             )
         });
     let get = proptest::collection::vec(
-        (queue_name(), get_options()).prop_map(|(queue, options)| GetKey { queue, options }),
+        (queue_name(), get_options()).prop_map(|(queue, options)| GetKey {
+            key: key_text(&queue, &options),
+            queue,
+            options,
+        }),
         1..5,
     )
     .prop_map(|keys| (Request::Get { keys }, vec![]));

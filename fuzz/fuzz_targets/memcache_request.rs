@@ -1,18 +1,22 @@
-//! The memcache request parser fed the stream in arbitrary chunks, with the session's
-//! discard handling (src/memcache/session.rs reads the same way).
+//! The memcache request decoder the session reads with (`MemcacheCodec`, tokio-util's
+//! `Decoder`), fed the stream in arbitrary chunks.
 //!
 //! Input: byte 0 seeds the chunk sizes, the rest is the stream. Invariants:
-//! - `Ok(None)` until a request is whole; `Ok(Some((n, _)))` has 1 <= n <= buffered,
-//!   and a set's data range lies inside those n bytes;
+//! - `Ok(None)` until a request is whole; every `Some` consumes at least one byte and
+//!   nothing beyond the input, and a set's data range lies inside its frame;
 //! - the input buffered never exceeds max_line + max_message + 2 plus one read, however
-//!   large a `<bytes>` the client announces or however long a line it sends;
+//!   large a `<bytes>` the client announces or however long a line it sends, and
+//!   nothing is kept while the codec discards;
 //! - chunking does not change the answers: the same requests and errors, in the same
-//!   order, as parsing the whole stream at once.
+//!   order, as decoding the whole stream at once.
 #![no_main]
 
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use qgate::memcache::codec::{Decoded, MemcacheCodec};
 use qgate::memcache::command::{ProtocolError, Request};
-use qgate::memcache::parser::{parse_request, Discard, Limits, Parsed};
+use qgate::memcache::parser::Limits;
+use tokio_util::codec::Decoder;
 
 const LIMITS: Limits = Limits {
     max_line: 2048,
@@ -25,42 +29,45 @@ enum Outcome {
     Error(ProtocolError),
 }
 
+/// Decodes everything `buf` holds now, checking the per-call invariants.
+fn decode_buffered(codec: &mut MemcacheCodec, buf: &mut BytesMut, out: &mut Vec<Outcome>) {
+    loop {
+        let before = buf.len();
+        let Ok(decoded) = codec.decode(buf) else {
+            panic!("the codec never fails");
+        };
+        let Some(decoded) = decoded else {
+            if !codec.discarding().is_done() {
+                assert!(buf.is_empty(), "{} bytes kept while discarding", buf.len());
+            }
+            return;
+        };
+        assert!(buf.len() < before, "no progress");
+        out.push(match decoded {
+            Decoded::Request { request, frame } => {
+                assert!(frame.len() <= before, "frame {} of {before}", frame.len());
+                let body = match &request {
+                    Request::Set { data, .. } => {
+                        assert!(data.start <= data.end && data.end <= frame.len());
+                        frame[data.clone()].to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                Outcome::Request(request, body)
+            }
+            Decoded::Error(error) => Outcome::Error(error),
+        });
+    }
+}
+
 fn run(stream: &[u8], mut seed: u32) -> Vec<Outcome> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut discard = Discard::Nothing;
+    let mut codec = MemcacheCodec::new(LIMITS);
+    let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut fed = 0;
     let mut last_read = 0;
     loop {
-        loop {
-            let d = discard.feed(&buf);
-            buf.drain(..d);
-            if !discard.is_done() {
-                break;
-            }
-            let Ok(parsed) = parse_request(&buf, &LIMITS);
-            let Some((n, parsed)) = parsed else {
-                break;
-            };
-            assert!(n >= 1 && n <= buf.len(), "consumed {n} of {}", buf.len());
-            match parsed {
-                Parsed::Request(r) => {
-                    let body = match &r {
-                        Request::Set { data, .. } => {
-                            assert!(data.start <= data.end && data.end <= n);
-                            buf[data.clone()].to_vec()
-                        }
-                        _ => Vec::new(),
-                    };
-                    out.push(Outcome::Request(r, body));
-                }
-                Parsed::Error { error, discard: d } => {
-                    out.push(Outcome::Error(error));
-                    discard = d;
-                }
-            }
-            buf.drain(..n);
-        }
+        decode_buffered(&mut codec, &mut buf, &mut out);
         assert!(
             buf.len() <= LIMITS.max_line + LIMITS.max_message + 2 + last_read,
             "{} bytes buffered",
@@ -77,6 +84,15 @@ fn run(stream: &[u8], mut seed: u32) -> Vec<Outcome> {
     }
 }
 
+/// The whole stream in one read.
+fn run_whole(stream: &[u8]) -> Vec<Outcome> {
+    let mut codec = MemcacheCodec::new(LIMITS);
+    let mut buf = BytesMut::from(stream);
+    let mut out = Vec::new();
+    decode_buffered(&mut codec, &mut buf, &mut out);
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&seed, stream)) = data.split_first() else {
         return;
@@ -85,35 +101,3 @@ fuzz_target!(|data: &[u8]| {
     let whole = run_whole(stream);
     assert_eq!(chunked, whole, "chunking changed the answers");
 });
-
-/// The whole stream in one read.
-fn run_whole(stream: &[u8]) -> Vec<Outcome> {
-    let mut buf = stream.to_vec();
-    let mut discard = Discard::Nothing;
-    let mut out = Vec::new();
-    loop {
-        let d = discard.feed(&buf);
-        buf.drain(..d);
-        if !discard.is_done() {
-            return out;
-        }
-        let Ok(parsed) = parse_request(&buf, &LIMITS);
-        let Some((n, parsed)) = parsed else {
-            return out;
-        };
-        match parsed {
-            Parsed::Request(r) => {
-                let body = match &r {
-                    Request::Set { data, .. } => buf[data.clone()].to_vec(),
-                    _ => Vec::new(),
-                };
-                out.push(Outcome::Request(r, body));
-            }
-            Parsed::Error { error, discard: d } => {
-                out.push(Outcome::Error(error));
-                discard = d;
-            }
-        }
-        buf.drain(..n);
-    }
-}

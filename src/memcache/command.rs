@@ -70,6 +70,9 @@ pub enum StatsKind {
 /// One key of a `get`: a queue name and its Kestrel-style options (`q/open`, `q/t=500`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetKey {
+    /// The key as the client wrote it, options included (`q/t=500/open`): the `VALUE`
+    /// line of a hit names it so, as memcached echoes the key it was asked for.
+    pub key: String,
     /// The queue name, without options.
     pub queue: String,
     /// The options after the name.
@@ -226,13 +229,7 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
 /// `VALUE <key> <flags> <bytes>\r\n<data>\r\n`: one hit of a `get`.
 pub fn write_value(out: &mut BytesMut, key: &[u8], flags: u32, data: &[u8]) {
     out.reserve(key.len() + data.len() + 32);
-    out.put_slice(b"VALUE ");
-    out.put_slice(key);
-    out.put_u8(b' ');
-    put_decimal(out, u64::from(flags));
-    out.put_u8(b' ');
-    put_decimal(out, data.len() as u64);
-    out.put_slice(CRLF);
+    write_value_header(out, key, flags, data.len());
     out.put_slice(data);
     out.put_slice(CRLF);
 }
@@ -249,44 +246,33 @@ pub fn write_value_header(out: &mut BytesMut, key: &[u8], flags: u32, len: usize
     out.put_slice(CRLF);
 }
 
-/// `END\r\n`: closes a `get` or `stats` answer.
-pub fn write_end(out: &mut BytesMut) {
-    out.extend_from_slice(b"END\r\n");
+/// The answers that are one fixed line: `write_<name>(out)` appends it.
+macro_rules! fixed_lines {
+    ($($(#[$doc:meta])* $name:ident => $line:literal;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(out: &mut BytesMut) {
+            out.extend_from_slice($line);
+        }
+    )*};
 }
 
-/// `STORED\r\n`
-pub fn write_stored(out: &mut BytesMut) {
-    out.extend_from_slice(b"STORED\r\n");
-}
-
-/// `NOT_STORED\r\n`
-pub fn write_not_stored(out: &mut BytesMut) {
-    out.extend_from_slice(b"NOT_STORED\r\n");
-}
-
-/// `DELETED\r\n`
-pub fn write_deleted(out: &mut BytesMut) {
-    out.extend_from_slice(b"DELETED\r\n");
-}
-
-/// `NOT_FOUND\r\n`
-pub fn write_not_found(out: &mut BytesMut) {
-    out.extend_from_slice(b"NOT_FOUND\r\n");
-}
-
-/// `RESET\r\n`: the answer to `stats reset`.
-pub fn write_reset(out: &mut BytesMut) {
-    out.extend_from_slice(b"RESET\r\n");
-}
-
-/// `OK\r\n`: the answer to `verbosity`.
-pub fn write_ok(out: &mut BytesMut) {
-    out.extend_from_slice(b"OK\r\n");
-}
-
-/// `ERROR\r\n`
-pub fn write_error(out: &mut BytesMut) {
-    out.extend_from_slice(b"ERROR\r\n");
+fixed_lines! {
+    /// `END\r\n`: closes a `get` or `stats` answer.
+    write_end => b"END\r\n";
+    /// `STORED\r\n`
+    write_stored => b"STORED\r\n";
+    /// `NOT_STORED\r\n`
+    write_not_stored => b"NOT_STORED\r\n";
+    /// `DELETED\r\n`
+    write_deleted => b"DELETED\r\n";
+    /// `NOT_FOUND\r\n`
+    write_not_found => b"NOT_FOUND\r\n";
+    /// `RESET\r\n`: the answer to `stats reset`.
+    write_reset => b"RESET\r\n";
+    /// `OK\r\n`: the answer to `verbosity`.
+    write_ok => b"OK\r\n";
+    /// `ERROR\r\n`
+    write_error => b"ERROR\r\n";
 }
 
 /// `STAT <name> <value>\r\n`; `value` is anything printable (`12`, `3/1`, `0.5`).
@@ -309,16 +295,17 @@ pub fn write_version(out: &mut BytesMut, version: &str) {
 
 /// `CLIENT_ERROR <message>\r\n`; `message` must not contain CR or LF.
 pub fn write_client_error(out: &mut BytesMut, message: &str) {
-    debug_assert!(!message.contains(['\r', '\n']));
-    out.put_slice(b"CLIENT_ERROR ");
-    out.put_slice(message.as_bytes());
-    out.put_slice(CRLF);
+    write_error_line(out, b"CLIENT_ERROR ", message);
 }
 
 /// `SERVER_ERROR <message>\r\n`; `message` must not contain CR or LF.
 pub fn write_server_error(out: &mut BytesMut, message: &str) {
+    write_error_line(out, b"SERVER_ERROR ", message);
+}
+
+fn write_error_line(out: &mut BytesMut, class: &[u8], message: &str) {
     debug_assert!(!message.contains(['\r', '\n']));
-    out.put_slice(b"SERVER_ERROR ");
+    out.put_slice(class);
     out.put_slice(message.as_bytes());
     out.put_slice(CRLF);
 }

@@ -6,12 +6,18 @@
 //! - [`command`]: [`Request`](command::Request) and its parts, the
 //!   [`ProtocolError`](command::ProtocolError) answers, and the response encoders
 //!   (`write_*`, straight into a `BytesMut`).
-//! - `session` ([`serve_connection`]): the per-connection task that maps
-//!   requests onto the core (see `session.rs` for the mapping).
-//! - [`stats`]: the counters behind `stats` and the metrics.
 //! - [`parser`]: a nom parser with one function per rule of `grammar/memcache.abnf`, and
-//!   [`parse_request`](parser::parse_request), the streaming contract the session uses.
+//!   [`parse_request`](parser::parse_request), the answer owed to each input.
 //!   No I/O, no tokio.
+//! - [`codec`]: [`MemcacheCodec`](codec::MemcacheCodec), the one decoder of a byte
+//!   stream into requests (tokio-util's `Decoder`), owning the limits and what an error
+//!   leaves to discard.
+//! - `connection`: the socket with its read and write buffers and the codec.
+//! - `session` ([`serve_connection`]): the per-connection task: what each request
+//!   answers, the counters, the access checks (`access`), when answers are written.
+//! - `backend`: where queue operations go: this broker's core (`backend/local.rs`) or,
+//!   in upstream mode, a RabbitMQ cluster (`backend/upstream.rs`).
+//! - [`stats`]: the counters behind `stats` and the metrics.
 //!
 //! # Wire format (the subset we serve; `grammar/memcache.abnf` is the reference)
 //!
@@ -52,13 +58,15 @@
 
 mod access;
 mod backend;
+pub mod codec;
 pub mod command;
+mod connection;
 pub mod parser;
 mod refuse;
 mod session;
 pub mod stats;
 
-pub use session::FLAGS_HEADER;
+pub use backend::FLAGS_HEADER;
 
 pub use refuse::refuse_connection;
 pub use session::run as serve_connection;

@@ -8,47 +8,13 @@
 //!   Rules that span lines or a data block ([`set_cmd`], [`data_block`], [`request`],
 //!   the responses) are *streaming*: a prefix of a valid input gives
 //!   `Err(nom::Err::Incomplete(_))`.
-//! - **[`parse_request`]**, the contract the session uses: framing, [`Limits`], and the
+//! - **[`parse_request`]**, the contract the codec drives: framing, [`Limits`], and the
 //!   choice of the answer memcached/memcacheq give to each malformed input. Every
 //!   outcome is a value ([`Parsed`]); it never fails and never panics.
 //!
-//! # How the session drives it
-//!
-//! ```
-//! use bytes::BytesMut;
-//! use qgate::memcache::parser::{parse_request, Discard, Limits, Parsed};
-//! use qgate::memcache::command::Request;
-//!
-//! let limits = Limits::default();
-//! let mut buf = BytesMut::from(&b"set q 0 0 2\r\nhi\r\nget q\r\n"[..]);
-//! let mut discard = Discard::Nothing;
-//! let mut seen = Vec::new();
-//! loop {
-//!     // First drop what an earlier error asked to drop (maybe across several reads).
-//!     let n = discard.feed(&buf);
-//!     let _ = buf.split_to(n);
-//!     if !discard.is_done() {
-//!         break; // read more, then come back here
-//!     }
-//!     let Ok(Some((consumed, parsed))) = parse_request(&buf, &limits) else {
-//!         break; // Ok(None): read more
-//!     };
-//!     let frame = buf.split_to(consumed).freeze(); // no copy
-//!     match parsed {
-//!         Parsed::Request(Request::Set { key, data, .. }) => {
-//!             let body = frame.slice(data); // zero-copy body
-//!             seen.push((key, body));
-//!         }
-//!         Parsed::Request(_) => {}
-//!         Parsed::Error { error, discard: d } => {
-//!             let _answer = error.answer(); // write it out
-//!             discard = d;
-//!         }
-//!     }
-//! }
-//! assert_eq!(seen[0].0, "q");
-//! assert_eq!(&seen[0].1[..], b"hi");
-//! ```
+//! [`MemcacheCodec`](super::codec::MemcacheCodec) runs it over a byte stream: it drops
+//! what an error's [`Discard`] asks to drop, as it arrives, then calls
+//! [`parse_request`] on what is left and splits off the consumed bytes.
 
 use std::convert::Infallible;
 
@@ -80,7 +46,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 
 /// Bounds on what [`parse_request`] buffers.
 ///
-/// The session never needs more than `max_line + max_message + 2` bytes of input
+/// The codec never needs more than `max_line + max_message + 2` bytes of input
 /// buffered: longer lines and larger data blocks are refused and discarded as they
 /// arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -580,13 +546,15 @@ pub fn queue_name(input: &[u8]) -> Res<'_, &[u8]> {
 /// `nom::Err::Failure` (no other reading of the key exists).
 pub fn get_key(input: &[u8]) -> Res<'_, GetKey> {
     let (rest, (queue, options)) = pair(queue_name, many0(preceded(ctag("/"), get_option)))(input)?;
-    if input.len() - rest.len() > MAX_KEY {
+    let key = &input[..input.len() - rest.len()];
+    if key.len() > MAX_KEY {
         return fail(input, ErrorKind::TooLarge);
     }
     match GetOptions::from_options(options) {
         Ok(options) => Ok((
             rest,
             GetKey {
+                key: ascii_string(key),
                 queue: ascii_string(queue),
                 options,
             },
@@ -766,54 +734,47 @@ pub fn version_reply(input: &[u8]) -> Res<'_, &[u8]> {
     )(input)
 }
 
-/// `stored-reply = "STORED" CRLF`
-pub fn stored_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("STORED\r\n"))(input)
+/// The reply rules that are one fixed line: `name(input)` matches it.
+macro_rules! fixed_line_rules {
+    ($($(#[$doc:meta])* $name:ident => $line:literal;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(input: &[u8]) -> Res<'_, ()> {
+            value((), tag($line))(input)
+        }
+    )*};
 }
 
-/// `not-stored-reply = "NOT_STORED" CRLF`
-pub fn not_stored_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("NOT_STORED\r\n"))(input)
-}
-
-/// `deleted-reply = "DELETED" CRLF`
-pub fn deleted_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("DELETED\r\n"))(input)
-}
-
-/// `not-found-reply = "NOT_FOUND" CRLF`
-pub fn not_found_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("NOT_FOUND\r\n"))(input)
-}
-
-/// `end-reply = "END" CRLF`
-pub fn end_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("END\r\n"))(input)
-}
-
-/// `ok-reply = "OK" CRLF`
-pub fn ok_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("OK\r\n"))(input)
-}
-
-/// `reset-reply = "RESET" CRLF`
-pub fn reset_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("RESET\r\n"))(input)
-}
-
-/// `error-reply = "ERROR" CRLF`
-pub fn error_reply(input: &[u8]) -> Res<'_, ()> {
-    value((), tag("ERROR\r\n"))(input)
+fixed_line_rules! {
+    /// `stored-reply = "STORED" CRLF`
+    stored_reply => "STORED\r\n";
+    /// `not-stored-reply = "NOT_STORED" CRLF`
+    not_stored_reply => "NOT_STORED\r\n";
+    /// `deleted-reply = "DELETED" CRLF`
+    deleted_reply => "DELETED\r\n";
+    /// `not-found-reply = "NOT_FOUND" CRLF`
+    not_found_reply => "NOT_FOUND\r\n";
+    /// `end-reply = "END" CRLF`
+    end_reply => "END\r\n";
+    /// `ok-reply = "OK" CRLF`
+    ok_reply => "OK\r\n";
+    /// `reset-reply = "RESET" CRLF`
+    reset_reply => "RESET\r\n";
+    /// `error-reply = "ERROR" CRLF`
+    error_reply => "ERROR\r\n";
 }
 
 /// `client-error-reply = "CLIENT_ERROR" SP error-text CRLF`; returns the text.
 pub fn client_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("CLIENT_ERROR "), terminated(more(error_text), crlf))(input)
+    error_text_reply("CLIENT_ERROR ", input)
 }
 
 /// `server-error-reply = "SERVER_ERROR" SP error-text CRLF`; returns the text.
 pub fn server_error_reply(input: &[u8]) -> Res<'_, &[u8]> {
-    preceded(tag("SERVER_ERROR "), terminated(more(error_text), crlf))(input)
+    error_text_reply("SERVER_ERROR ", input)
+}
+
+fn error_text_reply<'a>(class: &'static str, input: &'a [u8]) -> Res<'a, &'a [u8]> {
+    preceded(tag(class), terminated(more(error_text), crlf))(input)
 }
 
 /// `error-text = 1*( %x20-7E )`

@@ -197,7 +197,10 @@ impl Channel {
                 if d.redelivered() {
                     counters.redelivered.inc();
                 }
-                counters.protocol(crate::amqp::PROTOCOL).messages_delivered.inc();
+                counters
+                    .protocol(crate::amqp::PROTOCOL)
+                    .messages_delivered
+                    .inc();
                 let mut st = self.sink.state.lock();
                 st.next_tag += 1;
                 let tag = st.next_tag;

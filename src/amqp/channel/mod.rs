@@ -94,7 +94,10 @@ impl DeliverySink for ChannelSink {
         if redelivered {
             counters.redelivered.inc();
         }
-        counters.protocol(crate::amqp::PROTOCOL).messages_delivered.inc();
+        counters
+            .protocol(crate::amqp::PROTOCOL)
+            .messages_delivered
+            .inc();
         let _ = self.out.send(out);
         Ok(())
     }

@@ -183,7 +183,10 @@ impl Channel {
         msg: Message,
     ) -> Result<(), AmqpError> {
         let counters = ctx.broker.counters();
-        counters.protocol(crate::amqp::PROTOCOL).messages_received.inc();
+        counters
+            .protocol(crate::amqp::PROTOCOL)
+            .messages_received
+            .inc();
         if !self.publishing {
             self.publishing = true;
             counters
