@@ -389,38 +389,32 @@ fn gen_constants(o: &mut String, g: &Grammar) {
     }
     o.push_str("}\n");
 
-    o.push_str("\n/// Reply codes (`connection.close` / `channel.close` / `basic.return`), named as in the spec.\npub mod reply {\n");
-    for c in &replies {
-        let doc = format!(
-            "`{}` ({}).",
-            c.name,
-            c.class.as_deref().unwrap_or("success")
+    // Expanded into the `reply` module, `reply_name` and the classification by the
+    // macro in src/amqp/method_macro.rs.
+    o.push_str("\nreplies! {\n");
+    for class in ["hard-error", "soft-error"] {
+        assert!(
+            replies.iter().any(|c| c.class.as_deref() == Some(class)),
+            "{GRAMMAR}: no {class} reply codes"
         );
-        constant(o, "    ", &doc, &c.name, "u16", c.value);
     }
-    o.push_str("    pub use super::{reply_is_hard_error, reply_is_soft_error, reply_name};\n}\n\n");
-    o.push_str("/// The constant's name for a reply code, as RabbitMQ starts its reply texts\n/// (`404` -> `\"NOT_FOUND\"`); `\"UNKNOWN\"` for a code the spec does not define.\npub fn reply_name(code: u16) -> &'static str {\n    match code {\n");
     for c in &replies {
-        let _ = writeln!(o, "        reply::{0} => \"{0}\",", screaming(&c.name));
-    }
-    o.push_str("        _ => \"UNKNOWN\",\n    }\n}\n");
-    for (class, doc) in [
-        ("hard-error", "True for a hard error (the connection must close), false for soft errors\n/// (the channel closes) and for codes that are not errors."),
-        ("soft-error", "True for a soft error (only the channel closes), false for hard errors and\n/// for codes that are not errors."),
-    ] {
-        let codes: Vec<String> = replies
-            .iter()
-            .filter(|c| c.class.as_deref() == Some(class))
-            .map(|c| format!("reply::{}", screaming(&c.name)))
-            .collect();
-        assert!(!codes.is_empty(), "{GRAMMAR}: no {class} reply codes");
+        let class = c.class.as_deref().unwrap_or("success");
+        assert!(
+            ["success", "hard-error", "soft-error"].contains(&class),
+            "{GRAMMAR}: reply {} has unknown class {class}",
+            c.name
+        );
         let _ = writeln!(
             o,
-            "\n/// {doc}\npub fn reply_is_{}(code: u16) -> bool {{\n    matches!(\n        code,\n        {}\n    )\n}}",
-            class.replace('-', "_"),
-            codes.join("\n            | ")
+            "    /// `{}` ({class}).\n    {} = {}, {};",
+            c.name,
+            screaming(&c.name),
+            c.value,
+            camel(class)
         );
     }
+    o.push_str("}\n");
     o.push('\n');
 }
 

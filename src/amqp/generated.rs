@@ -51,108 +51,45 @@ pub mod class {
     pub const TX: u16 = 90;
 }
 
-/// Reply codes (`connection.close` / `channel.close` / `basic.return`), named as in the spec.
-pub mod reply {
+replies! {
     /// `reply-success` (success).
-    pub const REPLY_SUCCESS: u16 = 200;
+    REPLY_SUCCESS = 200, Success;
     /// `content-too-large` (soft-error).
-    pub const CONTENT_TOO_LARGE: u16 = 311;
+    CONTENT_TOO_LARGE = 311, SoftError;
     /// `no-route` (soft-error).
-    pub const NO_ROUTE: u16 = 312;
+    NO_ROUTE = 312, SoftError;
     /// `no-consumers` (soft-error).
-    pub const NO_CONSUMERS: u16 = 313;
+    NO_CONSUMERS = 313, SoftError;
     /// `connection-forced` (hard-error).
-    pub const CONNECTION_FORCED: u16 = 320;
+    CONNECTION_FORCED = 320, HardError;
     /// `invalid-path` (hard-error).
-    pub const INVALID_PATH: u16 = 402;
+    INVALID_PATH = 402, HardError;
     /// `access-refused` (soft-error).
-    pub const ACCESS_REFUSED: u16 = 403;
+    ACCESS_REFUSED = 403, SoftError;
     /// `not-found` (soft-error).
-    pub const NOT_FOUND: u16 = 404;
+    NOT_FOUND = 404, SoftError;
     /// `resource-locked` (soft-error).
-    pub const RESOURCE_LOCKED: u16 = 405;
+    RESOURCE_LOCKED = 405, SoftError;
     /// `precondition-failed` (soft-error).
-    pub const PRECONDITION_FAILED: u16 = 406;
+    PRECONDITION_FAILED = 406, SoftError;
     /// `frame-error` (hard-error).
-    pub const FRAME_ERROR: u16 = 501;
+    FRAME_ERROR = 501, HardError;
     /// `syntax-error` (hard-error).
-    pub const SYNTAX_ERROR: u16 = 502;
+    SYNTAX_ERROR = 502, HardError;
     /// `command-invalid` (hard-error).
-    pub const COMMAND_INVALID: u16 = 503;
+    COMMAND_INVALID = 503, HardError;
     /// `channel-error` (hard-error).
-    pub const CHANNEL_ERROR: u16 = 504;
+    CHANNEL_ERROR = 504, HardError;
     /// `unexpected-frame` (hard-error).
-    pub const UNEXPECTED_FRAME: u16 = 505;
+    UNEXPECTED_FRAME = 505, HardError;
     /// `resource-error` (hard-error).
-    pub const RESOURCE_ERROR: u16 = 506;
+    RESOURCE_ERROR = 506, HardError;
     /// `not-allowed` (hard-error).
-    pub const NOT_ALLOWED: u16 = 530;
+    NOT_ALLOWED = 530, HardError;
     /// `not-implemented` (hard-error).
-    pub const NOT_IMPLEMENTED: u16 = 540;
+    NOT_IMPLEMENTED = 540, HardError;
     /// `internal-error` (hard-error).
-    pub const INTERNAL_ERROR: u16 = 541;
-    pub use super::{reply_is_hard_error, reply_is_soft_error, reply_name};
-}
-
-/// The constant's name for a reply code, as RabbitMQ starts its reply texts
-/// (`404` -> `"NOT_FOUND"`); `"UNKNOWN"` for a code the spec does not define.
-pub fn reply_name(code: u16) -> &'static str {
-    match code {
-        reply::REPLY_SUCCESS => "REPLY_SUCCESS",
-        reply::CONTENT_TOO_LARGE => "CONTENT_TOO_LARGE",
-        reply::NO_ROUTE => "NO_ROUTE",
-        reply::NO_CONSUMERS => "NO_CONSUMERS",
-        reply::CONNECTION_FORCED => "CONNECTION_FORCED",
-        reply::INVALID_PATH => "INVALID_PATH",
-        reply::ACCESS_REFUSED => "ACCESS_REFUSED",
-        reply::NOT_FOUND => "NOT_FOUND",
-        reply::RESOURCE_LOCKED => "RESOURCE_LOCKED",
-        reply::PRECONDITION_FAILED => "PRECONDITION_FAILED",
-        reply::FRAME_ERROR => "FRAME_ERROR",
-        reply::SYNTAX_ERROR => "SYNTAX_ERROR",
-        reply::COMMAND_INVALID => "COMMAND_INVALID",
-        reply::CHANNEL_ERROR => "CHANNEL_ERROR",
-        reply::UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
-        reply::RESOURCE_ERROR => "RESOURCE_ERROR",
-        reply::NOT_ALLOWED => "NOT_ALLOWED",
-        reply::NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
-        reply::INTERNAL_ERROR => "INTERNAL_ERROR",
-        _ => "UNKNOWN",
-    }
-}
-
-/// True for a hard error (the connection must close), false for soft errors
-/// (the channel closes) and for codes that are not errors.
-pub fn reply_is_hard_error(code: u16) -> bool {
-    matches!(
-        code,
-        reply::CONNECTION_FORCED
-            | reply::INVALID_PATH
-            | reply::FRAME_ERROR
-            | reply::SYNTAX_ERROR
-            | reply::COMMAND_INVALID
-            | reply::CHANNEL_ERROR
-            | reply::UNEXPECTED_FRAME
-            | reply::RESOURCE_ERROR
-            | reply::NOT_ALLOWED
-            | reply::NOT_IMPLEMENTED
-            | reply::INTERNAL_ERROR
-    )
-}
-
-/// True for a soft error (only the channel closes), false for hard errors and
-/// for codes that are not errors.
-pub fn reply_is_soft_error(code: u16) -> bool {
-    matches!(
-        code,
-        reply::CONTENT_TOO_LARGE
-            | reply::NO_ROUTE
-            | reply::NO_CONSUMERS
-            | reply::ACCESS_REFUSED
-            | reply::NOT_FOUND
-            | reply::RESOURCE_LOCKED
-            | reply::PRECONDITION_FAILED
-    )
+    INTERNAL_ERROR = 541, HardError;
 }
 
 methods! {

@@ -1,5 +1,6 @@
 //! The `methods!` macro that `generated.rs` invokes once with one entry per grammar
-//! method, and the argument codec its expansion calls. The generator writes the grammar
+//! method, the argument codec its expansion calls, and the `replies!` macro for the
+//! reply codes. The generator writes the grammar
 //! as a table; the shape of a method struct, its codec and the [`Method`](super::Method)
 //! dispatch are written here once.
 //!
@@ -180,6 +181,56 @@ macro_rules! methods {
             INFO.iter()
                 .find(|m| (m.class_id, m.method_id) == (class_id, method_id))
                 .map(|m| m.name)
+        }
+    };
+}
+
+/// The spec's class of a reply code, as a `replies!` entry names it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReplyClass {
+    Success,
+    SoftError,
+    HardError,
+}
+
+/// The reply codes: one entry `NAME = code, Class;` each, expanded into the
+/// [`reply`](super::reply) constants, [`reply_name`](super::reply_name) and the hard/soft
+/// classification.
+macro_rules! replies {
+    ($($(#[$doc:meta])* $name:ident = $code:literal, $class:ident;)*) => {
+        /// Reply codes (`connection.close` / `channel.close` / `basic.return`), named as in the spec.
+        pub mod reply {
+            $($(#[$doc])* pub const $name: u16 = $code;)*
+            pub use super::{reply_is_hard_error, reply_is_soft_error, reply_name};
+        }
+
+        /// The constant's name for a reply code, as RabbitMQ starts its reply texts
+        /// (`404` -> `"NOT_FOUND"`); `"UNKNOWN"` for a code the spec does not define.
+        pub fn reply_name(code: u16) -> &'static str {
+            match code {
+                $(reply::$name => stringify!($name),)*
+                _ => "UNKNOWN",
+            }
+        }
+
+        /// The spec's class of a reply code; `None` for a code it does not define.
+        fn reply_class(code: u16) -> Option<ReplyClass> {
+            match code {
+                $(reply::$name => Some(ReplyClass::$class),)*
+                _ => None,
+            }
+        }
+
+        /// True for a hard error (the connection must close), false for soft errors
+        /// (the channel closes) and for codes that are not errors.
+        pub fn reply_is_hard_error(code: u16) -> bool {
+            reply_class(code) == Some(ReplyClass::HardError)
+        }
+
+        /// True for a soft error (only the channel closes), false for hard errors and
+        /// for codes that are not errors.
+        pub fn reply_is_soft_error(code: u16) -> bool {
+            reply_class(code) == Some(ReplyClass::SoftError)
         }
     };
 }

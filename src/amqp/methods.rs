@@ -137,7 +137,7 @@ impl Method {
 #[path = "method_macro.rs"]
 mod method_macro;
 
-use method_macro::{ArgReader, ArgWriter};
+use method_macro::{ArgReader, ArgWriter, ReplyClass};
 
 // Formatting is the generator's: `cargo fmt` must not make the committed file differ
 // from what `src/build.rs` writes.
