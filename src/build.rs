@@ -6,10 +6,11 @@
 //! Output, committed so that it can be read without building:
 //! - `src/amqp/generated.rs` (a child module of `src/amqp/methods.rs`): the protocol
 //!   version, the frame constants, the class ids, the `reply` codes with their names and
-//!   hard/soft classification, one struct per method (`BasicPublish`, ...) with
-//!   `decode_args`/`encode_args` (plus `encode_args_borrowed` for the content methods the
-//!   server sends, which it encodes once per message), and the `Method` enum with
-//!   `(class_id, method_id)` dispatch.
+//!   hard/soft classification, and one `methods!` entry per method: its ids, name,
+//!   `MethodInfo` facts and arguments with their wire types, `borrowed_args` marking the
+//!   content methods the server sends (encoded once per message from borrowed values).
+//!   The macro in `src/amqp/method_macro.rs` expands the entries into the structs, their
+//!   codecs and the `Method` enum; this script writes data, not code shapes.
 //! - `src/content/generated.rs` (a child module of `src/content/mod.rs`): the content
 //!   properties of class `basic` (the `Properties` struct, its flag bits, decode, encode).
 //!
@@ -17,7 +18,8 @@
 //! `amqp::methods::tests::generated_files_match_the_grammar` compares them with the
 //! committed files; `QGATE_REGENERATE=1 cargo build` rewrites the committed files (and a
 //! build whose committed files are stale says so in a warning). The generated code calls
-//! the primitive readers and writers in `crate::content::value::wire`.
+//! the primitive readers and writers in `crate::content::value::wire` (the methods through
+//! the argument codec in `src/amqp/method_macro.rs`).
 //!
 //! Every struct below denies unknown fields: a key the generator does not read is an
 //! error, so grammar data cannot be silently dropped.
@@ -210,8 +212,6 @@ fn screaming(name: &str) -> String {
 struct Primitive {
     /// Owned type, as in a method struct.
     owned: &'static str,
-    /// Parameter type of a borrowed encoder.
-    borrowed: &'static str,
     /// Reader: a function `(&mut &[u8]) -> Result<T, DecodeError>`.
     read: &'static str,
     /// Statement appending the value to `out`.
@@ -224,7 +224,6 @@ struct Primitive {
 fn primitive(ty: &str) -> Primitive {
     let fixed = |owned, read, write, size| Primitive {
         owned,
-        borrowed: owned,
         read,
         write,
         size,
@@ -237,7 +236,6 @@ fn primitive(ty: &str) -> Primitive {
         "longlong" | "timestamp" => fixed("u64", "wire::get_u64", "out.put_u64({});", "8"),
         "shortstr" => Primitive {
             owned: "String",
-            borrowed: "&str",
             read: "wire::get_shortstr",
             write: "wire::put_shortstr(out, {});",
             size: "1 + wire::shortstr_len({})",
@@ -245,7 +243,6 @@ fn primitive(ty: &str) -> Primitive {
         },
         "longstr" => Primitive {
             owned: "Bytes",
-            borrowed: "&[u8]",
             read: "wire::get_longstr",
             write: "wire::put_longstr(out, {});",
             size: "4 + {}.len()",
@@ -253,7 +250,6 @@ fn primitive(ty: &str) -> Primitive {
         },
         "table" => Primitive {
             owned: "FieldTable",
-            borrowed: "&FieldTable",
             read: "FieldTable::decode",
             write: "FieldTable::encode({}, out);",
             size: "{}.encoded_len()",
@@ -351,10 +347,13 @@ fn generate_amqp(g: &Grammar, overlay: &Overlay) -> String {
         );
     }
 
+    o.push_str("methods! {\n");
     for r in &all {
-        gen_struct(&mut o, g, r);
+        gen_entry(&mut o, g, overlay, r, &known);
     }
-    gen_enum(&mut o, overlay, &all, &known);
+    o.truncate(o.trim_end().len());
+    o.push_str("\n}\n\n");
+    gen_classes(&mut o, g);
     o
 }
 
@@ -390,38 +389,32 @@ fn gen_constants(o: &mut String, g: &Grammar) {
     }
     o.push_str("}\n");
 
-    o.push_str("\n/// Reply codes (`connection.close` / `channel.close` / `basic.return`), named as in the spec.\npub mod reply {\n");
-    for c in &replies {
-        let doc = format!(
-            "`{}` ({}).",
-            c.name,
-            c.class.as_deref().unwrap_or("success")
+    // Expanded into the `reply` module, `reply_name` and the classification by the
+    // macro in src/amqp/method_macro.rs.
+    o.push_str("\nreplies! {\n");
+    for class in ["hard-error", "soft-error"] {
+        assert!(
+            replies.iter().any(|c| c.class.as_deref() == Some(class)),
+            "{GRAMMAR}: no {class} reply codes"
         );
-        constant(o, "    ", &doc, &c.name, "u16", c.value);
     }
-    o.push_str("    pub use super::{reply_is_hard_error, reply_is_soft_error, reply_name};\n}\n\n");
-    o.push_str("/// The constant's name for a reply code, as RabbitMQ starts its reply texts\n/// (`404` -> `\"NOT_FOUND\"`); `\"UNKNOWN\"` for a code the spec does not define.\npub fn reply_name(code: u16) -> &'static str {\n    match code {\n");
     for c in &replies {
-        let _ = writeln!(o, "        reply::{0} => \"{0}\",", screaming(&c.name));
-    }
-    o.push_str("        _ => \"UNKNOWN\",\n    }\n}\n");
-    for (class, doc) in [
-        ("hard-error", "True for a hard error (the connection must close), false for soft errors\n/// (the channel closes) and for codes that are not errors."),
-        ("soft-error", "True for a soft error (only the channel closes), false for hard errors and\n/// for codes that are not errors."),
-    ] {
-        let codes: Vec<String> = replies
-            .iter()
-            .filter(|c| c.class.as_deref() == Some(class))
-            .map(|c| format!("reply::{}", screaming(&c.name)))
-            .collect();
-        assert!(!codes.is_empty(), "{GRAMMAR}: no {class} reply codes");
+        let class = c.class.as_deref().unwrap_or("success");
+        assert!(
+            ["success", "hard-error", "soft-error"].contains(&class),
+            "{GRAMMAR}: reply {} has unknown class {class}",
+            c.name
+        );
         let _ = writeln!(
             o,
-            "\n/// {doc}\npub fn reply_is_{}(code: u16) -> bool {{\n    matches!(\n        code,\n        {}\n    )\n}}",
-            class.replace('-', "_"),
-            codes.join("\n            | ")
+            "    /// `{}` ({class}).\n    {} = {}, {};",
+            c.name,
+            screaming(&c.name),
+            c.value,
+            camel(class)
         );
     }
+    o.push_str("}\n");
     o.push('\n');
 }
 
@@ -434,20 +427,19 @@ fn constant(o: &mut String, indent: &str, doc: &str, name: &str, ty: &str, value
     );
 }
 
-/// Bit fields pack into one octet, least significant bit first, up to 8 in a row.
-fn bit_run(g: &Grammar, fields: &[Field], i: usize) -> usize {
-    let mut j = i;
-    while j < fields.len() && resolve_domain(g, &fields[j].domain) == "bit" && j - i < 8 {
-        j += 1;
-    }
-    j
-}
-
-fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
+/// One `methods!` entry (see src/amqp/method_macro.rs): doc, head, `MethodInfo` facts,
+/// then one line per argument naming its wire type.
+fn gen_entry(
+    o: &mut String,
+    g: &Grammar,
+    overlay: &Overlay,
+    r: &Resolved,
+    known: &HashMap<&str, &Resolved>,
+) {
     let m = r.method;
     let _ = writeln!(
         o,
-        "/// `{}` (class {}, method {}): {}{}{}",
+        "    /// `{}` (class {}, method {}): {}{}{}",
         r.full_name,
         r.class.id,
         m.id,
@@ -461,239 +453,90 @@ fn gen_struct(o: &mut String, g: &Grammar, r: &Resolved) {
             .iter()
             .map(|x| format!("`{}.{x}`", r.class.name))
             .collect();
-        let _ = writeln!(o, "///\n/// Answered by {}.", resp.join(" or "));
+        let _ = writeln!(o, "    ///\n    /// Answered by {}.", resp.join(" or "));
     }
-    o.push_str("#[derive(Debug, Clone, PartialEq, Default)]\n");
-    if m.fields.is_empty() {
-        // A unit struct: usable both as `TxSelect` and `TxSelect {}`.
-        let _ = writeln!(o, "pub struct {};\n", r.ident);
-    } else {
-        let _ = writeln!(o, "pub struct {} {{", r.ident);
-        for f in &m.fields {
-            let ty = resolve_domain(g, &f.domain);
-            let rust = if ty == "bit" {
-                "bool"
-            } else {
-                primitive(ty).owned
-            };
-            let _ = writeln!(
-                o,
-                "    /// {}\n    pub {}: {rust},",
-                field_doc(f, ty),
-                field_ident(&f.name)
-            );
-        }
-        o.push_str("}\n\n");
-    }
-
-    let input = if m.fields.is_empty() {
-        "_input"
-    } else {
-        "input"
-    };
-    let out = if m.fields.is_empty() { "_out" } else { "out" };
-    let _ = writeln!(o, "impl {} {{", r.ident);
+    let responses: Vec<String> = m
+        .response
+        .iter()
+        .map(|name| {
+            let full = format!("{}.{name}", r.class.name);
+            let target = known
+                .get(full.as_str())
+                .unwrap_or_else(|| panic!("{GRAMMAR}: unknown response {full}"));
+            format!("({}, {})", target.class.id, target.method.id)
+        })
+        .collect();
     let _ = writeln!(
         o,
-        "    /// Class id on the wire.\n    pub const CLASS_ID: u16 = class::{};\n    /// Method id on the wire.\n    pub const METHOD_ID: u16 = {};\n    /// `class.method` name.\n    pub const NAME: &'static str = \"{}\";\n",
+        "    {}({}, {}, \"{}\") {{ content: {}, synchronous: {}, response_ids: &[{}], server_receives: {}, server_sends: {}, handler: \"{}\" }}",
+        r.ident,
         screaming(&r.class.name),
         m.id,
-        r.full_name
+        r.full_name,
+        m.content,
+        m.synchronous,
+        responses.join(", "),
+        overlay.receives.contains(&r.full_name),
+        overlay.sends.contains(&r.full_name),
+        overlay.handlers[&r.class.name]
     );
-
-    // decode
-    let _ = writeln!(
-        o,
-        "    /// Decodes the arguments (after class-id and method-id), advancing `input`.\n    pub fn decode_args({input}: &mut &[u8]) -> Result<Self, MethodError> {{"
-    );
-    let fields = &m.fields;
-    let mut lets = Vec::new();
-    let mut i = 0;
-    while i < fields.len() {
-        if resolve_domain(g, &fields[i].domain) == "bit" {
-            let j = bit_run(g, fields, i);
-            let var = format!("bits_{i}");
-            let _ = writeln!(o, "        let {var} = wire::get_u8(input)?;");
-            for (k, f) in fields[i..j].iter().enumerate() {
-                let id = field_ident(&f.name);
-                let _ = writeln!(o, "        let {id} = {var} & {} != 0;", 1u8 << k);
-                lets.push(id);
+    let args: Vec<String> = m
+        .fields
+        .iter()
+        .map(|f| {
+            let ty = resolve_domain(g, &f.domain);
+            if ty != "bit" {
+                // Only for the check: the macro knows the same wire types.
+                primitive(ty);
             }
-            i = j;
-        } else {
-            let p = primitive(resolve_domain(g, &fields[i].domain));
-            let id = field_ident(&fields[i].name);
-            let _ = writeln!(o, "        let {id} = {}(input)?;", p.read);
-            lets.push(id);
-            i += 1;
-        }
-    }
-    if lets.is_empty() {
-        let _ = writeln!(o, "        Ok(Self)\n    }}\n");
-    } else {
-        let _ = writeln!(o, "        Ok(Self {{ {} }})\n    }}\n", lets.join(", "));
-    }
-
-    // encode
+            let ident = field_ident(&f.name);
+            let notes = arg_notes(f, &ident, ty);
+            if notes.is_empty() {
+                format!("{ident}: {ty}")
+            } else {
+                format!("{ident}: {ty} \"{}\"", notes.join("; "))
+            }
+        })
+        .collect();
     let _ = writeln!(
         o,
-        "    /// Encodes the arguments (without class-id and method-id).\n    pub fn encode_args(&self, {out}: &mut BytesMut) {{"
+        "    {} {{ {} }}\n",
+        if r.borrowed { "borrowed_args" } else { "args" },
+        args.join(", ")
     );
-    if r.borrowed {
-        let args: Vec<String> = fields.iter().map(|f| self_value(g, f)).collect();
-        let _ = writeln!(
-            o,
-            "        Self::encode_args_borrowed(out, {});\n    }}\n",
-            args.join(", ")
-        );
-        let params: Vec<String> = fields
-            .iter()
-            .map(|f| {
-                let ty = resolve_domain(g, &f.domain);
-                let rust = if ty == "bit" {
-                    "bool"
-                } else {
-                    primitive(ty).borrowed
-                };
-                format!("{}: {rust}", field_ident(&f.name))
-            })
-            .collect();
-        let _ = writeln!(
-            o,
-            "    /// [`Self::encode_args`] from borrowed values: the server sends this method with\n    /// every message it hands out, and this way builds no owned strings for it.\n    pub fn encode_args_borrowed(out: &mut BytesMut, {}) {{",
-            params.join(", ")
-        );
-        gen_encode_fields(o, g, fields, &|f| field_ident(&f.name));
-    } else {
-        gen_encode_fields(o, g, fields, &|f| self_value(g, f));
-    }
-    o.push_str("    }\n}\n\n");
 }
 
-/// `self.<field>`, borrowed for the types [`Primitive::by_ref`] marks.
-fn self_value(g: &Grammar, f: &Field) -> String {
-    let ty = resolve_domain(g, &f.domain);
-    let by_ref = ty != "bit" && primitive(ty).by_ref;
-    format!(
-        "{}self.{}",
-        if by_ref { "&" } else { "" },
-        field_ident(&f.name)
-    )
+/// What an argument's doc says beyond its name and wire type: its spec name where the
+/// Rust one differs, its domain where that is not the wire type or the name, its doc and
+/// comment.
+fn arg_notes(f: &Field, ident: &str, ty: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    if ident != f.name.replace('-', "_") {
+        notes.push(format!("`{}` in the spec", f.name));
+    }
+    if f.domain != ty && f.domain != f.name {
+        notes.push(format!("domain `{}`", f.domain));
+    }
+    for extra in [&f.doc, &f.comment].into_iter().flatten() {
+        assert!(
+            !extra.contains(['"', '\\']),
+            "{GRAMMAR}: quote or backslash in the note on {}",
+            f.name
+        );
+        notes.push(extra.clone());
+    }
+    notes
 }
 
-/// The statements that append `fields`; `value` is the expression for one field (a
-/// reference for the types [`Primitive::by_ref`] marks).
-fn gen_encode_fields(
-    o: &mut String,
-    g: &Grammar,
-    fields: &[Field],
-    value: &dyn Fn(&Field) -> String,
-) {
-    let mut i = 0;
-    while i < fields.len() {
-        if resolve_domain(g, &fields[i].domain) == "bit" {
-            let j = bit_run(g, fields, i);
-            let parts: Vec<String> = fields[i..j]
-                .iter()
-                .enumerate()
-                .map(|(k, f)| match k {
-                    0 => format!("u8::from({})", value(f)),
-                    _ => format!("(u8::from({}) << {k})", value(f)),
-                })
-                .collect();
-            let _ = writeln!(o, "        out.put_u8({});", parts.join(" | "));
-            i = j;
-        } else {
-            let p = primitive(resolve_domain(g, &fields[i].domain));
-            let _ = writeln!(o, "        {}", p.write.replace("{}", &value(&fields[i])));
-            i += 1;
-        }
-    }
-}
-
-fn gen_enum(o: &mut String, overlay: &Overlay, all: &[Resolved], known: &HashMap<&str, &Resolved>) {
-    o.push_str("/// Every AMQP 0-9-1 method qgate knows, one variant per method struct.\n#[derive(Debug, Clone, PartialEq)]\npub enum Method {\n");
-    for r in all {
-        let _ = writeln!(
-            o,
-            "    /// `{}`\n    {}({}),",
-            r.full_name, r.ident, r.ident
-        );
-    }
-    o.push_str("}\n\n");
-
-    let idents: Vec<&str> = all.iter().map(|r| r.ident.as_str()).collect();
-    let _ = writeln!(o, "into_method!(\n    {}\n);\n", idents.join(",\n    "));
-
-    o.push_str("/// What the grammar says about each method, in grammar order.\nconst INFO: &[MethodInfo] = &[\n");
-    for r in all {
-        let responses: Vec<String> = r
-            .method
-            .response
-            .iter()
-            .map(|name| {
-                let full = format!("{}.{name}", r.class.name);
-                let target = known
-                    .get(full.as_str())
-                    .unwrap_or_else(|| panic!("{GRAMMAR}: unknown response {full}"));
-                format!("({}, {})", target.class.id, target.method.id)
-            })
-            .collect();
-        let _ = writeln!(
-            o,
-            "    MethodInfo {{ class_id: {}, method_id: {}, name: \"{}\", content: {}, synchronous: {}, response_ids: &[{}], server_receives: {}, server_sends: {}, handler: \"{}\" }},",
-            r.class.id,
-            r.method.id,
-            r.full_name,
-            r.method.content,
-            r.method.synchronous,
-            responses.join(", "),
-            overlay.receives.contains(&r.full_name),
-            overlay.sends.contains(&r.full_name),
-            overlay.handlers[&r.class.name]
-        );
-    }
-    o.push_str("];\n\n");
-
-    o.push_str("impl Method {\n    /// The grammar's facts about this method.\n    pub fn info(&self) -> &'static MethodInfo {\n        &INFO[match self {\n");
-    for (i, r) in all.iter().enumerate() {
-        let _ = writeln!(o, "            Method::{}(_) => {i},", r.ident);
-    }
-    o.push_str("        }]\n    }\n\n");
-
-    o.push_str("    /// Decodes a method frame payload: class-id, method-id, then the arguments.\n    /// Bytes after the last argument are ignored.\n    pub fn decode(payload: &[u8]) -> Result<Method, MethodError> {\n        let input = &mut &payload[..];\n        let class_id = wire::get_u16(input)?;\n        let method_id = wire::get_u16(input)?;\n        Ok(match (class_id, method_id) {\n");
-    for r in all {
-        let _ = writeln!(
-            o,
-            "            ({}, {}) => Method::{}({}::decode_args(input)?),",
-            r.class.id, r.method.id, r.ident, r.ident
-        );
-    }
-    o.push_str("            _ => return Err(MethodError::UnknownMethod { class_id, method_id }),\n        })\n    }\n\n");
-    o.push_str("    /// Encodes class-id, method-id and the arguments (a method frame's payload).\n    pub fn encode(&self, out: &mut BytesMut) {\n        out.put_u16(self.class_id());\n        out.put_u16(self.method_id());\n        match self {\n");
-    for r in all {
-        let _ = writeln!(
-            o,
-            "            Method::{}(m) => m.encode_args(out),",
-            r.ident
-        );
-    }
-    o.push_str("        }\n    }\n}\n\n");
-
-    o.push_str("/// `class.method` name for wire ids, `None` when unknown.\npub fn method_name(class_id: u16, method_id: u16) -> Option<&'static str> {\n    INFO.iter()\n        .find(|m| (m.class_id, m.method_id) == (class_id, method_id))\n        .map(|m| m.name)\n}\n\n");
-
+fn gen_classes(o: &mut String, g: &Grammar) {
     o.push_str("/// Name and id of every class, in grammar order.\npub const CLASSES: &[(&str, u16)] = &[\n");
-    let mut seen = Vec::new();
-    for r in all {
-        if !seen.contains(&r.class.id) {
-            seen.push(r.class.id);
-            let _ = writeln!(
-                o,
-                "    (\"{}\", class::{}),",
-                r.class.name,
-                screaming(&r.class.name)
-            );
-        }
+    for class in g.classes.iter().filter(|c| !c.methods.is_empty()) {
+        let _ = writeln!(
+            o,
+            "    (\"{}\", class::{}),",
+            class.name,
+            screaming(&class.name)
+        );
     }
     o.push_str("];\n");
 }

@@ -51,2699 +51,357 @@ pub mod class {
     pub const TX: u16 = 90;
 }
 
-/// Reply codes (`connection.close` / `channel.close` / `basic.return`), named as in the spec.
-pub mod reply {
+replies! {
     /// `reply-success` (success).
-    pub const REPLY_SUCCESS: u16 = 200;
+    REPLY_SUCCESS = 200, Success;
     /// `content-too-large` (soft-error).
-    pub const CONTENT_TOO_LARGE: u16 = 311;
+    CONTENT_TOO_LARGE = 311, SoftError;
     /// `no-route` (soft-error).
-    pub const NO_ROUTE: u16 = 312;
+    NO_ROUTE = 312, SoftError;
     /// `no-consumers` (soft-error).
-    pub const NO_CONSUMERS: u16 = 313;
+    NO_CONSUMERS = 313, SoftError;
     /// `connection-forced` (hard-error).
-    pub const CONNECTION_FORCED: u16 = 320;
+    CONNECTION_FORCED = 320, HardError;
     /// `invalid-path` (hard-error).
-    pub const INVALID_PATH: u16 = 402;
+    INVALID_PATH = 402, HardError;
     /// `access-refused` (soft-error).
-    pub const ACCESS_REFUSED: u16 = 403;
+    ACCESS_REFUSED = 403, SoftError;
     /// `not-found` (soft-error).
-    pub const NOT_FOUND: u16 = 404;
+    NOT_FOUND = 404, SoftError;
     /// `resource-locked` (soft-error).
-    pub const RESOURCE_LOCKED: u16 = 405;
+    RESOURCE_LOCKED = 405, SoftError;
     /// `precondition-failed` (soft-error).
-    pub const PRECONDITION_FAILED: u16 = 406;
+    PRECONDITION_FAILED = 406, SoftError;
     /// `frame-error` (hard-error).
-    pub const FRAME_ERROR: u16 = 501;
+    FRAME_ERROR = 501, HardError;
     /// `syntax-error` (hard-error).
-    pub const SYNTAX_ERROR: u16 = 502;
+    SYNTAX_ERROR = 502, HardError;
     /// `command-invalid` (hard-error).
-    pub const COMMAND_INVALID: u16 = 503;
+    COMMAND_INVALID = 503, HardError;
     /// `channel-error` (hard-error).
-    pub const CHANNEL_ERROR: u16 = 504;
+    CHANNEL_ERROR = 504, HardError;
     /// `unexpected-frame` (hard-error).
-    pub const UNEXPECTED_FRAME: u16 = 505;
+    UNEXPECTED_FRAME = 505, HardError;
     /// `resource-error` (hard-error).
-    pub const RESOURCE_ERROR: u16 = 506;
+    RESOURCE_ERROR = 506, HardError;
     /// `not-allowed` (hard-error).
-    pub const NOT_ALLOWED: u16 = 530;
+    NOT_ALLOWED = 530, HardError;
     /// `not-implemented` (hard-error).
-    pub const NOT_IMPLEMENTED: u16 = 540;
+    NOT_IMPLEMENTED = 540, HardError;
     /// `internal-error` (hard-error).
-    pub const INTERNAL_ERROR: u16 = 541;
-    pub use super::{reply_is_hard_error, reply_is_soft_error, reply_name};
-}
-
-/// The constant's name for a reply code, as RabbitMQ starts its reply texts
-/// (`404` -> `"NOT_FOUND"`); `"UNKNOWN"` for a code the spec does not define.
-pub fn reply_name(code: u16) -> &'static str {
-    match code {
-        reply::REPLY_SUCCESS => "REPLY_SUCCESS",
-        reply::CONTENT_TOO_LARGE => "CONTENT_TOO_LARGE",
-        reply::NO_ROUTE => "NO_ROUTE",
-        reply::NO_CONSUMERS => "NO_CONSUMERS",
-        reply::CONNECTION_FORCED => "CONNECTION_FORCED",
-        reply::INVALID_PATH => "INVALID_PATH",
-        reply::ACCESS_REFUSED => "ACCESS_REFUSED",
-        reply::NOT_FOUND => "NOT_FOUND",
-        reply::RESOURCE_LOCKED => "RESOURCE_LOCKED",
-        reply::PRECONDITION_FAILED => "PRECONDITION_FAILED",
-        reply::FRAME_ERROR => "FRAME_ERROR",
-        reply::SYNTAX_ERROR => "SYNTAX_ERROR",
-        reply::COMMAND_INVALID => "COMMAND_INVALID",
-        reply::CHANNEL_ERROR => "CHANNEL_ERROR",
-        reply::UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
-        reply::RESOURCE_ERROR => "RESOURCE_ERROR",
-        reply::NOT_ALLOWED => "NOT_ALLOWED",
-        reply::NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
-        reply::INTERNAL_ERROR => "INTERNAL_ERROR",
-        _ => "UNKNOWN",
-    }
-}
-
-/// True for a hard error (the connection must close), false for soft errors
-/// (the channel closes) and for codes that are not errors.
-pub fn reply_is_hard_error(code: u16) -> bool {
-    matches!(
-        code,
-        reply::CONNECTION_FORCED
-            | reply::INVALID_PATH
-            | reply::FRAME_ERROR
-            | reply::SYNTAX_ERROR
-            | reply::COMMAND_INVALID
-            | reply::CHANNEL_ERROR
-            | reply::UNEXPECTED_FRAME
-            | reply::RESOURCE_ERROR
-            | reply::NOT_ALLOWED
-            | reply::NOT_IMPLEMENTED
-            | reply::INTERNAL_ERROR
-    )
-}
-
-/// True for a soft error (only the channel closes), false for hard errors and
-/// for codes that are not errors.
-pub fn reply_is_soft_error(code: u16) -> bool {
-    matches!(
-        code,
-        reply::CONTENT_TOO_LARGE
-            | reply::NO_ROUTE
-            | reply::NO_CONSUMERS
-            | reply::ACCESS_REFUSED
-            | reply::NOT_FOUND
-            | reply::RESOURCE_LOCKED
-            | reply::PRECONDITION_FAILED
-    )
-}
-
-/// `connection.start` (class 10, method 10): Start connection negotiation (server to client). Synchronous.
-///
-/// Answered by `connection.start-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionStart {
-    /// `version-major`: domain `octet`, wire type `octet`.
-    pub version_major: u8,
-    /// `version-minor`: domain `octet`, wire type `octet`.
-    pub version_minor: u8,
-    /// `server-properties`: domain `peer-properties`, wire type `table`.
-    pub server_properties: FieldTable,
-    /// `mechanisms`: domain `longstr`, wire type `longstr`.
-    pub mechanisms: Bytes,
-    /// `locales`: domain `longstr`, wire type `longstr`.
-    pub locales: Bytes,
-}
-
-impl ConnectionStart {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 10;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.start";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let version_major = wire::get_u8(input)?;
-        let version_minor = wire::get_u8(input)?;
-        let server_properties = FieldTable::decode(input)?;
-        let mechanisms = wire::get_longstr(input)?;
-        let locales = wire::get_longstr(input)?;
-        Ok(Self { version_major, version_minor, server_properties, mechanisms, locales })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u8(self.version_major);
-        out.put_u8(self.version_minor);
-        FieldTable::encode(&self.server_properties, out);
-        wire::put_longstr(out, &self.mechanisms);
-        wire::put_longstr(out, &self.locales);
-    }
-}
-
-/// `connection.start-ok` (class 10, method 11): Select security mechanism and locale (client to server). Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionStartOk {
-    /// `client-properties`: domain `peer-properties`, wire type `table`.
-    pub client_properties: FieldTable,
-    /// `mechanism`: domain `shortstr`, wire type `shortstr`.
-    pub mechanism: String,
-    /// `response`: domain `longstr`, wire type `longstr`.
-    pub response: Bytes,
-    /// `locale`: domain `shortstr`, wire type `shortstr`.
-    pub locale: String,
-}
-
-impl ConnectionStartOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 11;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.start-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let client_properties = FieldTable::decode(input)?;
-        let mechanism = wire::get_shortstr(input)?;
-        let response = wire::get_longstr(input)?;
-        let locale = wire::get_shortstr(input)?;
-        Ok(Self { client_properties, mechanism, response, locale })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        FieldTable::encode(&self.client_properties, out);
-        wire::put_shortstr(out, &self.mechanism);
-        wire::put_longstr(out, &self.response);
-        wire::put_shortstr(out, &self.locale);
-    }
-}
-
-/// `connection.secure` (class 10, method 20): Security mechanism challenge. Synchronous.
-///
-/// Answered by `connection.secure-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionSecure {
-    /// `challenge`: domain `longstr`, wire type `longstr`.
-    pub challenge: Bytes,
-}
-
-impl ConnectionSecure {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 20;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.secure";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let challenge = wire::get_longstr(input)?;
-        Ok(Self { challenge })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_longstr(out, &self.challenge);
-    }
-}
-
-/// `connection.secure-ok` (class 10, method 21): Security mechanism response. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionSecureOk {
-    /// `response`: domain `longstr`, wire type `longstr`.
-    pub response: Bytes,
-}
-
-impl ConnectionSecureOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 21;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.secure-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let response = wire::get_longstr(input)?;
-        Ok(Self { response })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_longstr(out, &self.response);
-    }
-}
-
-/// `connection.tune` (class 10, method 30): Propose connection tuning parameters (server to client). Synchronous.
-///
-/// Answered by `connection.tune-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionTune {
-    /// `channel-max`: domain `short`, wire type `short`.
-    pub channel_max: u16,
-    /// `frame-max`: domain `long`, wire type `long`.
-    pub frame_max: u32,
-    /// `heartbeat`: domain `short`, wire type `short`.
-    pub heartbeat: u16,
-}
-
-impl ConnectionTune {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 30;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.tune";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let channel_max = wire::get_u16(input)?;
-        let frame_max = wire::get_u32(input)?;
-        let heartbeat = wire::get_u16(input)?;
-        Ok(Self { channel_max, frame_max, heartbeat })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.channel_max);
-        out.put_u32(self.frame_max);
-        out.put_u16(self.heartbeat);
-    }
-}
-
-/// `connection.tune-ok` (class 10, method 31): Negotiate connection tuning parameters (client to server). Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionTuneOk {
-    /// `channel-max`: domain `short`, wire type `short`.
-    pub channel_max: u16,
-    /// `frame-max`: domain `long`, wire type `long`.
-    pub frame_max: u32,
-    /// `heartbeat`: domain `short`, wire type `short`.
-    pub heartbeat: u16,
-}
-
-impl ConnectionTuneOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 31;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.tune-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let channel_max = wire::get_u16(input)?;
-        let frame_max = wire::get_u32(input)?;
-        let heartbeat = wire::get_u16(input)?;
-        Ok(Self { channel_max, frame_max, heartbeat })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.channel_max);
-        out.put_u32(self.frame_max);
-        out.put_u16(self.heartbeat);
-    }
-}
-
-/// `connection.open` (class 10, method 40): Open connection to virtual host. Synchronous.
-///
-/// Answered by `connection.open-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionOpen {
-    /// `virtual-host`: domain `path`, wire type `shortstr`.
-    pub virtual_host: String,
-    /// `reserved-1`: domain `shortstr`, wire type `shortstr`.
-    pub reserved_1: String,
-    /// `reserved-2`: domain `bit`, wire type `bit`.
-    pub reserved_2: bool,
-}
-
-impl ConnectionOpen {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 40;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.open";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let virtual_host = wire::get_shortstr(input)?;
-        let reserved_1 = wire::get_shortstr(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let reserved_2 = bits_2 & 1 != 0;
-        Ok(Self { virtual_host, reserved_1, reserved_2 })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.virtual_host);
-        wire::put_shortstr(out, &self.reserved_1);
-        out.put_u8(u8::from(self.reserved_2));
-    }
-}
-
-/// `connection.open-ok` (class 10, method 41): Signal that connection is ready. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionOpenOk {
-    /// `reserved-1`: domain `shortstr`, wire type `shortstr`.
-    pub reserved_1: String,
-}
-
-impl ConnectionOpenOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 41;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.open-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_shortstr(input)?;
-        Ok(Self { reserved_1 })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.reserved_1);
-    }
-}
-
-/// `connection.close` (class 10, method 50): Request a connection close. Synchronous.
-///
-/// Answered by `connection.close-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionClose {
-    /// `reply-code`: domain `reply-code`, wire type `short`.
-    pub reply_code: u16,
-    /// `reply-text`: domain `reply-text`, wire type `shortstr`.
-    pub reply_text: String,
-    /// `class-id`: domain `class-id`, wire type `short`.
-    pub class_id: u16,
-    /// `method-id`: domain `method-id`, wire type `short`.
-    pub method_id: u16,
-}
-
-impl ConnectionClose {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 50;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.close";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reply_code = wire::get_u16(input)?;
-        let reply_text = wire::get_shortstr(input)?;
-        let class_id = wire::get_u16(input)?;
-        let method_id = wire::get_u16(input)?;
-        Ok(Self { reply_code, reply_text, class_id, method_id })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reply_code);
-        wire::put_shortstr(out, &self.reply_text);
-        out.put_u16(self.class_id);
-        out.put_u16(self.method_id);
-    }
-}
-
-/// `connection.close-ok` (class 10, method 51): Confirm a connection close. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionCloseOk;
-
-impl ConnectionCloseOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 51;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.close-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `connection.blocked` (class 10, method 60): RabbitMQ extension: the server has blocked publishing on this connection.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionBlocked {
-    /// `reason`: domain `shortstr`, wire type `shortstr`.
-    pub reason: String,
-}
-
-impl ConnectionBlocked {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 60;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.blocked";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reason = wire::get_shortstr(input)?;
-        Ok(Self { reason })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.reason);
-    }
-}
-
-/// `connection.unblocked` (class 10, method 61): RabbitMQ extension: the server has unblocked publishing on this connection.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionUnblocked;
-
-impl ConnectionUnblocked {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 61;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.unblocked";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `connection.update-secret` (class 10, method 70): RabbitMQ extension: replace the credentials of an open connection. Synchronous.
-///
-/// Answered by `connection.update-secret-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionUpdateSecret {
-    /// `new-secret`: domain `longstr`, wire type `longstr`.
-    pub new_secret: Bytes,
-    /// `reason`: domain `shortstr`, wire type `shortstr`.
-    pub reason: String,
-}
-
-impl ConnectionUpdateSecret {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 70;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.update-secret";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let new_secret = wire::get_longstr(input)?;
-        let reason = wire::get_shortstr(input)?;
-        Ok(Self { new_secret, reason })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_longstr(out, &self.new_secret);
-        wire::put_shortstr(out, &self.reason);
-    }
-}
-
-/// `connection.update-secret-ok` (class 10, method 71): RabbitMQ extension: the secret was updated. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConnectionUpdateSecretOk;
-
-impl ConnectionUpdateSecretOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONNECTION;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 71;
-    /// `class.method` name.
-    pub const NAME: &'static str = "connection.update-secret-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `channel.open` (class 20, method 10): Open a channel for use. Synchronous.
-///
-/// Answered by `channel.open-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChannelOpen {
-    /// `reserved-1`: domain `shortstr`, wire type `shortstr`.
-    pub reserved_1: String,
-}
-
-impl ChannelOpen {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CHANNEL;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 10;
-    /// `class.method` name.
-    pub const NAME: &'static str = "channel.open";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_shortstr(input)?;
-        Ok(Self { reserved_1 })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.reserved_1);
-    }
-}
-
-/// `channel.open-ok` (class 20, method 11): Signal that the channel is ready. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChannelOpenOk {
-    /// `reserved-1`: domain `longstr`, wire type `longstr`.
-    pub reserved_1: Bytes,
-}
-
-impl ChannelOpenOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CHANNEL;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 11;
-    /// `class.method` name.
-    pub const NAME: &'static str = "channel.open-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_longstr(input)?;
-        Ok(Self { reserved_1 })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_longstr(out, &self.reserved_1);
-    }
-}
-
-/// `channel.flow` (class 20, method 20): Enable/disable flow from peer. Synchronous.
-///
-/// Answered by `channel.flow-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChannelFlow {
-    /// `active`: domain `bit`, wire type `bit`.
-    pub active: bool,
-}
-
-impl ChannelFlow {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CHANNEL;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 20;
-    /// `class.method` name.
-    pub const NAME: &'static str = "channel.flow";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let bits_0 = wire::get_u8(input)?;
-        let active = bits_0 & 1 != 0;
-        Ok(Self { active })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u8(u8::from(self.active));
-    }
-}
-
-/// `channel.flow-ok` (class 20, method 21): Confirm a flow method.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChannelFlowOk {
-    /// `active`: domain `bit`, wire type `bit`.
-    pub active: bool,
-}
-
-impl ChannelFlowOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CHANNEL;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 21;
-    /// `class.method` name.
-    pub const NAME: &'static str = "channel.flow-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let bits_0 = wire::get_u8(input)?;
-        let active = bits_0 & 1 != 0;
-        Ok(Self { active })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u8(u8::from(self.active));
-    }
-}
-
-/// `channel.close` (class 20, method 40): Request a channel close. Synchronous.
-///
-/// Answered by `channel.close-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChannelClose {
-    /// `reply-code`: domain `reply-code`, wire type `short`.
-    pub reply_code: u16,
-    /// `reply-text`: domain `reply-text`, wire type `shortstr`.
-    pub reply_text: String,
-    /// `class-id`: domain `class-id`, wire type `short`.
-    pub class_id: u16,
-    /// `method-id`: domain `method-id`, wire type `short`.
-    pub method_id: u16,
-}
-
-impl ChannelClose {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CHANNEL;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 40;
-    /// `class.method` name.
-    pub const NAME: &'static str = "channel.close";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reply_code = wire::get_u16(input)?;
-        let reply_text = wire::get_shortstr(input)?;
-        let class_id = wire::get_u16(input)?;
-        let method_id = wire::get_u16(input)?;
-        Ok(Self { reply_code, reply_text, class_id, method_id })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reply_code);
-        wire::put_shortstr(out, &self.reply_text);
-        out.put_u16(self.class_id);
-        out.put_u16(self.method_id);
-    }
-}
-
-/// `channel.close-ok` (class 20, method 41): Confirm a channel close. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChannelCloseOk;
-
-impl ChannelCloseOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CHANNEL;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 41;
-    /// `class.method` name.
-    pub const NAME: &'static str = "channel.close-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `exchange.declare` (class 40, method 10): Verify exchange exists, create if needed. Synchronous.
-///
-/// Answered by `exchange.declare-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeDeclare {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `type`: domain `shortstr`, wire type `shortstr`.
-    pub kind: String,
-    /// `passive`: domain `bit`, wire type `bit`.
-    pub passive: bool,
-    /// `durable`: domain `bit`, wire type `bit`.
-    pub durable: bool,
-    /// `auto-delete`: domain `bit`, wire type `bit`; reserved-2 in the spec; RabbitMQ reads it as auto-delete.
-    pub auto_delete: bool,
-    /// `internal`: domain `bit`, wire type `bit`; reserved-3 in the spec; RabbitMQ reads it as internal.
-    pub internal: bool,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-    /// `arguments`: domain `table`, wire type `table`.
-    pub arguments: FieldTable,
-}
-
-impl ExchangeDeclare {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 10;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.declare";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let exchange = wire::get_shortstr(input)?;
-        let kind = wire::get_shortstr(input)?;
-        let bits_3 = wire::get_u8(input)?;
-        let passive = bits_3 & 1 != 0;
-        let durable = bits_3 & 2 != 0;
-        let auto_delete = bits_3 & 4 != 0;
-        let internal = bits_3 & 8 != 0;
-        let no_wait = bits_3 & 16 != 0;
-        let arguments = FieldTable::decode(input)?;
-        Ok(Self { reserved_1, exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.exchange);
-        wire::put_shortstr(out, &self.kind);
-        out.put_u8(u8::from(self.passive) | (u8::from(self.durable) << 1) | (u8::from(self.auto_delete) << 2) | (u8::from(self.internal) << 3) | (u8::from(self.no_wait) << 4));
-        FieldTable::encode(&self.arguments, out);
-    }
-}
-
-/// `exchange.declare-ok` (class 40, method 11): Confirm exchange declaration. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeDeclareOk;
-
-impl ExchangeDeclareOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 11;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.declare-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `exchange.delete` (class 40, method 20): Delete an exchange. Synchronous.
-///
-/// Answered by `exchange.delete-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeDelete {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `if-unused`: domain `bit`, wire type `bit`.
-    pub if_unused: bool,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-}
-
-impl ExchangeDelete {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 20;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.delete";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let exchange = wire::get_shortstr(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let if_unused = bits_2 & 1 != 0;
-        let no_wait = bits_2 & 2 != 0;
-        Ok(Self { reserved_1, exchange, if_unused, no_wait })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.exchange);
-        out.put_u8(u8::from(self.if_unused) | (u8::from(self.no_wait) << 1));
-    }
-}
-
-/// `exchange.delete-ok` (class 40, method 21): Confirm deletion of an exchange. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeDeleteOk;
-
-impl ExchangeDeleteOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 21;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.delete-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `exchange.bind` (class 40, method 30): RabbitMQ extension: bind exchange to exchange. Synchronous.
-///
-/// Answered by `exchange.bind-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeBind {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `destination`: domain `exchange-name`, wire type `shortstr`.
-    pub destination: String,
-    /// `source`: domain `exchange-name`, wire type `shortstr`.
-    pub source: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-    /// `arguments`: domain `table`, wire type `table`.
-    pub arguments: FieldTable,
-}
-
-impl ExchangeBind {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 30;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.bind";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let destination = wire::get_shortstr(input)?;
-        let source = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        let bits_4 = wire::get_u8(input)?;
-        let no_wait = bits_4 & 1 != 0;
-        let arguments = FieldTable::decode(input)?;
-        Ok(Self { reserved_1, destination, source, routing_key, no_wait, arguments })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.destination);
-        wire::put_shortstr(out, &self.source);
-        wire::put_shortstr(out, &self.routing_key);
-        out.put_u8(u8::from(self.no_wait));
-        FieldTable::encode(&self.arguments, out);
-    }
-}
-
-/// `exchange.bind-ok` (class 40, method 31): RabbitMQ extension: confirm bind successful. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeBindOk;
-
-impl ExchangeBindOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 31;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.bind-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `exchange.unbind` (class 40, method 40): RabbitMQ extension: unbind an exchange from an exchange. Synchronous.
-///
-/// Answered by `exchange.unbind-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeUnbind {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `destination`: domain `exchange-name`, wire type `shortstr`.
-    pub destination: String,
-    /// `source`: domain `exchange-name`, wire type `shortstr`.
-    pub source: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-    /// `arguments`: domain `table`, wire type `table`.
-    pub arguments: FieldTable,
-}
-
-impl ExchangeUnbind {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 40;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.unbind";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let destination = wire::get_shortstr(input)?;
-        let source = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        let bits_4 = wire::get_u8(input)?;
-        let no_wait = bits_4 & 1 != 0;
-        let arguments = FieldTable::decode(input)?;
-        Ok(Self { reserved_1, destination, source, routing_key, no_wait, arguments })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.destination);
-        wire::put_shortstr(out, &self.source);
-        wire::put_shortstr(out, &self.routing_key);
-        out.put_u8(u8::from(self.no_wait));
-        FieldTable::encode(&self.arguments, out);
-    }
-}
-
-/// `exchange.unbind-ok` (class 40, method 51): RabbitMQ extension: confirm unbind successful. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExchangeUnbindOk;
-
-impl ExchangeUnbindOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::EXCHANGE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 51;
-    /// `class.method` name.
-    pub const NAME: &'static str = "exchange.unbind-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `queue.declare` (class 50, method 10): Declare queue, create if needed. Synchronous.
-///
-/// Answered by `queue.declare-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueDeclare {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `passive`: domain `bit`, wire type `bit`.
-    pub passive: bool,
-    /// `durable`: domain `bit`, wire type `bit`.
-    pub durable: bool,
-    /// `exclusive`: domain `bit`, wire type `bit`.
-    pub exclusive: bool,
-    /// `auto-delete`: domain `bit`, wire type `bit`.
-    pub auto_delete: bool,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-    /// `arguments`: domain `table`, wire type `table`.
-    pub arguments: FieldTable,
-}
-
-impl QueueDeclare {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 10;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.declare";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let queue = wire::get_shortstr(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let passive = bits_2 & 1 != 0;
-        let durable = bits_2 & 2 != 0;
-        let exclusive = bits_2 & 4 != 0;
-        let auto_delete = bits_2 & 8 != 0;
-        let no_wait = bits_2 & 16 != 0;
-        let arguments = FieldTable::decode(input)?;
-        Ok(Self { reserved_1, queue, passive, durable, exclusive, auto_delete, no_wait, arguments })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.queue);
-        out.put_u8(u8::from(self.passive) | (u8::from(self.durable) << 1) | (u8::from(self.exclusive) << 2) | (u8::from(self.auto_delete) << 3) | (u8::from(self.no_wait) << 4));
-        FieldTable::encode(&self.arguments, out);
-    }
-}
-
-/// `queue.declare-ok` (class 50, method 11): Confirms a queue definition. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueDeclareOk {
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `message-count`: domain `message-count`, wire type `long`.
-    pub message_count: u32,
-    /// `consumer-count`: domain `long`, wire type `long`.
-    pub consumer_count: u32,
-}
-
-impl QueueDeclareOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 11;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.declare-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let queue = wire::get_shortstr(input)?;
-        let message_count = wire::get_u32(input)?;
-        let consumer_count = wire::get_u32(input)?;
-        Ok(Self { queue, message_count, consumer_count })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.queue);
-        out.put_u32(self.message_count);
-        out.put_u32(self.consumer_count);
-    }
-}
-
-/// `queue.bind` (class 50, method 20): Bind queue to an exchange. Synchronous.
-///
-/// Answered by `queue.bind-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueBind {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-    /// `arguments`: domain `table`, wire type `table`.
-    pub arguments: FieldTable,
-}
-
-impl QueueBind {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 20;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.bind";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let queue = wire::get_shortstr(input)?;
-        let exchange = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        let bits_4 = wire::get_u8(input)?;
-        let no_wait = bits_4 & 1 != 0;
-        let arguments = FieldTable::decode(input)?;
-        Ok(Self { reserved_1, queue, exchange, routing_key, no_wait, arguments })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.queue);
-        wire::put_shortstr(out, &self.exchange);
-        wire::put_shortstr(out, &self.routing_key);
-        out.put_u8(u8::from(self.no_wait));
-        FieldTable::encode(&self.arguments, out);
-    }
-}
-
-/// `queue.bind-ok` (class 50, method 21): Confirm bind successful. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueBindOk;
-
-impl QueueBindOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 21;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.bind-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `queue.unbind` (class 50, method 50): Unbind a queue from an exchange. Synchronous.
-///
-/// Answered by `queue.unbind-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueUnbind {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-    /// `arguments`: domain `table`, wire type `table`.
-    pub arguments: FieldTable,
-}
-
-impl QueueUnbind {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 50;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.unbind";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let queue = wire::get_shortstr(input)?;
-        let exchange = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        let arguments = FieldTable::decode(input)?;
-        Ok(Self { reserved_1, queue, exchange, routing_key, arguments })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.queue);
-        wire::put_shortstr(out, &self.exchange);
-        wire::put_shortstr(out, &self.routing_key);
-        FieldTable::encode(&self.arguments, out);
-    }
-}
-
-/// `queue.unbind-ok` (class 50, method 51): Confirm unbind successful. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueUnbindOk;
-
-impl QueueUnbindOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 51;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.unbind-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `queue.purge` (class 50, method 30): Purge a queue. Synchronous.
-///
-/// Answered by `queue.purge-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueuePurge {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-}
-
-impl QueuePurge {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 30;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.purge";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let queue = wire::get_shortstr(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let no_wait = bits_2 & 1 != 0;
-        Ok(Self { reserved_1, queue, no_wait })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.queue);
-        out.put_u8(u8::from(self.no_wait));
-    }
-}
-
-/// `queue.purge-ok` (class 50, method 31): Confirms a queue purge. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueuePurgeOk {
-    /// `message-count`: domain `message-count`, wire type `long`.
-    pub message_count: u32,
-}
-
-impl QueuePurgeOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 31;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.purge-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let message_count = wire::get_u32(input)?;
-        Ok(Self { message_count })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u32(self.message_count);
-    }
-}
-
-/// `queue.delete` (class 50, method 40): Delete a queue. Synchronous.
-///
-/// Answered by `queue.delete-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueDelete {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `if-unused`: domain `bit`, wire type `bit`.
-    pub if_unused: bool,
-    /// `if-empty`: domain `bit`, wire type `bit`.
-    pub if_empty: bool,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-}
-
-impl QueueDelete {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 40;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.delete";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let queue = wire::get_shortstr(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let if_unused = bits_2 & 1 != 0;
-        let if_empty = bits_2 & 2 != 0;
-        let no_wait = bits_2 & 4 != 0;
-        Ok(Self { reserved_1, queue, if_unused, if_empty, no_wait })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.queue);
-        out.put_u8(u8::from(self.if_unused) | (u8::from(self.if_empty) << 1) | (u8::from(self.no_wait) << 2));
-    }
-}
-
-/// `queue.delete-ok` (class 50, method 41): Confirm deletion of a queue. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QueueDeleteOk {
-    /// `message-count`: domain `message-count`, wire type `long`.
-    pub message_count: u32,
-}
-
-impl QueueDeleteOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::QUEUE;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 41;
-    /// `class.method` name.
-    pub const NAME: &'static str = "queue.delete-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let message_count = wire::get_u32(input)?;
-        Ok(Self { message_count })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u32(self.message_count);
-    }
-}
-
-/// `basic.qos` (class 60, method 10): Specify quality of service. Synchronous.
-///
-/// Answered by `basic.qos-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicQos {
-    /// `prefetch-size`: domain `long`, wire type `long`.
-    pub prefetch_size: u32,
-    /// `prefetch-count`: domain `short`, wire type `short`.
-    pub prefetch_count: u16,
-    /// `global`: domain `bit`, wire type `bit`.
-    pub global: bool,
-}
-
-impl BasicQos {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 10;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.qos";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let prefetch_size = wire::get_u32(input)?;
-        let prefetch_count = wire::get_u16(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let global = bits_2 & 1 != 0;
-        Ok(Self { prefetch_size, prefetch_count, global })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u32(self.prefetch_size);
-        out.put_u16(self.prefetch_count);
-        out.put_u8(u8::from(self.global));
-    }
-}
-
-/// `basic.qos-ok` (class 60, method 11): Confirm the requested qos. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicQosOk;
-
-impl BasicQosOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 11;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.qos-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `basic.consume` (class 60, method 20): Start a queue consumer. Synchronous.
-///
-/// Answered by `basic.consume-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicConsume {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `consumer-tag`: domain `consumer-tag`, wire type `shortstr`.
-    pub consumer_tag: String,
-    /// `no-local`: domain `no-local`, wire type `bit`.
-    pub no_local: bool,
-    /// `no-ack`: domain `no-ack`, wire type `bit`.
-    pub no_ack: bool,
-    /// `exclusive`: domain `bit`, wire type `bit`.
-    pub exclusive: bool,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-    /// `arguments`: domain `table`, wire type `table`.
-    pub arguments: FieldTable,
-}
-
-impl BasicConsume {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 20;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.consume";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let queue = wire::get_shortstr(input)?;
-        let consumer_tag = wire::get_shortstr(input)?;
-        let bits_3 = wire::get_u8(input)?;
-        let no_local = bits_3 & 1 != 0;
-        let no_ack = bits_3 & 2 != 0;
-        let exclusive = bits_3 & 4 != 0;
-        let no_wait = bits_3 & 8 != 0;
-        let arguments = FieldTable::decode(input)?;
-        Ok(Self { reserved_1, queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.queue);
-        wire::put_shortstr(out, &self.consumer_tag);
-        out.put_u8(u8::from(self.no_local) | (u8::from(self.no_ack) << 1) | (u8::from(self.exclusive) << 2) | (u8::from(self.no_wait) << 3));
-        FieldTable::encode(&self.arguments, out);
-    }
-}
-
-/// `basic.consume-ok` (class 60, method 21): Confirm a new consumer. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicConsumeOk {
-    /// `consumer-tag`: domain `consumer-tag`, wire type `shortstr`.
-    pub consumer_tag: String,
-}
-
-impl BasicConsumeOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 21;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.consume-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let consumer_tag = wire::get_shortstr(input)?;
-        Ok(Self { consumer_tag })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.consumer_tag);
-    }
-}
-
-/// `basic.cancel` (class 60, method 30): End a queue consumer (RabbitMQ also sends it to the client when a queue is deleted). Synchronous.
-///
-/// Answered by `basic.cancel-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicCancel {
-    /// `consumer-tag`: domain `consumer-tag`, wire type `shortstr`.
-    pub consumer_tag: String,
-    /// `no-wait`: domain `no-wait`, wire type `bit`.
-    pub no_wait: bool,
-}
-
-impl BasicCancel {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 30;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.cancel";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let consumer_tag = wire::get_shortstr(input)?;
-        let bits_1 = wire::get_u8(input)?;
-        let no_wait = bits_1 & 1 != 0;
-        Ok(Self { consumer_tag, no_wait })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.consumer_tag);
-        out.put_u8(u8::from(self.no_wait));
-    }
-}
-
-/// `basic.cancel-ok` (class 60, method 31): Confirm a cancelled consumer. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicCancelOk {
-    /// `consumer-tag`: domain `consumer-tag`, wire type `shortstr`.
-    pub consumer_tag: String,
-}
-
-impl BasicCancelOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 31;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.cancel-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let consumer_tag = wire::get_shortstr(input)?;
-        Ok(Self { consumer_tag })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.consumer_tag);
-    }
-}
-
-/// `basic.publish` (class 60, method 40): Publish a message. Carries content.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicPublish {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-    /// `mandatory`: domain `bit`, wire type `bit`.
-    pub mandatory: bool,
-    /// `immediate`: domain `bit`, wire type `bit`.
-    pub immediate: bool,
-}
-
-impl BasicPublish {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 40;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.publish";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let exchange = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        let bits_3 = wire::get_u8(input)?;
-        let mandatory = bits_3 & 1 != 0;
-        let immediate = bits_3 & 2 != 0;
-        Ok(Self { reserved_1, exchange, routing_key, mandatory, immediate })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.exchange);
-        wire::put_shortstr(out, &self.routing_key);
-        out.put_u8(u8::from(self.mandatory) | (u8::from(self.immediate) << 1));
-    }
-}
-
-/// `basic.return` (class 60, method 50): Return a failed message. Carries content.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicReturn {
-    /// `reply-code`: domain `reply-code`, wire type `short`.
-    pub reply_code: u16,
-    /// `reply-text`: domain `reply-text`, wire type `shortstr`.
-    pub reply_text: String,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-}
-
-impl BasicReturn {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 50;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.return";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reply_code = wire::get_u16(input)?;
-        let reply_text = wire::get_shortstr(input)?;
-        let exchange = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        Ok(Self { reply_code, reply_text, exchange, routing_key })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        Self::encode_args_borrowed(out, self.reply_code, &self.reply_text, &self.exchange, &self.routing_key);
-    }
-
-    /// [`Self::encode_args`] from borrowed values: the server sends this method with
-    /// every message it hands out, and this way builds no owned strings for it.
-    pub fn encode_args_borrowed(out: &mut BytesMut, reply_code: u16, reply_text: &str, exchange: &str, routing_key: &str) {
-        out.put_u16(reply_code);
-        wire::put_shortstr(out, reply_text);
-        wire::put_shortstr(out, exchange);
-        wire::put_shortstr(out, routing_key);
-    }
-}
-
-/// `basic.deliver` (class 60, method 60): Notify the client of a consumer message. Carries content.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicDeliver {
-    /// `consumer-tag`: domain `consumer-tag`, wire type `shortstr`.
-    pub consumer_tag: String,
-    /// `delivery-tag`: domain `delivery-tag`, wire type `longlong`.
-    pub delivery_tag: u64,
-    /// `redelivered`: domain `redelivered`, wire type `bit`.
-    pub redelivered: bool,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-}
-
-impl BasicDeliver {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 60;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.deliver";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let consumer_tag = wire::get_shortstr(input)?;
-        let delivery_tag = wire::get_u64(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let redelivered = bits_2 & 1 != 0;
-        let exchange = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        Ok(Self { consumer_tag, delivery_tag, redelivered, exchange, routing_key })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        Self::encode_args_borrowed(out, &self.consumer_tag, self.delivery_tag, self.redelivered, &self.exchange, &self.routing_key);
-    }
-
-    /// [`Self::encode_args`] from borrowed values: the server sends this method with
-    /// every message it hands out, and this way builds no owned strings for it.
-    pub fn encode_args_borrowed(out: &mut BytesMut, consumer_tag: &str, delivery_tag: u64, redelivered: bool, exchange: &str, routing_key: &str) {
-        wire::put_shortstr(out, consumer_tag);
-        out.put_u64(delivery_tag);
-        out.put_u8(u8::from(redelivered));
-        wire::put_shortstr(out, exchange);
-        wire::put_shortstr(out, routing_key);
-    }
-}
-
-/// `basic.get` (class 60, method 70): Direct access to a queue. Synchronous.
-///
-/// Answered by `basic.get-ok` or `basic.get-empty`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicGet {
-    /// `reserved-1`: domain `short`, wire type `short`.
-    pub reserved_1: u16,
-    /// `queue`: domain `queue-name`, wire type `shortstr`.
-    pub queue: String,
-    /// `no-ack`: domain `no-ack`, wire type `bit`.
-    pub no_ack: bool,
-}
-
-impl BasicGet {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 70;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.get";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_u16(input)?;
-        let queue = wire::get_shortstr(input)?;
-        let bits_2 = wire::get_u8(input)?;
-        let no_ack = bits_2 & 1 != 0;
-        Ok(Self { reserved_1, queue, no_ack })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u16(self.reserved_1);
-        wire::put_shortstr(out, &self.queue);
-        out.put_u8(u8::from(self.no_ack));
-    }
-}
-
-/// `basic.get-ok` (class 60, method 71): Provide client with a message. Synchronous. Carries content.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicGetOk {
-    /// `delivery-tag`: domain `delivery-tag`, wire type `longlong`.
-    pub delivery_tag: u64,
-    /// `redelivered`: domain `redelivered`, wire type `bit`.
-    pub redelivered: bool,
-    /// `exchange`: domain `exchange-name`, wire type `shortstr`.
-    pub exchange: String,
-    /// `routing-key`: domain `shortstr`, wire type `shortstr`.
-    pub routing_key: String,
-    /// `message-count`: domain `message-count`, wire type `long`.
-    pub message_count: u32,
-}
-
-impl BasicGetOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 71;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.get-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let delivery_tag = wire::get_u64(input)?;
-        let bits_1 = wire::get_u8(input)?;
-        let redelivered = bits_1 & 1 != 0;
-        let exchange = wire::get_shortstr(input)?;
-        let routing_key = wire::get_shortstr(input)?;
-        let message_count = wire::get_u32(input)?;
-        Ok(Self { delivery_tag, redelivered, exchange, routing_key, message_count })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        Self::encode_args_borrowed(out, self.delivery_tag, self.redelivered, &self.exchange, &self.routing_key, self.message_count);
-    }
-
-    /// [`Self::encode_args`] from borrowed values: the server sends this method with
-    /// every message it hands out, and this way builds no owned strings for it.
-    pub fn encode_args_borrowed(out: &mut BytesMut, delivery_tag: u64, redelivered: bool, exchange: &str, routing_key: &str, message_count: u32) {
-        out.put_u64(delivery_tag);
-        out.put_u8(u8::from(redelivered));
-        wire::put_shortstr(out, exchange);
-        wire::put_shortstr(out, routing_key);
-        out.put_u32(message_count);
-    }
-}
-
-/// `basic.get-empty` (class 60, method 72): Indicate no messages available. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicGetEmpty {
-    /// `reserved-1`: domain `shortstr`, wire type `shortstr`.
-    pub reserved_1: String,
-}
-
-impl BasicGetEmpty {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 72;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.get-empty";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let reserved_1 = wire::get_shortstr(input)?;
-        Ok(Self { reserved_1 })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        wire::put_shortstr(out, &self.reserved_1);
-    }
-}
-
-/// `basic.ack` (class 60, method 80): Acknowledge one or more messages.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicAck {
-    /// `delivery-tag`: domain `delivery-tag`, wire type `longlong`.
-    pub delivery_tag: u64,
-    /// `multiple`: domain `bit`, wire type `bit`.
-    pub multiple: bool,
-}
-
-impl BasicAck {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 80;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.ack";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let delivery_tag = wire::get_u64(input)?;
-        let bits_1 = wire::get_u8(input)?;
-        let multiple = bits_1 & 1 != 0;
-        Ok(Self { delivery_tag, multiple })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u64(self.delivery_tag);
-        out.put_u8(u8::from(self.multiple));
-    }
-}
-
-/// `basic.reject` (class 60, method 90): Reject an incoming message.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicReject {
-    /// `delivery-tag`: domain `delivery-tag`, wire type `longlong`.
-    pub delivery_tag: u64,
-    /// `requeue`: domain `bit`, wire type `bit`.
-    pub requeue: bool,
-}
-
-impl BasicReject {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 90;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.reject";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let delivery_tag = wire::get_u64(input)?;
-        let bits_1 = wire::get_u8(input)?;
-        let requeue = bits_1 & 1 != 0;
-        Ok(Self { delivery_tag, requeue })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u64(self.delivery_tag);
-        out.put_u8(u8::from(self.requeue));
-    }
-}
-
-/// `basic.recover-async` (class 60, method 100): Redeliver unacknowledged messages (deprecated).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicRecoverAsync {
-    /// `requeue`: domain `bit`, wire type `bit`.
-    pub requeue: bool,
-}
-
-impl BasicRecoverAsync {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 100;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.recover-async";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let bits_0 = wire::get_u8(input)?;
-        let requeue = bits_0 & 1 != 0;
-        Ok(Self { requeue })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u8(u8::from(self.requeue));
-    }
-}
-
-/// `basic.recover` (class 60, method 110): Redeliver unacknowledged messages. Synchronous.
-///
-/// Answered by `basic.recover-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicRecover {
-    /// `requeue`: domain `bit`, wire type `bit`.
-    pub requeue: bool,
-}
-
-impl BasicRecover {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 110;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.recover";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let bits_0 = wire::get_u8(input)?;
-        let requeue = bits_0 & 1 != 0;
-        Ok(Self { requeue })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u8(u8::from(self.requeue));
-    }
-}
-
-/// `basic.recover-ok` (class 60, method 111): Confirm recovery. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicRecoverOk;
-
-impl BasicRecoverOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 111;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.recover-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `basic.nack` (class 60, method 120): RabbitMQ extension: reject one or more incoming messages.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct BasicNack {
-    /// `delivery-tag`: domain `delivery-tag`, wire type `longlong`.
-    pub delivery_tag: u64,
-    /// `multiple`: domain `bit`, wire type `bit`.
-    pub multiple: bool,
-    /// `requeue`: domain `bit`, wire type `bit`.
-    pub requeue: bool,
-}
-
-impl BasicNack {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::BASIC;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 120;
-    /// `class.method` name.
-    pub const NAME: &'static str = "basic.nack";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let delivery_tag = wire::get_u64(input)?;
-        let bits_1 = wire::get_u8(input)?;
-        let multiple = bits_1 & 1 != 0;
-        let requeue = bits_1 & 2 != 0;
-        Ok(Self { delivery_tag, multiple, requeue })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u64(self.delivery_tag);
-        out.put_u8(u8::from(self.multiple) | (u8::from(self.requeue) << 1));
-    }
-}
-
-/// `confirm.select` (class 85, method 10): Put the channel in confirm mode (RabbitMQ's own spec names the bit `nowait`). Synchronous.
-///
-/// Answered by `confirm.select-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConfirmSelect {
-    /// `no-wait`: domain `bit`, wire type `bit`.
-    pub no_wait: bool,
-}
-
-impl ConfirmSelect {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONFIRM;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 10;
-    /// `class.method` name.
-    pub const NAME: &'static str = "confirm.select";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(input: &mut &[u8]) -> Result<Self, MethodError> {
-        let bits_0 = wire::get_u8(input)?;
-        let no_wait = bits_0 & 1 != 0;
-        Ok(Self { no_wait })
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, out: &mut BytesMut) {
-        out.put_u8(u8::from(self.no_wait));
-    }
-}
-
-/// `confirm.select-ok` (class 85, method 11): Confirm mode is on. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConfirmSelectOk;
-
-impl ConfirmSelectOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::CONFIRM;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 11;
-    /// `class.method` name.
-    pub const NAME: &'static str = "confirm.select-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `tx.select` (class 90, method 10): Select standard transaction mode. Synchronous.
-///
-/// Answered by `tx.select-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TxSelect;
-
-impl TxSelect {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::TX;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 10;
-    /// `class.method` name.
-    pub const NAME: &'static str = "tx.select";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `tx.select-ok` (class 90, method 11): Confirm transaction mode. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TxSelectOk;
-
-impl TxSelectOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::TX;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 11;
-    /// `class.method` name.
-    pub const NAME: &'static str = "tx.select-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `tx.commit` (class 90, method 20): Commit the current transaction. Synchronous.
-///
-/// Answered by `tx.commit-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TxCommit;
-
-impl TxCommit {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::TX;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 20;
-    /// `class.method` name.
-    pub const NAME: &'static str = "tx.commit";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `tx.commit-ok` (class 90, method 21): Confirm a successful commit. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TxCommitOk;
-
-impl TxCommitOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::TX;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 21;
-    /// `class.method` name.
-    pub const NAME: &'static str = "tx.commit-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `tx.rollback` (class 90, method 30): Abandon the current transaction. Synchronous.
-///
-/// Answered by `tx.rollback-ok`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TxRollback;
-
-impl TxRollback {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::TX;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 30;
-    /// `class.method` name.
-    pub const NAME: &'static str = "tx.rollback";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// `tx.rollback-ok` (class 90, method 31): Confirm successful rollback. Synchronous.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TxRollbackOk;
-
-impl TxRollbackOk {
-    /// Class id on the wire.
-    pub const CLASS_ID: u16 = class::TX;
-    /// Method id on the wire.
-    pub const METHOD_ID: u16 = 31;
-    /// `class.method` name.
-    pub const NAME: &'static str = "tx.rollback-ok";
-
-    /// Decodes the arguments (after class-id and method-id), advancing `input`.
-    pub fn decode_args(_input: &mut &[u8]) -> Result<Self, MethodError> {
-        Ok(Self)
-    }
-
-    /// Encodes the arguments (without class-id and method-id).
-    pub fn encode_args(&self, _out: &mut BytesMut) {
-    }
-}
-
-/// Every AMQP 0-9-1 method qgate knows, one variant per method struct.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Method {
-    /// `connection.start`
-    ConnectionStart(ConnectionStart),
-    /// `connection.start-ok`
-    ConnectionStartOk(ConnectionStartOk),
-    /// `connection.secure`
-    ConnectionSecure(ConnectionSecure),
-    /// `connection.secure-ok`
-    ConnectionSecureOk(ConnectionSecureOk),
-    /// `connection.tune`
-    ConnectionTune(ConnectionTune),
-    /// `connection.tune-ok`
-    ConnectionTuneOk(ConnectionTuneOk),
-    /// `connection.open`
-    ConnectionOpen(ConnectionOpen),
-    /// `connection.open-ok`
-    ConnectionOpenOk(ConnectionOpenOk),
-    /// `connection.close`
-    ConnectionClose(ConnectionClose),
-    /// `connection.close-ok`
-    ConnectionCloseOk(ConnectionCloseOk),
-    /// `connection.blocked`
-    ConnectionBlocked(ConnectionBlocked),
-    /// `connection.unblocked`
-    ConnectionUnblocked(ConnectionUnblocked),
-    /// `connection.update-secret`
-    ConnectionUpdateSecret(ConnectionUpdateSecret),
-    /// `connection.update-secret-ok`
-    ConnectionUpdateSecretOk(ConnectionUpdateSecretOk),
-    /// `channel.open`
-    ChannelOpen(ChannelOpen),
-    /// `channel.open-ok`
-    ChannelOpenOk(ChannelOpenOk),
-    /// `channel.flow`
-    ChannelFlow(ChannelFlow),
-    /// `channel.flow-ok`
-    ChannelFlowOk(ChannelFlowOk),
-    /// `channel.close`
-    ChannelClose(ChannelClose),
-    /// `channel.close-ok`
-    ChannelCloseOk(ChannelCloseOk),
-    /// `exchange.declare`
-    ExchangeDeclare(ExchangeDeclare),
-    /// `exchange.declare-ok`
-    ExchangeDeclareOk(ExchangeDeclareOk),
-    /// `exchange.delete`
-    ExchangeDelete(ExchangeDelete),
-    /// `exchange.delete-ok`
-    ExchangeDeleteOk(ExchangeDeleteOk),
-    /// `exchange.bind`
-    ExchangeBind(ExchangeBind),
-    /// `exchange.bind-ok`
-    ExchangeBindOk(ExchangeBindOk),
-    /// `exchange.unbind`
-    ExchangeUnbind(ExchangeUnbind),
-    /// `exchange.unbind-ok`
-    ExchangeUnbindOk(ExchangeUnbindOk),
-    /// `queue.declare`
-    QueueDeclare(QueueDeclare),
-    /// `queue.declare-ok`
-    QueueDeclareOk(QueueDeclareOk),
-    /// `queue.bind`
-    QueueBind(QueueBind),
-    /// `queue.bind-ok`
-    QueueBindOk(QueueBindOk),
-    /// `queue.unbind`
-    QueueUnbind(QueueUnbind),
-    /// `queue.unbind-ok`
-    QueueUnbindOk(QueueUnbindOk),
-    /// `queue.purge`
-    QueuePurge(QueuePurge),
-    /// `queue.purge-ok`
-    QueuePurgeOk(QueuePurgeOk),
-    /// `queue.delete`
-    QueueDelete(QueueDelete),
-    /// `queue.delete-ok`
-    QueueDeleteOk(QueueDeleteOk),
-    /// `basic.qos`
-    BasicQos(BasicQos),
-    /// `basic.qos-ok`
-    BasicQosOk(BasicQosOk),
-    /// `basic.consume`
-    BasicConsume(BasicConsume),
-    /// `basic.consume-ok`
-    BasicConsumeOk(BasicConsumeOk),
-    /// `basic.cancel`
-    BasicCancel(BasicCancel),
-    /// `basic.cancel-ok`
-    BasicCancelOk(BasicCancelOk),
-    /// `basic.publish`
-    BasicPublish(BasicPublish),
-    /// `basic.return`
-    BasicReturn(BasicReturn),
-    /// `basic.deliver`
-    BasicDeliver(BasicDeliver),
-    /// `basic.get`
-    BasicGet(BasicGet),
-    /// `basic.get-ok`
-    BasicGetOk(BasicGetOk),
-    /// `basic.get-empty`
-    BasicGetEmpty(BasicGetEmpty),
-    /// `basic.ack`
-    BasicAck(BasicAck),
-    /// `basic.reject`
-    BasicReject(BasicReject),
-    /// `basic.recover-async`
-    BasicRecoverAsync(BasicRecoverAsync),
-    /// `basic.recover`
-    BasicRecover(BasicRecover),
-    /// `basic.recover-ok`
-    BasicRecoverOk(BasicRecoverOk),
-    /// `basic.nack`
-    BasicNack(BasicNack),
-    /// `confirm.select`
-    ConfirmSelect(ConfirmSelect),
-    /// `confirm.select-ok`
-    ConfirmSelectOk(ConfirmSelectOk),
-    /// `tx.select`
-    TxSelect(TxSelect),
-    /// `tx.select-ok`
-    TxSelectOk(TxSelectOk),
-    /// `tx.commit`
-    TxCommit(TxCommit),
-    /// `tx.commit-ok`
-    TxCommitOk(TxCommitOk),
-    /// `tx.rollback`
-    TxRollback(TxRollback),
-    /// `tx.rollback-ok`
-    TxRollbackOk(TxRollbackOk),
-}
-
-into_method!(
-    ConnectionStart,
-    ConnectionStartOk,
-    ConnectionSecure,
-    ConnectionSecureOk,
-    ConnectionTune,
-    ConnectionTuneOk,
-    ConnectionOpen,
-    ConnectionOpenOk,
-    ConnectionClose,
-    ConnectionCloseOk,
-    ConnectionBlocked,
-    ConnectionUnblocked,
-    ConnectionUpdateSecret,
-    ConnectionUpdateSecretOk,
-    ChannelOpen,
-    ChannelOpenOk,
-    ChannelFlow,
-    ChannelFlowOk,
-    ChannelClose,
-    ChannelCloseOk,
-    ExchangeDeclare,
-    ExchangeDeclareOk,
-    ExchangeDelete,
-    ExchangeDeleteOk,
-    ExchangeBind,
-    ExchangeBindOk,
-    ExchangeUnbind,
-    ExchangeUnbindOk,
-    QueueDeclare,
-    QueueDeclareOk,
-    QueueBind,
-    QueueBindOk,
-    QueueUnbind,
-    QueueUnbindOk,
-    QueuePurge,
-    QueuePurgeOk,
-    QueueDelete,
-    QueueDeleteOk,
-    BasicQos,
-    BasicQosOk,
-    BasicConsume,
-    BasicConsumeOk,
-    BasicCancel,
-    BasicCancelOk,
-    BasicPublish,
-    BasicReturn,
-    BasicDeliver,
-    BasicGet,
-    BasicGetOk,
-    BasicGetEmpty,
-    BasicAck,
-    BasicReject,
-    BasicRecoverAsync,
-    BasicRecover,
-    BasicRecoverOk,
-    BasicNack,
-    ConfirmSelect,
-    ConfirmSelectOk,
-    TxSelect,
-    TxSelectOk,
-    TxCommit,
-    TxCommitOk,
-    TxRollback,
-    TxRollbackOk
-);
-
-/// What the grammar says about each method, in grammar order.
-const INFO: &[MethodInfo] = &[
-    MethodInfo { class_id: 10, method_id: 10, name: "connection.start", content: false, synchronous: true, response_ids: &[(10, 11)], server_receives: false, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 11, name: "connection.start-ok", content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: false, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 20, name: "connection.secure", content: false, synchronous: true, response_ids: &[(10, 21)], server_receives: false, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 21, name: "connection.secure-ok", content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: false, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 30, name: "connection.tune", content: false, synchronous: true, response_ids: &[(10, 31)], server_receives: false, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 31, name: "connection.tune-ok", content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: false, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 40, name: "connection.open", content: false, synchronous: true, response_ids: &[(10, 41)], server_receives: true, server_sends: false, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 41, name: "connection.open-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 50, name: "connection.close", content: false, synchronous: true, response_ids: &[(10, 51)], server_receives: true, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 51, name: "connection.close-ok", content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 60, name: "connection.blocked", content: false, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 61, name: "connection.unblocked", content: false, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 70, name: "connection.update-secret", content: false, synchronous: true, response_ids: &[(10, 71)], server_receives: true, server_sends: false, handler: "connection" },
-    MethodInfo { class_id: 10, method_id: 71, name: "connection.update-secret-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" },
-    MethodInfo { class_id: 20, method_id: 10, name: "channel.open", content: false, synchronous: true, response_ids: &[(20, 11)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 20, method_id: 11, name: "channel.open-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 20, method_id: 20, name: "channel.flow", content: false, synchronous: true, response_ids: &[(20, 21)], server_receives: true, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 20, method_id: 21, name: "channel.flow-ok", content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 20, method_id: 40, name: "channel.close", content: false, synchronous: true, response_ids: &[(20, 41)], server_receives: true, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 20, method_id: 41, name: "channel.close-ok", content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 10, name: "exchange.declare", content: false, synchronous: true, response_ids: &[(40, 11)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 11, name: "exchange.declare-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 20, name: "exchange.delete", content: false, synchronous: true, response_ids: &[(40, 21)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 21, name: "exchange.delete-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 30, name: "exchange.bind", content: false, synchronous: true, response_ids: &[(40, 31)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 31, name: "exchange.bind-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 40, name: "exchange.unbind", content: false, synchronous: true, response_ids: &[(40, 51)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 40, method_id: 51, name: "exchange.unbind-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 10, name: "queue.declare", content: false, synchronous: true, response_ids: &[(50, 11)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 11, name: "queue.declare-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 20, name: "queue.bind", content: false, synchronous: true, response_ids: &[(50, 21)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 21, name: "queue.bind-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 50, name: "queue.unbind", content: false, synchronous: true, response_ids: &[(50, 51)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 51, name: "queue.unbind-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 30, name: "queue.purge", content: false, synchronous: true, response_ids: &[(50, 31)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 31, name: "queue.purge-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 40, name: "queue.delete", content: false, synchronous: true, response_ids: &[(50, 41)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 50, method_id: 41, name: "queue.delete-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 10, name: "basic.qos", content: false, synchronous: true, response_ids: &[(60, 11)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 11, name: "basic.qos-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 20, name: "basic.consume", content: false, synchronous: true, response_ids: &[(60, 21)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 21, name: "basic.consume-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 30, name: "basic.cancel", content: false, synchronous: true, response_ids: &[(60, 31)], server_receives: true, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 31, name: "basic.cancel-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 40, name: "basic.publish", content: true, synchronous: false, response_ids: &[], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 50, name: "basic.return", content: true, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 60, name: "basic.deliver", content: true, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 70, name: "basic.get", content: false, synchronous: true, response_ids: &[(60, 71), (60, 72)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 71, name: "basic.get-ok", content: true, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 72, name: "basic.get-empty", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 80, name: "basic.ack", content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 90, name: "basic.reject", content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 100, name: "basic.recover-async", content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 110, name: "basic.recover", content: false, synchronous: true, response_ids: &[(60, 111)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 111, name: "basic.recover-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 60, method_id: 120, name: "basic.nack", content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 85, method_id: 10, name: "confirm.select", content: false, synchronous: true, response_ids: &[(85, 11)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 85, method_id: 11, name: "confirm.select-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 90, method_id: 10, name: "tx.select", content: false, synchronous: true, response_ids: &[(90, 11)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 90, method_id: 11, name: "tx.select-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 90, method_id: 20, name: "tx.commit", content: false, synchronous: true, response_ids: &[(90, 21)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 90, method_id: 21, name: "tx.commit-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-    MethodInfo { class_id: 90, method_id: 30, name: "tx.rollback", content: false, synchronous: true, response_ids: &[(90, 31)], server_receives: true, server_sends: false, handler: "channel" },
-    MethodInfo { class_id: 90, method_id: 31, name: "tx.rollback-ok", content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" },
-];
-
-impl Method {
-    /// The grammar's facts about this method.
-    pub fn info(&self) -> &'static MethodInfo {
-        &INFO[match self {
-            Method::ConnectionStart(_) => 0,
-            Method::ConnectionStartOk(_) => 1,
-            Method::ConnectionSecure(_) => 2,
-            Method::ConnectionSecureOk(_) => 3,
-            Method::ConnectionTune(_) => 4,
-            Method::ConnectionTuneOk(_) => 5,
-            Method::ConnectionOpen(_) => 6,
-            Method::ConnectionOpenOk(_) => 7,
-            Method::ConnectionClose(_) => 8,
-            Method::ConnectionCloseOk(_) => 9,
-            Method::ConnectionBlocked(_) => 10,
-            Method::ConnectionUnblocked(_) => 11,
-            Method::ConnectionUpdateSecret(_) => 12,
-            Method::ConnectionUpdateSecretOk(_) => 13,
-            Method::ChannelOpen(_) => 14,
-            Method::ChannelOpenOk(_) => 15,
-            Method::ChannelFlow(_) => 16,
-            Method::ChannelFlowOk(_) => 17,
-            Method::ChannelClose(_) => 18,
-            Method::ChannelCloseOk(_) => 19,
-            Method::ExchangeDeclare(_) => 20,
-            Method::ExchangeDeclareOk(_) => 21,
-            Method::ExchangeDelete(_) => 22,
-            Method::ExchangeDeleteOk(_) => 23,
-            Method::ExchangeBind(_) => 24,
-            Method::ExchangeBindOk(_) => 25,
-            Method::ExchangeUnbind(_) => 26,
-            Method::ExchangeUnbindOk(_) => 27,
-            Method::QueueDeclare(_) => 28,
-            Method::QueueDeclareOk(_) => 29,
-            Method::QueueBind(_) => 30,
-            Method::QueueBindOk(_) => 31,
-            Method::QueueUnbind(_) => 32,
-            Method::QueueUnbindOk(_) => 33,
-            Method::QueuePurge(_) => 34,
-            Method::QueuePurgeOk(_) => 35,
-            Method::QueueDelete(_) => 36,
-            Method::QueueDeleteOk(_) => 37,
-            Method::BasicQos(_) => 38,
-            Method::BasicQosOk(_) => 39,
-            Method::BasicConsume(_) => 40,
-            Method::BasicConsumeOk(_) => 41,
-            Method::BasicCancel(_) => 42,
-            Method::BasicCancelOk(_) => 43,
-            Method::BasicPublish(_) => 44,
-            Method::BasicReturn(_) => 45,
-            Method::BasicDeliver(_) => 46,
-            Method::BasicGet(_) => 47,
-            Method::BasicGetOk(_) => 48,
-            Method::BasicGetEmpty(_) => 49,
-            Method::BasicAck(_) => 50,
-            Method::BasicReject(_) => 51,
-            Method::BasicRecoverAsync(_) => 52,
-            Method::BasicRecover(_) => 53,
-            Method::BasicRecoverOk(_) => 54,
-            Method::BasicNack(_) => 55,
-            Method::ConfirmSelect(_) => 56,
-            Method::ConfirmSelectOk(_) => 57,
-            Method::TxSelect(_) => 58,
-            Method::TxSelectOk(_) => 59,
-            Method::TxCommit(_) => 60,
-            Method::TxCommitOk(_) => 61,
-            Method::TxRollback(_) => 62,
-            Method::TxRollbackOk(_) => 63,
-        }]
-    }
-
-    /// Decodes a method frame payload: class-id, method-id, then the arguments.
-    /// Bytes after the last argument are ignored.
-    pub fn decode(payload: &[u8]) -> Result<Method, MethodError> {
-        let input = &mut &payload[..];
-        let class_id = wire::get_u16(input)?;
-        let method_id = wire::get_u16(input)?;
-        Ok(match (class_id, method_id) {
-            (10, 10) => Method::ConnectionStart(ConnectionStart::decode_args(input)?),
-            (10, 11) => Method::ConnectionStartOk(ConnectionStartOk::decode_args(input)?),
-            (10, 20) => Method::ConnectionSecure(ConnectionSecure::decode_args(input)?),
-            (10, 21) => Method::ConnectionSecureOk(ConnectionSecureOk::decode_args(input)?),
-            (10, 30) => Method::ConnectionTune(ConnectionTune::decode_args(input)?),
-            (10, 31) => Method::ConnectionTuneOk(ConnectionTuneOk::decode_args(input)?),
-            (10, 40) => Method::ConnectionOpen(ConnectionOpen::decode_args(input)?),
-            (10, 41) => Method::ConnectionOpenOk(ConnectionOpenOk::decode_args(input)?),
-            (10, 50) => Method::ConnectionClose(ConnectionClose::decode_args(input)?),
-            (10, 51) => Method::ConnectionCloseOk(ConnectionCloseOk::decode_args(input)?),
-            (10, 60) => Method::ConnectionBlocked(ConnectionBlocked::decode_args(input)?),
-            (10, 61) => Method::ConnectionUnblocked(ConnectionUnblocked::decode_args(input)?),
-            (10, 70) => Method::ConnectionUpdateSecret(ConnectionUpdateSecret::decode_args(input)?),
-            (10, 71) => Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk::decode_args(input)?),
-            (20, 10) => Method::ChannelOpen(ChannelOpen::decode_args(input)?),
-            (20, 11) => Method::ChannelOpenOk(ChannelOpenOk::decode_args(input)?),
-            (20, 20) => Method::ChannelFlow(ChannelFlow::decode_args(input)?),
-            (20, 21) => Method::ChannelFlowOk(ChannelFlowOk::decode_args(input)?),
-            (20, 40) => Method::ChannelClose(ChannelClose::decode_args(input)?),
-            (20, 41) => Method::ChannelCloseOk(ChannelCloseOk::decode_args(input)?),
-            (40, 10) => Method::ExchangeDeclare(ExchangeDeclare::decode_args(input)?),
-            (40, 11) => Method::ExchangeDeclareOk(ExchangeDeclareOk::decode_args(input)?),
-            (40, 20) => Method::ExchangeDelete(ExchangeDelete::decode_args(input)?),
-            (40, 21) => Method::ExchangeDeleteOk(ExchangeDeleteOk::decode_args(input)?),
-            (40, 30) => Method::ExchangeBind(ExchangeBind::decode_args(input)?),
-            (40, 31) => Method::ExchangeBindOk(ExchangeBindOk::decode_args(input)?),
-            (40, 40) => Method::ExchangeUnbind(ExchangeUnbind::decode_args(input)?),
-            (40, 51) => Method::ExchangeUnbindOk(ExchangeUnbindOk::decode_args(input)?),
-            (50, 10) => Method::QueueDeclare(QueueDeclare::decode_args(input)?),
-            (50, 11) => Method::QueueDeclareOk(QueueDeclareOk::decode_args(input)?),
-            (50, 20) => Method::QueueBind(QueueBind::decode_args(input)?),
-            (50, 21) => Method::QueueBindOk(QueueBindOk::decode_args(input)?),
-            (50, 50) => Method::QueueUnbind(QueueUnbind::decode_args(input)?),
-            (50, 51) => Method::QueueUnbindOk(QueueUnbindOk::decode_args(input)?),
-            (50, 30) => Method::QueuePurge(QueuePurge::decode_args(input)?),
-            (50, 31) => Method::QueuePurgeOk(QueuePurgeOk::decode_args(input)?),
-            (50, 40) => Method::QueueDelete(QueueDelete::decode_args(input)?),
-            (50, 41) => Method::QueueDeleteOk(QueueDeleteOk::decode_args(input)?),
-            (60, 10) => Method::BasicQos(BasicQos::decode_args(input)?),
-            (60, 11) => Method::BasicQosOk(BasicQosOk::decode_args(input)?),
-            (60, 20) => Method::BasicConsume(BasicConsume::decode_args(input)?),
-            (60, 21) => Method::BasicConsumeOk(BasicConsumeOk::decode_args(input)?),
-            (60, 30) => Method::BasicCancel(BasicCancel::decode_args(input)?),
-            (60, 31) => Method::BasicCancelOk(BasicCancelOk::decode_args(input)?),
-            (60, 40) => Method::BasicPublish(BasicPublish::decode_args(input)?),
-            (60, 50) => Method::BasicReturn(BasicReturn::decode_args(input)?),
-            (60, 60) => Method::BasicDeliver(BasicDeliver::decode_args(input)?),
-            (60, 70) => Method::BasicGet(BasicGet::decode_args(input)?),
-            (60, 71) => Method::BasicGetOk(BasicGetOk::decode_args(input)?),
-            (60, 72) => Method::BasicGetEmpty(BasicGetEmpty::decode_args(input)?),
-            (60, 80) => Method::BasicAck(BasicAck::decode_args(input)?),
-            (60, 90) => Method::BasicReject(BasicReject::decode_args(input)?),
-            (60, 100) => Method::BasicRecoverAsync(BasicRecoverAsync::decode_args(input)?),
-            (60, 110) => Method::BasicRecover(BasicRecover::decode_args(input)?),
-            (60, 111) => Method::BasicRecoverOk(BasicRecoverOk::decode_args(input)?),
-            (60, 120) => Method::BasicNack(BasicNack::decode_args(input)?),
-            (85, 10) => Method::ConfirmSelect(ConfirmSelect::decode_args(input)?),
-            (85, 11) => Method::ConfirmSelectOk(ConfirmSelectOk::decode_args(input)?),
-            (90, 10) => Method::TxSelect(TxSelect::decode_args(input)?),
-            (90, 11) => Method::TxSelectOk(TxSelectOk::decode_args(input)?),
-            (90, 20) => Method::TxCommit(TxCommit::decode_args(input)?),
-            (90, 21) => Method::TxCommitOk(TxCommitOk::decode_args(input)?),
-            (90, 30) => Method::TxRollback(TxRollback::decode_args(input)?),
-            (90, 31) => Method::TxRollbackOk(TxRollbackOk::decode_args(input)?),
-            _ => return Err(MethodError::UnknownMethod { class_id, method_id }),
-        })
-    }
-
-    /// Encodes class-id, method-id and the arguments (a method frame's payload).
-    pub fn encode(&self, out: &mut BytesMut) {
-        out.put_u16(self.class_id());
-        out.put_u16(self.method_id());
-        match self {
-            Method::ConnectionStart(m) => m.encode_args(out),
-            Method::ConnectionStartOk(m) => m.encode_args(out),
-            Method::ConnectionSecure(m) => m.encode_args(out),
-            Method::ConnectionSecureOk(m) => m.encode_args(out),
-            Method::ConnectionTune(m) => m.encode_args(out),
-            Method::ConnectionTuneOk(m) => m.encode_args(out),
-            Method::ConnectionOpen(m) => m.encode_args(out),
-            Method::ConnectionOpenOk(m) => m.encode_args(out),
-            Method::ConnectionClose(m) => m.encode_args(out),
-            Method::ConnectionCloseOk(m) => m.encode_args(out),
-            Method::ConnectionBlocked(m) => m.encode_args(out),
-            Method::ConnectionUnblocked(m) => m.encode_args(out),
-            Method::ConnectionUpdateSecret(m) => m.encode_args(out),
-            Method::ConnectionUpdateSecretOk(m) => m.encode_args(out),
-            Method::ChannelOpen(m) => m.encode_args(out),
-            Method::ChannelOpenOk(m) => m.encode_args(out),
-            Method::ChannelFlow(m) => m.encode_args(out),
-            Method::ChannelFlowOk(m) => m.encode_args(out),
-            Method::ChannelClose(m) => m.encode_args(out),
-            Method::ChannelCloseOk(m) => m.encode_args(out),
-            Method::ExchangeDeclare(m) => m.encode_args(out),
-            Method::ExchangeDeclareOk(m) => m.encode_args(out),
-            Method::ExchangeDelete(m) => m.encode_args(out),
-            Method::ExchangeDeleteOk(m) => m.encode_args(out),
-            Method::ExchangeBind(m) => m.encode_args(out),
-            Method::ExchangeBindOk(m) => m.encode_args(out),
-            Method::ExchangeUnbind(m) => m.encode_args(out),
-            Method::ExchangeUnbindOk(m) => m.encode_args(out),
-            Method::QueueDeclare(m) => m.encode_args(out),
-            Method::QueueDeclareOk(m) => m.encode_args(out),
-            Method::QueueBind(m) => m.encode_args(out),
-            Method::QueueBindOk(m) => m.encode_args(out),
-            Method::QueueUnbind(m) => m.encode_args(out),
-            Method::QueueUnbindOk(m) => m.encode_args(out),
-            Method::QueuePurge(m) => m.encode_args(out),
-            Method::QueuePurgeOk(m) => m.encode_args(out),
-            Method::QueueDelete(m) => m.encode_args(out),
-            Method::QueueDeleteOk(m) => m.encode_args(out),
-            Method::BasicQos(m) => m.encode_args(out),
-            Method::BasicQosOk(m) => m.encode_args(out),
-            Method::BasicConsume(m) => m.encode_args(out),
-            Method::BasicConsumeOk(m) => m.encode_args(out),
-            Method::BasicCancel(m) => m.encode_args(out),
-            Method::BasicCancelOk(m) => m.encode_args(out),
-            Method::BasicPublish(m) => m.encode_args(out),
-            Method::BasicReturn(m) => m.encode_args(out),
-            Method::BasicDeliver(m) => m.encode_args(out),
-            Method::BasicGet(m) => m.encode_args(out),
-            Method::BasicGetOk(m) => m.encode_args(out),
-            Method::BasicGetEmpty(m) => m.encode_args(out),
-            Method::BasicAck(m) => m.encode_args(out),
-            Method::BasicReject(m) => m.encode_args(out),
-            Method::BasicRecoverAsync(m) => m.encode_args(out),
-            Method::BasicRecover(m) => m.encode_args(out),
-            Method::BasicRecoverOk(m) => m.encode_args(out),
-            Method::BasicNack(m) => m.encode_args(out),
-            Method::ConfirmSelect(m) => m.encode_args(out),
-            Method::ConfirmSelectOk(m) => m.encode_args(out),
-            Method::TxSelect(m) => m.encode_args(out),
-            Method::TxSelectOk(m) => m.encode_args(out),
-            Method::TxCommit(m) => m.encode_args(out),
-            Method::TxCommitOk(m) => m.encode_args(out),
-            Method::TxRollback(m) => m.encode_args(out),
-            Method::TxRollbackOk(m) => m.encode_args(out),
-        }
-    }
-}
-
-/// `class.method` name for wire ids, `None` when unknown.
-pub fn method_name(class_id: u16, method_id: u16) -> Option<&'static str> {
-    INFO.iter()
-        .find(|m| (m.class_id, m.method_id) == (class_id, method_id))
-        .map(|m| m.name)
+    INTERNAL_ERROR = 541, HardError;
+}
+
+methods! {
+    /// `connection.start` (class 10, method 10): Start connection negotiation (server to client). Synchronous.
+    ///
+    /// Answered by `connection.start-ok`.
+    ConnectionStart(CONNECTION, 10, "connection.start") { content: false, synchronous: true, response_ids: &[(10, 11)], server_receives: false, server_sends: true, handler: "connection" }
+    args { version_major: octet, version_minor: octet, server_properties: table "domain `peer-properties`", mechanisms: longstr, locales: longstr }
+
+    /// `connection.start-ok` (class 10, method 11): Select security mechanism and locale (client to server). Synchronous.
+    ConnectionStartOk(CONNECTION, 11, "connection.start-ok") { content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: false, handler: "connection" }
+    args { client_properties: table "domain `peer-properties`", mechanism: shortstr, response: longstr, locale: shortstr }
+
+    /// `connection.secure` (class 10, method 20): Security mechanism challenge. Synchronous.
+    ///
+    /// Answered by `connection.secure-ok`.
+    ConnectionSecure(CONNECTION, 20, "connection.secure") { content: false, synchronous: true, response_ids: &[(10, 21)], server_receives: false, server_sends: true, handler: "connection" }
+    args { challenge: longstr }
+
+    /// `connection.secure-ok` (class 10, method 21): Security mechanism response. Synchronous.
+    ConnectionSecureOk(CONNECTION, 21, "connection.secure-ok") { content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: false, handler: "connection" }
+    args { response: longstr }
+
+    /// `connection.tune` (class 10, method 30): Propose connection tuning parameters (server to client). Synchronous.
+    ///
+    /// Answered by `connection.tune-ok`.
+    ConnectionTune(CONNECTION, 30, "connection.tune") { content: false, synchronous: true, response_ids: &[(10, 31)], server_receives: false, server_sends: true, handler: "connection" }
+    args { channel_max: short, frame_max: long, heartbeat: short }
+
+    /// `connection.tune-ok` (class 10, method 31): Negotiate connection tuning parameters (client to server). Synchronous.
+    ConnectionTuneOk(CONNECTION, 31, "connection.tune-ok") { content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: false, handler: "connection" }
+    args { channel_max: short, frame_max: long, heartbeat: short }
+
+    /// `connection.open` (class 10, method 40): Open connection to virtual host. Synchronous.
+    ///
+    /// Answered by `connection.open-ok`.
+    ConnectionOpen(CONNECTION, 40, "connection.open") { content: false, synchronous: true, response_ids: &[(10, 41)], server_receives: true, server_sends: false, handler: "connection" }
+    args { virtual_host: shortstr "domain `path`", reserved_1: shortstr, reserved_2: bit }
+
+    /// `connection.open-ok` (class 10, method 41): Signal that connection is ready. Synchronous.
+    ConnectionOpenOk(CONNECTION, 41, "connection.open-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" }
+    args { reserved_1: shortstr }
+
+    /// `connection.close` (class 10, method 50): Request a connection close. Synchronous.
+    ///
+    /// Answered by `connection.close-ok`.
+    ConnectionClose(CONNECTION, 50, "connection.close") { content: false, synchronous: true, response_ids: &[(10, 51)], server_receives: true, server_sends: true, handler: "connection" }
+    args { reply_code: short, reply_text: shortstr, class_id: short, method_id: short }
+
+    /// `connection.close-ok` (class 10, method 51): Confirm a connection close. Synchronous.
+    ConnectionCloseOk(CONNECTION, 51, "connection.close-ok") { content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: true, handler: "connection" }
+    args {  }
+
+    /// `connection.blocked` (class 10, method 60): RabbitMQ extension: the server has blocked publishing on this connection.
+    ConnectionBlocked(CONNECTION, 60, "connection.blocked") { content: false, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" }
+    args { reason: shortstr }
+
+    /// `connection.unblocked` (class 10, method 61): RabbitMQ extension: the server has unblocked publishing on this connection.
+    ConnectionUnblocked(CONNECTION, 61, "connection.unblocked") { content: false, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" }
+    args {  }
+
+    /// `connection.update-secret` (class 10, method 70): RabbitMQ extension: replace the credentials of an open connection. Synchronous.
+    ///
+    /// Answered by `connection.update-secret-ok`.
+    ConnectionUpdateSecret(CONNECTION, 70, "connection.update-secret") { content: false, synchronous: true, response_ids: &[(10, 71)], server_receives: true, server_sends: false, handler: "connection" }
+    args { new_secret: longstr, reason: shortstr }
+
+    /// `connection.update-secret-ok` (class 10, method 71): RabbitMQ extension: the secret was updated. Synchronous.
+    ConnectionUpdateSecretOk(CONNECTION, 71, "connection.update-secret-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "connection" }
+    args {  }
+
+    /// `channel.open` (class 20, method 10): Open a channel for use. Synchronous.
+    ///
+    /// Answered by `channel.open-ok`.
+    ChannelOpen(CHANNEL, 10, "channel.open") { content: false, synchronous: true, response_ids: &[(20, 11)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: shortstr }
+
+    /// `channel.open-ok` (class 20, method 11): Signal that the channel is ready. Synchronous.
+    ChannelOpenOk(CHANNEL, 11, "channel.open-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args { reserved_1: longstr }
+
+    /// `channel.flow` (class 20, method 20): Enable/disable flow from peer. Synchronous.
+    ///
+    /// Answered by `channel.flow-ok`.
+    ChannelFlow(CHANNEL, 20, "channel.flow") { content: false, synchronous: true, response_ids: &[(20, 21)], server_receives: true, server_sends: true, handler: "channel" }
+    args { active: bit }
+
+    /// `channel.flow-ok` (class 20, method 21): Confirm a flow method.
+    ChannelFlowOk(CHANNEL, 21, "channel.flow-ok") { content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" }
+    args { active: bit }
+
+    /// `channel.close` (class 20, method 40): Request a channel close. Synchronous.
+    ///
+    /// Answered by `channel.close-ok`.
+    ChannelClose(CHANNEL, 40, "channel.close") { content: false, synchronous: true, response_ids: &[(20, 41)], server_receives: true, server_sends: true, handler: "channel" }
+    args { reply_code: short, reply_text: shortstr, class_id: short, method_id: short }
+
+    /// `channel.close-ok` (class 20, method 41): Confirm a channel close. Synchronous.
+    ChannelCloseOk(CHANNEL, 41, "channel.close-ok") { content: false, synchronous: true, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `exchange.declare` (class 40, method 10): Verify exchange exists, create if needed. Synchronous.
+    ///
+    /// Answered by `exchange.declare-ok`.
+    ExchangeDeclare(EXCHANGE, 10, "exchange.declare") { content: false, synchronous: true, response_ids: &[(40, 11)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, exchange: shortstr "domain `exchange-name`", kind: shortstr "`type` in the spec", passive: bit, durable: bit, auto_delete: bit "reserved-2 in the spec; RabbitMQ reads it as auto-delete", internal: bit "reserved-3 in the spec; RabbitMQ reads it as internal", no_wait: bit, arguments: table }
+
+    /// `exchange.declare-ok` (class 40, method 11): Confirm exchange declaration. Synchronous.
+    ExchangeDeclareOk(EXCHANGE, 11, "exchange.declare-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `exchange.delete` (class 40, method 20): Delete an exchange. Synchronous.
+    ///
+    /// Answered by `exchange.delete-ok`.
+    ExchangeDelete(EXCHANGE, 20, "exchange.delete") { content: false, synchronous: true, response_ids: &[(40, 21)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, exchange: shortstr "domain `exchange-name`", if_unused: bit, no_wait: bit }
+
+    /// `exchange.delete-ok` (class 40, method 21): Confirm deletion of an exchange. Synchronous.
+    ExchangeDeleteOk(EXCHANGE, 21, "exchange.delete-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `exchange.bind` (class 40, method 30): RabbitMQ extension: bind exchange to exchange. Synchronous.
+    ///
+    /// Answered by `exchange.bind-ok`.
+    ExchangeBind(EXCHANGE, 30, "exchange.bind") { content: false, synchronous: true, response_ids: &[(40, 31)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, destination: shortstr "domain `exchange-name`", source: shortstr "domain `exchange-name`", routing_key: shortstr, no_wait: bit, arguments: table }
+
+    /// `exchange.bind-ok` (class 40, method 31): RabbitMQ extension: confirm bind successful. Synchronous.
+    ExchangeBindOk(EXCHANGE, 31, "exchange.bind-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `exchange.unbind` (class 40, method 40): RabbitMQ extension: unbind an exchange from an exchange. Synchronous.
+    ///
+    /// Answered by `exchange.unbind-ok`.
+    ExchangeUnbind(EXCHANGE, 40, "exchange.unbind") { content: false, synchronous: true, response_ids: &[(40, 51)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, destination: shortstr "domain `exchange-name`", source: shortstr "domain `exchange-name`", routing_key: shortstr, no_wait: bit, arguments: table }
+
+    /// `exchange.unbind-ok` (class 40, method 51): RabbitMQ extension: confirm unbind successful. Synchronous.
+    ExchangeUnbindOk(EXCHANGE, 51, "exchange.unbind-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `queue.declare` (class 50, method 10): Declare queue, create if needed. Synchronous.
+    ///
+    /// Answered by `queue.declare-ok`.
+    QueueDeclare(QUEUE, 10, "queue.declare") { content: false, synchronous: true, response_ids: &[(50, 11)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, queue: shortstr "domain `queue-name`", passive: bit, durable: bit, exclusive: bit, auto_delete: bit, no_wait: bit, arguments: table }
+
+    /// `queue.declare-ok` (class 50, method 11): Confirms a queue definition. Synchronous.
+    QueueDeclareOk(QUEUE, 11, "queue.declare-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args { queue: shortstr "domain `queue-name`", message_count: long, consumer_count: long }
+
+    /// `queue.bind` (class 50, method 20): Bind queue to an exchange. Synchronous.
+    ///
+    /// Answered by `queue.bind-ok`.
+    QueueBind(QUEUE, 20, "queue.bind") { content: false, synchronous: true, response_ids: &[(50, 21)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, queue: shortstr "domain `queue-name`", exchange: shortstr "domain `exchange-name`", routing_key: shortstr, no_wait: bit, arguments: table }
+
+    /// `queue.bind-ok` (class 50, method 21): Confirm bind successful. Synchronous.
+    QueueBindOk(QUEUE, 21, "queue.bind-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `queue.unbind` (class 50, method 50): Unbind a queue from an exchange. Synchronous.
+    ///
+    /// Answered by `queue.unbind-ok`.
+    QueueUnbind(QUEUE, 50, "queue.unbind") { content: false, synchronous: true, response_ids: &[(50, 51)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, queue: shortstr "domain `queue-name`", exchange: shortstr "domain `exchange-name`", routing_key: shortstr, arguments: table }
+
+    /// `queue.unbind-ok` (class 50, method 51): Confirm unbind successful. Synchronous.
+    QueueUnbindOk(QUEUE, 51, "queue.unbind-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `queue.purge` (class 50, method 30): Purge a queue. Synchronous.
+    ///
+    /// Answered by `queue.purge-ok`.
+    QueuePurge(QUEUE, 30, "queue.purge") { content: false, synchronous: true, response_ids: &[(50, 31)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, queue: shortstr "domain `queue-name`", no_wait: bit }
+
+    /// `queue.purge-ok` (class 50, method 31): Confirms a queue purge. Synchronous.
+    QueuePurgeOk(QUEUE, 31, "queue.purge-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args { message_count: long }
+
+    /// `queue.delete` (class 50, method 40): Delete a queue. Synchronous.
+    ///
+    /// Answered by `queue.delete-ok`.
+    QueueDelete(QUEUE, 40, "queue.delete") { content: false, synchronous: true, response_ids: &[(50, 41)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, queue: shortstr "domain `queue-name`", if_unused: bit, if_empty: bit, no_wait: bit }
+
+    /// `queue.delete-ok` (class 50, method 41): Confirm deletion of a queue. Synchronous.
+    QueueDeleteOk(QUEUE, 41, "queue.delete-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args { message_count: long }
+
+    /// `basic.qos` (class 60, method 10): Specify quality of service. Synchronous.
+    ///
+    /// Answered by `basic.qos-ok`.
+    BasicQos(BASIC, 10, "basic.qos") { content: false, synchronous: true, response_ids: &[(60, 11)], server_receives: true, server_sends: false, handler: "channel" }
+    args { prefetch_size: long, prefetch_count: short, global: bit }
+
+    /// `basic.qos-ok` (class 60, method 11): Confirm the requested qos. Synchronous.
+    BasicQosOk(BASIC, 11, "basic.qos-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `basic.consume` (class 60, method 20): Start a queue consumer. Synchronous.
+    ///
+    /// Answered by `basic.consume-ok`.
+    BasicConsume(BASIC, 20, "basic.consume") { content: false, synchronous: true, response_ids: &[(60, 21)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, queue: shortstr "domain `queue-name`", consumer_tag: shortstr, no_local: bit, no_ack: bit, exclusive: bit, no_wait: bit, arguments: table }
+
+    /// `basic.consume-ok` (class 60, method 21): Confirm a new consumer. Synchronous.
+    BasicConsumeOk(BASIC, 21, "basic.consume-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args { consumer_tag: shortstr }
+
+    /// `basic.cancel` (class 60, method 30): End a queue consumer (RabbitMQ also sends it to the client when a queue is deleted). Synchronous.
+    ///
+    /// Answered by `basic.cancel-ok`.
+    BasicCancel(BASIC, 30, "basic.cancel") { content: false, synchronous: true, response_ids: &[(60, 31)], server_receives: true, server_sends: true, handler: "channel" }
+    args { consumer_tag: shortstr, no_wait: bit }
+
+    /// `basic.cancel-ok` (class 60, method 31): Confirm a cancelled consumer. Synchronous.
+    BasicCancelOk(BASIC, 31, "basic.cancel-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args { consumer_tag: shortstr }
+
+    /// `basic.publish` (class 60, method 40): Publish a message. Carries content.
+    BasicPublish(BASIC, 40, "basic.publish") { content: true, synchronous: false, response_ids: &[], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, exchange: shortstr "domain `exchange-name`", routing_key: shortstr, mandatory: bit, immediate: bit }
+
+    /// `basic.return` (class 60, method 50): Return a failed message. Carries content.
+    BasicReturn(BASIC, 50, "basic.return") { content: true, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    borrowed_args { reply_code: short, reply_text: shortstr, exchange: shortstr "domain `exchange-name`", routing_key: shortstr }
+
+    /// `basic.deliver` (class 60, method 60): Notify the client of a consumer message. Carries content.
+    BasicDeliver(BASIC, 60, "basic.deliver") { content: true, synchronous: false, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    borrowed_args { consumer_tag: shortstr, delivery_tag: longlong, redelivered: bit, exchange: shortstr "domain `exchange-name`", routing_key: shortstr }
+
+    /// `basic.get` (class 60, method 70): Direct access to a queue. Synchronous.
+    ///
+    /// Answered by `basic.get-ok` or `basic.get-empty`.
+    BasicGet(BASIC, 70, "basic.get") { content: false, synchronous: true, response_ids: &[(60, 71), (60, 72)], server_receives: true, server_sends: false, handler: "channel" }
+    args { reserved_1: short, queue: shortstr "domain `queue-name`", no_ack: bit }
+
+    /// `basic.get-ok` (class 60, method 71): Provide client with a message. Synchronous. Carries content.
+    BasicGetOk(BASIC, 71, "basic.get-ok") { content: true, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    borrowed_args { delivery_tag: longlong, redelivered: bit, exchange: shortstr "domain `exchange-name`", routing_key: shortstr, message_count: long }
+
+    /// `basic.get-empty` (class 60, method 72): Indicate no messages available. Synchronous.
+    BasicGetEmpty(BASIC, 72, "basic.get-empty") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args { reserved_1: shortstr }
+
+    /// `basic.ack` (class 60, method 80): Acknowledge one or more messages.
+    BasicAck(BASIC, 80, "basic.ack") { content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" }
+    args { delivery_tag: longlong, multiple: bit }
+
+    /// `basic.reject` (class 60, method 90): Reject an incoming message.
+    BasicReject(BASIC, 90, "basic.reject") { content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: false, handler: "channel" }
+    args { delivery_tag: longlong, requeue: bit }
+
+    /// `basic.recover-async` (class 60, method 100): Redeliver unacknowledged messages (deprecated).
+    BasicRecoverAsync(BASIC, 100, "basic.recover-async") { content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: false, handler: "channel" }
+    args { requeue: bit }
+
+    /// `basic.recover` (class 60, method 110): Redeliver unacknowledged messages. Synchronous.
+    ///
+    /// Answered by `basic.recover-ok`.
+    BasicRecover(BASIC, 110, "basic.recover") { content: false, synchronous: true, response_ids: &[(60, 111)], server_receives: true, server_sends: false, handler: "channel" }
+    args { requeue: bit }
+
+    /// `basic.recover-ok` (class 60, method 111): Confirm recovery. Synchronous.
+    BasicRecoverOk(BASIC, 111, "basic.recover-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `basic.nack` (class 60, method 120): RabbitMQ extension: reject one or more incoming messages.
+    BasicNack(BASIC, 120, "basic.nack") { content: false, synchronous: false, response_ids: &[], server_receives: true, server_sends: true, handler: "channel" }
+    args { delivery_tag: longlong, multiple: bit, requeue: bit }
+
+    /// `confirm.select` (class 85, method 10): Put the channel in confirm mode (RabbitMQ's own spec names the bit `nowait`). Synchronous.
+    ///
+    /// Answered by `confirm.select-ok`.
+    ConfirmSelect(CONFIRM, 10, "confirm.select") { content: false, synchronous: true, response_ids: &[(85, 11)], server_receives: true, server_sends: false, handler: "channel" }
+    args { no_wait: bit }
+
+    /// `confirm.select-ok` (class 85, method 11): Confirm mode is on. Synchronous.
+    ConfirmSelectOk(CONFIRM, 11, "confirm.select-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `tx.select` (class 90, method 10): Select standard transaction mode. Synchronous.
+    ///
+    /// Answered by `tx.select-ok`.
+    TxSelect(TX, 10, "tx.select") { content: false, synchronous: true, response_ids: &[(90, 11)], server_receives: true, server_sends: false, handler: "channel" }
+    args {  }
+
+    /// `tx.select-ok` (class 90, method 11): Confirm transaction mode. Synchronous.
+    TxSelectOk(TX, 11, "tx.select-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `tx.commit` (class 90, method 20): Commit the current transaction. Synchronous.
+    ///
+    /// Answered by `tx.commit-ok`.
+    TxCommit(TX, 20, "tx.commit") { content: false, synchronous: true, response_ids: &[(90, 21)], server_receives: true, server_sends: false, handler: "channel" }
+    args {  }
+
+    /// `tx.commit-ok` (class 90, method 21): Confirm a successful commit. Synchronous.
+    TxCommitOk(TX, 21, "tx.commit-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
+
+    /// `tx.rollback` (class 90, method 30): Abandon the current transaction. Synchronous.
+    ///
+    /// Answered by `tx.rollback-ok`.
+    TxRollback(TX, 30, "tx.rollback") { content: false, synchronous: true, response_ids: &[(90, 31)], server_receives: true, server_sends: false, handler: "channel" }
+    args {  }
+
+    /// `tx.rollback-ok` (class 90, method 31): Confirm successful rollback. Synchronous.
+    TxRollbackOk(TX, 31, "tx.rollback-ok") { content: false, synchronous: true, response_ids: &[], server_receives: false, server_sends: true, handler: "channel" }
+    args {  }
 }
 
 /// Name and id of every class, in grammar order.
