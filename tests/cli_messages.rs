@@ -134,13 +134,7 @@ fn a_memcache_vhost_missing_from_an_existing_data_directory_is_said_to_clients()
     let mut cmd = qgate_with(&["--data-dir"]);
     cmd.arg(&data);
     let mut broker = spawn_command(cmd, None);
-    broker.signal(libc::SIGTERM);
-    assert_eq!(
-        broker
-            .wait_timeout(Duration::from_secs(15))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(broker.terminate(), Some(0));
     // Vhosts change at runtime: the broker starts, warns, and tells memcache clients.
     let mut cmd = qgate_with(&["--memcache-vhost", "/later", "--data-dir"]);
     cmd.arg(&data);
@@ -167,13 +161,7 @@ fn a_fresh_data_directory_is_reported_as_a_new_store() {
     let log = broker.stderr();
     assert!(log.contains("created a new store"), "{log}");
     assert!(!log.contains("clean=false"), "{log}");
-    broker.signal(libc::SIGTERM);
-    assert_eq!(
-        broker
-            .wait_timeout(Duration::from_secs(15))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(broker.terminate(), Some(0));
     // The second start finds what the first left.
     let broker = start();
     let log = broker.stderr();

@@ -108,6 +108,13 @@ fn bench(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The run published and consumed messages, without errors.
+fn assert_moved(out: &str) {
+    assert!(result_field(out, "consumed") > 0.0, "{out}");
+    assert!(result_field(out, "published") > 0.0, "{out}");
+    assert_eq!(result_field(out, "errors"), 0.0, "{out}");
+}
+
 fn result_field(stdout: &str, key: &str) -> f64 {
     let line = stdout
         .lines()
@@ -151,9 +158,7 @@ fn amqp_mode_moves_messages() {
         "1000",
     ]);
     assert!(ok, "qgate-bench amqp failed:\n{out}\n{err}");
-    assert!(result_field(&out, "consumed") > 0.0, "{out}");
-    assert!(result_field(&out, "published") > 0.0, "{out}");
-    assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+    assert_moved(&out);
     assert!(result_field(&out, "p99_us") > 0.0, "{out}");
 }
 
@@ -179,9 +184,7 @@ fn amqp_mode_with_confirms_and_persistence() {
         "auto",
     ]);
     assert!(ok, "qgate-bench amqp --confirm failed:\n{out}\n{err}");
-    assert!(result_field(&out, "consumed") > 0.0, "{out}");
-    assert!(result_field(&out, "published") > 0.0, "{out}");
-    assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+    assert_moved(&out);
 }
 
 #[test]
@@ -212,9 +215,7 @@ fn amqp_mode_raw_engine_moves_messages() {
             ok,
             "qgate-bench amqp --engine raw {extra:?} failed:\n{out}\n{err}"
         );
-        assert!(result_field(&out, "consumed") > 0.0, "{out}");
-        assert!(result_field(&out, "published") > 0.0, "{out}");
-        assert_eq!(result_field(&out, "errors"), 0.0, "{out}");
+        assert_moved(&out);
     }
 }
 

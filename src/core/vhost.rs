@@ -735,17 +735,21 @@ impl VHost {
         // Routed to several durable queues: the body is written to the store once, for
         // all of them, before any of them can deliver (and so see an ack) it.
         let shared = match &self.shared.store {
-            Some(store) if queues.iter().filter(|q| q.stores(&msg)).count() > 1 => {
+            Some(store) if msg.persistent => {
+                // Empty (no allocation) unless some of the queues store the message.
                 let ids: Vec<u64> = queues
                     .iter()
                     .filter(|q| q.stores(&msg))
                     .map(|q| q.id)
                     .collect();
-                let ticket = store.publish_shared(&ids, msg.id, persist::encode_message(&msg));
-                if store.policy() == FsyncPolicy::Always {
-                    routed.durable = Some(Durable::new(ticket));
+                let shared = ids.len() > 1;
+                if shared {
+                    let ticket = store.publish_shared(&ids, msg.id, persist::encode_message(&msg));
+                    if store.policy() == FsyncPolicy::Always {
+                        routed.durable = Some(Durable::new(ticket));
+                    }
                 }
-                true
+                shared
             }
             _ => false,
         };

@@ -411,7 +411,7 @@ impl Writer {
             match live[..] {
                 [] => continue,
                 [(queue, flags)] => record::encode_publish(&mut out, queue, id, flags, payload),
-                _ => record::encode_publish_shared(&mut out, &live, id, payload),
+                _ => record::encode_publish_shared(&mut out, live.iter().copied(), id, payload),
             }
             sc.copied += live.len() as u64;
         }

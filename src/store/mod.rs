@@ -640,10 +640,10 @@ impl Store {
                 too_large: true,
             };
         }
-        let entries: Vec<(u64, u8)> = queues.iter().map(|&q| (q, 0)).collect();
         self.enqueue(true, |p| {
-            for chunk in entries.chunks(record::MAX_SHARED_QUEUES) {
-                record::encode_publish_shared(&mut p.buf, chunk, msg_id, &payload);
+            for chunk in queues.chunks(record::MAX_SHARED_QUEUES) {
+                let entries = chunk.iter().map(|&q| (q, 0));
+                record::encode_publish_shared(&mut p.buf, entries, msg_id, &payload);
             }
         })
     }

@@ -101,21 +101,22 @@ pub(crate) fn encode_publish(buf: &mut Vec<u8>, queue: u64, id: u64, flags: u8, 
 /// where a plain publish has its queue hold the payload length and the queue count.
 pub(crate) fn encode_publish_shared(
     buf: &mut Vec<u8>,
-    queues: &[(u64, u8)],
+    queues: impl ExactSizeIterator<Item = (u64, u8)>,
     id: u64,
     payload: &[u8],
 ) {
-    debug_assert!(!queues.is_empty() && queues.len() <= MAX_SHARED_QUEUES);
-    buf.reserve(PUBLISH_PAYLOAD_OFF + payload.len() + queues.len() * SHARED_ENTRY);
+    let n = queues.len();
+    debug_assert!(n > 0 && n <= MAX_SHARED_QUEUES);
+    buf.reserve(PUBLISH_PAYLOAD_OFF + payload.len() + n * SHARED_ENTRY);
     let start = begin(buf, T_PUBLISH_SHARED);
     buf.push(0);
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&(queues.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&(n as u32).to_le_bytes());
     buf.extend_from_slice(&id.to_le_bytes());
     buf.extend_from_slice(payload);
     for (q, flags) in queues {
         buf.extend_from_slice(&q.to_le_bytes());
-        buf.push(*flags);
+        buf.push(flags);
     }
     finish(buf, start);
 }
@@ -303,7 +304,12 @@ mod tests {
     #[test]
     fn shared_publish_roundtrip_and_bad_lengths() {
         let mut b = Vec::new();
-        encode_publish_shared(&mut b, &[(3, 0), (9, FLAG_DELIVERED)], 77, b"body");
+        encode_publish_shared(
+            &mut b,
+            [(3, 0), (9, FLAG_DELIVERED)].into_iter(),
+            77,
+            b"body",
+        );
         let (len, r) = decode_trusted(&b, 0);
         assert_eq!(len, b.len());
         let Rec::PublishShared {

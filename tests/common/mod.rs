@@ -345,6 +345,13 @@ impl ChildBroker {
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_child(&mut self.child, timeout)
     }
+
+    /// SIGTERM, and the exit code within 15 s (`None` if it did not exit).
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        self.wait_timeout(Duration::from_secs(15))
+            .and_then(|s| s.code())
+    }
 }
 
 impl Drop for ChildBroker {
