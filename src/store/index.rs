@@ -14,7 +14,52 @@
 
 use std::collections::BTreeMap;
 
-use super::state::Loc;
+use super::record::{FLAG_DELIVERED, FLAG_PAGED};
+
+/// Where a live message's publish record sits, and its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub seg: u32,
+    pub off: u32,
+    /// Whole record length (for a shared record: up to the end of its payload).
+    len: u32,
+    /// `record::FLAG_*`: delivered and transient as the record says (kept in copies),
+    /// paged while the core does not hold the message in memory.
+    flags: u8,
+}
+
+impl Loc {
+    pub(crate) fn new(seg: u32, off: u32, len: u32, flags: u8) -> Loc {
+        Loc {
+            seg,
+            off,
+            len,
+            flags,
+        }
+    }
+    /// Whole record length.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+    /// The entry's `record::FLAG_*` bits.
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+    pub(crate) fn set(&mut self, flag: u8) {
+        self.flags |= flag;
+    }
+    pub(crate) fn clear(&mut self, flag: u8) {
+        self.flags &= !flag;
+    }
+    /// Marks it handed to a consumer.
+    pub(crate) fn set_delivered(&mut self) {
+        self.set(FLAG_DELIVERED);
+    }
+}
 
 /// An entry more than this many places from the end goes to the spill map.
 const NEAR_END: usize = 1024;
@@ -242,12 +287,23 @@ impl Index {
         self.queues.get(q as usize).map_or(0, QueueIndex::len)
     }
 
-    pub fn get(&self, id: u64, q: u32) -> Option<&Loc> {
-        self.queues.get(q as usize)?.get(id)
+    pub fn get(&self, id: u64, q: u32) -> Option<Loc> {
+        self.queues.get(q as usize)?.get(id).copied()
     }
 
-    pub fn get_mut(&mut self, id: u64, q: u32) -> Option<&mut Loc> {
-        self.queues.get_mut(q as usize)?.get_mut(id)
+    /// Changes a live entry in place; false when there is none.
+    pub fn update(&mut self, id: u64, q: u32, f: impl FnOnce(&mut Loc)) -> bool {
+        match self
+            .queues
+            .get_mut(q as usize)
+            .and_then(|qi| qi.get_mut(id))
+        {
+            Some(loc) => {
+                f(loc);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Inserts or replaces; returns the location replaced.
@@ -284,6 +340,40 @@ impl Index {
         }
     }
 
+    /// Takes the oldest paged entries of queue `q` (the ones with [`FLAG_PAGED`], in id
+    /// order): clears their flag and hands each `(id, loc)` to `f`, up to `max` entries
+    /// or until their record lengths reach `max_bytes` (at least one is taken).
+    pub fn take_paged(
+        &mut self,
+        q: u32,
+        max: usize,
+        max_bytes: u64,
+        mut f: impl FnMut(u64, Loc),
+    ) -> usize {
+        let Some(qi) = self.queues.get_mut(q as usize) else {
+            return 0;
+        };
+        let (mut n, mut bytes) = (0usize, 0u64);
+        let base = qi.base;
+        let main = qi
+            .main
+            .iter_mut()
+            .filter(|e| !e.is_dead())
+            .map(|e| (base + u64::from(e.lo), &mut e.loc));
+        for (id, loc) in main.chain(qi.spill.iter_mut().map(|(id, l)| (*id, l))) {
+            if n >= max || (n > 0 && bytes >= max_bytes) {
+                break;
+            }
+            if loc.has(FLAG_PAGED) {
+                loc.clear(FLAG_PAGED);
+                bytes += u64::from(loc.len());
+                n += 1;
+                f(id, *loc);
+            }
+        }
+        n
+    }
+
     /// Drops every tombstone, merges back the spill maps (where they fit) and leaves no
     /// spare capacity (after recovery).
     pub fn shrink_to_fit(&mut self) {
@@ -318,12 +408,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn loc(n: u64) -> Loc {
-        Loc::new(n as u32, (n * 3) as u32, 40, false)
+        Loc::new(n as u32, (n * 3) as u32, 40, 0)
     }
 
     #[test]
-    fn entry_is_16_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    fn entry_is_20_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 20);
     }
 
     fn run(big_jumps: bool) {
@@ -364,9 +454,10 @@ mod tests {
                 assert_eq!(idx.remove(id, q), model.remove(&(q, id)));
             } else if op < 95 {
                 let id = rnd(next + 1);
-                assert_eq!(idx.get(id, q), model.get(&(q, id)));
-                if let (Some(a), Some(b)) = (idx.get_mut(id, q), model.get_mut(&(q, id))) {
-                    a.set_delivered();
+                assert_eq!(idx.get(id, q), model.get(&(q, id)).copied());
+                let updated = idx.update(id, q, |a| a.set_delivered());
+                assert_eq!(updated, model.contains_key(&(q, id)));
+                if let Some(b) = model.get_mut(&(q, id)) {
                     b.set_delivered();
                 }
             } else if op < 96 {

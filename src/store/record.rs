@@ -21,6 +21,13 @@ pub(crate) const T_PUBLISH_SHARED: u8 = 6;
 
 /// Publish flag: the message has been handed to a consumer at least once.
 pub(crate) const FLAG_DELIVERED: u8 = 1;
+/// Publish flag: a transient message paged out of memory (or a message of a
+/// non-durable queue); recovery drops it, as a restart drops transient messages.
+pub(crate) const FLAG_TRANSIENT: u8 = 2;
+/// Publish flag: when written, the core did not keep the message in memory (it reads it
+/// back with `Store::read_paged`). Meaningful only in the running store's index:
+/// recovery decides afresh what the core holds.
+pub(crate) const FLAG_PAGED: u8 = 4;
 
 /// Fixed part of a publish body: type, flags, queue, msg id.
 pub(crate) const PUBLISH_FIXED: usize = 1 + 1 + 8 + 8;

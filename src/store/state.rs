@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::index::Index;
+pub(crate) use super::index::Loc;
 use super::record::{shared_queues, Rec, FLAG_DELIVERED, PUBLISH_PAYLOAD_OFF};
 
 /// A small multiplicative hasher for integer keys (ids are not attacker controlled).
@@ -28,47 +29,6 @@ impl Hasher for IdHasher {
 }
 
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-/// Where a live message's publish record sits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Loc {
-    pub seg: u32,
-    pub off: u32,
-    /// Whole record length, with the delivered flag in the top bit.
-    len_flags: u32,
-}
-
-const DELIVERED_BIT: u32 = 1 << 31;
-
-impl Loc {
-    /// Whole record length.
-    pub fn len(&self) -> u32 {
-        self.len_flags & !DELIVERED_BIT
-    }
-    /// Publish record flags ([`FLAG_DELIVERED`] or 0).
-    pub fn flags(&self) -> u8 {
-        if self.len_flags & DELIVERED_BIT != 0 {
-            FLAG_DELIVERED
-        } else {
-            0
-        }
-    }
-    pub(crate) fn set_delivered(&mut self) {
-        self.len_flags |= DELIVERED_BIT;
-    }
-    pub(crate) fn new(seg: u32, off: u32, len: u32, delivered: bool) -> Loc {
-        debug_assert!(len & DELIVERED_BIT == 0);
-        let mut loc = Loc {
-            seg,
-            off,
-            len_flags: len,
-        };
-        if delivered {
-            loc.set_delivered();
-        }
-        loc
-    }
-}
 
 /// Accounting for one segment file.
 #[derive(Debug, Default, Clone)]
@@ -131,7 +91,7 @@ impl State {
     }
 
     /// Location of a live message.
-    pub fn get(&self, queue: u64, id: u64) -> Option<&Loc> {
+    pub fn get(&self, queue: u64, id: u64) -> Option<Loc> {
         self.index.get(id, *self.queue_idx.get(&queue)?)
     }
 
@@ -172,7 +132,7 @@ impl State {
                 queue, id, flags, ..
             } => {
                 self.max_id = self.max_id.max(id);
-                let loc = Loc::new(seg, off as u32, len as u32, flags & FLAG_DELIVERED != 0);
+                let loc = Loc::new(seg, off as u32, len as u32, flags);
                 let s = self.segs.entry(seg).or_default();
                 s.live += 1;
                 s.live_bytes += len as u64;
@@ -197,7 +157,7 @@ impl State {
                 let mut refs = 0u32;
                 self.segs.entry(seg).or_default();
                 for (queue, flags) in shared_queues(queues) {
-                    let loc = Loc::new(seg, off as u32, entry_len, flags & FLAG_DELIVERED != 0);
+                    let loc = Loc::new(seg, off as u32, entry_len, flags);
                     let q = self.intern(queue);
                     refs += 1;
                     if let Some(old) = self.index.insert(id, q, loc) {
@@ -226,13 +186,14 @@ impl State {
                 let Some(&q) = self.queue_idx.get(&queue) else {
                     return;
                 };
-                if let Some(loc) = self.index.get_mut(id, q) {
-                    loc.set_delivered();
-                    if loc.seg != seg {
-                        let target = loc.seg;
-                        if let Some(c) = self.segs.get_mut(&seg) {
-                            c.refs.insert(target);
-                        }
+                let mut target = None;
+                self.index.update(id, q, |loc| {
+                    loc.set(FLAG_DELIVERED);
+                    target = Some(loc.seg);
+                });
+                if let Some(target) = target.filter(|&t| t != seg) {
+                    if let Some(c) = self.segs.get_mut(&seg) {
+                        c.refs.insert(target);
                     }
                 }
             }
@@ -291,7 +252,6 @@ mod tests {
         st.apply(2, 71, 29, Rec::Delivered { queue: 2, id: 3 });
         assert_eq!(st.get(2, 3).unwrap().flags(), FLAG_DELIVERED);
         assert_eq!(st.get(2, 3).unwrap().len(), 30);
-        assert_eq!(std::mem::size_of::<Loc>(), 12);
     }
 
     #[test]
