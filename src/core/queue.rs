@@ -421,13 +421,18 @@ impl Queue {
         }
         let epoch = st.page_epoch;
         let me = Arc::downgrade(self);
+        // The answer is taken on the runtime, like every other queue operation (its
+        // dispatch may arm timers and wake tasks), not on the store's reader thread.
+        let rt = tokio::runtime::Handle::try_current().ok();
         st.paging_in = pg.store.page_in(
             self.id,
             w.messages - n,
             w.bytes - bytes,
             Box::new(move |res| {
-                if let Some(q) = me.upgrade() {
-                    q.paged_in(epoch, res);
+                let Some(q) = me.upgrade() else { return };
+                match rt {
+                    Some(rt) => drop(rt.spawn(async move { q.paged_in(epoch, res) })),
+                    None => q.paged_in(epoch, res),
                 }
             }),
         );
@@ -461,36 +466,57 @@ impl Queue {
                 st.paged = 0;
                 st.paged_bytes = 0;
             }
-            Ok(msgs) => {
-                let st = &mut *st;
-                for m in msgs {
-                    st.paged = st.paged.saturating_sub(1);
-                    st.paged_bytes = st.paged_bytes.saturating_sub(m.payload.len() as u64);
-                    let Some(msg) =
-                        persist::message_from_record(m.msg_id, m.payload, &mut st.page_names)
-                    else {
-                        tracing::warn!(queue = %self.name, msg = m.msg_id, "unreadable paged message skipped");
-                        continue;
-                    };
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    // Its own TTL counts from now: the time it spent paged is not known.
-                    let expires_at = msg
-                        .expiration_ms()
-                        .map_or(NEVER, |t| now_ms().saturating_add(t));
-                    st.ready.push_back(QueuedMessage {
-                        msg: Arc::new(msg),
-                        seq,
-                        redelivered: m.delivered,
-                        in_store: true,
-                        expires_at,
-                    });
-                }
-            }
+            Ok(msgs) => self.take_in(&mut st, msgs),
         }
         self.dispatch_locked(&mut st);
         let outcome = self.unlock(st);
         self.report(outcome);
+    }
+
+    /// Appends messages read back from the store at the tail of the in-memory part.
+    fn take_in(&self, st: &mut State, msgs: Vec<RecoveredMessage>) {
+        for m in msgs {
+            st.paged = st.paged.saturating_sub(1);
+            st.paged_bytes = st.paged_bytes.saturating_sub(m.payload.len() as u64);
+            let Some(msg) = persist::message_from_record(m.msg_id, m.payload, &mut st.page_names)
+            else {
+                tracing::warn!(queue = %self.name, msg = m.msg_id, "unreadable paged message skipped");
+                continue;
+            };
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            // Its own TTL counts from now: the time it spent paged is not known.
+            let expires_at = msg
+                .expiration_ms()
+                .map_or(NEVER, |t| now_ms().saturating_add(t));
+            st.ready.push_back(QueuedMessage {
+                msg: Arc::new(msg),
+                seq,
+                redelivered: m.delivered,
+                in_store: true,
+                expires_at,
+            });
+        }
+    }
+
+    /// The in-memory part ran empty before the read ahead of it was asked for (a
+    /// `basic.get` loop faster than the window's refill): reads the next batch here,
+    /// so that a queue with paged messages never answers "empty".
+    fn page_in_now(&self, st: &mut State) {
+        let Some(pg) = &self.paging else { return };
+        if st.paged == 0 || st.paging_in || !st.ready.is_empty() {
+            return;
+        }
+        let w = pg.window;
+        match pg
+            .store
+            .read_paged(self.id, w.messages / 2 + 1, w.bytes / 2 + 1)
+        {
+            Ok(msgs) => self.take_in(st, msgs),
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "reading paged messages failed")
+            }
+        }
     }
 
     /// Counts messages recovery left paged behind the head (at start-up). False when
@@ -721,6 +747,7 @@ impl Queue {
         self.touch();
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st);
+        self.page_in_now(&mut st);
         let Some(entry) = st.ready.pop_front() else {
             self.maybe_page_in(&mut st);
             self.report(self.unlock(st));
@@ -773,6 +800,7 @@ impl Queue {
     pub fn peek(self: &Arc<Self>) -> Option<QueuedMessage> {
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st);
+        self.page_in_now(&mut st);
         let head = st.ready.front().cloned();
         self.report(self.unlock(st));
         head
