@@ -130,6 +130,8 @@ struct State {
     ready: Ready,
     /// Delivered and not settled; the messages themselves travel in [`Delivered`]s.
     unacked: usize,
+    /// Their body bytes (held in memory by the deliveries).
+    unacked_bytes: usize,
     /// Registered consumers, oldest first.
     consumers: Vec<Arc<Consumer>>,
     /// Round-robin position in `consumers`.
@@ -158,6 +160,14 @@ struct State {
     paged_ever: bool,
 }
 
+impl State {
+    /// A delivered message was settled (acked, rejected or requeued).
+    fn settled(&mut self, entry: &QueuedMessage) {
+        self.unacked = self.unacked.saturating_sub(1);
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(entry.msg.body().len());
+    }
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue").field("name", &self.name).finish()
@@ -171,6 +181,8 @@ pub struct QueueDepth {
     pub ready: usize,
     /// Delivered, not yet acknowledged.
     pub unacked: usize,
+    /// Their body bytes.
+    pub unacked_bytes: usize,
     /// Active consumers.
     pub consumers: usize,
     /// Content bytes (properties + bodies) of the ready messages.
@@ -213,6 +225,7 @@ impl Queue {
             state: Mutex::new(State {
                 ready: Ready::new(features.max_priority),
                 unacked: 0,
+                unacked_bytes: 0,
                 consumers: Vec::new(),
                 next_consumer: 0,
                 next_seq: 0,
@@ -240,6 +253,7 @@ impl Queue {
         QueueDepth {
             ready: st.ready.len() + st.paged,
             unacked: st.unacked,
+            unacked_bytes: st.unacked_bytes,
             consumers: st.consumers.len(),
             bytes: st.ready.bytes() + st.paged_bytes as usize,
             paged: st.paged,
@@ -708,6 +722,7 @@ impl Queue {
                             self.counters.acked.inc();
                         } else {
                             st.unacked += 1;
+                            st.unacked_bytes += size;
                         }
                     }
                     Err(back) => {
@@ -763,6 +778,7 @@ impl Queue {
         } else {
             self.note_delivered(&entry);
             st.unacked += 1;
+            st.unacked_bytes += entry.msg.body().len();
         }
         let remaining = st.ready.len() + st.paged;
         self.maybe_page_in(&mut st);
@@ -834,7 +850,7 @@ impl Queue {
     pub(crate) fn settle_acked(&self, entry: &QueuedMessage) {
         self.forget(entry);
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(1);
+        st.settled(entry);
         drop(st);
         self.counters.acked.inc();
     }
@@ -842,7 +858,7 @@ impl Queue {
     /// Rejected without requeue: dead-lettered when the queue has a target, else gone.
     pub(crate) fn settle_rejected(self: &Arc<Self>, entry: QueuedMessage) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(1);
+        st.settled(&entry);
         self.drop_message(&mut st, entry, Reason::Rejected);
         self.report(self.unlock(st));
     }
@@ -850,7 +866,7 @@ impl Queue {
     pub(crate) fn settle_requeued(&self, mut entry: QueuedMessage) {
         entry.redelivered = true;
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(1);
+        st.settled(&entry);
         if st.deleted {
             return;
         }
