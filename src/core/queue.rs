@@ -156,6 +156,9 @@ struct State {
     page_epoch: u64,
     /// Names shared between the messages read back.
     page_names: Arc<Names>,
+    /// Expiry deadlines of paged messages that have one (their own `expiration`), by
+    /// message id: the TTL counts from the publish, as for messages in memory.
+    paged_deadlines: std::collections::HashMap<u64, u64>,
     /// Has written records a delete must drop (a non-durable queue that paged).
     paged_ever: bool,
 }
@@ -238,6 +241,7 @@ impl Queue {
                 paging_in: false,
                 page_epoch: 0,
                 page_names: Arc::default(),
+                paged_deadlines: Default::default(),
                 paged_ever: false,
             }),
             features,
@@ -418,6 +422,10 @@ impl Queue {
         st.paged += 1;
         st.paged_bytes += len as u64;
         st.paged_ever = true;
+        if let Some(ttl) = msg.expiration_ms() {
+            st.paged_deadlines
+                .insert(msg.id, now_ms().saturating_add(ttl));
+        }
         Some(durable)
     }
 
@@ -499,10 +507,14 @@ impl Queue {
             };
             let seq = st.next_seq;
             st.next_seq += 1;
-            // Its own TTL counts from now: the time it spent paged is not known.
-            let expires_at = msg
-                .expiration_ms()
-                .map_or(NEVER, |t| now_ms().saturating_add(t));
+            // Its own TTL counts from its publish; after a restart (the deadline was not
+            // kept) from now, as for every recovered message.
+            let expires_at = match st.paged_deadlines.remove(&m.msg_id) {
+                Some(at) => at,
+                None => msg
+                    .expiration_ms()
+                    .map_or(NEVER, |t| now_ms().saturating_add(t)),
+            };
             st.ready.push_back(QueuedMessage {
                 msg: Arc::new(msg),
                 seq,
@@ -837,6 +849,7 @@ impl Queue {
     fn drop_paged(&self, st: &mut State) -> usize {
         let paged = std::mem::take(&mut st.paged);
         st.paged_bytes = 0;
+        st.paged_deadlines.clear();
         st.page_epoch += 1;
         st.paging_in = false;
         if let (true, Some(pg)) = (paged > 0, &self.paging) {
