@@ -123,7 +123,7 @@ pub(crate) fn recover(seg_dir: &Path, window: Option<Window>) -> io::Result<Reco
     let mut paged = Vec::new();
     for q in 0..state.interned_queues() as u32 {
         match window {
-            None => resident.extend(state.index.iter_queue(q).map(|(id, l)| (q, id, *l))),
+            None => resident.extend(state.index.iter_queue(q).map(|(id, l)| (q, id, l))),
             Some(w) => {
                 let (before, mut bytes) = (resident.len(), 0u64);
                 state
