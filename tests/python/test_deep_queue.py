@@ -1,0 +1,692 @@
+"""Deep queues (issue 13): a queue far longer than its in-memory window.
+
+With ``--queue-window N`` a queue keeps at most N ready messages in memory (and
+``--queue-window-bytes B`` at most B ready bytes); beyond that new messages are paged to
+the store and read back in order as the queue drains. Persistent messages of durable
+queues page to their durable record; transient ones (and everything in a non-durable
+queue) page to transient records that a restart drops. Queues with ``x-max-priority``,
+``x-max-length``, ``x-max-length-bytes`` or ``x-message-ttl`` never page.
+
+What is observable from outside, and checked here through real clients:
+- every message comes back exactly once, in publish order, with its properties, through
+  AMQP consumers (pika) and memcache ``get``, across a consumer dying with unacked
+  messages and across ``kill -9``;
+- the management API's RabbitMQ fields (``messages_paged_out``,
+  ``message_bytes_paged_out``, ``messages_ram``, ``messages_ready_ram``,
+  ``message_bytes_ram``) and the per-queue gauges on /metrics say what is in memory,
+  while ``messages_ready`` keeps counting every message;
+- resident memory (/proc/<pid>/status VmRSS) stays far below the queued payload, where
+  ``--queue-window 0`` (never page) holds all of it;
+- purging or deleting a paged-out queue gives its disk back (segments/).
+
+Publishing uses ``deeplib.ConfirmPublisher`` (pipelined publisher confirms on a raw
+socket) so that 100,000 confirmed messages take seconds on a debug build.
+"""
+
+import base64
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import pika
+import pytest
+from pymemcache.client.base import Client as PyMemcache
+
+from deeplib import ConfirmPublisher, MemcacheBulk
+from qgate_proc import Qgate
+
+pytestmark = [
+    pytest.mark.qgate_only,
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(os.environ.get("QGATE_TEST_AMQP_URL")),
+                       reason="starts, kills and restarts its own qgate processes"),
+]
+
+WINDOW = 1000
+# Read-ahead may hold a little more than the window at a quiet moment; not twice as much.
+SLACK = WINDOW // 10 + 16
+# Messages in the big tests (QGATE_DEEP_N scales them for a faster or slower machine).
+DEEP_N = int(os.environ.get("QGATE_DEEP_N", "100000"))
+KiB, MiB = 1 << 10, 1 << 20
+
+
+# ---- brokers ----------------------------------------------------------------------------
+
+@pytest.fixture
+def start():
+    """start(*flags, window=WINDOW, fsync="never", data_dir=None) -> a running Qgate.
+    Every broker still running at the end must stop cleanly (exit status 0)."""
+    procs, dirs = [], []
+
+    def _start(*extra, window=WINDOW, fsync="never", data_dir=None):
+        if data_dir is None:
+            data_dir = tempfile.mkdtemp(prefix="qgate-deep-")
+            dirs.append(data_dir)
+        flags = list(extra)
+        if window is not None:
+            flags = ["--queue-window", str(window)] + flags
+        q = Qgate(data_dir, fsync=fsync, extra=flags).start()
+        procs.append(q)
+        return q
+
+    yield _start
+    try:
+        for q in procs:
+            if q.proc is not None:
+                code = q.stop(timeout=30)
+                assert code == 0, "qgate exited with %s on SIGTERM:\n%s" % (code, tail(q))
+    finally:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def tail(q, n=40):
+    return "\n".join(q.lines[-n:])
+
+
+def connect(q):
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", q.amqp_port, connection_attempts=1, heartbeat=0,
+        blocked_connection_timeout=120))
+
+
+def declare(q, name, durable=True, arguments=None):
+    conn = connect(q)
+    conn.channel().queue_declare(name, durable=durable, arguments=arguments)
+    conn.close()
+
+
+def publish(q, name, bodies, **kw):
+    """Publishes with confirms (pipelined); returns once every one is confirmed."""
+    p = ConfirmPublisher(q.amqp_port)
+    try:
+        p.publish(name, bodies, **kw)
+    finally:
+        p.close()
+
+
+# ---- what the broker says ---------------------------------------------------------------
+
+def mgmt_queue(q, name, vhost="/"):
+    url = "http://127.0.0.1:%d/api/queues/%s/%s" % (
+        q.ports["management"], urllib.parse.quote(vhost, safe=""),
+        urllib.parse.quote(name, safe=""))
+    req = urllib.request.Request(url)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+METRIC_RE = re.compile(r'^(qgate_queue_[a-z_]+)\{([^}]*)\} (\S+)$')
+LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def queue_metrics(q, name, vhost="/"):
+    """{metric name: value} of the per-queue series of queue ``name``."""
+    url = "http://127.0.0.1:%d/metrics" % q.ports["http"]
+    text = urllib.request.urlopen(url, timeout=30).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = METRIC_RE.match(line)
+        if m:
+            labels = dict(LABEL_RE.findall(m.group(2)))
+            if labels.get("queue") == name and labels.get("vhost") == vhost:
+                out[m.group(1)] = float(m.group(3))
+    return out
+
+
+PAGING_FIELDS = ["messages_paged_out", "message_bytes_paged_out", "messages_ram",
+                 "messages_ready_ram", "message_bytes_ram"]
+
+
+def paging(info):
+    """The paging fields of a management queue object (missing ones are a failure)."""
+    missing = [f for f in PAGING_FIELDS if f not in info]
+    assert not missing, "management queue object lacks %s: %r" % (missing, info)
+    return {f: info[f] for f in PAGING_FIELDS + ["messages", "messages_ready",
+                                                 "messages_unacknowledged"]}
+
+
+def settled(q, name, pred, timeout=20.0):
+    """Polls the management queue object until pred(fields) holds; returns the last
+    fields seen (the caller asserts on them, so a timeout reports what was there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = paging(mgmt_queue(q, name))
+        if pred(info) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
+
+
+def paged_deep(window, n):
+    """The state of a deep queue of n ready messages with no consumer, at rest."""
+    def pred(i):
+        return (i["messages_ready"] == n and i["messages_paged_out"] > 0
+                and i["messages_ready_ram"] <= window + SLACK
+                and i["messages_ram"] <= window + SLACK
+                and i["messages_ready_ram"] + i["messages_paged_out"] == n)
+    return pred
+
+
+def assert_paged_deep(info, window, n, body_size=None):
+    assert info["messages_ready"] == n and info["messages"] == n, info
+    assert info["messages_paged_out"] > 0, ("nothing paged out past the window", info)
+    assert info["messages_ready_ram"] <= window + SLACK, ("window not kept", info)
+    assert info["messages_ram"] <= window + SLACK, ("window not kept", info)
+    # every ready message is either in memory or paged out
+    assert info["messages_ready_ram"] + info["messages_paged_out"] == n, info
+    if body_size is not None:
+        # RabbitMQ's message_bytes_* count body bytes
+        assert info["message_bytes_paged_out"] == info["messages_paged_out"] * body_size, info
+        assert info["message_bytes_ram"] == info["messages_ram"] * body_size, info
+
+
+def status_kib(q, field):
+    with open("/proc/%d/status" % q.proc.pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (field, q.proc.pid))
+
+
+def rss(q):
+    return status_kib(q, "VmRSS") * KiB
+
+
+def memory_report(q):
+    return "VmRSS %d KiB, RssAnon %d KiB, RssFile %d KiB, VmHWM %d KiB" % tuple(
+        status_kib(q, f) for f in ("VmRSS", "RssAnon", "RssFile", "VmHWM"))
+
+
+def dir_bytes(path):
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass  # deleted while we walked
+    return total
+
+
+def wait_until(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+# ---- messages ---------------------------------------------------------------------------
+
+def body(i, size=64):
+    """Message i: its number, repeated to the given size (corruption shows)."""
+    head = b"%08d:" % i
+    return (head * (size // len(head) + 1))[:size]
+
+
+def ident(data):
+    return int(data[:8])
+
+
+def check_sequence(got, expected, what):
+    """got and expected are lists of message numbers; says precisely how they differ."""
+    if got == expected:
+        return
+    first = next((k for k, (a, b) in enumerate(zip(got, expected)) if a != b),
+                 min(len(got), len(expected)))
+    seen, dups = set(), []
+    for g in got:
+        if g in seen:
+            dups.append(g)
+        seen.add(g)
+    want = set(expected)
+    missing = sorted(want - seen)
+    unexpected = sorted(seen - want)
+    raise AssertionError(
+        "%s: got %d messages, expected %d; first difference at position %d (got %r, "
+        "expected %r); %d duplicated (e.g. %r), %d missing (e.g. %r), %d unexpected "
+        "(e.g. %r)" % (what, len(got), len(expected), first, got[first:first + 5],
+                       expected[first:first + 5], len(dups), dups[:5], len(missing),
+                       missing[:5], len(unexpected), unexpected[:5]))
+
+
+def consume(q, name, n, prefetch=1000, timeout=90.0, check_body=None):
+    """basic_consume with manual acks (one multiple ack per 200) until n messages came;
+    then a short wait for anything beyond n. Returns [(number, redelivered, props)] of
+    everything delivered, all acked. check_body(i, data) validates each body."""
+    conn = connect(q)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    got, bad = [], []
+    last = [None]
+
+    def on_message(ch_, method, props, data):
+        i = ident(data)
+        got.append((i, method.redelivered, props))
+        if check_body is not None and not check_body(i, data) and len(bad) < 5:
+            bad.append((i, data[:40]))
+        last[0] = method.delivery_tag
+        if len(got) % 200 == 0:
+            ch_.basic_ack(method.delivery_tag, multiple=True)
+
+    ch.basic_consume(name, on_message)
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    conn.process_data_events(time_limit=0.3)  # a duplicate would show up here
+    if last[0] is not None:
+        ch.basic_ack(last[0], multiple=True)
+    conn.close()
+    assert not bad, "corrupted bodies (number, first bytes): %r" % bad
+    return got
+
+
+# ---- 1. order -----------------------------------------------------------------------------
+
+def test_deep_queue_pages_out_and_delivers_every_message_once_in_order(start):
+    n, size = DEEP_N, 64
+    b = start()
+    declare(b, "deep")
+    publish(b, "deep", (body(i, size) for i in range(n)), message_id=lambda i: "m%d" % i)
+
+    info = settled(b, "deep", paged_deep(WINDOW, n))
+    assert_paged_deep(info, WINDOW, n, body_size=size)
+    # /metrics shows the same state (rabbitmq_prometheus names, qgate's prefix)
+    m = queue_metrics(b, "deep")
+    assert m.get("qgate_queue_messages_ready") == n, m
+    assert m.get("qgate_queue_messages_paged_out") == info["messages_paged_out"], (m, info)
+    assert m.get("qgate_queue_messages_paged_out_bytes") == info["message_bytes_paged_out"], m
+    assert m.get("qgate_queue_messages_ram") == info["messages_ram"], (m, info)
+    assert m.get("qgate_queue_messages_ram_bytes") == info["message_bytes_ram"], (m, info)
+
+    got = consume(b, "deep", n, check_body=lambda i, d: d == body(i, size))
+    check_sequence([g[0] for g in got], list(range(n)), "consumed from a paged-out queue")
+    assert not any(g[1] for g in got), "redelivered set on a first delivery"
+    wrong_ids = [(g[0], g[2].message_id) for g in got if g[2].message_id != "m%d" % g[0]]
+    assert not wrong_ids, "properties lost or mixed up in paging: %r" % wrong_ids[:5]
+    assert all(g[2].delivery_mode == 2 for g in got), "delivery_mode lost in paging"
+
+    info = settled(b, "deep", lambda i: i["messages"] == 0 and i["messages_ram"] == 0)
+    assert (info["messages"], info["messages_paged_out"], info["messages_ram"],
+            info["message_bytes_paged_out"], info["message_bytes_ram"]) == (0, 0, 0, 0, 0), info
+
+
+def test_window_bytes_caps_the_ready_bytes_in_memory(start):
+    """--queue-window-bytes pages by size when the count window is far away."""
+    n, size, cap = 20000, 1024, 256 * KiB
+    b = start("--queue-window-bytes", str(cap), window=1000000)
+    declare(b, "by-bytes")
+    publish(b, "by-bytes", (body(i, size) for i in range(n)))
+    cap_msgs = cap // size
+    info = settled(b, "by-bytes", paged_deep(cap_msgs, n))
+    assert_paged_deep(info, cap_msgs, n, body_size=size)
+    assert info["message_bytes_ram"] <= cap + SLACK * size, info
+    got = consume(b, "by-bytes", n, check_body=lambda i, d: d == body(i, size))
+    check_sequence([g[0] for g in got], list(range(n)), "consumed past a byte window")
+
+
+def test_window_from_the_environment(start, monkeypatch):
+    """QGATE_QUEUE_WINDOW sets the window like the flag."""
+    monkeypatch.setenv("QGATE_QUEUE_WINDOW", "100")
+    n = 3000
+    b = start(window=None)
+    declare(b, "env-window")
+    publish(b, "env-window", (body(i) for i in range(n)))
+    info = settled(b, "env-window", paged_deep(100, n))
+    assert info["messages_paged_out"] > 0 and info["messages_ready_ram"] <= 100 + SLACK, info
+    got = consume(b, "env-window", n)
+    check_sequence([g[0] for g in got], list(range(n)), "consumed with an env window")
+
+
+# ---- 2. a consumer dies mid-stream --------------------------------------------------------
+
+def test_consumer_dying_mid_stream_gets_its_unacked_messages_redelivered_first(start):
+    n, prefetch = DEEP_N // 2, 100
+    acked_upto = n // 5  # the first consumer acks messages 0 .. acked_upto-1
+    b = start()
+    declare(b, "dies")
+    publish(b, "dies", (body(i) for i in range(n)))
+    assert_paged_deep(settled(b, "dies", paged_deep(WINDOW, n)), WINDOW, n)
+
+    conn = connect(b)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    first = []
+
+    def on_message(ch_, method, _props, data):
+        first.append((ident(data), method.redelivered))
+        if len(first) <= acked_upto and len(first) % 50 == 0:
+            ch_.basic_ack(method.delivery_tag, multiple=True)
+
+    ch.basic_consume("dies", on_message)
+    deadline = time.monotonic() + 60
+    while len(first) < acked_upto + prefetch and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    conn.process_data_events(time_limit=0.3)
+    check_sequence([f[0] for f in first], list(range(acked_upto + prefetch)),
+                   "first consumer (prefetch %d)" % prefetch)
+    held = settled(b, "dies", lambda i: i["messages_unacknowledged"] == prefetch)
+    assert held["messages_unacknowledged"] == prefetch, held
+    assert held["messages_ready"] == n - acked_upto - prefetch, held
+    assert held["messages_paged_out"] > 0, ("the rest should still be paged out", held)
+    conn.close()  # dies holding `prefetch` unacked messages
+
+    rest = n - acked_upto
+    got = consume(b, "dies", rest)
+    check_sequence([g[0] for g in got], list(range(acked_upto, n)), "second consumer")
+    unacked = set(range(acked_upto, acked_upto + prefetch))
+    wrong = [(i, r) for i, r, _ in got if r != (i in unacked)]
+    assert not wrong, ("redelivered must be set exactly on the %d messages the dead "
+                       "consumer held; wrong (number, redelivered): %r" % (prefetch, wrong[:10]))
+    info = settled(b, "dies", lambda i: i["messages"] == 0)
+    assert (info["messages"], info["messages_paged_out"]) == (0, 0), info
+
+
+# ---- 3. kill -9 while paged out ------------------------------------------------------------
+
+def test_kill_9_while_paged_out_recovers_in_order_and_pages_again(start):
+    n, size, prefetch, acked_upto = DEEP_N * 3 // 5, 1000, 100, 1000
+    payload = n * size
+    b = start(fsync="always")
+    base_rss = rss(b)
+    declare(b, "crash")
+    declare(b, "barrier")
+    publish(b, "crash", (body(i, size) for i in range(n)))
+    assert_paged_deep(settled(b, "crash", paged_deep(WINDOW, n)), WINDOW, n, body_size=size)
+
+    # A consumer acks the first `acked_upto` and holds the next `prefetch` unacked.
+    conn = connect(b)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    first = []
+
+    def on_message(ch_, method, _props, data):
+        first.append(ident(data))
+        if len(first) <= acked_upto and len(first) % 50 == 0:
+            ch_.basic_ack(method.delivery_tag, multiple=True)
+
+    ch.basic_consume("crash", on_message)
+    deadline = time.monotonic() + 60
+    while len(first) < acked_upto + prefetch and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    check_sequence(first, list(range(acked_upto + prefetch)), "consumer before the crash")
+    # The acks and delivered marks were submitted before the last deliveries were sent
+    # (prefetch); one confirmed publish under fsync=always is synced after them.
+    publish(b, "barrier", [body(0)])
+    b.kill()
+
+    b = start(fsync="always", data_dir=b.data_dir)
+    left = n - acked_upto
+    info = settled(b, "crash", paged_deep(WINDOW, left))
+    assert_paged_deep(info, WINDOW, left, body_size=size)
+    grown = rss(b) - base_rss
+    assert grown < payload * 0.4, (
+        "after recovery qgate holds %d KiB more than when it started empty, for %d KiB "
+        "of queued payload (%s)" % (grown // KiB, payload // KiB, memory_report(b)))
+
+    got = consume(b, "crash", left, check_body=lambda i, d: d == body(i, size))
+    check_sequence([g[0] for g in got], list(range(acked_upto, n)), "after kill -9")
+    unacked = set(range(acked_upto, acked_upto + prefetch))
+    wrong = [(i, r) for i, r, _ in got if r != (i in unacked)]
+    assert not wrong, ("redelivered must be set exactly on the messages delivered and not "
+                       "acked before the kill; wrong (number, redelivered): %r" % wrong[:10])
+    assert mgmt_queue(b, "barrier")["messages"] == 1
+
+
+# ---- 4. memcache and AMQP into one queue ----------------------------------------------------
+
+MC_FLAGS = 7
+
+
+def test_memcache_sets_and_amqp_publishes_share_one_order_past_the_window(start):
+    n = DEEP_N * 3 // 5
+    rnd = random.Random(13)
+    b = start()
+    declare(b, "mixed")  # what memcache would declare: durable
+    pub = ConfirmPublisher(b.amqp_port)
+    mc = MemcacheBulk(b.memcache_port)
+    via_mc = set()
+    i = 0
+    amqp_turn = True
+    while i < n:
+        k = min(n - i, rnd.randint(1, 3000))
+        ids = range(i, i + k)
+        if amqp_turn:
+            pub.publish("mixed", (body(j) for j in ids))  # all confirmed before the next set
+        else:
+            mc.set_many("mixed", (body(j) for j in ids), flags=MC_FLAGS)
+            via_mc.update(ids)
+        amqp_turn = not amqp_turn
+        i += k
+    pub.close()
+    assert_paged_deep(settled(b, "mixed", paged_deep(WINDOW, n)), WINDOW, n, body_size=64)
+
+    # Read back in turns: pymemcache gets, pipelined memcache gets, and AMQP consumers
+    # that ack part of what they took and close their channel on the rest (requeued at
+    # its place, so the next reader continues the same order).
+    pm = PyMemcache(("127.0.0.1", b.memcache_port), timeout=30)
+    conn = connect(b)
+    order, flags_wrong = [], []
+    per_reader = [0, 0, 0]
+    turn = 0
+    deadline = time.monotonic() + 120
+    while len(order) < n and time.monotonic() < deadline:
+        kind = turn % 3
+        turn += 1
+        before = len(order)
+        if kind == 0:
+            for _ in range(rnd.randint(1, 50)):
+                data = pm.get("mixed")
+                if data is None:
+                    break
+                order.append(ident(data))
+        elif kind == 1:
+            for f, data in mc.get_many("mixed", rnd.randint(1, 2000)):
+                i = ident(data)
+                order.append(i)
+                if f != (MC_FLAGS if i in via_mc else 0):
+                    flags_wrong.append((i, f))
+        else:
+            take = rnd.randint(1, 5000)
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=rnd.randint(1, 500))
+            taken = []
+
+            def on_message(ch_, method, props, data, taken=taken, take=take):
+                if len(taken) < take:
+                    taken.append(ident(data))
+                    h = (props.headers or {}).get("x-memcache-flags")
+                    if ident(data) in via_mc and h != MC_FLAGS:
+                        flags_wrong.append((ident(data), h))
+                    ch_.basic_ack(method.delivery_tag)
+
+            ch.basic_consume("mixed", on_message)
+            until = time.monotonic() + 30
+            while len(taken) < min(take, n - len(order)) and time.monotonic() < until:
+                conn.process_data_events(time_limit=0.05)
+            ch.close()  # whatever it held beyond `take` goes back, unacked
+            order.extend(taken)
+        per_reader[kind] += len(order) - before
+    conn.close()
+    pm.close()
+    mc.close()
+    check_sequence(order, list(range(n)), "memcache get / AMQP consume in turns")
+    assert all(per_reader), ("every reader should have had a share", per_reader)
+    assert not flags_wrong, "memcache flags lost (number, flags): %r" % flags_wrong[:10]
+    info = settled(b, "mixed", lambda i: i["messages"] == 0)
+    assert (info["messages"], info["messages_paged_out"]) == (0, 0), info
+
+
+# ---- 5. purge and delete give the disk back -----------------------------------------------
+
+# After a purge everything in the queue is dead: the sealed segments go, and what is left
+# is the active segment (sealed early once it holds 1/8 of a segment, 4 MiB) and the
+# records written since.
+NEAR_NOTHING = 8 * MiB
+
+
+def test_purge_and_delete_of_a_paged_out_queue_reclaim_disk(start):
+    n, size = DEEP_N * 2 // 5, 1024
+    payload = n * size
+    b = start()
+    segments = os.path.join(b.data_dir, "segments")
+    declare(b, "purged")
+    publish(b, "purged", (body(i, size) for i in range(n)))
+    assert_paged_deep(settled(b, "purged", paged_deep(WINDOW, n)), WINDOW, n, body_size=size)
+    before = dir_bytes(segments)
+    assert before >= payload, (before, payload)
+
+    conn = connect(b)
+    ch = conn.channel()
+    assert ch.queue_purge("purged").method.message_count == n
+    assert wait_until(lambda: dir_bytes(segments) < NEAR_NOTHING, 30), (
+        "segments/ holds %d bytes 30 s after purging %d bytes of paged-out messages "
+        "(before: %d)" % (dir_bytes(segments), payload, before))
+    info = paging(mgmt_queue(b, "purged"))
+    assert (info["messages"], info["messages_paged_out"], info["messages_ram"]) == (0, 0, 0), info
+    # Nothing purged comes back: the queue serves only what is published after.
+    publish(b, "purged", (body(i) for i in range(n, n + 10)))
+    got = consume(b, "purged", 10)
+    check_sequence([g[0] for g in got], list(range(n, n + 10)), "published after the purge")
+
+    ch.queue_declare("deleted", durable=True)
+    publish(b, "deleted", (body(i, size) for i in range(n)))
+    assert_paged_deep(settled(b, "deleted", paged_deep(WINDOW, n)), WINDOW, n, body_size=size)
+    assert dir_bytes(segments) >= payload
+    assert ch.queue_delete("deleted").method.message_count == n
+    assert wait_until(lambda: dir_bytes(segments) < NEAR_NOTHING, 30), (
+        "segments/ holds %d bytes 30 s after deleting a queue of %d bytes of paged-out "
+        "messages" % (dir_bytes(segments), payload))
+    ch.queue_declare("deleted", durable=True)
+    assert ch.queue_declare("deleted", passive=True).method.message_count == 0
+    conn.close()
+
+    # And a restart brings none of them back.
+    assert b.stop() == 0
+    b = start(data_dir=b.data_dir)
+    conn = connect(b)
+    ch = conn.channel()
+    assert ch.queue_declare("purged", passive=True).method.message_count == 0
+    assert ch.queue_declare("deleted", passive=True).method.message_count == 0
+    conn.close()
+
+
+# ---- 6. transient messages page too, and a restart drops them -----------------------------
+
+def test_transient_messages_page_and_a_restart_drops_only_them(start):
+    n = DEEP_N * 3 // 10
+
+    def mode(i):
+        return 1 if i % 3 == 0 else 2  # every third message transient
+
+    b = start()
+    declare(b, "nondurable", durable=False)
+    declare(b, "mixed-a")
+    declare(b, "mixed-b")
+    publish(b, "nondurable", (body(i) for i in range(n)), delivery_mode=mode)
+    publish(b, "mixed-a", (body(i) for i in range(n)), delivery_mode=mode)
+    publish(b, "mixed-b", (body(i) for i in range(n)), delivery_mode=mode)
+    for name in ("nondurable", "mixed-a", "mixed-b"):
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n, body_size=64)
+
+    for name in ("nondurable", "mixed-a"):
+        got = consume(b, name, n)
+        check_sequence([g[0] for g in got], list(range(n)), "consumed from %s" % name)
+        wrong = [(g[0], g[2].delivery_mode) for g in got if g[2].delivery_mode != mode(g[0])]
+        assert not wrong, "delivery_mode changed in paging: %r" % wrong[:5]
+
+    assert b.stop() == 0
+    b = start(data_dir=b.data_dir)
+    conn = connect(b)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        conn.channel().queue_declare("nondurable", passive=True)
+    assert e.value.reply_code == 404
+    conn.close()
+    persistent = [i for i in range(n) if mode(i) == 2]
+    info = settled(b, "mixed-b", paged_deep(WINDOW, len(persistent)))
+    assert_paged_deep(info, WINDOW, len(persistent), body_size=64)
+    got = consume(b, "mixed-b", len(persistent))
+    check_sequence([g[0] for g in got], persistent, "mixed-b after a restart")
+
+
+# ---- 7. memory stays bounded ---------------------------------------------------------------
+
+def fill_and_measure(b, name, n, size):
+    declare(b, name)
+    time.sleep(0.5)  # let start-up allocations settle before the baseline
+    base = rss(b)
+    publish(b, name, (body(i, size) for i in range(n)))
+    return base
+
+
+def test_a_small_window_keeps_memory_far_below_the_queued_payload(start):
+    n, size, window = 16384, 4 * KiB, 256
+    payload = n * size  # 64 MiB
+
+    b = start(window=window)
+    base = fill_and_measure(b, "big", n, size)
+    info = settled(b, "big", paged_deep(window, n))
+    assert_paged_deep(info, window, n, body_size=size)
+    grown = rss(b) - base
+    assert grown < payload * 0.4, (
+        "with --queue-window %d, %d KiB of queued payload grew qgate by %d KiB (%s)"
+        % (window, payload // KiB, grown // KiB, memory_report(b)))
+    got = consume(b, "big", n, check_body=lambda i, d: d == body(i, size))
+    check_sequence([g[0] for g in got], list(range(n)), "4 KiB messages")
+    assert b.stop() == 0
+
+    # The control: never paging, the broker holds every body (so the bound above means
+    # something).
+    c = start(window=0)
+    base = fill_and_measure(c, "big", n, size)
+    info = settled(c, "big", lambda i: i["messages_ram"] == n)
+    assert (info["messages_paged_out"], info["messages_ram"], info["message_bytes_ram"]) == (
+        0, n, payload), info
+    grown = rss(c) - base
+    assert grown >= payload, (
+        "with --queue-window 0 qgate grew by only %d KiB for %d KiB of payload (%s): "
+        "the measurement above proves nothing" % (grown // KiB, payload // KiB,
+                                                  memory_report(c)))
+
+
+# ---- 8. queues that never page -------------------------------------------------------------
+
+def test_limited_and_priority_queues_never_page_and_keep_their_semantics(start):
+    window, n, limit, size = 200, 1000, 600, 64
+    b = start(window=window)
+    declare(b, "plain")
+    declare(b, "prio", arguments={"x-max-priority": 9})
+    declare(b, "maxlen", arguments={"x-max-length": limit})
+    declare(b, "maxbytes", arguments={"x-max-length-bytes": limit * size})
+    declare(b, "ttl", arguments={"x-message-ttl": 3600000})
+    for name in ("plain", "maxlen", "maxbytes", "ttl"):
+        publish(b, name, (body(i, size) for i in range(n)))
+    publish(b, "prio", (body(i, size) for i in range(n)), priority=lambda i: i % 12)
+
+    # The same depth pages a plain queue out ...
+    assert_paged_deep(settled(b, "plain", paged_deep(window, n)), window, n, body_size=size)
+    # ... and none of these.
+    for name, depth in [("prio", n), ("maxlen", limit), ("maxbytes", limit), ("ttl", n)]:
+        info = paging(mgmt_queue(b, name))
+        assert (info["messages_ready"], info["messages_paged_out"], info["messages_ram"],
+                info["message_bytes_ram"]) == (depth, 0, depth, depth * size), (name, info)
+
+    # a priority above x-max-priority counts as the maximum; FIFO within a priority
+    want = sorted(range(n), key=lambda i: (-min(i % 12, 9), i))
+    got = consume(b, "prio", n)
+    check_sequence([g[0] for g in got], want, "priority queue")
+    for name in ("maxlen", "maxbytes"):
+        got = consume(b, name, limit)
+        check_sequence([g[0] for g in got], list(range(n - limit, n)),
+                       "%s keeps the newest %d" % (name, limit))
+    for name in ("ttl", "plain"):
+        got = consume(b, name, n)
+        check_sequence([g[0] for g in got], list(range(n)), name)
