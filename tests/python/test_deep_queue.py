@@ -30,6 +30,7 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -390,6 +391,75 @@ def test_consumer_dying_mid_stream_gets_its_unacked_messages_redelivered_first(s
     assert (info["messages"], info["messages_paged_out"]) == (0, 0), info
 
 
+def test_publishing_while_a_deep_queue_drains_keeps_one_order(start):
+    """New messages go behind the paged-out ones, also when the consumer has emptied
+    the window, caught up with the publisher, and the queue deepens again."""
+    n0, n1 = DEEP_N * 3 // 10, DEEP_N * 3 // 10
+    b = start()
+    declare(b, "live")
+    publish(b, "live", (body(i) for i in range(n0)))
+    assert_paged_deep(settled(b, "live", paged_deep(WINDOW, n0)), WINDOW, n0)
+
+    errors = []
+
+    def publisher():
+        rnd = random.Random(7)
+        try:
+            p = ConfirmPublisher(b.amqp_port)
+            i = n0
+            while i < n0 + n1:
+                k = min(n0 + n1 - i, rnd.randint(1, 8000))
+                p.publish("live", (body(j) for j in range(i, i + k)))
+                i += k
+                time.sleep(rnd.uniform(0, 0.3))
+            p.close()
+        except Exception as e:  # reported by the test
+            errors.append(e)
+
+    t = threading.Thread(target=publisher, daemon=True)
+    t.start()
+    got = consume(b, "live", n0 + n1, prefetch=200)
+    t.join(30)
+    assert not errors, errors
+    check_sequence([g[0] for g in got], list(range(n0 + n1)),
+                   "consumed while publishing into a paged-out queue")
+    info = settled(b, "live", lambda i: i["messages"] == 0)
+    assert (info["messages"], info["messages_paged_out"], info["messages_ram"]) == (0, 0, 0), info
+
+
+def test_competing_consumers_share_a_deep_queue_each_in_order(start):
+    n = DEEP_N // 4
+    b = start()
+    declare(b, "shared")
+    publish(b, "shared", (body(i) for i in range(n)))
+    assert_paged_deep(settled(b, "shared", paged_deep(WINDOW, n)), WINDOW, n)
+    conns, seen = [], []
+    for prefetch in (50, 300):
+        c = connect(b)
+        ch = c.channel()
+        ch.basic_qos(prefetch_count=prefetch)
+        mine = []
+
+        def on_message(ch_, method, _props, data, mine=mine):
+            mine.append(ident(data))
+            ch_.basic_ack(method.delivery_tag)
+
+        ch.basic_consume("shared", on_message)
+        conns.append(c)
+        seen.append(mine)
+    deadline = time.monotonic() + 90
+    while sum(map(len, seen)) < n and time.monotonic() < deadline:
+        for c in conns:
+            c.process_data_events(time_limit=0.02)
+    for c in conns:
+        c.process_data_events(time_limit=0.2)
+        c.close()
+    for k, mine in enumerate(seen):
+        assert mine, "consumer %d got nothing" % k
+        check_sequence(mine, sorted(mine), "consumer %d sees queue order" % k)
+    check_sequence(sorted(seen[0] + seen[1]), list(range(n)), "both consumers together")
+
+
 # ---- 3. kill -9 while paged out ------------------------------------------------------------
 
 def test_kill_9_while_paged_out_recovers_in_order_and_pages_again(start):
@@ -469,17 +539,18 @@ def test_memcache_sets_and_amqp_publishes_share_one_order_past_the_window(start)
     pub.close()
     assert_paged_deep(settled(b, "mixed", paged_deep(WINDOW, n)), WINDOW, n, body_size=64)
 
-    # Read back in turns: pymemcache gets, pipelined memcache gets, and AMQP consumers
-    # that ack part of what they took and close their channel on the rest (requeued at
-    # its place, so the next reader continues the same order).
+    # Read back in turns: pymemcache gets, pipelined memcache gets, AMQP basic.get, and
+    # AMQP consumers that ack part of what they took and close their channel on the rest
+    # (requeued at its place, so the next reader continues the same order).
     pm = PyMemcache(("127.0.0.1", b.memcache_port), timeout=30)
     conn = connect(b)
     order, flags_wrong = [], []
-    per_reader = [0, 0, 0]
+    per_reader = [0, 0, 0, 0]
+    getter = conn.channel()
     turn = 0
     deadline = time.monotonic() + 120
     while len(order) < n and time.monotonic() < deadline:
-        kind = turn % 3
+        kind = turn % 4
         turn += 1
         before = len(order)
         if kind == 0:
@@ -494,6 +565,16 @@ def test_memcache_sets_and_amqp_publishes_share_one_order_past_the_window(start)
                 order.append(i)
                 if f != (MC_FLAGS if i in via_mc else 0):
                     flags_wrong.append((i, f))
+        elif kind == 2:
+            for _ in range(rnd.randint(1, 50)):
+                method, props, data = getter.basic_get("mixed", auto_ack=False)
+                if method is None:
+                    break
+                order.append(ident(data))
+                h = (props.headers or {}).get("x-memcache-flags")
+                if ident(data) in via_mc and h != MC_FLAGS:
+                    flags_wrong.append((ident(data), h))
+                getter.basic_ack(method.delivery_tag)
         else:
             take = rnd.randint(1, 5000)
             ch = conn.channel()
