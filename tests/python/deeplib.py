@@ -26,6 +26,7 @@ CONNECTION_UNBLOCKED = (10, 61)
 # content-header property flags (AMQP 0-9-1 basic class), in wire order
 FLAG_DELIVERY_MODE = 0x1000
 FLAG_PRIORITY = 0x0800
+FLAG_EXPIRATION = 0x0100
 FLAG_MESSAGE_ID = 0x0080
 
 
@@ -119,7 +120,8 @@ class ConfirmPublisher:
             self._pump(0.5)
 
     # -- frames out -----------------------------------------------------------------
-    def _encode(self, exchange, routing_key, body, delivery_mode, priority, message_id):
+    def _encode(self, exchange, routing_key, body, delivery_mode, priority, expiration,
+                message_id):
         flags, props = 0, b""
         if delivery_mode is not None:
             flags |= FLAG_DELIVERY_MODE
@@ -127,6 +129,9 @@ class ConfirmPublisher:
         if priority is not None:
             flags |= FLAG_PRIORITY
             props += struct.pack(">B", priority)
+        if expiration is not None:
+            flags |= FLAG_EXPIRATION
+            props += raw.shortstr(expiration)
         if message_id is not None:
             flags |= FLAG_MESSAGE_ID
             props += raw.shortstr(message_id)
@@ -139,10 +144,11 @@ class ConfirmPublisher:
         return b"".join(out)
 
     def publish(self, routing_key, bodies, exchange="", delivery_mode=2, priority=None,
-                message_id=None, wait=True):
-        """Publishes every body of the iterable; ``delivery_mode``, ``priority`` and
-        ``message_id`` are values or functions of the index within ``bodies`` (None:
-        property absent). With ``wait``, returns once all are confirmed."""
+                expiration=None, message_id=None, wait=True):
+        """Publishes every body of the iterable; ``delivery_mode``, ``priority``,
+        ``expiration`` and ``message_id`` are values or functions of the index within
+        ``bodies`` (None: property absent). With ``wait``, returns once all are
+        confirmed."""
 
         def value(v, i):
             return v(i) if callable(v) else v
@@ -150,7 +156,8 @@ class ConfirmPublisher:
         batch, batch_bytes = [], 0
         for i, body in enumerate(bodies):
             batch.append(self._encode(exchange, routing_key, body, value(delivery_mode, i),
-                                      value(priority, i), value(message_id, i)))
+                                      value(priority, i), value(expiration, i),
+                                      value(message_id, i)))
             self.published += 1
             self._sizes[self.published] = len(body)
             self._outstanding_bytes += len(body)

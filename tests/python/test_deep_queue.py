@@ -151,7 +151,8 @@ def paging(info):
     missing = [f for f in PAGING_FIELDS if f not in info]
     assert not missing, "management queue object lacks %s: %r" % (missing, info)
     return {f: info[f] for f in PAGING_FIELDS + ["messages", "messages_ready",
-                                                 "messages_unacknowledged"]}
+                                                 "messages_unacknowledged",
+                                                 "message_bytes_ready"]}
 
 
 def settled(q, name, pred, timeout=20.0):
@@ -183,7 +184,8 @@ def assert_paged_deep(info, window, n, body_size=None):
     # every ready message is either in memory or paged out
     assert info["messages_ready_ram"] + info["messages_paged_out"] == n, info
     if body_size is not None:
-        # RabbitMQ's message_bytes_* count body bytes
+        # RabbitMQ's message_bytes_* count body bytes, wherever the message is
+        assert info["message_bytes_ready"] == n * body_size, info
         assert info["message_bytes_paged_out"] == info["messages_paged_out"] * body_size, info
         assert info["message_bytes_ram"] == info["messages_ram"] * body_size, info
 
@@ -378,6 +380,8 @@ def test_consumer_dying_mid_stream_gets_its_unacked_messages_redelivered_first(s
     assert held["messages_unacknowledged"] == prefetch, held
     assert held["messages_ready"] == n - acked_upto - prefetch, held
     assert held["messages_paged_out"] > 0, ("the rest should still be paged out", held)
+    # RabbitMQ: messages_ram = ready in memory + unacked in memory (all of them here)
+    assert held["messages_ram"] == held["messages_ready_ram"] + prefetch, held
     conn.close()  # dies holding `prefetch` unacked messages
 
     rest = n - acked_upto
@@ -660,6 +664,75 @@ def test_purge_and_delete_of_a_paged_out_queue_reclaim_disk(start):
     conn.close()
 
 
+def test_purge_while_a_consumer_holds_messages_leaves_only_those(start):
+    """A purge during page-in reads drops every ready message, paged or in memory, and
+    nothing read back for the purged queue reappears; the consumer's unacked messages
+    come back when it goes, as RabbitMQ's purge leaves unacked ones alone."""
+    n, prefetch, acked_upto = DEEP_N * 3 // 10, 500, 5000
+    b = start()
+    declare(b, "purge-busy")
+    publish(b, "purge-busy", (body(i) for i in range(n)))
+    assert_paged_deep(settled(b, "purge-busy", paged_deep(WINDOW, n)), WINDOW, n)
+    conn = connect(b)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    first = []
+
+    def on_message(ch_, method, _props, data):
+        first.append(ident(data))
+        if len(first) <= acked_upto:
+            ch_.basic_ack(method.delivery_tag)
+
+    ch.basic_consume("purge-busy", on_message)
+    deadline = time.monotonic() + 60
+    while len(first) < acked_upto + prefetch and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    check_sequence(first, list(range(acked_upto + prefetch)), "consumer before the purge")
+    other = connect(b)
+    purged = other.channel().queue_purge("purge-busy").method.message_count
+    assert purged == n - acked_upto - prefetch
+    info = paging(mgmt_queue(b, "purge-busy"))
+    assert (info["messages_ready"], info["messages_paged_out"], info["messages_ready_ram"],
+            info["messages_unacknowledged"]) == (0, 0, 0, prefetch), info
+    conn.close()  # its unacked messages go back to the queue
+    publish(b, "purge-busy", (body(i) for i in range(n, n + 10)))
+    got = consume(b, "purge-busy", prefetch + 10)
+    want = list(range(acked_upto, acked_upto + prefetch)) + list(range(n, n + 10))
+    check_sequence([g[0] for g in got], want, "after the purge")
+    info = settled(b, "purge-busy", lambda i: i["messages"] == 0)
+    assert (info["messages"], info["messages_paged_out"], info["messages_ram"]) == (0, 0, 0), info
+    other.close()
+
+
+def test_deleting_paged_transient_queues_reclaims_disk(start):
+    """Transient records of a non-durable queue go with it: on queue.delete, and when an
+    exclusive queue dies with its connection."""
+    n, size = DEEP_N * 2 // 5, 1024
+    b = start()
+    segments = os.path.join(b.data_dir, "segments")
+    declare(b, "gone-nondurable", durable=False)
+    publish(b, "gone-nondurable", (body(i, size) for i in range(n)), delivery_mode=1)
+    assert_paged_deep(settled(b, "gone-nondurable", paged_deep(WINDOW, n)), WINDOW, n,
+                      body_size=size)
+    assert dir_bytes(segments) >= n * size, "transient records should be on disk"
+    conn = connect(b)
+    assert conn.channel().queue_delete("gone-nondurable").method.message_count == n
+    assert wait_until(lambda: dir_bytes(segments) < NEAR_NOTHING, 30), (
+        "segments/ holds %d bytes 30 s after deleting a paged non-durable queue"
+        % dir_bytes(segments))
+
+    ch = conn.channel()
+    ch.queue_declare("gone-exclusive", exclusive=True)
+    publish(b, "gone-exclusive", (body(i, size) for i in range(n)))
+    assert_paged_deep(settled(b, "gone-exclusive", paged_deep(WINDOW, n)), WINDOW, n,
+                      body_size=size)
+    assert dir_bytes(segments) >= n * size
+    conn.close()  # the exclusive queue dies with it
+    assert wait_until(lambda: dir_bytes(segments) < NEAR_NOTHING, 30), (
+        "segments/ holds %d bytes 30 s after a paged exclusive queue died with its "
+        "connection" % dir_bytes(segments))
+
+
 # ---- 6. transient messages page too, and a restart drops them -----------------------------
 
 def test_transient_messages_page_and_a_restart_drops_only_them(start):
@@ -696,6 +769,26 @@ def test_transient_messages_page_and_a_restart_drops_only_them(start):
     assert_paged_deep(info, WINDOW, len(persistent), body_size=64)
     got = consume(b, "mixed-b", len(persistent))
     check_sequence([g[0] for g in got], persistent, "mixed-b after a restart")
+
+
+def test_per_message_ttl_counts_from_publish_while_paged(start):
+    """A message with an ``expiration`` is never delivered after it, also when it spent
+    that time paged out (RabbitMQ: expired messages are dropped at the head)."""
+    n, ttl_ms = 6 * WINDOW, 1500
+    b = start()
+    declare(b, "expiring")
+
+    def expiration(i):
+        return str(ttl_ms) if i % 2 else None  # odd ones expire
+
+    publish(b, "expiring", (body(i) for i in range(n)), expiration=expiration)
+    assert_paged_deep(settled(b, "expiring", paged_deep(WINDOW, n)), WINDOW, n)
+    time.sleep(ttl_ms / 1000 * 2)  # they have all expired by now
+    keep = [i for i in range(n) if i % 2 == 0]
+    got = consume(b, "expiring", len(keep), timeout=30)
+    check_sequence([g[0] for g in got], keep, "after the odd ones expired")
+    info = settled(b, "expiring", lambda i: i["messages"] == 0)
+    assert info["messages"] == 0, info
 
 
 # ---- 7. memory stays bounded ---------------------------------------------------------------
