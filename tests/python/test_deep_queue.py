@@ -515,6 +515,49 @@ def test_kill_9_while_paged_out_recovers_in_order_and_pages_again(start):
     assert mgmt_queue(b, "barrier")["messages"] == 1
 
 
+def test_fanout_into_several_deep_queues_pages_each_and_survives_kill_9(start):
+    """One persistent message routed to several durable queues (and a non-durable one)
+    pages in each; acking it in one queue leaves it in the others, across kill -9."""
+    n = DEEP_N // 4
+    durable_qs = ["fan-a", "fan-b", "fan-c"]
+    b = start(fsync="always")
+    conn = connect(b)
+    ch = conn.channel()
+    ch.exchange_declare("fan", "fanout", durable=True)
+    for name in durable_qs:
+        ch.queue_declare(name, durable=True)
+        ch.queue_bind(name, "fan")
+    ch.queue_declare("fan-nondurable", durable=False)
+    ch.queue_bind("fan-nondurable", "fan")
+    conn.close()
+    publish(b, "", (body(i) for i in range(n)), exchange="fan")
+    for name in durable_qs + ["fan-nondurable"]:
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n, body_size=64)
+
+    got = consume(b, "fan-a", n)
+    check_sequence([g[0] for g in got], list(range(n)), "fan-a")
+    got = consume(b, "fan-nondurable", n)
+    check_sequence([g[0] for g in got], list(range(n)), "fan-nondurable")
+    publish(b, "", (body(i) for i in range(n + 1, n + 11)), exchange="fan")
+    declare(b, "fan-barrier")
+    publish(b, "fan-barrier", [body(0)])  # a synced record after every ack above
+    b.kill()
+
+    b = start(fsync="always", data_dir=b.data_dir)
+    assert paging(mgmt_queue(b, "fan-a"))["messages"] == 10
+    want = list(range(n)) + list(range(n + 1, n + 11))
+    for name in ("fan-b", "fan-c"):
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n + 10)), WINDOW, n + 10,
+                          body_size=64)
+        got = consume(b, name, n + 10)
+        check_sequence([g[0] for g in got], want, "%s after kill -9" % name)
+    conn = connect(b)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        conn.channel().queue_declare("fan-nondurable", passive=True)
+    assert e.value.reply_code == 404
+    conn.close()
+
+
 # ---- 4. memcache and AMQP into one queue ----------------------------------------------------
 
 MC_FLAGS = 7
