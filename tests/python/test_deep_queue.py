@@ -336,17 +336,28 @@ def test_window_bytes_caps_the_ready_bytes_in_memory(start):
     check_sequence([g[0] for g in got], list(range(n)), "consumed past a byte window")
 
 
-def test_window_from_the_environment(start, monkeypatch):
-    """QGATE_QUEUE_WINDOW sets the window like the flag."""
-    monkeypatch.setenv("QGATE_QUEUE_WINDOW", "100")
+def test_window_from_the_environment_and_the_config_file(start, monkeypatch, tmp_path):
+    """QGATE_QUEUE_WINDOW and the TOML keys queue_window / queue_window_bytes set the
+    window like the flags."""
     n = 3000
+    monkeypatch.setenv("QGATE_QUEUE_WINDOW", "100")
     b = start(window=None)
     declare(b, "env-window")
     publish(b, "env-window", (body(i) for i in range(n)))
-    info = settled(b, "env-window", paged_deep(100, n))
-    assert info["messages_paged_out"] > 0 and info["messages_ready_ram"] <= 100 + SLACK, info
+    assert_paged_deep(settled(b, "env-window", paged_deep(100, n)), 100, n)
     got = consume(b, "env-window", n)
     check_sequence([g[0] for g in got], list(range(n)), "consumed with an env window")
+    assert b.stop() == 0
+    monkeypatch.delenv("QGATE_QUEUE_WINDOW")
+
+    cfg = tmp_path / "qgate.toml"
+    cfg.write_text("queue_window = 1000000\nqueue_window_bytes = %d\n" % (200 * 1024))
+    b = start("--config", str(cfg), window=None)
+    declare(b, "toml-window")
+    publish(b, "toml-window", (body(i, 1024) for i in range(n)))
+    assert_paged_deep(settled(b, "toml-window", paged_deep(200, n)), 200, n, body_size=1024)
+    got = consume(b, "toml-window", n)
+    check_sequence([g[0] for g in got], list(range(n)), "consumed with a TOML byte window")
 
 
 # ---- 2. a consumer dies mid-stream --------------------------------------------------------
