@@ -61,6 +61,12 @@ pub const MEMCACHE_MAX_LINE: u64 = 2048;
 /// Largest `max_message_size` RabbitMQ accepts (512 MiB).
 pub const MAX_MAX_MESSAGE: u64 = 512 * 1024 * 1024;
 
+/// Ready messages a queue keeps in memory before it pages (RabbitMQ's classic queues
+/// keep a few thousand too).
+pub const DEFAULT_QUEUE_WINDOW: usize = 8192;
+/// Bytes of ready messages a queue keeps in memory before it pages: 32 MiB.
+pub const DEFAULT_QUEUE_WINDOW_BYTES: u64 = 32 << 20;
+
 /// All settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -99,6 +105,12 @@ pub struct Config {
     /// `mem_relative:1.0` for a multiple of physical memory, or `0` for no disk alarm).
     #[serde(with = "text")]
     pub disk_free_limit: DiskFreeLimit,
+    /// Ready messages a queue keeps in memory; beyond them new messages are paged to
+    /// the store and read back in order as the queue drains (`0`: never page).
+    pub queue_window: usize,
+    /// Bytes of ready messages a queue keeps in memory, the same way (`0`: no byte
+    /// bound, only `queue_window`).
+    pub queue_window_bytes: u64,
     /// Upstream mode: the memcache listener's queues live in a RabbitMQ cluster.
     pub upstream: UpstreamConfig,
 }
@@ -382,6 +394,8 @@ impl Default for Config {
             loopback_users: None,
             memory_high_watermark: DEFAULT_MEMORY_HIGH_WATERMARK,
             disk_free_limit: DEFAULT_DISK_FREE_LIMIT,
+            queue_window: DEFAULT_QUEUE_WINDOW,
+            queue_window_bytes: DEFAULT_QUEUE_WINDOW_BYTES,
             upstream: UpstreamConfig::default(),
             management: ManagementConfig::default(),
         }
@@ -1114,6 +1128,28 @@ pub const FLAGS: &[Flag] = &[
                [default: 50MB]",
         set: |c, v| {
             c.disk_free_limit = utf8(v)?.parse()?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "queue_window",
+        flag: "queue-window",
+        value: FlagValue::Usize,
+        help: "Ready messages a queue keeps in memory; the rest is paged to disk and read \
+               back in order as it drains; 0 to never page [default: 8192]",
+        set: |c, v| {
+            c.queue_window = number(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        key: "queue_window_bytes",
+        flag: "queue-window-bytes",
+        value: FlagValue::U64,
+        help: "Bytes of ready messages a queue keeps in memory before it pages; 0 for no \
+               byte bound [default: 33554432]",
+        set: |c, v| {
+            c.queue_window_bytes = number(v)?;
             Ok(())
         },
     },

@@ -116,6 +116,7 @@ fn core_config(config: &Config) -> CoreConfig {
             .collect(),
         permissions,
         loopback_users,
+        queue_window: queue_window(config),
     }
 }
 
@@ -384,9 +385,22 @@ fn upstream_gateway(config: &Config) -> Result<Option<crate::upstream::Gateway>,
     Ok(Some(gw))
 }
 
+/// How much of each queue stays in memory (`None`: queues never page).
+fn queue_window(config: &Config) -> Option<crate::store::Window> {
+    let bytes = match config.queue_window_bytes {
+        0 => u64::MAX,
+        b => b,
+    };
+    (config.queue_window > 0).then_some(crate::store::Window {
+        messages: config.queue_window,
+        bytes,
+    })
+}
+
 fn open_broker(config: &Config) -> Result<(Broker, Option<Store>), ServerError> {
     let mut store_config = StoreConfig::new(&config.storage.data_dir);
     store_config.fsync = config.storage.fsync;
+    store_config.window = queue_window(config);
     let (store, recovered) = Store::open(store_config)
         .map_err(|e| ServerError::Store(format!("{}: {e}", config.storage.data_dir.display())))?;
     let broker = Broker::with_store(

@@ -28,6 +28,16 @@ pub(crate) struct Features {
 }
 
 impl Features {
+    /// Whether the queue may page messages out of memory: not when a feature looks at
+    /// every ready message (priorities order them, length limits drop the oldest, a
+    /// queue TTL expires them at the head as they age).
+    pub(crate) fn pages(&self) -> bool {
+        self.max_priority == 0
+            && self.max_length.is_none()
+            && self.max_length_bytes.is_none()
+            && self.message_ttl.is_none()
+    }
+
     /// Reads and checks the arguments (406 PRECONDITION_FAILED texts on bad values).
     pub(crate) fn from_arguments(args: &FieldTable) -> CoreResult<Self> {
         let max_priority = match non_negative_arg(args, "x-max-priority")? {

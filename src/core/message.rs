@@ -158,6 +158,9 @@ pub struct QueuedMessage {
     pub expires_at: u64,
     /// Set once the message has been delivered and returned.
     pub redelivered: bool,
+    /// It has a record in the store (persistent in a durable queue, or paged out once),
+    /// which must be acked when it leaves the queue.
+    pub in_store: bool,
 }
 
 impl QueuedMessage {

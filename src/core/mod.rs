@@ -70,6 +70,9 @@ pub struct CoreConfig {
     pub memory_high_watermark: u64,
     /// The front ends' limits, kept here so that status and /metrics can show them.
     pub limits: crate::config::Limits,
+    /// How much of each queue stays in memory before the rest is paged to the store
+    /// (`None`: queues never page).
+    pub queue_window: Option<crate::store::Window>,
 }
 
 impl Default for CoreConfig {
@@ -87,6 +90,7 @@ impl Default for CoreConfig {
             loopback_users: vec!["guest".into()],
             memory_high_watermark: 0,
             limits: crate::config::Limits::default(),
+            queue_window: None,
         }
     }
 }
@@ -169,6 +173,17 @@ pub(crate) struct Shared {
     limits: crate::config::Limits,
     /// Every queue's TTL and `x-expires` timers, driven by one task.
     timers: timers::Timers,
+    queue_window: Option<crate::store::Window>,
+}
+
+impl Shared {
+    /// Where a new queue pages, when the broker pages deep queues.
+    pub(crate) fn paging(&self) -> Option<queue::Paging> {
+        Some(queue::Paging {
+            store: self.store.clone()?,
+            window: self.queue_window?,
+        })
+    }
 }
 
 /// The broker: a cheap handle, clone freely.
@@ -210,6 +225,7 @@ impl Broker {
             flow: flow::FlowControl::new(config.memory_high_watermark),
             limits: config.limits,
             timers: timers::Timers::default(),
+            queue_window: config.queue_window,
         });
         let broker = Self { shared };
         broker
@@ -251,14 +267,15 @@ impl Broker {
         &self.shared.flow
     }
 
-    /// Estimated memory held by ready messages in every queue.
+    /// Estimated memory held by ready messages in every queue (paged ones excepted).
     pub fn queued_memory(&self) -> u64 {
         self.vhosts()
             .iter()
             .flat_map(|v| v.queues())
             .map(|q| {
+                // What is in memory: paged messages cost nothing here.
                 let d = q.depth();
-                d.bytes as u64 + d.ready as u64 * flow::PER_MESSAGE_OVERHEAD
+                d.ready_ram_bytes as u64 + d.ready_ram as u64 * flow::PER_MESSAGE_OVERHEAD
             })
             .sum()
     }

@@ -8,8 +8,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::message::Message;
-use crate::content::{FieldTable, FieldValue};
+use std::sync::Arc;
+
+use super::message::{Message, Names};
+use crate::content::{FieldTable, FieldValue, Properties};
 
 /// Encodes a message for the store.
 pub fn encode_message(msg: &Message) -> Bytes {
@@ -26,6 +28,30 @@ pub fn encode_message(msg: &Message) -> Bytes {
     out.put_slice(msg.properties());
     out.put_slice(msg.body());
     out.freeze()
+}
+
+/// The length [`encode_message`] gives `msg` (what the store counts for it).
+pub fn encoded_len(msg: &Message) -> usize {
+    2 + msg.exchange().len().min(255)
+        + msg.routing_key().len().min(255)
+        + 4
+        + msg.properties().len()
+        + msg.body().len()
+}
+
+/// Rebuilds a message from its store record (recovered or paged back in), sharing
+/// exchange and routing-key names with the previous one through `names`; `None` when
+/// the record is malformed.
+pub fn message_from_record(id: u64, payload: Bytes, names: &mut Arc<Names>) -> Option<Message> {
+    let stored = decode_message(payload)?;
+    let props = Properties::decode(&stored.content[..stored.props_len]).unwrap_or_default();
+    Some(Message::from_content(
+        id,
+        Names::share(names, &stored.exchange, &stored.routing_key),
+        stored.content,
+        stored.props_len,
+        &props,
+    ))
 }
 
 /// The parts of a stored message.

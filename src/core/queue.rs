@@ -26,12 +26,12 @@ use super::deadletter::{DeadLetterTarget, Reason};
 use super::durable::Durable;
 use super::error::{CoreError, CoreResult};
 use super::features::Features;
-use super::message::{Message, QueuedMessage, NEVER};
+use super::message::{Message, Names, QueuedMessage, NEVER};
 use super::persist;
 use super::ready::Ready;
 use super::stats::QueueCounters;
 use crate::content::FieldTable;
-use crate::store::{FsyncPolicy, Store};
+use crate::store::{FsyncPolicy, PagedOut, RecoveredMessage, Store, StoreError, Window};
 
 /// How a queue was declared.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,6 +44,16 @@ pub struct QueueOptions {
     pub auto_delete: bool,
     /// `x-` arguments.
     pub arguments: FieldTable,
+}
+
+/// Where a queue that pages keeps what is beyond its memory window.
+#[derive(Debug, Clone)]
+pub(crate) struct Paging {
+    /// The broker's store: persistent messages of a durable queue page to their durable
+    /// record, everything else to a transient record that a restart drops.
+    pub(crate) store: Store,
+    /// How much of the queue's ready part stays in memory.
+    pub(crate) window: Window,
 }
 
 /// A queue at its length limit with `x-overflow: reject-publish` refused a message.
@@ -103,6 +113,8 @@ pub struct Queue {
     features: Features,
     /// Set for durable queues when the broker has a store: persistent messages go there.
     store: Option<Store>,
+    /// Set when the broker pages deep queues and this queue's features allow it.
+    paging: Option<Paging>,
     /// Acts on the outcomes of operations that front ends call directly.
     home: Weak<dyn Owner>,
     state: Mutex<State>,
@@ -131,6 +143,19 @@ struct State {
     wake_at: Option<u64>,
     /// Dead letters collected under the lock, handed out with the [`Outcome`].
     dead: Vec<(QueuedMessage, Reason)>,
+    /// Ready messages beyond the memory window, behind every one in `ready`: only in
+    /// the store, read back in order as the queue drains.
+    paged: usize,
+    /// Their payload bytes, as the store counts them.
+    paged_bytes: u64,
+    /// A read of paged messages is in flight.
+    paging_in: bool,
+    /// Bumped by purge and delete: a read in flight then brings back stale messages.
+    page_epoch: u64,
+    /// Names shared between the messages read back.
+    page_names: Arc<Names>,
+    /// Has written records a delete must drop (a non-durable queue that paged).
+    paged_ever: bool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -150,6 +175,14 @@ pub struct QueueDepth {
     pub consumers: usize,
     /// Content bytes (properties + bodies) of the ready messages.
     pub bytes: usize,
+    /// Of the ready ones, those paged out to the store (not in memory).
+    pub paged: usize,
+    /// Their bytes (as stored: names, properties and body).
+    pub paged_bytes: u64,
+    /// Ready messages held in memory.
+    pub ready_ram: usize,
+    /// Their content bytes.
+    pub ready_ram_bytes: usize,
 }
 
 /// The result of [`Queue::enqueue`]: accepted (with a [`Durable`] to wait on when the
@@ -164,15 +197,17 @@ impl Queue {
         vhost: Arc<str>,
         options: QueueOptions,
         owner: Option<u64>,
-        store: Option<Store>,
+        (store, paging): (Option<Store>, Option<Paging>),
     ) -> CoreResult<Arc<Self>> {
         let features = Features::from_arguments(&options.arguments)?;
+        let paging = paging.filter(|_| features.pages());
         Ok(Arc::new(Self {
             name,
             vhost,
             id,
             owner: if options.exclusive { owner } else { None },
             store: if options.durable { store } else { None },
+            paging,
             options,
             counters: QueueCounters::default(),
             state: Mutex::new(State {
@@ -185,6 +220,12 @@ impl Queue {
                 deleted: false,
                 wake_at: None,
                 dead: Vec::new(),
+                paged: 0,
+                paged_bytes: 0,
+                paging_in: false,
+                page_epoch: 0,
+                page_names: Arc::default(),
+                paged_ever: false,
             }),
             features,
             home,
@@ -197,10 +238,14 @@ impl Queue {
     pub fn depth(&self) -> QueueDepth {
         let st = self.state.lock();
         QueueDepth {
-            ready: st.ready.len(),
+            ready: st.ready.len() + st.paged,
             unacked: st.unacked,
             consumers: st.consumers.len(),
-            bytes: st.ready.bytes(),
+            bytes: st.ready.bytes() + st.paged_bytes as usize,
+            paged: st.paged,
+            paged_bytes: st.paged_bytes,
+            ready_ram: st.ready.len(),
+            ready_ram_bytes: st.ready.bytes(),
         }
     }
 
@@ -298,6 +343,11 @@ impl Queue {
             }
             return (refused, Outcome::default());
         }
+        if let Some(durable) = self.page_out(&mut st, &msg, stored) {
+            self.counters.published.inc();
+            self.maybe_page_in(&mut st);
+            return (Ok(durable), self.unlock(st));
+        }
         // Written under the queue lock so the store sees publishes in queue order. Only
         // under `--fsync always` does anyone wait for the ticket: with `interval` and
         // `never` a confirm / STORED means "accepted", and the write follows at once.
@@ -310,16 +360,149 @@ impl Queue {
         };
         let seq = st.next_seq;
         st.next_seq += 1;
+        let in_store = self.stores(&msg);
         st.ready.push_back(QueuedMessage {
             msg,
             seq,
             redelivered: false,
+            in_store,
             expires_at: ttl.map_or(NEVER, |t| now_ms().saturating_add(t)),
         });
         self.counters.published.inc();
         self.enforce_limits(&mut st);
         self.dispatch_locked(&mut st);
         (Ok(durable), self.unlock(st))
+    }
+
+    // ---- paging ----------------------------------------------------------------------
+
+    /// Past the memory window (or while older messages are paged: order), writes the
+    /// message to the store instead of keeping it. `None`: it stays in memory (no
+    /// paging here, room in the window, or a body the store cannot take); else what
+    /// the publisher waits for.
+    fn page_out(&self, st: &mut State, msg: &Message, stored: bool) -> Option<Option<Durable>> {
+        let pg = self.paging.as_ref()?;
+        let full = st.paged > 0
+            || st.ready.len() >= pg.window.messages
+            || st.ready.bytes() as u64 >= pg.window.bytes;
+        let len = persist::encoded_len(msg);
+        if !full || len > Store::MAX_PAYLOAD {
+            return None;
+        }
+        let durable = if stored {
+            // Written once for several queues by the vhost; this queue lets go of it.
+            pg.store.mark_paged(self.id, msg.id);
+            None
+        } else {
+            let persistent = self.stores(msg);
+            let payload = persist::encode_message(msg);
+            let ticket = pg
+                .store
+                .publish_paged(self.id, msg.id, payload, !persistent);
+            (persistent && pg.store.policy() == FsyncPolicy::Always).then(|| Durable::new(ticket))
+        };
+        st.paged += 1;
+        st.paged_bytes += len as u64;
+        st.paged_ever = true;
+        Some(durable)
+    }
+
+    /// Once the in-memory part is down to half the window, asks the store for the next
+    /// paged messages (at most one read in flight), so consumers find the head filled
+    /// before they reach it.
+    fn maybe_page_in(self: &Arc<Self>, st: &mut State) {
+        let Some(pg) = &self.paging else { return };
+        if st.paged == 0 || st.paging_in || st.deleted {
+            return;
+        }
+        let (n, bytes, w) = (st.ready.len(), st.ready.bytes() as u64, pg.window);
+        if n > w.messages / 2 || bytes > w.bytes / 2 {
+            return;
+        }
+        let epoch = st.page_epoch;
+        let me = Arc::downgrade(self);
+        st.paging_in = pg.store.page_in(
+            self.id,
+            w.messages - n,
+            w.bytes - bytes,
+            Box::new(move |res| {
+                if let Some(q) = me.upgrade() {
+                    q.paged_in(epoch, res);
+                }
+            }),
+        );
+    }
+
+    /// The store's answer to [`Queue::maybe_page_in`]: the next paged messages, in order.
+    fn paged_in(self: &Arc<Self>, epoch: u64, res: Result<Vec<RecoveredMessage>, StoreError>) {
+        let mut st = self.state.lock();
+        if epoch != st.page_epoch || st.deleted {
+            // Purged or deleted while the read was in flight: those messages are gone.
+            drop(st);
+            if let (Ok(msgs), Some(pg)) = (res, &self.paging) {
+                for m in msgs {
+                    pg.store.ack(self.id, m.msg_id);
+                }
+            }
+            return;
+        }
+        st.paging_in = false;
+        match res {
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "reading paged messages failed")
+            }
+            Ok(msgs) if msgs.is_empty() => {
+                // Cannot happen while the counts agree; do not ask again for nothing.
+                tracing::error!(
+                    queue = %self.name,
+                    paged = st.paged,
+                    "the store holds no more paged messages than counted"
+                );
+                st.paged = 0;
+                st.paged_bytes = 0;
+            }
+            Ok(msgs) => {
+                let st = &mut *st;
+                for m in msgs {
+                    st.paged = st.paged.saturating_sub(1);
+                    st.paged_bytes = st.paged_bytes.saturating_sub(m.payload.len() as u64);
+                    let Some(msg) =
+                        persist::message_from_record(m.msg_id, m.payload, &mut st.page_names)
+                    else {
+                        tracing::warn!(queue = %self.name, msg = m.msg_id, "unreadable paged message skipped");
+                        continue;
+                    };
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    // Its own TTL counts from now: the time it spent paged is not known.
+                    let expires_at = msg
+                        .expiration_ms()
+                        .map_or(NEVER, |t| now_ms().saturating_add(t));
+                    st.ready.push_back(QueuedMessage {
+                        msg: Arc::new(msg),
+                        seq,
+                        redelivered: m.delivered,
+                        in_store: true,
+                        expires_at,
+                    });
+                }
+            }
+        }
+        self.dispatch_locked(&mut st);
+        let outcome = self.unlock(st);
+        self.report(outcome);
+    }
+
+    /// Counts messages recovery left paged behind the head (at start-up). False when
+    /// this queue does not page: the caller reads them in instead.
+    pub(crate) fn restore_paged(&self, out: PagedOut) -> bool {
+        if self.paging.is_none() {
+            return false;
+        }
+        let mut st = self.state.lock();
+        st.paged += out.messages as usize;
+        st.paged_bytes += out.bytes;
+        true
     }
 
     /// Whether one more message of `bytes` would go over a length limit.
@@ -403,7 +586,14 @@ impl Queue {
 
     /// Removes a message that is gone for good from the store.
     fn forget(&self, m: &QueuedMessage) {
-        if let (Some(store), true) = (&self.store, m.msg.persistent) {
+        if !m.in_store {
+            return;
+        }
+        let store = self
+            .store
+            .as_ref()
+            .or(self.paging.as_ref().map(|p| &p.store));
+        if let Some(store) = store {
             store.ack(self.id, m.msg.id);
         }
     }
@@ -411,8 +601,10 @@ impl Queue {
     /// Records in the store that a persistent message left the queue unsettled, so a
     /// restart redelivers it with redelivered=true.
     fn note_delivered(&self, m: &QueuedMessage) {
-        if let (Some(store), true, false) = (&self.store, m.msg.persistent, m.redelivered) {
-            store.delivered(self.id, m.msg.id);
+        if let (Some(store), true, false) = (&self.store, self.stores(&m.msg), m.redelivered) {
+            if m.in_store {
+                store.delivered(self.id, m.msg.id);
+            }
         }
     }
 
@@ -425,6 +617,7 @@ impl Queue {
             msg,
             seq,
             redelivered,
+            in_store: true,
             expires_at: NEVER,
         });
     }
@@ -440,6 +633,11 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        self.deliver_locked(st);
+        self.maybe_page_in(st);
+    }
+
+    fn deliver_locked(self: &Arc<Self>, st: &mut State) {
         if st.consumers.is_empty() {
             return;
         }
@@ -524,6 +722,7 @@ impl Queue {
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st);
         let Some(entry) = st.ready.pop_front() else {
+            self.maybe_page_in(&mut st);
             self.report(self.unlock(st));
             return None;
         };
@@ -538,7 +737,8 @@ impl Queue {
             self.note_delivered(&entry);
             st.unacked += 1;
         }
-        let remaining = st.ready.len();
+        let remaining = st.ready.len() + st.paged;
+        self.maybe_page_in(&mut st);
         self.report(self.unlock(st));
         Some((
             Delivered::new(self.clone(), entry, None, auto_ack),
@@ -578,14 +778,27 @@ impl Queue {
         head
     }
 
-    /// Drops every ready message; returns how many.
+    /// Drops every ready message (paged ones too); returns how many.
     pub fn purge(&self) -> usize {
         let mut st = self.state.lock();
         let all = st.ready.drain_all();
         for m in &all {
             self.forget(m);
         }
-        all.len()
+        let paged = self.drop_paged(&mut st);
+        all.len() + paged
+    }
+
+    /// Lets go of every paged message (a read in flight brings back stale ones).
+    fn drop_paged(&self, st: &mut State) -> usize {
+        let paged = std::mem::take(&mut st.paged);
+        st.paged_bytes = 0;
+        st.page_epoch += 1;
+        st.paging_in = false;
+        if let (true, Some(pg)) = (paged > 0, &self.paging) {
+            pg.store.drop_paged(self.id);
+        }
+        paged
     }
 
     // ---- settling --------------------------------------------------------------------
@@ -655,8 +868,15 @@ impl Queue {
     pub(crate) fn mark_deleted(&self) -> usize {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.ready.drain_all().len();
-        if let Some(store) = &self.store {
+        let n = st.ready.drain_all().len() + std::mem::take(&mut st.paged);
+        st.paged_bytes = 0;
+        st.page_epoch += 1;
+        let paged_store = self
+            .paging
+            .as_ref()
+            .filter(|_| st.paged_ever)
+            .map(|p| &p.store);
+        if let Some(store) = self.store.as_ref().or(paged_store) {
             store.delete_queue(self.id);
         }
         let consumers = std::mem::take(&mut st.consumers);
@@ -678,7 +898,7 @@ impl Queue {
                 vhost: self.vhost.to_string(),
             });
         }
-        if if_empty && !st.ready.is_empty() {
+        if if_empty && (!st.ready.is_empty() || st.paged > 0) {
             return Err(CoreError::QueueNotEmpty {
                 queue: self.name.clone(),
                 vhost: self.vhost.to_string(),

@@ -327,7 +327,7 @@ impl VHost {
             self.name.clone(),
             options,
             connection,
-            store,
+            (store, self.shared.paging()),
         )?;
         if let Some(at) = queue.unused_deadline() {
             self.schedule(at, Timer::Unused, &queue);

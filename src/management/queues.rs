@@ -33,6 +33,12 @@ pub fn queue_json(m: &Mgmt, q: &Queue) -> Value {
     out.insert("arguments".into(), j::table(&q.options.arguments));
     out.insert("consumers".into(), json!(d.consumers));
     out.insert("message_bytes_ready".into(), json!(d.bytes));
+    // RabbitMQ's paging fields: what is in memory and what only on disk.
+    out.insert("messages_ram".into(), json!(d.ready_ram + d.unacked));
+    out.insert("messages_ready_ram".into(), json!(d.ready_ram));
+    out.insert("message_bytes_ram".into(), json!(d.ready_ram_bytes));
+    out.insert("messages_paged_out".into(), json!(d.paged));
+    out.insert("message_bytes_paged_out".into(), json!(d.paged_bytes));
     out.insert("policy".into(), Value::Null);
     out.insert("exclusive_consumer_tag".into(), Value::Null);
     m.rates.queue_into(&mut out, q, &now, 4..7);

@@ -13,7 +13,7 @@
 //! overtake an ack and resurrect a message; the victim goes only once every live record
 //! has been copied and those copies are fsynced.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::record::{self, Rec};
+use parking_lot::Mutex;
+
 use super::state::State;
 use super::{defs, FsyncPolicy, Shared, CLEAN};
 
@@ -40,6 +42,9 @@ const EMPTY_SEGMENT: u64 = (record::HEADER + 9) as u64;
 const COMPACT_STEP_BYTES: usize = 256 << 10;
 /// ... and looks up at most this many records (most may be dead).
 const COMPACT_STEP_RECORDS: usize = 16 * 1024;
+
+/// A purge acks at most this many paged messages per loop turn.
+const PURGE_STEP: usize = 16 * 1024;
 
 /// The publish records of a segment chosen for compaction, read and verified by the
 /// compactor thread; the flusher copies the live ones forward step by step.
@@ -126,7 +131,8 @@ pub(crate) struct Writer {
     segment_size: u64,
     active: File,
     active_id: u32,
-    state: State,
+    /// Shared with the reader of paged messages (`pager.rs`), which takes entries out.
+    state: Arc<Mutex<State>>,
     defs: BTreeMap<String, Bytes>,
     shared: Arc<Shared>,
     /// Data written since the last fdatasync of the active segment.
@@ -149,6 +155,8 @@ pub(crate) struct Writer {
     /// Victims whose copies were written since the last fdatasync: they must not be
     /// deleted before the copies are durable.
     unsynced_victims: BTreeSet<u32>,
+    /// Queues whose paged messages are being dropped (purged), a step per turn.
+    purging: VecDeque<u64>,
 }
 
 impl Writer {
@@ -157,12 +165,15 @@ impl Writer {
         seg_dir: PathBuf,
         policy: FsyncPolicy,
         segment_size: u64,
-        state: State,
+        state: Arc<Mutex<State>>,
         defs: BTreeMap<String, Bytes>,
         shared: Arc<Shared>,
     ) -> io::Result<Writer> {
-        let next = state.segs.keys().next_back().map_or(1, |id| id + 1);
-        let (active, size) = Self::create_segment(&seg_dir, next, state.max_id)?;
+        let (next, max_id) = {
+            let st = state.lock();
+            (st.segs.keys().next_back().map_or(1, |id| id + 1), st.max_id)
+        };
+        let (active, size) = Self::create_segment(&seg_dir, next, max_id)?;
         let (tx, rx) = mpsc::channel();
         let compactor = {
             let (dir, shared) = (seg_dir.clone(), shared.clone());
@@ -170,7 +181,7 @@ impl Writer {
                 .name("qgate-compact".into())
                 .spawn(move || compactor(dir, rx, shared))?
         };
-        let mut w = Writer {
+        let w = Writer {
             dir,
             seg_dir,
             policy,
@@ -191,8 +202,9 @@ impl Writer {
             scan_in_flight: false,
             compacting: None,
             unsynced_victims: BTreeSet::new(),
+            purging: VecDeque::new(),
         };
-        w.state.segs.entry(next).or_default().size = size;
+        w.state.lock().segs.entry(next).or_default().size = size;
         // The new file and the recovery truncations must be durable before we run.
         defs::sync_dir(&w.seg_dir)?;
         w.publish_stats();
@@ -226,7 +238,11 @@ impl Writer {
     }
 
     fn cur_size(&self) -> u64 {
-        self.state.segs.get(&self.active_id).map_or(0, |s| s.size)
+        self.state
+            .lock()
+            .segs
+            .get(&self.active_id)
+            .map_or(0, |s| s.size)
     }
 
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
@@ -234,7 +250,12 @@ impl Writer {
             return Ok(());
         }
         self.active.write_all(data)?;
-        self.state.segs.entry(self.active_id).or_default().size += data.len() as u64;
+        self.state
+            .lock()
+            .segs
+            .entry(self.active_id)
+            .or_default()
+            .size += data.len() as u64;
         self.dirty = true;
         let c = &self.shared.counters;
         c.bytes_written
@@ -250,11 +271,12 @@ impl Writer {
             self.fdatasync()?;
         }
         let id = self.active_id + 1;
-        let (f, size) = Self::create_segment(&self.seg_dir, id, self.state.max_id)?;
+        let max_id = self.state.lock().max_id;
+        let (f, size) = Self::create_segment(&self.seg_dir, id, max_id)?;
         defs::sync_dir(&self.seg_dir)?;
         self.active = f;
         self.active_id = id;
-        self.state.segs.entry(id).or_default().size = size;
+        self.state.lock().segs.entry(id).or_default().size = size;
         self.dirty = true;
         Ok(())
     }
@@ -273,7 +295,9 @@ impl Writer {
                 self.roll()?;
             }
             let off = self.cur_size() + (pos - chunk) as u64;
-            self.state.apply(self.active_id, off as usize, len, rec);
+            self.state
+                .lock()
+                .apply(self.active_id, off as usize, len, rec);
             pos += len;
         }
         self.append(&buf[chunk..])
@@ -281,14 +305,12 @@ impl Writer {
 
     fn publish_stats(&self) {
         let c = &self.shared.counters;
-        c.bytes_on_disk
-            .store(self.state.disk_bytes(), Ordering::Relaxed);
-        c.segments
-            .store(self.state.segs.len() as u64, Ordering::Relaxed);
+        let st = self.state.lock();
+        c.bytes_on_disk.store(st.disk_bytes(), Ordering::Relaxed);
+        c.segments.store(st.segs.len() as u64, Ordering::Relaxed);
         c.live_messages
-            .store(self.state.index.len() as u64, Ordering::Relaxed);
-        c.live_bytes
-            .store(self.state.live_bytes(), Ordering::Relaxed);
+            .store(st.index.len() as u64, Ordering::Relaxed);
+        c.live_bytes.store(st.live_bytes(), Ordering::Relaxed);
     }
 
     /// Deletes every segment that can no longer matter, in waves: a segment that refers
@@ -297,34 +319,40 @@ impl Writer {
         // A sizeable active segment holding nothing live is sealed early so that it can
         // go too: after a queue has been drained the directory shrinks to almost
         // nothing instead of keeping up to a whole dead segment.
-        if let Some(a) = self.state.segs.get(&self.active_id) {
-            if a.live == 0 && a.size >= (self.segment_size / 8).max(64 << 10) {
-                self.roll()?;
-            }
+        let seal = self
+            .state
+            .lock()
+            .segs
+            .get(&self.active_id)
+            .is_some_and(|a| a.live == 0 && a.size >= (self.segment_size / 8).max(64 << 10));
+        if seal {
+            self.roll()?;
         }
         loop {
             let mut gone: Vec<u32> = Vec::new();
-            let ids: Vec<u32> = self.state.segs.keys().copied().collect();
+            let mut st = self.state.lock();
+            let ids: Vec<u32> = st.segs.keys().copied().collect();
             for id in ids {
                 if id == self.active_id {
                     continue;
                 }
-                let s = &self.state.segs[&id];
+                let s = &st.segs[&id];
                 let free = s.live == 0
                     && !self.unsynced_victims.contains(&id)
                     && s.refs
                         .iter()
-                        .all(|r| !self.state.segs.contains_key(r) && !gone.contains(r));
+                        .all(|r| !st.segs.contains_key(r) && !gone.contains(r));
                 if free {
                     match fs::remove_file(segment_path(&self.seg_dir, id)) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => return Err(e),
                     }
-                    self.state.segs.remove(&id);
+                    st.segs.remove(&id);
                     gone.push(id);
                 }
             }
+            drop(st);
             if gone.is_empty() {
                 return Ok(());
             }
@@ -344,8 +372,9 @@ impl Writer {
     /// refers to nothing left on disk (so that it can be deleted right after its live
     /// records are copied).
     fn pick_victim(&self) -> Option<u32> {
-        let disk = self.state.disk_bytes();
-        let live = self.state.live_bytes();
+        let st = self.state.lock();
+        let disk = st.disk_bytes();
+        let live = st.live_bytes();
         let garbage = disk - live;
         if garbage < self.segment_size || garbage * 2 < disk {
             return None;
@@ -354,7 +383,7 @@ impl Writer {
         // gone every older segment it refers to (they keep it alive). Newest first so
         // that this propagates down in one pass.
         let mut pinned = BTreeSet::new();
-        for (id, s) in self.state.segs.iter().rev() {
+        for (id, s) in st.segs.iter().rev() {
             if *id == self.active_id {
                 continue;
             }
@@ -362,7 +391,7 @@ impl Writer {
                 pinned.extend(s.refs.iter().copied());
             }
         }
-        let segs = &self.state.segs;
+        let segs = &st.segs;
         segs.iter()
             .find(|(id, s)| {
                 **id != self.active_id
@@ -401,7 +430,7 @@ impl Writer {
             while sc.next < sc.recs.len() && sc.recs[sc.next].2 == off {
                 let queue = sc.recs[sc.next].0;
                 sc.next += 1;
-                if let Some(loc) = self.state.get(queue, id) {
+                if let Some(loc) = self.state.lock().get(queue, id) {
                     if loc.seg == sc.victim && loc.off == off {
                         live.push((queue, loc.flags()));
                     }
@@ -447,6 +476,32 @@ impl Writer {
             "store: compacted segment"
         );
         Ok(true)
+    }
+
+    /// One bounded step of dropping a purged queue's paged messages: acks for the oldest
+    /// of them (taken out of the index first, so that no read returns them).
+    fn purge_step(&mut self) -> io::Result<()> {
+        let Some(&queue) = self.purging.front() else {
+            return Ok(());
+        };
+        let mut ids = Vec::new();
+        self.state
+            .lock()
+            .take_paged(queue, PURGE_STEP, u64::MAX, |id, _| ids.push(id));
+        if ids.len() < PURGE_STEP {
+            self.purging.pop_front();
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        for id in ids {
+            record::encode_pair(&mut out, record::T_ACK, queue, id);
+        }
+        let res = self.write_records(&out);
+        self.scratch = out;
+        res
     }
 
     /// Takes the compactor thread's answer, if one came.
@@ -501,14 +556,17 @@ impl Writer {
         let mut batch: Vec<u8> = Vec::new();
         loop {
             batch.clear();
-            let (last_seq, need_sync, defs_ops, closing, clean, scan) = {
+            let (last_seq, need_sync, defs_ops, closing, clean, scan, purges) = {
                 let mut p = shared.pending.lock();
                 loop {
                     if !p.buf.is_empty() || !p.defs.is_empty() || p.need_sync || p.closing {
                         break;
                     }
                     // A compaction step to take, or the compactor's answer to collect.
-                    if self.compacting.is_some() || p.compacted.is_some() {
+                    if self.compacting.is_some()
+                        || p.compacted.is_some()
+                        || !self.purging.is_empty()
+                    {
                         break;
                     }
                     let deadline = match self.policy {
@@ -560,6 +618,7 @@ impl Writer {
                     p.closing,
                     p.clean,
                     p.compacted.take(),
+                    std::mem::take(&mut p.purges),
                 )
             };
             self.take_scan(scan)?;
@@ -576,6 +635,9 @@ impl Writer {
                 self.write_records(&batch)?;
                 shared.counters.batches.fetch_add(1, Ordering::Relaxed);
             }
+            // After the batch: a purge follows the paged publishes submitted before it.
+            self.purging.extend(purges);
+            self.purge_step()?;
             shared.written_seq.store(last_seq, Ordering::Release);
             let sync_now = closing
                 || match self.policy {

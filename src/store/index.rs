@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use super::record::{FLAG_DELIVERED, FLAG_PAGED};
+use super::record::FLAG_PAGED;
 
 /// Where a live message's publish record sits, and its flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +56,9 @@ impl Loc {
         self.flags &= !flag;
     }
     /// Marks it handed to a consumer.
+    #[cfg(test)]
     pub(crate) fn set_delivered(&mut self) {
-        self.set(FLAG_DELIVERED);
+        self.set(super::record::FLAG_DELIVERED);
     }
 }
 
@@ -394,6 +395,7 @@ impl Index {
     }
 
     /// Live entries `(id, q, loc)`, queue by queue.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (u64, u32, &Loc)> + '_ {
         self.queues
             .iter()

@@ -66,6 +66,7 @@
 mod defs;
 mod flusher;
 mod index;
+mod pager;
 mod record;
 mod recovery;
 mod state;
@@ -77,7 +78,7 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,7 @@ const RECENT_FSYNCS: usize = 1024;
 /// When the store calls `fdatasync`, and what a [`SyncTicket`] waits for: a setting,
 /// so its type lives in the config leaf, where it is parsed.
 pub use crate::config::FsyncPolicy;
+pub use pager::PageDone;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,19 @@ pub struct StoreConfig {
     pub fsync: FsyncPolicy,
     /// Target segment file size in bytes (default 32 MiB; clamped to 4 KiB..=1 GiB).
     pub segment_size: u64,
+    /// The core pages deep queues: recovery hands back only the head of each queue, up
+    /// to this window, and leaves the rest paged (read back with [`Store::page_in`]).
+    /// `None`: everything is handed back.
+    pub window: Option<Window>,
+}
+
+/// How much of a queue the core keeps in memory: the window beyond which it pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Messages.
+    pub messages: usize,
+    /// Payload bytes.
+    pub bytes: u64,
 }
 
 impl StoreConfig {
@@ -139,6 +154,7 @@ impl StoreConfig {
             dir: dir.into(),
             fsync: FsyncPolicy::Always,
             segment_size: Self::DEFAULT_SEGMENT_SIZE,
+            window: None,
         }
     }
 }
@@ -152,6 +168,15 @@ pub struct RecoveredMessage {
     pub payload: Bytes,
     /// The message had been handed to a consumer (redeliver with redelivered=true).
     pub delivered: bool,
+}
+
+/// Messages of a queue left in the store only, behind what the core holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PagedOut {
+    /// How many.
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
 }
 
 /// What recovery did.
@@ -184,8 +209,11 @@ pub struct RecoveryStats {
 pub struct Recovered {
     /// Definitions (`key -> value`), sorted by key.
     pub definitions: Vec<(String, Bytes)>,
-    /// Per queue (sorted by queue id), its live messages in original publish order.
+    /// Per queue (sorted by queue id), its live messages in original publish order (with
+    /// a [`StoreConfig::window`], only the head of each queue).
     pub queues: Vec<(u64, Vec<RecoveredMessage>)>,
+    /// Per queue (sorted by queue id), what recovery left paged behind its head.
+    pub paged: Vec<(u64, PagedOut)>,
     /// Statistics.
     pub stats: RecoveryStats,
 }
@@ -239,6 +267,8 @@ struct Pending {
     clean: bool,
     /// The compactor thread's scan of a victim, for the flusher to copy forward.
     compacted: Option<flusher::ScanResult>,
+    /// Queues whose paged messages are to be dropped (a purge), in order.
+    purges: Vec<u64>,
 }
 
 /// Records nobody waits for (acks, delivered marks, and everything under `interval` and
@@ -257,7 +287,7 @@ impl Pending {
     }
 
     fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.defs.is_empty()
+        self.buf.is_empty() && self.defs.is_empty() && self.purges.is_empty()
     }
 }
 
@@ -410,6 +440,11 @@ impl SyncTicket {
 struct Inner {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The reader of paged messages: its queue of jobs and its thread.
+    pager: Mutex<Option<mpsc::Sender<pager::PageJob>>>,
+    pager_thread: Mutex<Option<JoinHandle<()>>>,
+    state: Arc<Mutex<state::State>>,
+    seg_dir: PathBuf,
     lock: Mutex<Option<File>>,
     max_id: u64,
     dir: PathBuf,
@@ -417,6 +452,15 @@ struct Inner {
 
 impl Inner {
     fn shutdown(&self, clean: bool) -> Result<(), StoreError> {
+        // Reads in flight finish first (they may wait for the flusher). A read's answer
+        // may drop the last handle of the store on the reader thread itself: it cannot
+        // join itself, and exits once the job queue is gone.
+        self.pager.lock().take();
+        if let Some(h) = self.pager_thread.lock().take() {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
         let Some(handle) = self.thread.lock().take() else {
             return Ok(());
         };
@@ -513,7 +557,7 @@ impl Store {
                 "store: recovering after an unclean shutdown (crash or kill): checking every record"
             );
         }
-        let rec = recovery::recover(&seg_dir)?;
+        let rec = recovery::recover(&seg_dir, cfg.window)?;
         let mut stats = rec.stats;
         stats.clean_shutdown = clean;
         stats.elapsed = started.elapsed();
@@ -537,9 +581,11 @@ impl Store {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             queues: rec.queues,
+            paged: rec.paged,
             stats,
         };
         let max_id = rec.state.max_id;
+        let state = Arc::new(Mutex::new(rec.state));
 
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
@@ -556,20 +602,29 @@ impl Store {
         });
         let writer = flusher::Writer::new(
             dir.clone(),
-            seg_dir,
+            seg_dir.clone(),
             cfg.fsync,
             segment_size,
-            rec.state,
+            state.clone(),
             defs_map,
             shared.clone(),
         )?;
         let handle = std::thread::Builder::new()
             .name("qgate-store".into())
             .spawn(move || writer.run())?;
+        let (jobs, rx) = mpsc::channel();
+        let pager = pager::Pager::new(seg_dir.clone(), state.clone(), shared.clone());
+        let pager_thread = std::thread::Builder::new()
+            .name("qgate-pagein".into())
+            .spawn(move || pager.run(rx))?;
         let store = Store {
             inner: Arc::new(Inner {
                 shared,
                 thread: Mutex::new(Some(handle)),
+                pager: Mutex::new(Some(jobs)),
+                pager_thread: Mutex::new(Some(pager_thread)),
+                state,
+                seg_dir,
                 lock: Mutex::new(Some(lock)),
                 max_id,
                 dir,
@@ -646,6 +701,87 @@ impl Store {
                 record::encode_publish_shared(&mut p.buf, entries, msg_id, &payload);
             }
         })
+    }
+
+    /// Appends a publish record for a message the core does not keep in memory (the
+    /// deep part of a queue): it stays paged in the index until [`Store::page_in`]
+    /// reads it back. A `transient` one is dropped by recovery (a transient message, or
+    /// one of a non-durable queue) and nobody waits for it to be synced.
+    pub fn publish_paged(
+        &self,
+        queue: u64,
+        msg_id: u64,
+        payload: Bytes,
+        transient: bool,
+    ) -> SyncTicket {
+        if payload.len() > Self::MAX_PAYLOAD {
+            return SyncTicket {
+                shared: self.inner.shared.clone(),
+                seq: u64::MAX,
+                too_large: true,
+            };
+        }
+        let flags = record::FLAG_PAGED | if transient { record::FLAG_TRANSIENT } else { 0 };
+        self.enqueue(!transient, |p| {
+            record::encode_publish(&mut p.buf, queue, msg_id, flags, &payload)
+        })
+    }
+
+    /// The core let go of a message already stored for `queue` (a shared record it now
+    /// pages): read it back with [`Store::page_in`] like any other paged message.
+    pub fn mark_paged(&self, queue: u64, msg_id: u64) {
+        self.small(|b| record::encode_pair(b, record::T_PAGED, queue, msg_id));
+    }
+
+    /// Drops every paged message of `queue` (a purge: what the core holds stays). Does
+    /// not wait; acks are written for them in bounded steps.
+    pub fn drop_paged(&self, queue: u64) {
+        let shared = &self.inner.shared;
+        {
+            let mut p = shared.pending.lock();
+            if p.closing || shared.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            p.purges.push(queue);
+        }
+        shared.work.notify_one();
+    }
+
+    /// Reads back, on the store's reader thread, up to `max` of the oldest paged
+    /// messages of `queue` (fewer once their payloads reach `max_bytes`; at least one
+    /// when any is paged), in publish order, and hands them to `done` there. Paged
+    /// records submitted before this call are included.
+    /// False (and `done` dropped uncalled) when the store is closed.
+    pub fn page_in(&self, queue: u64, max: usize, max_bytes: u64, done: PageDone) -> bool {
+        let after_seq = self.inner.shared.pending.lock().seq;
+        let job = pager::PageJob {
+            queue,
+            max,
+            max_bytes,
+            after_seq,
+            done,
+        };
+        match &*self.inner.pager.lock() {
+            Some(tx) => tx.send(job).is_ok(),
+            None => false,
+        }
+    }
+
+    /// [`Store::page_in`] on the calling thread (blocking; for start-up).
+    pub fn read_paged(
+        &self,
+        queue: u64,
+        max: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<RecoveredMessage>, StoreError> {
+        let inner = &self.inner;
+        let after_seq = inner.shared.pending.lock().seq;
+        pager::Pager::new(
+            inner.seg_dir.clone(),
+            inner.state.clone(),
+            inner.shared.clone(),
+        )
+        .read(queue, max, max_bytes, after_seq)
     }
 
     fn small(&self, f: impl FnOnce(&mut Vec<u8>)) {

@@ -18,6 +18,10 @@ pub(crate) const T_DELIVERED: u8 = 3;
 pub(crate) const T_QUEUE_DELETED: u8 = 4;
 pub(crate) const T_MAX_ID: u8 = 5;
 pub(crate) const T_PUBLISH_SHARED: u8 = 6;
+/// The core let go of a message it took in memory (a fanout's shared record routed to a
+/// queue that pages): meaningful only to the running store's index, ignored by
+/// recovery, which decides afresh what the core holds.
+pub(crate) const T_PAGED: u8 = 7;
 
 /// Publish flag: the message has been handed to a consumer at least once.
 pub(crate) const FLAG_DELIVERED: u8 = 1;
@@ -54,6 +58,10 @@ pub(crate) enum Rec<'a> {
         id: u64,
     },
     Delivered {
+        queue: u64,
+        id: u64,
+    },
+    Paged {
         queue: u64,
         id: u64,
     },
@@ -128,7 +136,7 @@ pub(crate) fn encode_publish_shared(
     finish(buf, start);
 }
 
-/// Appends an ack or delivered record.
+/// Appends an ack, delivered or paged record.
 pub(crate) fn encode_pair(buf: &mut Vec<u8>, ty: u8, queue: u64, id: u64) {
     let start = begin(buf, ty);
     buf.extend_from_slice(&queue.to_le_bytes());
@@ -161,13 +169,13 @@ pub(crate) fn decode_body(body: &[u8]) -> Option<Rec<'_>> {
             id: u64_at(body, 10),
             payload: &body[PUBLISH_FIXED..],
         }),
-        T_ACK | T_DELIVERED if body.len() == 17 => {
+        T_ACK | T_DELIVERED | T_PAGED if body.len() == 17 => {
             let queue = u64_at(body, 1);
             let id = u64_at(body, 9);
-            Some(if ty == T_ACK {
-                Rec::Ack { queue, id }
-            } else {
-                Rec::Delivered { queue, id }
+            Some(match ty {
+                T_ACK => Rec::Ack { queue, id },
+                T_DELIVERED => Rec::Delivered { queue, id },
+                _ => Rec::Paged { queue, id },
             })
         }
         T_QUEUE_DELETED if body.len() == 9 => Some(Rec::QueueDeleted {

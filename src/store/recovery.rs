@@ -8,9 +8,10 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::flusher::segment_path;
-use super::record::{self, Rec, FLAG_DELIVERED, PUBLISH_PAYLOAD_OFF};
+use super::index::Loc;
+use super::record::{self, Rec, FLAG_DELIVERED, FLAG_TRANSIENT, PUBLISH_PAYLOAD_OFF};
 use super::state::{IdMap, SegInfo, State};
-use super::{RecoveredMessage, RecoveryStats};
+use super::{PagedOut, RecoveredMessage, RecoveryStats, Window};
 
 /// Log progress every this many publish records read.
 const PROGRESS_EVERY: u64 = 100_000;
@@ -18,6 +19,7 @@ const PROGRESS_EVERY: u64 = 100_000;
 pub(crate) struct Recovery {
     pub state: State,
     pub queues: Vec<(u64, Vec<RecoveredMessage>)>,
+    pub paged: Vec<(u64, PagedOut)>,
     pub stats: RecoveryStats,
 }
 
@@ -37,8 +39,12 @@ fn list_segments(seg_dir: &Path) -> io::Result<Vec<u32>> {
     Ok(ids)
 }
 
-pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
+/// With a `window`, only the head of each queue is handed back (its payloads read
+/// again after the scan, so that recovery never holds more than one segment besides
+/// them) and the rest is left paged in the index.
+pub(crate) fn recover(seg_dir: &Path, window: Option<Window>) -> io::Result<Recovery> {
     let mut state = State::default();
+    state.recovering_paged = window.is_some();
     let mut stats = RecoveryStats::default();
     let mut bufs: IdMap<u32, Vec<u8>> = IdMap::default();
     let mut publishes = 0u64;
@@ -57,6 +63,13 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
             },
         );
         let rep = record::scan(&data, |off, len, rec| {
+            if let Rec::Publish { id, flags, .. } = rec {
+                // A transient message paged out: a restart drops it.
+                if flags & FLAG_TRANSIENT != 0 {
+                    state.max_id = state.max_id.max(id);
+                    return;
+                }
+            }
             if let Rec::Publish { .. } | Rec::PublishShared { .. } = rec {
                 publishes += 1;
                 if publishes % PROGRESS_EVERY == 0 {
@@ -97,18 +110,55 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
                 s.size = rep.valid_end as u64;
             }
         }
-        bufs.insert(id, data);
+        if window.is_none() {
+            bufs.insert(id, data);
+        }
     }
     stats.repaired = stats.truncated_bytes > 0 || stats.corrupt_records > 0;
+    state.recovering_paged = false;
 
     // Drop the index's tombstones and spare capacity.
     state.index.shrink_to_fit();
-    let queues = collect(&state, bufs);
+    let mut resident: Vec<(u32, u64, Loc)> = Vec::new();
+    let mut paged = Vec::new();
+    for q in 0..state.interned_queues() as u32 {
+        match window {
+            None => resident.extend(state.index.iter_queue(q).map(|(id, l)| (q, id, *l))),
+            Some(w) => {
+                let (before, mut bytes) = (resident.len(), 0u64);
+                state
+                    .index
+                    .take_paged(q, w.messages.max(1), w.bytes, |id, l| {
+                        bytes += u64::from(l.len());
+                        resident.push((q, id, l));
+                    });
+                let n = (state.index.queue_len(q) - (resident.len() - before)) as u64;
+                if n > 0 {
+                    let total: u64 = state
+                        .index
+                        .iter_queue(q)
+                        .map(|(_, l)| u64::from(l.len()))
+                        .sum();
+                    let payload = PUBLISH_PAYLOAD_OFF as u64 * n;
+                    paged.push((
+                        state.queue_of(q),
+                        PagedOut {
+                            messages: n,
+                            bytes: total - bytes - payload,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    paged.sort_unstable_by_key(|p: &(u64, PagedOut)| p.0);
+    let queues = collect(&state, &resident, bufs, seg_dir)?;
     stats.messages = state.index.len() as u64;
     stats.queues = queues.len() as u64;
     Ok(Recovery {
         state,
         queues,
+        paged,
         stats,
     })
 }
@@ -121,23 +171,24 @@ pub(crate) fn recover(seg_dir: &Path) -> io::Result<Recovery> {
 /// shrunk, and the payloads are zero-copy slices of it: no per-message allocation, and
 /// nothing dead (record headers, acks, acked or superseded publishes) stays in memory.
 /// A buffer is freed once the core has dropped every message sliced from it.
-fn collect(state: &State, mut bufs: IdMap<u32, Vec<u8>>) -> Vec<(u64, Vec<RecoveredMessage>)> {
+fn collect(
+    state: &State,
+    resident: &[(u32, u64, Loc)],
+    mut bufs: IdMap<u32, Vec<u8>>,
+    seg_dir: &Path,
+) -> io::Result<Vec<(u64, Vec<RecoveredMessage>)>> {
     // Per segment with live publishes: (record offset, record length) of each, sorted by
     // offset; after compaction the second field is the payload's offset in the buffer.
-    let mut live: IdMap<u32, Vec<(u32, u32)>> = state
-        .segs
-        .iter()
-        .filter(|(_, s)| s.live > 0)
-        .map(|(id, s)| (*id, Vec::with_capacity(s.live as usize)))
-        .collect();
-    for (_, _, loc) in state.index.iter() {
+    let mut live: IdMap<u32, Vec<(u32, u32)>> = IdMap::default();
+    for (_, _, loc) in resident {
         live.entry(loc.seg).or_default().push((loc.off, loc.len()));
     }
     let mut payloads: IdMap<u32, Bytes> = IdMap::default();
     for (seg, recs) in live.iter_mut() {
-        let mut buf = bufs
-            .remove(seg)
-            .expect("every segment with live records was read");
+        let mut buf = match bufs.remove(seg) {
+            Some(b) => b,
+            None => fs::read(segment_path(seg_dir, *seg))?,
+        };
         recs.sort_unstable_by_key(|r| r.0);
         // A shared record (one body, several queues) has an entry per queue: its
         // payload is kept once and sliced for each of them.
@@ -158,13 +209,9 @@ fn collect(state: &State, mut bufs: IdMap<u32, Vec<u8>>) -> Vec<(u64, Vec<Recove
     drop(bufs);
 
     let mut queues: Vec<(u64, Vec<RecoveredMessage>)> = Vec::new();
-    for q in 0..state.interned_queues() as u32 {
-        let n = state.index.queue_len(q);
-        if n == 0 {
-            continue;
-        }
-        let mut msgs = Vec::with_capacity(n);
-        for (id, loc) in state.index.iter_queue(q) {
+    for run in resident.chunk_by(|a, b| a.0 == b.0) {
+        let mut msgs = Vec::with_capacity(run.len());
+        for &(_, id, loc) in run {
             let recs = &live[&loc.seg];
             let i = recs
                 .binary_search_by_key(&loc.off, |r| r.0)
@@ -177,10 +224,10 @@ fn collect(state: &State, mut bufs: IdMap<u32, Vec<u8>>) -> Vec<(u64, Vec<Recove
                 delivered: loc.flags() & FLAG_DELIVERED != 0,
             });
         }
-        queues.push((state.queue_of(q), msgs));
+        queues.push((state.queue_of(run[0].0), msgs));
     }
     drop(live);
     drop(payloads);
     queues.sort_unstable_by_key(|q| q.0);
-    queues
+    Ok(queues)
 }

@@ -8,7 +8,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use super::index::Index;
 pub(crate) use super::index::Loc;
-use super::record::{shared_queues, Rec, FLAG_DELIVERED, PUBLISH_PAYLOAD_OFF};
+use super::record::{shared_queues, Rec, FLAG_DELIVERED, FLAG_PAGED, PUBLISH_PAYLOAD_OFF};
 
 /// A small multiplicative hasher for integer keys (ids are not attacker controlled).
 #[derive(Default, Clone, Copy)]
@@ -54,6 +54,9 @@ pub(crate) struct State {
     queue_ids: Vec<u64>,
     queue_idx: IdMap<u64, u32>,
     pub max_id: u64,
+    /// While recovering with a memory window: every entry starts out paged, and the
+    /// paged flag written in a record (how the previous run held it) is ignored.
+    pub recovering_paged: bool,
     /// Shared publish records (one body, several queues) by `(segment, offset)`:
     /// index entries still referring to it, and the whole record length, which leaves
     /// the segment's live bytes only with the last of them.
@@ -95,6 +98,20 @@ impl State {
         self.index.get(id, *self.queue_idx.get(&queue)?)
     }
 
+    /// [`Index::take_paged`] for a queue id.
+    pub fn take_paged(
+        &mut self,
+        queue: u64,
+        max: usize,
+        max_bytes: u64,
+        f: impl FnMut(u64, Loc),
+    ) -> usize {
+        match self.queue_idx.get(&queue) {
+            Some(&q) => self.index.take_paged(q, max, max_bytes, f),
+            None => 0,
+        }
+    }
+
     fn kill(
         segs: &mut BTreeMap<u32, SegInfo>,
         shared: &mut IdMap<u64, SharedRec>,
@@ -132,12 +149,13 @@ impl State {
                 queue, id, flags, ..
             } => {
                 self.max_id = self.max_id.max(id);
-                let loc = Loc::new(seg, off as u32, len as u32, flags);
+                let loc = Loc::new(seg, off as u32, len as u32, self.entry_flags(flags));
                 let s = self.segs.entry(seg).or_default();
                 s.live += 1;
                 s.live_bytes += len as u64;
                 let q = self.intern(queue);
                 if let Some(old) = self.index.insert(id, q, loc) {
+                    self.keep_flags(id, q, &old);
                     // Same key published again (a compaction copy): the old record is
                     // superseded. This segment must outlive the old one, or an ack of
                     // the copy could be reclaimed while the original is still on disk,
@@ -157,10 +175,11 @@ impl State {
                 let mut refs = 0u32;
                 self.segs.entry(seg).or_default();
                 for (queue, flags) in shared_queues(queues) {
-                    let loc = Loc::new(seg, off as u32, entry_len, flags);
+                    let loc = Loc::new(seg, off as u32, entry_len, self.entry_flags(flags));
                     let q = self.intern(queue);
                     refs += 1;
                     if let Some(old) = self.index.insert(id, q, loc) {
+                        self.keep_flags(id, q, &old);
                         Self::kill(&mut self.segs, &mut self.shared, seg, &old);
                     }
                 }
@@ -197,6 +216,11 @@ impl State {
                     }
                 }
             }
+            Rec::Paged { queue, id } => {
+                if let Some(&q) = self.queue_idx.get(&queue) {
+                    self.index.update(id, q, |loc| loc.set(FLAG_PAGED));
+                }
+            }
             Rec::QueueDeleted { queue } => {
                 let Some(&q) = self.queue_idx.get(&queue) else {
                     return;
@@ -206,6 +230,26 @@ impl State {
                     .remove_queue(q, |loc| Self::kill(segs, shared, seg, loc));
             }
             Rec::MaxId(m) => self.max_id = self.max_id.max(m),
+        }
+    }
+
+    /// The flags an entry starts with, from its record's.
+    fn entry_flags(&self, record: u8) -> u8 {
+        if self.recovering_paged {
+            record | FLAG_PAGED
+        } else {
+            record
+        }
+    }
+
+    /// A compaction copy replaced `old`: what the running store knows of the message
+    /// (delivered since, paged in or out since) wins over the flags copied with it.
+    fn keep_flags(&mut self, id: u64, q: u32, old: &Loc) {
+        if !self.recovering_paged {
+            self.index.update(id, q, |l| {
+                l.clear(u8::MAX);
+                l.set(old.flags());
+            });
         }
     }
 

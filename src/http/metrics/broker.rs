@@ -15,7 +15,7 @@
 //! | `connections_{opened,closed}_total{protocol}`, `channels_{opened,closed}_total`, `queues_{declared,created,deleted}_total` | counter |
 //! | `protocol_bytes_{received,sent}_total{protocol}`, `protocol_messages_{received,delivered}_total{protocol}` | counter |
 //! | `message_size_bytes` | histogram |
-//! | `queue_messages_ready`, `queue_messages_unacked`, `queue_messages`, `queue_consumers` `{vhost,queue}` | gauge |
+//! | `queue_messages_ready`, `queue_messages_unacked`, `queue_messages`, `queue_consumers`, `queue_messages_paged_out`, `queue_messages_paged_out_bytes`, `queue_messages_ram`, `queue_messages_ram_bytes` `{vhost,queue}` | gauge |
 //! | `queue_messages_{published,delivered,acked,redelivered,expired,dropped}_total{vhost,queue}` | counter |
 //! | `process_resident_memory_bytes`, `resident_memory_limit_bytes`, `process_open_fds`, `process_max_fds`, `process_open_tcp_sockets`, `process_max_tcp_sockets`, `disk_space_available_bytes`, `disk_space_available_limit_bytes`, `alarms_free_disk_space_watermark` | gauge |
 //! | `limit{limit}` (every configured limit, README "Limits and hardening"), `write_buffer_bytes` | gauge |
@@ -233,11 +233,15 @@ fn message_size(w: &mut Writer<'_>, broker: &Broker) {
 }
 
 /// The per-queue families, in the order served.
-const QUEUE_FAMILIES: [Column<(Arc<Queue>, QueueDepth)>; 10] = columns! {
+const QUEUE_FAMILIES: [Column<(Arc<Queue>, QueueDepth)>; 14] = columns! {
     gauge "queue_messages_ready" "Messages ready to be delivered to consumers." => |(_, d)| d.ready as u64;
     gauge "queue_messages_unacked" "Messages delivered to consumers but not yet acknowledged." => |(_, d)| d.unacked as u64;
     gauge "queue_messages" "Sum of ready and unacknowledged messages - total queue depth." => |(_, d)| (d.ready + d.unacked) as u64;
     gauge "queue_consumers" "Consumers on a queue." => |(_, d)| d.consumers as u64;
+    gauge "queue_messages_paged_out" "Messages paged out to disk." => |(_, d)| d.paged as u64;
+    gauge "queue_messages_paged_out_bytes" "Size in bytes of messages paged out to disk." => |(_, d)| d.paged_bytes;
+    gauge "queue_messages_ram" "Ready and unacknowledged messages stored in memory." => |(_, d)| (d.ready_ram + d.unacked) as u64;
+    gauge "queue_messages_ram_bytes" "Size of ready messages stored in memory." => |(_, d)| d.ready_ram_bytes as u64;
     counter "queue_messages_published_total" "Total number of messages published to a queue." => |(q, _)| q.counters.published.get();
     counter "queue_messages_delivered_total" "Total number of messages delivered from a queue (consume and get)." => |(q, _)| q.counters.delivered.get();
     counter "queue_messages_acked_total" "Total number of messages acknowledged on a queue (automatic acknowledgements included)." => |(q, _)| q.counters.acked.get();
