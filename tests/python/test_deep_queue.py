@@ -176,18 +176,21 @@ def paged_deep(window, n):
     return pred
 
 
-def assert_paged_deep(info, window, n, body_size=None):
+def assert_paged_deep(info, window, n):
     assert info["messages_ready"] == n and info["messages"] == n, info
     assert info["messages_paged_out"] > 0, ("nothing paged out past the window", info)
     assert info["messages_ready_ram"] <= window + SLACK, ("window not kept", info)
     assert info["messages_ram"] <= window + SLACK, ("window not kept", info)
     # every ready message is either in memory or paged out
     assert info["messages_ready_ram"] + info["messages_paged_out"] == n, info
-    if body_size is not None:
-        # RabbitMQ's message_bytes_* count body bytes, wherever the message is
-        assert info["message_bytes_ready"] == n * body_size, info
-        assert info["message_bytes_paged_out"] == info["messages_paged_out"] * body_size, info
-        assert info["message_bytes_ram"] == info["messages_ram"] * body_size, info
+
+
+def assert_body_bytes(info, n, body_size):
+    """RabbitMQ's message_bytes_* count body bytes, wherever the message is: paging a
+    message must not change what message_bytes_ready says about it."""
+    assert info["message_bytes_ready"] == n * body_size, info
+    assert info["message_bytes_paged_out"] == info["messages_paged_out"] * body_size, info
+    assert info["message_bytes_ram"] == info["messages_ram"] * body_size, info
 
 
 def status_kib(q, field):
@@ -269,7 +272,7 @@ def consume(q, name, n, prefetch=1000, timeout=90.0, check_body=None):
     ch = conn.channel()
     ch.basic_qos(prefetch_count=prefetch)
     got, bad = [], []
-    last = [None]
+    last, acked = [0], [0]
 
     def on_message(ch_, method, props, data):
         i = ident(data)
@@ -279,13 +282,14 @@ def consume(q, name, n, prefetch=1000, timeout=90.0, check_body=None):
         last[0] = method.delivery_tag
         if len(got) % 200 == 0:
             ch_.basic_ack(method.delivery_tag, multiple=True)
+            acked[0] = method.delivery_tag
 
     ch.basic_consume(name, on_message)
     deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
         conn.process_data_events(time_limit=0.1)
     conn.process_data_events(time_limit=0.3)  # a duplicate would show up here
-    if last[0] is not None:
+    if last[0] > acked[0]:
         ch.basic_ack(last[0], multiple=True)
     conn.close()
     assert not bad, "corrupted bodies (number, first bytes): %r" % bad
@@ -301,7 +305,7 @@ def test_deep_queue_pages_out_and_delivers_every_message_once_in_order(start):
     publish(b, "deep", (body(i, size) for i in range(n)), message_id=lambda i: "m%d" % i)
 
     info = settled(b, "deep", paged_deep(WINDOW, n))
-    assert_paged_deep(info, WINDOW, n, body_size=size)
+    assert_paged_deep(info, WINDOW, n)
     # /metrics shows the same state (rabbitmq_prometheus names, qgate's prefix)
     m = queue_metrics(b, "deep")
     assert m.get("qgate_queue_messages_ready") == n, m
@@ -322,6 +326,22 @@ def test_deep_queue_pages_out_and_delivers_every_message_once_in_order(start):
             info["message_bytes_paged_out"], info["message_bytes_ram"]) == (0, 0, 0, 0, 0), info
 
 
+def test_message_bytes_count_bodies_whether_paged_or_not(start):
+    """message_bytes_ready / _paged_out / _ram are body bytes, as RabbitMQ counts them
+    (and as qgate counts a queue that does not page): paging a message does not change
+    what the queue says it holds. Properties make the stored record larger than the
+    body, so a count of record bytes shows here."""
+    n, size = 5000, 100
+    b = start()
+    declare(b, "bytes")
+    publish(b, "bytes", (body(i, size) for i in range(n)), message_id=lambda i: "id-%d" % i)
+    info = settled(b, "bytes", paged_deep(WINDOW, n))
+    assert_paged_deep(info, WINDOW, n)
+    assert_body_bytes(info, n, size)
+    m = queue_metrics(b, "bytes")
+    assert m.get("qgate_queue_messages_paged_out_bytes") == n * size - info["message_bytes_ram"], m
+
+
 def test_window_bytes_caps_the_ready_bytes_in_memory(start):
     """--queue-window-bytes pages by size when the count window is far away."""
     n, size, cap = 20000, 1024, 256 * KiB
@@ -330,7 +350,7 @@ def test_window_bytes_caps_the_ready_bytes_in_memory(start):
     publish(b, "by-bytes", (body(i, size) for i in range(n)))
     cap_msgs = cap // size
     info = settled(b, "by-bytes", paged_deep(cap_msgs, n))
-    assert_paged_deep(info, cap_msgs, n, body_size=size)
+    assert_paged_deep(info, cap_msgs, n)
     assert info["message_bytes_ram"] <= cap + SLACK * size, info
     got = consume(b, "by-bytes", n, check_body=lambda i, d: d == body(i, size))
     check_sequence([g[0] for g in got], list(range(n)), "consumed past a byte window")
@@ -355,7 +375,7 @@ def test_window_from_the_environment_and_the_config_file(start, monkeypatch, tmp
     b = start("--config", str(cfg), window=None)
     declare(b, "toml-window")
     publish(b, "toml-window", (body(i, 1024) for i in range(n)))
-    assert_paged_deep(settled(b, "toml-window", paged_deep(200, n)), 200, n, body_size=1024)
+    assert_paged_deep(settled(b, "toml-window", paged_deep(200, n)), 200, n)
     got = consume(b, "toml-window", n)
     check_sequence([g[0] for g in got], list(range(n)), "consumed with a TOML byte window")
 
@@ -485,7 +505,7 @@ def test_kill_9_while_paged_out_recovers_in_order_and_pages_again(start):
     declare(b, "crash")
     declare(b, "barrier")
     publish(b, "crash", (body(i, size) for i in range(n)))
-    assert_paged_deep(settled(b, "crash", paged_deep(WINDOW, n)), WINDOW, n, body_size=size)
+    assert_paged_deep(settled(b, "crash", paged_deep(WINDOW, n)), WINDOW, n)
 
     # A consumer acks the first `acked_upto` and holds the next `prefetch` unacked.
     conn = connect(b)
@@ -511,7 +531,7 @@ def test_kill_9_while_paged_out_recovers_in_order_and_pages_again(start):
     b = start(fsync="always", data_dir=b.data_dir)
     left = n - acked_upto
     info = settled(b, "crash", paged_deep(WINDOW, left))
-    assert_paged_deep(info, WINDOW, left, body_size=size)
+    assert_paged_deep(info, WINDOW, left)
     grown = rss(b) - base_rss
     assert grown < payload * 0.4, (
         "after recovery qgate holds %d KiB more than when it started empty, for %d KiB "
@@ -543,7 +563,7 @@ def test_fanout_into_several_deep_queues_pages_each_and_survives_kill_9(start):
     conn.close()
     publish(b, "", (body(i) for i in range(n)), exchange="fan")
     for name in durable_qs + ["fan-nondurable"]:
-        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n, body_size=64)
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n)
 
     got = consume(b, "fan-a", n)
     check_sequence([g[0] for g in got], list(range(n)), "fan-a")
@@ -558,8 +578,7 @@ def test_fanout_into_several_deep_queues_pages_each_and_survives_kill_9(start):
     assert paging(mgmt_queue(b, "fan-a"))["messages"] == 10
     want = list(range(n)) + list(range(n + 1, n + 11))
     for name in ("fan-b", "fan-c"):
-        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n + 10)), WINDOW, n + 10,
-                          body_size=64)
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n + 10)), WINDOW, n + 10)
         got = consume(b, name, n + 10)
         check_sequence([g[0] for g in got], want, "%s after kill -9" % name)
     conn = connect(b)
@@ -595,7 +614,7 @@ def test_memcache_sets_and_amqp_publishes_share_one_order_past_the_window(start)
         amqp_turn = not amqp_turn
         i += k
     pub.close()
-    assert_paged_deep(settled(b, "mixed", paged_deep(WINDOW, n)), WINDOW, n, body_size=64)
+    assert_paged_deep(settled(b, "mixed", paged_deep(WINDOW, n)), WINDOW, n)
 
     # Read back in turns: pymemcache gets, pipelined memcache gets, AMQP basic.get, and
     # AMQP consumers that ack part of what they took and close their channel on the rest
@@ -679,7 +698,7 @@ def test_purge_and_delete_of_a_paged_out_queue_reclaim_disk(start):
     segments = os.path.join(b.data_dir, "segments")
     declare(b, "purged")
     publish(b, "purged", (body(i, size) for i in range(n)))
-    assert_paged_deep(settled(b, "purged", paged_deep(WINDOW, n)), WINDOW, n, body_size=size)
+    assert_paged_deep(settled(b, "purged", paged_deep(WINDOW, n)), WINDOW, n)
     before = dir_bytes(segments)
     assert before >= payload, (before, payload)
 
@@ -698,7 +717,7 @@ def test_purge_and_delete_of_a_paged_out_queue_reclaim_disk(start):
 
     ch.queue_declare("deleted", durable=True)
     publish(b, "deleted", (body(i, size) for i in range(n)))
-    assert_paged_deep(settled(b, "deleted", paged_deep(WINDOW, n)), WINDOW, n, body_size=size)
+    assert_paged_deep(settled(b, "deleted", paged_deep(WINDOW, n)), WINDOW, n)
     assert dir_bytes(segments) >= payload
     assert ch.queue_delete("deleted").method.message_count == n
     assert wait_until(lambda: dir_bytes(segments) < NEAR_NOTHING, 30), (
@@ -766,8 +785,7 @@ def test_deleting_paged_transient_queues_reclaims_disk(start):
     segments = os.path.join(b.data_dir, "segments")
     declare(b, "gone-nondurable", durable=False)
     publish(b, "gone-nondurable", (body(i, size) for i in range(n)), delivery_mode=1)
-    assert_paged_deep(settled(b, "gone-nondurable", paged_deep(WINDOW, n)), WINDOW, n,
-                      body_size=size)
+    assert_paged_deep(settled(b, "gone-nondurable", paged_deep(WINDOW, n)), WINDOW, n)
     assert dir_bytes(segments) >= n * size, "transient records should be on disk"
     conn = connect(b)
     assert conn.channel().queue_delete("gone-nondurable").method.message_count == n
@@ -778,8 +796,7 @@ def test_deleting_paged_transient_queues_reclaims_disk(start):
     ch = conn.channel()
     ch.queue_declare("gone-exclusive", exclusive=True)
     publish(b, "gone-exclusive", (body(i, size) for i in range(n)))
-    assert_paged_deep(settled(b, "gone-exclusive", paged_deep(WINDOW, n)), WINDOW, n,
-                      body_size=size)
+    assert_paged_deep(settled(b, "gone-exclusive", paged_deep(WINDOW, n)), WINDOW, n)
     assert dir_bytes(segments) >= n * size
     conn.close()  # the exclusive queue dies with it
     assert wait_until(lambda: dir_bytes(segments) < NEAR_NOTHING, 30), (
@@ -803,7 +820,7 @@ def test_transient_messages_page_and_a_restart_drops_only_them(start):
     publish(b, "mixed-a", (body(i) for i in range(n)), delivery_mode=mode)
     publish(b, "mixed-b", (body(i) for i in range(n)), delivery_mode=mode)
     for name in ("nondurable", "mixed-a", "mixed-b"):
-        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n, body_size=64)
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n)
 
     for name in ("nondurable", "mixed-a"):
         got = consume(b, name, n)
@@ -820,7 +837,7 @@ def test_transient_messages_page_and_a_restart_drops_only_them(start):
     conn.close()
     persistent = [i for i in range(n) if mode(i) == 2]
     info = settled(b, "mixed-b", paged_deep(WINDOW, len(persistent)))
-    assert_paged_deep(info, WINDOW, len(persistent), body_size=64)
+    assert_paged_deep(info, WINDOW, len(persistent))
     got = consume(b, "mixed-b", len(persistent))
     check_sequence([g[0] for g in got], persistent, "mixed-b after a restart")
 
@@ -862,7 +879,7 @@ def test_a_small_window_keeps_memory_far_below_the_queued_payload(start):
     b = start(window=window)
     base = fill_and_measure(b, "big", n, size)
     info = settled(b, "big", paged_deep(window, n))
-    assert_paged_deep(info, window, n, body_size=size)
+    assert_paged_deep(info, window, n)
     grown = rss(b) - base
     assert grown < payload * 0.4, (
         "with --queue-window %d, %d KiB of queued payload grew qgate by %d KiB (%s)"
@@ -900,7 +917,7 @@ def test_limited_and_priority_queues_never_page_and_keep_their_semantics(start):
     publish(b, "prio", (body(i, size) for i in range(n)), priority=lambda i: i % 12)
 
     # The same depth pages a plain queue out ...
-    assert_paged_deep(settled(b, "plain", paged_deep(window, n)), window, n, body_size=size)
+    assert_paged_deep(settled(b, "plain", paged_deep(window, n)), window, n)
     # ... and none of these.
     for name, depth in [("prio", n), ("maxlen", limit), ("maxbytes", limit), ("ttl", n)]:
         info = paging(mgmt_queue(b, name))
