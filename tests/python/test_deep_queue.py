@@ -265,9 +265,11 @@ def check_sequence(got, expected, what):
 
 
 def consume(q, name, n, prefetch=1000, timeout=90.0, check_body=None):
-    """basic_consume with manual acks (one multiple ack per 200) until n messages came;
-    then a short wait for anything beyond n. Returns [(number, redelivered, props)] of
-    everything delivered, all acked. check_body(i, data) validates each body."""
+    """basic_consume with manual acks (one multiple ack per half prefetch, at most 200)
+    until n messages came; then a short wait for anything beyond n. Returns [(number,
+    redelivered, props)] of everything delivered, all acked. check_body(i, data)
+    validates each body."""
+    ack_every = max(1, min(200, prefetch // 2))
     conn = connect(q)
     ch = conn.channel()
     ch.basic_qos(prefetch_count=prefetch)
@@ -280,7 +282,7 @@ def consume(q, name, n, prefetch=1000, timeout=90.0, check_body=None):
         if check_body is not None and not check_body(i, data) and len(bad) < 5:
             bad.append((i, data[:40]))
         last[0] = method.delivery_tag
-        if len(got) % 200 == 0:
+        if len(got) % ack_every == 0:
             ch_.basic_ack(method.delivery_tag, multiple=True)
             acked[0] = method.delivery_tag
 
@@ -586,6 +588,35 @@ def test_fanout_into_several_deep_queues_pages_each_and_survives_kill_9(start):
         conn.channel().queue_declare("fan-nondurable", passive=True)
     assert e.value.reply_code == 404
     conn.close()
+
+
+def test_kill_9_with_more_unacked_than_the_window_keeps_redelivered_on_paged_ones(start):
+    """After a restart, delivered-but-unacked messages beyond the window stay paged and
+    still come back with redelivered set."""
+    n, window, prefetch = 5000, 50, 400
+    b = start(window=window, fsync="always")
+    declare(b, "many-unacked")
+    declare(b, "barrier")
+    publish(b, "many-unacked", (body(i) for i in range(n)))
+    conn = connect(b)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    held = []
+    ch.basic_consume("many-unacked", lambda ch_, m, p, d: held.append(ident(d)))
+    deadline = time.monotonic() + 30
+    while len(held) < prefetch and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    check_sequence(held, list(range(prefetch)), "held before the crash")
+    publish(b, "barrier", [body(0)])  # synced after the delivered marks
+    b.kill()
+
+    b = start(window=window, fsync="always", data_dir=b.data_dir)
+    assert_paged_deep(settled(b, "many-unacked", paged_deep(window, n)), window, n)
+    got = consume(b, "many-unacked", n, prefetch=100)
+    check_sequence([g[0] for g in got], list(range(n)), "after kill -9")
+    wrong = [(i, r) for i, r, _ in got if r != (i < prefetch)]
+    assert not wrong, ("redelivered must be set exactly on the %d held messages; wrong "
+                       "(number, redelivered): %r" % (prefetch, wrong[:10]))
 
 
 # ---- 4. memcache and AMQP into one queue ----------------------------------------------------
@@ -900,6 +931,50 @@ def test_a_small_window_keeps_memory_far_below_the_queued_payload(start):
         "with --queue-window 0 qgate grew by only %d KiB for %d KiB of payload (%s): "
         "the measurement above proves nothing" % (grown // KiB, payload // KiB,
                                                   memory_report(c)))
+
+
+def metric(q, name):
+    url = "http://127.0.0.1:%d/metrics" % q.ports["http"]
+    for line in urllib.request.urlopen(url, timeout=30).read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("metric %s not served" % name)
+
+
+def test_paged_messages_do_not_count_towards_the_memory_alarm(start):
+    """A backlog larger than --memory-high-watermark does not block publishers when it
+    is paged out; without paging the same backlog raises the alarm."""
+    n, size, watermark = 12288, 4 * KiB, 16 * MiB  # 48 MiB of payload
+    b = start("--memory-high-watermark", str(watermark), window=256)
+    declare(b, "over-watermark")
+    publish(b, "over-watermark", (body(i, size) for i in range(n)))  # all confirmed
+    assert metric(b, "qgate_alarms_memory_used_watermark") == 0
+    assert_paged_deep(settled(b, "over-watermark", paged_deep(256, n)), 256, n)
+    got = consume(b, "over-watermark", n, check_body=lambda i, d: d == body(i, size))
+    check_sequence([g[0] for g in got], list(range(n)), "past the memory watermark")
+    assert b.stop() == 0
+
+    # The control: the same backlog in memory blocks the publisher.
+    c = start("--memory-high-watermark", str(watermark), window=0)
+    declare(c, "over-watermark")
+    errors = []
+
+    def blocked_publisher():
+        p = ConfirmPublisher(c.amqp_port, timeout=20)
+        try:
+            p.publish("over-watermark", (body(i, size) for i in range(n)))
+        except Exception as e:  # expected: no confirms while blocked
+            errors.append(e)
+        finally:
+            p.conn.close()
+
+    t = threading.Thread(target=blocked_publisher, daemon=True)
+    t.start()
+    assert wait_until(lambda: metric(c, "qgate_alarms_memory_used_watermark") == 1, 30), (
+        "without paging, %d bytes queued should pass a %d byte watermark"
+        % (n * size, watermark))
+    t.join(60)
+    assert errors, "a publisher past the watermark got every confirm"
 
 
 # ---- 8. queues that never page -------------------------------------------------------------
