@@ -29,6 +29,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -957,24 +958,27 @@ def test_paged_messages_do_not_count_towards_the_memory_alarm(start):
     # The control: the same backlog in memory blocks the publisher.
     c = start("--memory-high-watermark", str(watermark), window=0)
     declare(c, "over-watermark")
+    p = ConfirmPublisher(c.amqp_port, timeout=60)
     errors = []
 
     def blocked_publisher():
-        p = ConfirmPublisher(c.amqp_port, timeout=20)
         try:
             p.publish("over-watermark", (body(i, size) for i in range(n)))
-        except Exception as e:  # expected: no confirms while blocked
+        except Exception as e:  # expected once the socket is closed under it
             errors.append(e)
-        finally:
-            p.conn.close()
 
     t = threading.Thread(target=blocked_publisher, daemon=True)
     t.start()
     assert wait_until(lambda: metric(c, "qgate_alarms_memory_used_watermark") == 1, 30), (
         "without paging, %d bytes queued should pass a %d byte watermark"
         % (n * size, watermark))
-    t.join(60)
-    assert errors, "a publisher past the watermark got every confirm"
+    stalled = p.confirmed
+    time.sleep(1)
+    assert p.confirmed == stalled < n, "a blocked publisher kept getting confirms"
+    p.conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the publisher thread in sendall
+    t.join(30)
+    p.conn.close()
+    assert not t.is_alive()
 
 
 # ---- 8. queues that never page -------------------------------------------------------------
