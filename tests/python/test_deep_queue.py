@@ -715,6 +715,83 @@ def test_memcache_sets_and_amqp_publishes_share_one_order_past_the_window(start)
     assert (info["messages"], info["messages_paged_out"]) == (0, 0), info
 
 
+def test_memcache_backlog_survives_kill_9_paged_out(start):
+    """memcacheq's use: sets park a backlog far past the window while no one reads it;
+    every STORED message survives kill -9 and is read back in order by get."""
+    n = DEEP_N // 5
+    b = start(fsync="always")
+    mc = MemcacheBulk(b.memcache_port)
+    mc.set_many("backlog", (body(i) for i in range(n)), flags=MC_FLAGS)  # declares it
+    mc.close()
+    assert_paged_deep(settled(b, "backlog", paged_deep(WINDOW, n)), WINDOW, n)
+    b.kill()
+
+    b = start(fsync="always", data_dir=b.data_dir)
+    assert_paged_deep(settled(b, "backlog", paged_deep(WINDOW, n)), WINDOW, n)
+    mc = MemcacheBulk(b.memcache_port)
+    got = []
+    while len(got) < n:
+        chunk = mc.get_many("backlog", 1000)
+        if not chunk:
+            break
+        got.extend(chunk)
+    assert len(got) == n, ("get answered END after %d of %d messages; the queue says %r"
+                           % (len(got), n, paging(mgmt_queue(b, "backlog"))))
+    assert mc.get_many("backlog", 1) == []
+    mc.close()
+    check_sequence([ident(d) for _, d in got], list(range(n)), "memcache get after kill -9")
+    assert all(f == MC_FLAGS and d == body(ident(d)) for f, d in got), "flags or bodies lost"
+
+
+def test_get_answers_a_message_whenever_one_is_ready_even_paged(start):
+    """basic.get and memcache get take the head of the queue: while messages are ready
+    (paged out or not) they never answer get-empty / END, and a read of paged messages
+    in flight is waited for, not reported as an empty queue."""
+    n_amqp, n_mc = 6 * WINDOW, 20 * WINDOW
+    b = start()
+    declare(b, "get-amqp")
+    declare(b, "get-mc")
+    publish(b, "get-amqp", (body(i) for i in range(n_amqp)))
+    publish(b, "get-mc", (body(i) for i in range(n_mc)))
+    for name, n in (("get-amqp", n_amqp), ("get-mc", n_mc)):
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n)
+
+    conn = connect(b)
+    ch = conn.channel()
+    got = []
+    for k in range(n_amqp):
+        method, _props, data = ch.basic_get("get-amqp", auto_ack=False)
+        if method is None:
+            raise AssertionError("basic.get-empty after %d of %d messages; the queue says %r"
+                                 % (k, n_amqp, paging(mgmt_queue(b, "get-amqp"))))
+        got.append(ident(data))
+        ch.basic_ack(method.delivery_tag)
+    assert ch.basic_get("get-amqp", auto_ack=True)[0] is None
+    conn.close()
+    check_sequence(got, list(range(n_amqp)), "basic.get")
+
+    mc = MemcacheBulk(b.memcache_port)
+    pm = PyMemcache(("127.0.0.1", b.memcache_port), timeout=30)
+    got = []
+    while len(got) < n_mc:
+        if len(got) % 2000 == 0:
+            data = pm.get("get-mc")  # pymemcache, one at a time, now and then
+            chunk = [(0, data)] if data is not None else []
+            want = 1
+        else:
+            want = min(1000, n_mc - len(got))
+            chunk = mc.get_many("get-mc", want)
+        if len(chunk) < want:
+            raise AssertionError(
+                "memcache get answered %d of %d keys after %d of %d messages; the queue "
+                "says %r" % (len(chunk), want, len(got), n_mc, paging(mgmt_queue(b, "get-mc"))))
+        got.extend(ident(d) for _, d in chunk)
+    assert mc.get_many("get-mc", 1) == []
+    mc.close()
+    pm.close()
+    check_sequence(got, list(range(n_mc)), "memcache get")
+
+
 # ---- 5. purge and delete give the disk back -----------------------------------------------
 
 # After a purge everything in the queue is dead: the sealed segments go, and what is left
@@ -767,6 +844,44 @@ def test_purge_and_delete_of_a_paged_out_queue_reclaim_disk(start):
     assert ch.queue_declare("purged", passive=True).method.message_count == 0
     assert ch.queue_declare("deleted", passive=True).method.message_count == 0
     conn.close()
+
+
+def test_refilled_at_once_after_purge_or_delete_a_queue_serves_only_new_messages(start):
+    """A purge's paged messages are dropped in steps after purge-ok, and a deleted
+    queue's records after delete-ok: messages paged right after (into the purged queue,
+    or a queue of the same name declared again) are not caught by those steps, and a
+    restart brings back exactly what was left."""
+    n, m = DEEP_N // 5, 3 * WINDOW
+    b = start()
+    declare(b, "refill-purged")
+    declare(b, "refill-deleted")
+    publish(b, "refill-purged", (body(i) for i in range(n)))
+    publish(b, "refill-deleted", (body(i) for i in range(n)))
+    for name in ("refill-purged", "refill-deleted"):
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, n)), WINDOW, n)
+    conn = connect(b)
+    ch = conn.channel()
+    assert ch.queue_purge("refill-purged").method.message_count == n
+    assert ch.queue_delete("refill-deleted").method.message_count == n
+    ch.queue_declare("refill-deleted", durable=True)
+    conn.close()
+    new = list(range(n, n + m))
+    for name in ("refill-purged", "refill-deleted"):
+        publish(b, name, (body(i) for i in new))
+    for name in ("refill-purged", "refill-deleted"):
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, m)), WINDOW, m)
+        got = consume(b, name, m)
+        check_sequence([g[0] for g in got], new, "%s refilled at once" % name)
+
+    later = list(range(n + m, n + 2 * m))
+    for name in ("refill-purged", "refill-deleted"):
+        publish(b, name, (body(i) for i in later))
+    assert b.stop() == 0
+    b = start(data_dir=b.data_dir)
+    for name in ("refill-purged", "refill-deleted"):
+        assert_paged_deep(settled(b, name, paged_deep(WINDOW, m)), WINDOW, m)
+        got = consume(b, name, m)
+        check_sequence([g[0] for g in got], later, "%s after a restart" % name)
 
 
 def test_purge_while_a_consumer_holds_messages_leaves_only_those(start):
