@@ -46,6 +46,8 @@ from qgate_proc import Qgate
 pytestmark = [
     pytest.mark.qgate_only,
     pytest.mark.slow,
+    # Each takes 1-40 s on a debug build on two busy cores; headroom over pytest.ini's 60.
+    pytest.mark.timeout(180),
     pytest.mark.skipif(bool(os.environ.get("QGATE_TEST_AMQP_URL")),
                        reason="starts, kills and restarts its own qgate processes"),
 ]
