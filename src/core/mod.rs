@@ -267,15 +267,18 @@ impl Broker {
         &self.shared.flow
     }
 
-    /// Estimated memory held by ready messages in every queue (paged ones excepted).
+    /// Estimated memory held by messages in every queue: ready ones in memory (paged ones
+    /// excepted) and unacknowledged ones.
     pub fn queued_memory(&self) -> u64 {
         self.vhosts()
             .iter()
             .flat_map(|v| v.queues())
             .map(|q| {
-                // What is in memory: paged messages cost nothing here.
+                // What is in memory: ready messages not paged out, and the delivered
+                // ones not yet settled (their deliveries hold them).
                 let d = q.depth();
-                d.ready_ram_bytes as u64 + d.ready_ram as u64 * flow::PER_MESSAGE_OVERHEAD
+                let held = (d.ready_ram + d.unacked) as u64;
+                (d.ready_ram_bytes + d.unacked_bytes) as u64 + held * flow::PER_MESSAGE_OVERHEAD
             })
             .sum()
     }

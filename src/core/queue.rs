@@ -130,6 +130,8 @@ struct State {
     ready: Ready,
     /// Delivered and not settled; the messages themselves travel in [`Delivered`]s.
     unacked: usize,
+    /// Their body bytes (held in memory by the deliveries).
+    unacked_bytes: usize,
     /// Registered consumers, oldest first.
     consumers: Vec<Arc<Consumer>>,
     /// Round-robin position in `consumers`.
@@ -154,8 +156,19 @@ struct State {
     page_epoch: u64,
     /// Names shared between the messages read back.
     page_names: Arc<Names>,
+    /// Expiry deadlines of paged messages that have one (their own `expiration`), by
+    /// message id: the TTL counts from the publish, as for messages in memory.
+    paged_deadlines: std::collections::HashMap<u64, u64>,
     /// Has written records a delete must drop (a non-durable queue that paged).
     paged_ever: bool,
+}
+
+impl State {
+    /// A delivered message was settled (acked, rejected or requeued).
+    fn settled(&mut self, entry: &QueuedMessage) {
+        self.unacked = self.unacked.saturating_sub(1);
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(entry.msg.body().len());
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -171,6 +184,8 @@ pub struct QueueDepth {
     pub ready: usize,
     /// Delivered, not yet acknowledged.
     pub unacked: usize,
+    /// Their body bytes.
+    pub unacked_bytes: usize,
     /// Active consumers.
     pub consumers: usize,
     /// Content bytes (properties + bodies) of the ready messages.
@@ -213,6 +228,7 @@ impl Queue {
             state: Mutex::new(State {
                 ready: Ready::new(features.max_priority),
                 unacked: 0,
+                unacked_bytes: 0,
                 consumers: Vec::new(),
                 next_consumer: 0,
                 next_seq: 0,
@@ -225,6 +241,7 @@ impl Queue {
                 paging_in: false,
                 page_epoch: 0,
                 page_names: Arc::default(),
+                paged_deadlines: Default::default(),
                 paged_ever: false,
             }),
             features,
@@ -240,6 +257,7 @@ impl Queue {
         QueueDepth {
             ready: st.ready.len() + st.paged,
             unacked: st.unacked,
+            unacked_bytes: st.unacked_bytes,
             consumers: st.consumers.len(),
             bytes: st.ready.bytes() + st.paged_bytes as usize,
             paged: st.paged,
@@ -404,6 +422,10 @@ impl Queue {
         st.paged += 1;
         st.paged_bytes += len as u64;
         st.paged_ever = true;
+        if let Some(ttl) = msg.expiration_ms() {
+            st.paged_deadlines
+                .insert(msg.id, now_ms().saturating_add(ttl));
+        }
         Some(durable)
     }
 
@@ -421,13 +443,18 @@ impl Queue {
         }
         let epoch = st.page_epoch;
         let me = Arc::downgrade(self);
+        // The answer is taken on the runtime, like every other queue operation (its
+        // dispatch may arm timers and wake tasks), not on the store's reader thread.
+        let rt = tokio::runtime::Handle::try_current().ok();
         st.paging_in = pg.store.page_in(
             self.id,
             w.messages - n,
             w.bytes - bytes,
             Box::new(move |res| {
-                if let Some(q) = me.upgrade() {
-                    q.paged_in(epoch, res);
+                let Some(q) = me.upgrade() else { return };
+                match rt {
+                    Some(rt) => drop(rt.spawn(async move { q.paged_in(epoch, res) })),
+                    None => q.paged_in(epoch, res),
                 }
             }),
         );
@@ -461,36 +488,61 @@ impl Queue {
                 st.paged = 0;
                 st.paged_bytes = 0;
             }
-            Ok(msgs) => {
-                let st = &mut *st;
-                for m in msgs {
-                    st.paged = st.paged.saturating_sub(1);
-                    st.paged_bytes = st.paged_bytes.saturating_sub(m.payload.len() as u64);
-                    let Some(msg) =
-                        persist::message_from_record(m.msg_id, m.payload, &mut st.page_names)
-                    else {
-                        tracing::warn!(queue = %self.name, msg = m.msg_id, "unreadable paged message skipped");
-                        continue;
-                    };
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    // Its own TTL counts from now: the time it spent paged is not known.
-                    let expires_at = msg
-                        .expiration_ms()
-                        .map_or(NEVER, |t| now_ms().saturating_add(t));
-                    st.ready.push_back(QueuedMessage {
-                        msg: Arc::new(msg),
-                        seq,
-                        redelivered: m.delivered,
-                        in_store: true,
-                        expires_at,
-                    });
-                }
-            }
+            Ok(msgs) => self.take_in(&mut st, msgs),
         }
         self.dispatch_locked(&mut st);
         let outcome = self.unlock(st);
         self.report(outcome);
+    }
+
+    /// Appends messages read back from the store at the tail of the in-memory part.
+    fn take_in(&self, st: &mut State, msgs: Vec<RecoveredMessage>) {
+        for m in msgs {
+            st.paged = st.paged.saturating_sub(1);
+            st.paged_bytes = st.paged_bytes.saturating_sub(m.payload.len() as u64);
+            let Some(msg) = persist::message_from_record(m.msg_id, m.payload, &mut st.page_names)
+            else {
+                tracing::warn!(queue = %self.name, msg = m.msg_id, "unreadable paged message skipped");
+                continue;
+            };
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            // Its own TTL counts from its publish; after a restart (the deadline was not
+            // kept) from now, as for every recovered message.
+            let expires_at = match st.paged_deadlines.remove(&m.msg_id) {
+                Some(at) => at,
+                None => msg
+                    .expiration_ms()
+                    .map_or(NEVER, |t| now_ms().saturating_add(t)),
+            };
+            st.ready.push_back(QueuedMessage {
+                msg: Arc::new(msg),
+                seq,
+                redelivered: m.delivered,
+                in_store: true,
+                expires_at,
+            });
+        }
+    }
+
+    /// The in-memory part ran empty before the read ahead of it was asked for (a
+    /// `basic.get` loop faster than the window's refill): reads the next batch here,
+    /// so that a queue with paged messages never answers "empty".
+    fn page_in_now(&self, st: &mut State) {
+        let Some(pg) = &self.paging else { return };
+        if st.paged == 0 || st.paging_in || !st.ready.is_empty() {
+            return;
+        }
+        let w = pg.window;
+        match pg
+            .store
+            .read_paged(self.id, w.messages / 2 + 1, w.bytes / 2 + 1)
+        {
+            Ok(msgs) => self.take_in(st, msgs),
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "reading paged messages failed")
+            }
+        }
     }
 
     /// Counts messages recovery left paged behind the head (at start-up). False when
@@ -682,6 +734,7 @@ impl Queue {
                             self.counters.acked.inc();
                         } else {
                             st.unacked += 1;
+                            st.unacked_bytes += size;
                         }
                     }
                     Err(back) => {
@@ -721,6 +774,7 @@ impl Queue {
         self.touch();
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st);
+        self.page_in_now(&mut st);
         let Some(entry) = st.ready.pop_front() else {
             self.maybe_page_in(&mut st);
             self.report(self.unlock(st));
@@ -736,6 +790,7 @@ impl Queue {
         } else {
             self.note_delivered(&entry);
             st.unacked += 1;
+            st.unacked_bytes += entry.msg.body().len();
         }
         let remaining = st.ready.len() + st.paged;
         self.maybe_page_in(&mut st);
@@ -773,6 +828,7 @@ impl Queue {
     pub fn peek(self: &Arc<Self>) -> Option<QueuedMessage> {
         let mut st = self.state.lock();
         self.drop_expired_head(&mut st);
+        self.page_in_now(&mut st);
         let head = st.ready.front().cloned();
         self.report(self.unlock(st));
         head
@@ -793,6 +849,7 @@ impl Queue {
     fn drop_paged(&self, st: &mut State) -> usize {
         let paged = std::mem::take(&mut st.paged);
         st.paged_bytes = 0;
+        st.paged_deadlines.clear();
         st.page_epoch += 1;
         st.paging_in = false;
         if let (true, Some(pg)) = (paged > 0, &self.paging) {
@@ -806,7 +863,7 @@ impl Queue {
     pub(crate) fn settle_acked(&self, entry: &QueuedMessage) {
         self.forget(entry);
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(1);
+        st.settled(entry);
         drop(st);
         self.counters.acked.inc();
     }
@@ -814,7 +871,7 @@ impl Queue {
     /// Rejected without requeue: dead-lettered when the queue has a target, else gone.
     pub(crate) fn settle_rejected(self: &Arc<Self>, entry: QueuedMessage) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(1);
+        st.settled(&entry);
         self.drop_message(&mut st, entry, Reason::Rejected);
         self.report(self.unlock(st));
     }
@@ -822,7 +879,7 @@ impl Queue {
     pub(crate) fn settle_requeued(&self, mut entry: QueuedMessage) {
         entry.redelivered = true;
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(1);
+        st.settled(&entry);
         if st.deleted {
             return;
         }

@@ -155,8 +155,9 @@ pub(crate) struct Writer {
     /// Victims whose copies were written since the last fdatasync: they must not be
     /// deleted before the copies are durable.
     unsynced_victims: BTreeSet<u32>,
-    /// Queues whose paged messages are being dropped (purged), a step per turn.
-    purging: VecDeque<u64>,
+    /// Paged messages of purged queues, taken out of the index at the purge, whose acks
+    /// are written a step per turn.
+    purging: VecDeque<(u64, Vec<u64>)>,
 }
 
 impl Writer {
@@ -478,25 +479,38 @@ impl Writer {
         Ok(true)
     }
 
-    /// One bounded step of dropping a purged queue's paged messages: acks for the oldest
-    /// of them (taken out of the index first, so that no read returns them).
+    /// Writes a batch, taking out the paged messages of each queue purged in it at the
+    /// point the purge was asked (what was published after it stays).
+    fn write_batch(&mut self, batch: &[u8], purges: Vec<(u64, usize)>) -> io::Result<()> {
+        let mut done = 0;
+        for (queue, at) in purges {
+            self.write_records(&batch[done..at])?;
+            done = at;
+            let mut ids = Vec::new();
+            self.state
+                .lock()
+                .take_paged(queue, usize::MAX, u64::MAX, |id, _| ids.push(id));
+            if !ids.is_empty() {
+                self.purging.push_back((queue, ids));
+            }
+        }
+        self.write_records(&batch[done..])
+    }
+
+    /// One bounded step of dropping purged paged messages: acks for the next of them
+    /// (out of the index already, so no read returns them meanwhile).
     fn purge_step(&mut self) -> io::Result<()> {
-        let Some(&queue) = self.purging.front() else {
+        let Some((queue, ids)) = self.purging.front_mut() else {
             return Ok(());
         };
-        let mut ids = Vec::new();
-        self.state
-            .lock()
-            .take_paged(queue, PURGE_STEP, u64::MAX, |id, _| ids.push(id));
-        if ids.len() < PURGE_STEP {
-            self.purging.pop_front();
-        }
+        let queue = *queue;
+        let step: Vec<u64> = ids.drain(..ids.len().min(PURGE_STEP)).collect();
         if ids.is_empty() {
-            return Ok(());
+            self.purging.pop_front();
         }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        for id in ids {
+        for id in step {
             record::encode_pair(&mut out, record::T_ACK, queue, id);
         }
         let res = self.write_records(&out);
@@ -631,12 +645,10 @@ impl Writer {
                 }
                 defs::save(&self.dir, &self.defs, self.syncs())?;
             }
-            if !batch.is_empty() {
-                self.write_records(&batch)?;
+            if !batch.is_empty() || !purges.is_empty() {
+                self.write_batch(&batch, purges)?;
                 shared.counters.batches.fetch_add(1, Ordering::Relaxed);
             }
-            // After the batch: a purge follows the paged publishes submitted before it.
-            self.purging.extend(purges);
             self.purge_step()?;
             shared.written_seq.store(last_seq, Ordering::Release);
             let sync_now = closing

@@ -267,8 +267,9 @@ struct Pending {
     clean: bool,
     /// The compactor thread's scan of a victim, for the flusher to copy forward.
     compacted: Option<flusher::ScanResult>,
-    /// Queues whose paged messages are to be dropped (a purge), in order.
-    purges: Vec<u64>,
+    /// Queues whose paged messages are to be dropped (a purge), each with the length
+    /// `buf` had then: only what was submitted before the purge goes.
+    purges: Vec<(u64, usize)>,
 }
 
 /// Records nobody waits for (acks, delivered marks, and everything under `interval` and
@@ -742,7 +743,8 @@ impl Store {
             if p.closing || shared.stopped.load(Ordering::Acquire) {
                 return;
             }
-            p.purges.push(queue);
+            let at = p.buf.len();
+            p.purges.push((queue, at));
         }
         shared.work.notify_one();
     }

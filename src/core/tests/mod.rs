@@ -5,5 +5,6 @@
 mod deadletter;
 mod dispatch;
 mod expiry;
+mod paging;
 mod requeue;
 mod support;
