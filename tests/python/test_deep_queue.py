@@ -500,6 +500,71 @@ def test_competing_consumers_share_a_deep_queue_each_in_order(start):
     check_sequence(sorted(seen[0] + seen[1]), list(range(n)), "both consumers together")
 
 
+def test_nack_requeue_returns_messages_to_their_place_in_a_deep_queue(start):
+    """basic.nack / basic.reject with requeue put messages back at their original
+    positions (RabbitMQ), ahead of the paged-out rest."""
+    n, prefetch = 10 * WINDOW, 300
+    b = start()
+    declare(b, "nacked")
+    publish(b, "nacked", (body(i) for i in range(n)))
+    conn = connect(b)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    held = []
+    ch.basic_consume("nacked", lambda ch_, m, p, d: held.append((ident(d), m.delivery_tag)))
+    deadline = time.monotonic() + 30
+    while len(held) < prefetch and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    check_sequence([h[0] for h in held], list(range(prefetch)), "held")
+    ch.basic_cancel(ch.consumer_tags[0])
+    ch.basic_reject(held[0][1], requeue=True)                 # the first, alone
+    ch.basic_nack(held[-1][1], multiple=True, requeue=True)   # and all the others
+    info = settled(b, "nacked", lambda i: i["messages_ready"] == n)
+    assert (info["messages_ready"], info["messages_unacknowledged"]) == (n, 0), info
+    assert info["messages_paged_out"] > 0, info
+    conn.close()
+    got = consume(b, "nacked", n)
+    check_sequence([g[0] for g in got], list(range(n)), "after nack/reject with requeue")
+    wrong = [(i, r) for i, r, _ in got if r != (i < prefetch)]
+    assert not wrong, "redelivered wrong (number, redelivered): %r" % wrong[:10]
+
+
+def test_dead_lettering_from_a_deep_queue_into_a_deep_queue(start):
+    """Rejected paged messages are dead-lettered in order with their properties and
+    x-death, into a queue that pages too."""
+    n = 5 * WINDOW
+    b = start()
+    declare(b, "dlq")
+    declare(b, "dl-src", arguments={"x-dead-letter-exchange": "",
+                                    "x-dead-letter-routing-key": "dlq"})
+    publish(b, "dl-src", (body(i) for i in range(n)), message_id=lambda i: "m%d" % i)
+    assert_paged_deep(settled(b, "dl-src", paged_deep(WINDOW, n)), WINDOW, n)
+    conn = connect(b)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=200)
+    seen = []
+
+    def reject(ch_, method, _props, data):
+        seen.append(ident(data))
+        ch_.basic_reject(method.delivery_tag, requeue=False)
+
+    ch.basic_consume("dl-src", reject)
+    deadline = time.monotonic() + 60
+    while len(seen) < n and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    conn.close()
+    check_sequence(seen, list(range(n)), "rejected from dl-src")
+    assert_paged_deep(settled(b, "dlq", paged_deep(WINDOW, n)), WINDOW, n)
+    got = consume(b, "dlq", n)
+    check_sequence([g[0] for g in got], list(range(n)), "dead-lettered into dlq")
+    bad = [g[0] for g in got
+           if g[2].message_id != "m%d" % g[0]
+           or [(d.get("queue"), d.get("reason"), d.get("count"))
+               for d in (g[2].headers or {}).get("x-death", [])] != [("dl-src", "rejected", 1)]]
+    assert not bad, ("properties or x-death wrong on %d dead letters, e.g. %r"
+                     % (len(bad), [got[i][2] for i in bad[:1]]))
+
+
 # ---- 3. kill -9 while paged out ------------------------------------------------------------
 
 def test_kill_9_while_paged_out_recovers_in_order_and_pages_again(start):
