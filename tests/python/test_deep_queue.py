@@ -687,6 +687,31 @@ def test_kill_9_with_more_unacked_than_the_window_keeps_redelivered_on_paged_one
                        "(number, redelivered): %r" % (prefetch, wrong[:10]))
 
 
+def test_restart_with_another_window_reloads_the_same_queue(start):
+    """Paged records are ordinary durable records: a restart with paging off loads the
+    whole queue into memory, and one with a smaller window pages it again, in order."""
+    n = DEEP_N // 5
+    b = start()
+    declare(b, "rewindow")
+    publish(b, "rewindow", (body(i) for i in range(n)))
+    assert_paged_deep(settled(b, "rewindow", paged_deep(WINDOW, n)), WINDOW, n)
+    assert b.stop() == 0
+
+    b = start(window=0, data_dir=b.data_dir)
+    info = paging(mgmt_queue(b, "rewindow"))
+    assert (info["messages_ready"], info["messages_paged_out"], info["messages_ready_ram"]) == (
+        n, 0, n), info
+    got = consume(b, "rewindow", n // 2)
+    check_sequence([g[0] for g in got], list(range(len(got))), "with paging off")
+    left = n - len(got)
+    assert b.stop() == 0
+
+    b = start(window=100, data_dir=b.data_dir)
+    assert_paged_deep(settled(b, "rewindow", paged_deep(100, left)), 100, left)
+    got = consume(b, "rewindow", left)
+    check_sequence([g[0] for g in got], list(range(n - left, n)), "with a window of 100")
+
+
 # ---- 4. memcache and AMQP into one queue ----------------------------------------------------
 
 MC_FLAGS = 7
