@@ -117,14 +117,16 @@ def publish(q, name, bodies, **kw):
 
 # ---- what the broker says ---------------------------------------------------------------
 
-def mgmt_queue(q, name, vhost="/"):
-    url = "http://127.0.0.1:%d/api/queues/%s/%s" % (
-        q.ports["management"], urllib.parse.quote(vhost, safe=""),
-        urllib.parse.quote(name, safe=""))
-    req = urllib.request.Request(url)
+def mgmt_get(q, path):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (q.ports["management"], path))
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
+
+
+def mgmt_queue(q, name, vhost="/"):
+    return mgmt_get(q, "/api/queues/%s/%s" % (urllib.parse.quote(vhost, safe=""),
+                                              urllib.parse.quote(name, safe="")))
 
 
 METRIC_RE = re.compile(r'^(qgate_queue_[a-z_]+)\{([^}]*)\} (\S+)$')
@@ -318,6 +320,9 @@ def test_deep_queue_pages_out_and_delivers_every_message_once_in_order(start):
     assert m.get("qgate_queue_messages_paged_out_bytes") == info["message_bytes_paged_out"], m
     assert m.get("qgate_queue_messages_ram") == info["messages_ram"], (m, info)
     assert m.get("qgate_queue_messages_ram_bytes") == info["message_bytes_ram"], (m, info)
+    # the queue listing carries the same fields
+    listed = [x for x in mgmt_get(b, "/api/queues/%2F") if x["name"] == "deep"]
+    assert len(listed) == 1 and paging(listed[0]) == info, (listed, info)
 
     got = consume(b, "deep", n, check_body=lambda i, d: d == body(i, size))
     check_sequence([g[0] for g in got], list(range(n)), "consumed from a paged-out queue")
