@@ -3,7 +3,9 @@
 //! - `qgate-bench amqp ...` producers and consumers through lapin (a real AMQP client);
 //! - `qgate-bench memcache ...` setters and getters over raw sockets (memcacheq queues,
 //!   or with `--memcached` plain memcached keys, the ceiling for the text protocol);
-//! - `qgate-bench idle ...` holds N idle AMQP connections (memory per connection).
+//! - `qgate-bench idle ...` holds N idle AMQP connections (memory per connection);
+//! - `qgate-bench deep fill|drain|live|delete ...` the deep-queue benchmark's phases
+//!   (confirmed persistent fills, drains that check every message's sequence).
 //!
 //! Every mode prints human lines, then one machine-readable `RESULT key=value ...` line.
 //! A server that cannot be reached is an error: message on stderr, exit status 2. A run
@@ -15,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 mod amqp;
 mod common;
+mod deep;
 mod hist;
 mod idle;
 mod memcache;
@@ -42,6 +45,8 @@ enum Mode {
     Memcache(memcache::MemcacheArgs),
     /// Open and hold idle AMQP connections.
     Idle(idle::IdleArgs),
+    /// Deep queues: fill with confirms, drain checking order, both at once, or delete.
+    Deep(deep::DeepArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
             Mode::Amqp(a) => amqp::run(a).await,
             Mode::Memcache(a) => memcache::run(a).await,
             Mode::Idle(a) => idle::run(a).await,
+            Mode::Deep(a) => deep::run(a).await,
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

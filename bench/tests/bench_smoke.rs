@@ -284,3 +284,103 @@ fn unreachable_server_is_an_error() {
         assert!(!out.contains("RESULT "), "{args:?}: {out}");
     }
 }
+
+/// Runs one `qgate-bench deep` phase against `url`; returns (exit success, stdout).
+fn deep(url: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["deep", args[0], "--url", url, "--size", "256"];
+    all.extend_from_slice(&args[1..]);
+    let (ok, out, err) = bench(&all);
+    assert!(
+        out.contains("RESULT mode=deep"),
+        "deep {args:?}: no RESULT:\n{out}\n{err}"
+    );
+    (ok, out)
+}
+
+#[test]
+fn deep_mode_counts_and_checks_order() {
+    let b = start_broker("deep");
+    let url = format!("amqp://guest:guest@{}/%2f", b.amqp);
+
+    // A clean fill and drain: every message once, in order, the queue empty after.
+    let (ok, out) = deep(&url, &["fill", "--queue", "in-order", "--messages", "3000"]);
+    assert!(ok, "{out}");
+    assert_eq!(result_field(&out, "confirmed"), 3000.0, "{out}");
+    let (ok, out) = deep(
+        &url,
+        &["drain", "--queue", "in-order", "--messages", "3000"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains(" in_order=true "), "{out}");
+    for (k, v) in [("distinct", 3000.0), ("consumed", 3000.0), ("lost", 0.0)] {
+        assert_eq!(result_field(&out, k), v, "{k}: {out}");
+    }
+    assert_eq!(result_field(&out, "duplicates"), 0.0, "{out}");
+    assert_eq!(result_field(&out, "left"), 0.0, "{out}");
+
+    // Sequences 500..1000 and then 0..600: two steps out of order and 100 copies, which
+    // the drain counts after the last expected message; the run fails.
+    for (first, n) in [("500", "500"), ("0", "600")] {
+        let (ok, out) = deep(
+            &url,
+            &[
+                "fill",
+                "--queue",
+                "shuffled",
+                "--first-seq",
+                first,
+                "--messages",
+                n,
+            ],
+        );
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = deep(
+        &url,
+        &["drain", "--queue", "shuffled", "--messages", "1000"],
+    );
+    assert!(!ok, "violations must fail the run:\n{out}");
+    assert!(out.contains(" in_order=false "), "{out}");
+    for (k, v) in [
+        ("distinct", 1000.0),
+        ("consumed", 1100.0),
+        ("duplicates", 100.0),
+        ("out_of_order", 2.0),
+        ("lost", 0.0),
+        ("left", 0.0),
+    ] {
+        assert_eq!(result_field(&out, k), v, "{k}: {out}");
+    }
+
+    // Fewer messages than expected: the drain gives up after the idle timeout and
+    // counts the missing ones as lost.
+    let (ok, out) = deep(&url, &["fill", "--queue", "short", "--messages", "900"]);
+    assert!(ok, "{out}");
+    let (ok, out) = deep(
+        &url,
+        &[
+            "drain",
+            "--queue",
+            "short",
+            "--messages",
+            "1000",
+            "--idle-timeout",
+            "1s",
+        ],
+    );
+    assert!(!ok, "lost messages must fail the run:\n{out}");
+    assert_eq!(result_field(&out, "lost"), 100.0, "{out}");
+    assert_eq!(result_field(&out, "distinct"), 900.0, "{out}");
+
+    // Publisher and consumer at once, and many queues filled then deleted.
+    let (ok, out) = deep(&url, &["live", "--queue", "live", "--messages", "2000"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(" in_order=true "), "{out}");
+    assert_eq!(result_field(&out, "confirmed"), 2000.0, "{out}");
+    let many = ["--queue", "many", "--queues", "20", "--messages", "210"];
+    let (ok, out) = deep(&url, &[&["fill"][..], &many[..]].concat());
+    assert!(ok, "{out}");
+    let (ok, out) = deep(&url, &[&["delete"][..], &many[..]].concat());
+    assert!(ok, "{out}");
+    assert_eq!(result_field(&out, "deleted"), 210.0, "{out}");
+}

@@ -39,6 +39,20 @@ pub fn encoded_len(msg: &Message) -> usize {
         + msg.body().len()
 }
 
+/// The body length of a stored message record (0 when it is malformed).
+pub fn body_len(rec: &[u8]) -> usize {
+    let ex = rec.first().map_or(0, |&n| n as usize);
+    let rk = rec.get(1 + ex).map_or(0, |&n| n as usize);
+    let at = 2 + ex + rk;
+    match rec.get(at..at + 4) {
+        Some(b) => {
+            let props = u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
+            rec.len().saturating_sub(at + 4 + props)
+        }
+        None => 0,
+    }
+}
+
 /// Rebuilds a message from its store record (recovered or paged back in), sharing
 /// exchange and routing-key names with the previous one through `names`; `None` when
 /// the record is malformed.

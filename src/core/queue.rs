@@ -120,6 +120,8 @@ pub struct Queue {
     state: Mutex<State>,
     /// Wakes `get_wait` callers when a message becomes ready or the queue goes.
     arrivals: Notify,
+    /// Wakes a get waiting for a read of paged messages in flight.
+    paged_in_cv: parking_lot::Condvar,
     /// Core-clock ms of the last use, for `x-expires`.
     last_used: AtomicU64,
 }
@@ -148,7 +150,7 @@ struct State {
     /// Ready messages beyond the memory window, behind every one in `ready`: only in
     /// the store, read back in order as the queue drains.
     paged: usize,
-    /// Their payload bytes, as the store counts them.
+    /// Their body bytes (see `paged_recovered`).
     paged_bytes: u64,
     /// A read of paged messages is in flight.
     paging_in: bool,
@@ -156,6 +158,9 @@ struct State {
     page_epoch: u64,
     /// Names shared between the messages read back.
     page_names: Arc<Names>,
+    /// Of the paged ones, those recovery left paged (the oldest), counted in
+    /// `paged_bytes` by their stored size rather than their bodies.
+    paged_recovered: usize,
     /// Expiry deadlines of paged messages that have one (their own `expiration`), by
     /// message id: the TTL counts from the publish, as for messages in memory.
     paged_deadlines: std::collections::HashMap<u64, u64>,
@@ -192,7 +197,7 @@ pub struct QueueDepth {
     pub bytes: usize,
     /// Of the ready ones, those paged out to the store (not in memory).
     pub paged: usize,
-    /// Their bytes (as stored: names, properties and body).
+    /// Their body bytes (after a restart, until read back: their stored size).
     pub paged_bytes: u64,
     /// Ready messages held in memory.
     pub ready_ram: usize,
@@ -241,12 +246,14 @@ impl Queue {
                 paging_in: false,
                 page_epoch: 0,
                 page_names: Arc::default(),
+                paged_recovered: 0,
                 paged_deadlines: Default::default(),
                 paged_ever: false,
             }),
             features,
             home,
             arrivals: Notify::new(),
+            paged_in_cv: parking_lot::Condvar::new(),
             last_used: AtomicU64::new(now_ms()),
         }))
     }
@@ -403,8 +410,7 @@ impl Queue {
         let full = st.paged > 0
             || st.ready.len() >= pg.window.messages
             || st.ready.bytes() as u64 >= pg.window.bytes;
-        let len = persist::encoded_len(msg);
-        if !full || len > Store::MAX_PAYLOAD {
+        if !full || persist::encoded_len(msg) > Store::MAX_PAYLOAD {
             return None;
         }
         let durable = if stored {
@@ -420,7 +426,7 @@ impl Queue {
             (persistent && pg.store.policy() == FsyncPolicy::Always).then(|| Durable::new(ticket))
         };
         st.paged += 1;
-        st.paged_bytes += len as u64;
+        st.paged_bytes += msg.body().len() as u64;
         st.paged_ever = true;
         if let Some(ttl) = msg.expiration_ms() {
             st.paged_deadlines
@@ -443,25 +449,29 @@ impl Queue {
         }
         let epoch = st.page_epoch;
         let me = Arc::downgrade(self);
-        // The answer is taken on the runtime, like every other queue operation (its
-        // dispatch may arm timers and wake tasks), not on the store's reader thread.
         let rt = tokio::runtime::Handle::try_current().ok();
         st.paging_in = pg.store.page_in(
             self.id,
             w.messages - n,
             w.bytes - bytes,
             Box::new(move |res| {
-                let Some(q) = me.upgrade() else { return };
-                match rt {
-                    Some(rt) => drop(rt.spawn(async move { q.paged_in(epoch, res) })),
-                    None => q.paged_in(epoch, res),
+                if let Some(q) = me.upgrade() {
+                    q.paged_in(epoch, res, rt);
                 }
             }),
         );
     }
 
-    /// The store's answer to [`Queue::maybe_page_in`]: the next paged messages, in order.
-    fn paged_in(self: &Arc<Self>, epoch: u64, res: Result<Vec<RecoveredMessage>, StoreError>) {
+    /// The store's answer to [`Queue::maybe_page_in`], on its reader thread: the next
+    /// paged messages, in order, join the head at once (a get waiting for them wakes);
+    /// delivering them to consumers happens on the runtime `rt`, like every other queue
+    /// operation (its outcome may arm timers and wake tasks).
+    fn paged_in(
+        self: &Arc<Self>,
+        epoch: u64,
+        res: Result<Vec<RecoveredMessage>, StoreError>,
+        rt: Option<tokio::runtime::Handle>,
+    ) {
         let mut st = self.state.lock();
         if epoch != st.page_epoch || st.deleted {
             // Purged or deleted while the read was in flight: those messages are gone.
@@ -487,19 +497,34 @@ impl Queue {
                 );
                 st.paged = 0;
                 st.paged_bytes = 0;
+                st.paged_recovered = 0;
             }
             Ok(msgs) => self.take_in(&mut st, msgs),
         }
-        self.dispatch_locked(&mut st);
-        let outcome = self.unlock(st);
-        self.report(outcome);
+        self.paged_in_cv.notify_all();
+        drop(st);
+        match rt {
+            Some(rt) => {
+                let q = self.clone();
+                drop(rt.spawn(async move { q.dispatch() }));
+            }
+            None => self.dispatch(),
+        }
     }
 
     /// Appends messages read back from the store at the tail of the in-memory part.
     fn take_in(&self, st: &mut State, msgs: Vec<RecoveredMessage>) {
         for m in msgs {
             st.paged = st.paged.saturating_sub(1);
-            st.paged_bytes = st.paged_bytes.saturating_sub(m.payload.len() as u64);
+            // Recovered ones (the oldest) were counted by their stored size, the others
+            // by their bodies.
+            let counted = if st.paged_recovered > 0 {
+                st.paged_recovered -= 1;
+                m.payload.len()
+            } else {
+                persist::body_len(&m.payload)
+            };
+            st.paged_bytes = st.paged_bytes.saturating_sub(counted as u64);
             let Some(msg) = persist::message_from_record(m.msg_id, m.payload, &mut st.page_names)
             else {
                 tracing::warn!(queue = %self.name, msg = m.msg_id, "unreadable paged message skipped");
@@ -525,13 +550,25 @@ impl Queue {
         }
     }
 
-    /// The in-memory part ran empty before the read ahead of it was asked for (a
-    /// `basic.get` loop faster than the window's refill): reads the next batch here,
-    /// so that a queue with paged messages never answers "empty".
-    fn page_in_now(&self, st: &mut State) {
+    /// The in-memory part ran empty while messages are paged (a `basic.get` loop or a
+    /// multi-key memcache get faster than the refill): waits for the read in flight, or
+    /// reads the next batch here, so that a queue with paged messages never answers
+    /// "empty".
+    fn page_in_now(&self, st: &mut parking_lot::MutexGuard<'_, State>) {
         let Some(pg) = &self.paging else { return };
-        if st.paged == 0 || st.paging_in || !st.ready.is_empty() {
+        if st.paged == 0 || !st.ready.is_empty() {
             return;
+        }
+        if st.paging_in {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while st.paging_in && st.ready.is_empty() {
+                if self.paged_in_cv.wait_until(st, deadline).timed_out() {
+                    break;
+                }
+            }
+            if st.paging_in || !st.ready.is_empty() || st.paged == 0 {
+                return;
+            }
         }
         let w = pg.window;
         match pg
@@ -553,6 +590,7 @@ impl Queue {
         }
         let mut st = self.state.lock();
         st.paged += out.messages as usize;
+        st.paged_recovered += out.messages as usize;
         st.paged_bytes += out.bytes;
         true
     }
@@ -849,6 +887,7 @@ impl Queue {
     fn drop_paged(&self, st: &mut State) -> usize {
         let paged = std::mem::take(&mut st.paged);
         st.paged_bytes = 0;
+        st.paged_recovered = 0;
         st.paged_deadlines.clear();
         st.page_epoch += 1;
         st.paging_in = false;
@@ -927,6 +966,7 @@ impl Queue {
         st.deleted = true;
         let n = st.ready.drain_all().len() + std::mem::take(&mut st.paged);
         st.paged_bytes = 0;
+        st.paged_recovered = 0;
         st.page_epoch += 1;
         let paged_store = self
             .paging

@@ -174,3 +174,22 @@ fn queues_whose_features_see_every_message_never_page() {
     store.close().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_records_body_length_is_read_from_its_header() {
+    let props = Properties {
+        message_id: Some("id-1".into()),
+        ..persistent()
+    };
+    let raw = props.to_bytes();
+    let msg = crate::core::Message::new(
+        1,
+        crate::core::message::Names::new("ex", "key"),
+        &raw,
+        &props,
+        b"twelve bytes",
+    );
+    let rec = crate::core::persist::encode_message(&msg);
+    assert_eq!(crate::core::persist::body_len(&rec), 12);
+    assert_eq!(crate::core::persist::body_len(&rec[..3]), 0);
+}
