@@ -1120,6 +1120,25 @@ def test_per_message_ttl_counts_from_publish_while_paged(start):
     assert info["messages"] == 0, info
 
 
+def test_transient_paged_records_are_dropped_after_kill_9_too(start):
+    n = 10 * WINDOW
+
+    def mode(i):
+        return 1 if i % 2 else 2  # odd ones transient
+
+    b = start(fsync="always")
+    declare(b, "mixed-crash")
+    publish(b, "mixed-crash", (body(i) for i in range(n)), delivery_mode=mode)
+    assert_paged_deep(settled(b, "mixed-crash", paged_deep(WINDOW, n)), WINDOW, n)
+    b.kill()
+    b = start(fsync="always", data_dir=b.data_dir)
+    persistent = [i for i in range(n) if mode(i) == 2]
+    assert_paged_deep(settled(b, "mixed-crash", paged_deep(WINDOW, len(persistent))), WINDOW,
+                      len(persistent))
+    got = consume(b, "mixed-crash", len(persistent))
+    check_sequence([g[0] for g in got], persistent, "after kill -9")
+
+
 # ---- 7. memory stays bounded ---------------------------------------------------------------
 
 def fill_and_measure(b, name, n, size):
