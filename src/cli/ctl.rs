@@ -751,6 +751,11 @@ const QUEUE_COLUMNS: &[&str] = &[
     "state",
     "vhost",
     "policy",
+    // rabbitmqctl's memory items: what of the queue is in memory (the rest is paged).
+    "messages_ram",
+    "messages_ready_ram",
+    "message_bytes_ready",
+    "message_bytes_ram",
 ];
 const EXCHANGE_COLUMNS: &[&str] = &[
     "name",
