@@ -183,7 +183,7 @@ fn encode_step(out: &mut Vec<u8>, prev: &Pos, next: &Pos) {
 }
 
 /// Reads the entry after `cur` into `cur`.
-#[inline]
+#[inline(always)]
 fn decode_step(b: &[u8], pos: &mut usize, cur: &mut Pos) {
     let x = b[*pos];
     *pos += 1;
@@ -191,8 +191,13 @@ fn decode_step(b: &[u8], pos: &mut usize, cur: &mut Pos) {
         cur.id += u64::from(x >> 5) + 1;
         cur.off = cur.off.wrapping_add(cur.len);
         cur.len = (i64::from(cur.len) + unzigzag(u64::from(x & 0x1f))) as u32;
-        return;
+    } else {
+        decode_long_step(b, pos, cur);
     }
+}
+
+#[inline(never)]
+fn decode_long_step(b: &[u8], pos: &mut usize, cur: &mut Pos) {
     cur.id += get_varint(b, pos);
     let v = get_varint(b, pos);
     if v & 1 == 0 {
@@ -376,41 +381,24 @@ impl Blocks {
     /// The entry of block `b` (which exists) with this id, live or dead.
     fn find(&self, b: usize, id: u64) -> Option<(usize, Pos)> {
         let slot = &self.v[b];
-        let mut it = match self.finger.get() {
-            Some(f) if f.b == b && f.cur.id <= id => {
-                if f.cur.id == id {
-                    return Some((f.i, f.cur));
-                }
-                Entries {
-                    b: &slot.b,
-                    i: f.i + 1,
-                    pos: f.pos,
-                    cur: f.cur,
-                }
+        let (mut i, mut pos, mut cur) = match self.finger.get() {
+            Some(f) if f.b == b && f.cur.id <= id => (f.i, f.pos, f.cur),
+            _ => {
+                let e = slot.entries();
+                (0, 0, e.cur)
             }
-            _ => slot.entries(),
         };
-        let mut last = None;
-        let mut found = None;
-        while let Some((i, p)) = it.next() {
-            if p.id > id {
-                break;
-            }
-            last = Some(Finger {
-                b,
-                i,
-                pos: it.pos,
-                cur: p,
-            });
-            if p.id == id {
-                found = Some((i, p));
-                break;
-            }
+        let (bytes, n) = (&slot.bytes[..], slot.n());
+        while cur.id < id && i + 1 < n {
+            decode_step(bytes, &mut pos, &mut cur);
+            i += 1;
         }
-        if last.is_some() {
-            self.finger.set(last);
+        if cur.id != id {
+            // A miss leaves the finger where it was.
+            return None;
         }
-        found
+        self.finger.set(Some(Finger { b, i, pos, cur }));
+        Some((i, cur))
     }
 
     /// Drops block `b`.
@@ -1332,5 +1320,38 @@ mod tests {
         }
         println!("remove at head: {:.0} ns/op", per(t, N));
         assert_eq!(idx.len(), 0);
+
+        // The rarer paths, on a fresh queue.
+        let (mut idx, ids) = deep_queue(N, &mut rnd);
+        const K: u64 = 100_000;
+        let t = Instant::now();
+        for k in 0..K {
+            let id = ids[rnd(N) as usize];
+            let l = idx.get(id, 0).unwrap();
+            idx.insert(
+                id,
+                0,
+                Loc::new(l.seg + 1000, k as u32 * 2000, l.len(), l.flags()),
+            );
+        }
+        println!(
+            "insert over an existing key, moved (compaction copy): {:.0} ns/op",
+            per(t, K)
+        );
+        let t = Instant::now();
+        let mut n = 0u64;
+        for _ in 0..K {
+            n += idx.remove(ids[rnd(N) as usize], 0).is_some() as u64;
+        }
+        println!("remove (random): {:.0} ns/op ({n} found)", per(t, K));
+        let t = Instant::now();
+        let mut id = ids[ids.len() - 1];
+        for k in 0..K {
+            id += 1 + rnd(3);
+            // Racing publishers: each pair arrives swapped.
+            let id = if k % 2 == 0 { id + 1 } else { id - 1 };
+            idx.insert(id, 0, Loc::new(0, k as u32 * 1100, 1100, FLAG_PAGED));
+        }
+        println!("insert at tail, pairs swapped: {:.0} ns/op", per(t, K));
     }
 }
