@@ -20,9 +20,9 @@
 //!   the small reorders of racing publishers before its oldest entry is appended to the
 //!   open block.
 //!
-//! The rare insert below the pending list (far out of order, or a compaction copy that
-//! re-publishes an existing key at a new location) decodes and re-encodes the one block
-//! it lands in, splitting it when full. Decoding a block is a scan of at most
+//! The rare insert of a new id below the pending list (far out of order) decodes and
+//! re-encodes the one block it lands in, splitting it when full. A compaction copy
+//! (an existing key at a new location) re-encodes only the two steps around it. Decoding a block is a scan of at most
 //! [`BLOCK`] entries, which bounds every lookup.
 //!
 //! Paging: each queue remembers an id below which no live entry has `FLAG_PAGED`;
@@ -401,6 +401,43 @@ impl Blocks {
         Some((i, cur))
     }
 
+    /// Gives entry `i` of block `b` the segment, offset and length of `to` (same id),
+    /// re-encoding only the steps into and out of it: a compaction copy costs a scan
+    /// of the block and a splice of a few bytes, not a rewrite.
+    fn relocate(&mut self, b: usize, i: usize, to: Pos) {
+        self.finger.set(None);
+        let is_back = b + 1 == self.v.len();
+        let slot = &mut self.v[b];
+        let n = slot.n();
+        let mut cur = slot.entries().cur;
+        // Walk to entry i: `prev` is entry i - 1 and step i spans `start..pos`.
+        let (mut prev, mut start, mut pos) = (cur, 0, 0);
+        for _ in 0..i {
+            prev = cur;
+            start = pos;
+            decode_step(&slot.bytes, &mut pos, &mut cur);
+        }
+        let mut end = pos;
+        let next = (i + 1 < n).then(|| {
+            let mut next = cur;
+            decode_step(&slot.bytes, &mut end, &mut next);
+            next
+        });
+        let mut enc = Vec::with_capacity(32);
+        if i == 0 {
+            (slot.b.seg, slot.b.off, slot.b.len) = (to.seg, to.off, to.len);
+        } else {
+            encode_step(&mut enc, &prev, &to);
+        }
+        if let Some(next) = next {
+            encode_step(&mut enc, &to, &next);
+        }
+        slot.b.bytes.splice(start..end, enc);
+        if is_back && i + 1 == n && self.open.is_some() {
+            self.open = Some(to);
+        }
+    }
+
     /// Drops block `b`.
     fn remove(&mut self, b: usize) {
         if b + 1 == self.v.len() {
@@ -581,16 +618,15 @@ impl QueueIndex {
         let mut loc = blk.loc(i, &p);
         f(&mut loc);
         loc.flags &= KNOWN_FLAGS;
-        if Pos::of(id, &loc) == p {
-            blk.set_flags(i, loc.flags);
-        } else {
-            self.replace_in_block(b, id, loc);
+        blk.set_flags(i, loc.flags);
+        if Pos::of(id, &loc) != p {
+            self.blocks.relocate(b, i, Pos::of(id, &loc));
         }
         self.note_paged(id, &loc);
         true
     }
 
-    /// Re-encodes block `b` with `id` (live or not) set to `loc`.
+    /// Re-encodes block `b` with `id` (not in it) added.
     fn replace_in_block(&mut self, b: usize, id: u64, loc: Loc) {
         let mut entries = self.blocks.collect(b, 1);
         match entries.binary_search_by_key(&id, |e| e.0) {
@@ -628,20 +664,19 @@ impl QueueIndex {
             self.live += 1;
             return None;
         }
-        let found = self.blocks.find(b, id);
-        let blk = &mut self.blocks.v[b];
-        let old = match found {
-            Some((i, p)) if blk.is_live(i) => {
-                let old = blk.loc(i, &p);
-                if Pos::of(id, &loc) == p {
-                    blk.set_flags(i, loc.flags);
-                    return Some(old);
-                }
-                Some(old)
-            }
-            _ => None,
+        let Some((i, p)) = self.blocks.find(b, id) else {
+            self.replace_in_block(b, id, loc);
+            self.live += 1;
+            return None;
         };
-        self.replace_in_block(b, id, loc);
+        // The key is encoded here (a dead one comes back to life).
+        let blk = &mut self.blocks.v[b];
+        let old = blk.is_live(i).then(|| blk.loc(i, &p));
+        blk.live |= 1 << i;
+        blk.set_flags(i, loc.flags);
+        if Pos::of(id, &loc) != p {
+            self.blocks.relocate(b, i, Pos::of(id, &loc));
+        }
         if old.is_none() {
             self.live += 1;
         }
