@@ -1321,6 +1321,31 @@ mod tests {
     }
 
     #[test]
+    fn moved_entries_keep_their_neighbours() {
+        // Compaction copies of a block's first, middle and last entries (the last one
+        // in the open block, appended after), and of a dead one re-published.
+        let mut idx = Index::default();
+        let mut want = BTreeMap::new();
+        let l = |i: u64| Loc::new(0, i as u32 * 100, 100, 0);
+        for i in 1..=(BLOCK as u64 + 40) {
+            idx.insert(i, 0, l(i));
+            want.insert(i, l(i));
+        }
+        let moved = |i: u64| Loc::new(9, i as u32, 7, FLAG_PAGED);
+        assert_eq!(idx.remove(5, 0), Some(l(5)));
+        for i in [1, 5, 64, BLOCK as u64, BLOCK as u64 + 1, BLOCK as u64 + 24] {
+            let old = want.insert(i, moved(i));
+            assert_eq!(idx.insert(i, 0, moved(i)), old.filter(|_| i != 5));
+        }
+        for i in (BLOCK as u64 + 41)..(BLOCK as u64 + 60) {
+            idx.insert(i, 0, l(i));
+            want.insert(i, l(i));
+        }
+        let got: Vec<_> = idx.iter_queue(0).collect();
+        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
     #[ignore = "timings; run in release with --ignored --nocapture"]
     fn bench_ops() {
         use std::time::Instant;
