@@ -22,8 +22,13 @@
 //!
 //! The rare insert of a new id below the pending list (far out of order) decodes and
 //! re-encodes the one block it lands in, splitting it when full. A compaction copy
-//! (an existing key at a new location) re-encodes only the two steps around it. Decoding a block is a scan of at most
-//! [`BLOCK`] entries, which bounds every lookup.
+//! (an existing key at a new location) re-encodes only the two steps around it.
+//! A lookup scans its block from the start, at most [`BLOCK`] steps, or from where the
+//! previous lookup stopped when that was earlier in the same block, so acks and
+//! deliveries walking forward from the head cost O(1) each.
+//!
+//! Measured (`heap_bytes`, tests below): about 2.1 bytes an entry for a deep queue of
+//! back to back records, 19 for 10,000 queues of 100 interleaved entries.
 //!
 //! Paging: each queue remembers an id below which no live entry has `FLAG_PAGED`;
 //! [`Index::take_paged`] starts there, skips blocks whose paged bitmap is empty, and
