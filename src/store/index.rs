@@ -20,10 +20,15 @@
 //!   the small reorders of racing publishers before its oldest entry is appended to the
 //!   open block.
 //!
-//! The rare insert below the pending list (far out of order, or a compaction copy that
-//! re-publishes an existing key at a new location) decodes and re-encodes the one block
-//! it lands in, splitting it when full. Decoding a block is a scan of at most
-//! [`BLOCK`] entries, which bounds every lookup.
+//! The rare insert of a new id below the pending list (far out of order) decodes and
+//! re-encodes the one block it lands in, splitting it when full. A compaction copy
+//! (an existing key at a new location) re-encodes only the two steps around it.
+//! A lookup scans its block from the start, at most [`BLOCK`] steps, or from where the
+//! previous lookup stopped when that was earlier in the same block, so acks and
+//! deliveries walking forward from the head cost O(1) each.
+//!
+//! Measured (`heap_bytes`, tests below): about 2.1 bytes an entry for a deep queue of
+//! back to back records, 19 for 10,000 queues of 100 interleaved entries.
 //!
 //! Paging: each queue remembers an id below which no live entry has `FLAG_PAGED`;
 //! [`Index::take_paged`] starts there, skips blocks whose paged bitmap is empty, and
@@ -184,7 +189,7 @@ fn encode_step(out: &mut Vec<u8>, prev: &Pos, next: &Pos) {
 }
 
 /// Reads the entry after `cur` into `cur`.
-#[inline]
+#[inline(always)]
 fn decode_step(b: &[u8], pos: &mut usize, cur: &mut Pos) {
     let x = b[*pos];
     *pos += 1;
@@ -192,8 +197,13 @@ fn decode_step(b: &[u8], pos: &mut usize, cur: &mut Pos) {
         cur.id += u64::from(x >> 5) + 1;
         cur.off = cur.off.wrapping_add(cur.len);
         cur.len = (i64::from(cur.len) + unzigzag(u64::from(x & 0x1f))) as u32;
-        return;
+    } else {
+        decode_long_step(b, pos, cur);
     }
+}
+
+#[inline(never)]
+fn decode_long_step(b: &[u8], pos: &mut usize, cur: &mut Pos) {
     cur.id += get_varint(b, pos);
     let v = get_varint(b, pos);
     if v & 1 == 0 {
@@ -377,41 +387,61 @@ impl Blocks {
     /// The entry of block `b` (which exists) with this id, live or dead.
     fn find(&self, b: usize, id: u64) -> Option<(usize, Pos)> {
         let slot = &self.v[b];
-        let mut it = match self.finger.get() {
-            Some(f) if f.b == b && f.cur.id <= id => {
-                if f.cur.id == id {
-                    return Some((f.i, f.cur));
-                }
-                Entries {
-                    b: &slot.b,
-                    i: f.i + 1,
-                    pos: f.pos,
-                    cur: f.cur,
-                }
+        let (mut i, mut pos, mut cur) = match self.finger.get() {
+            Some(f) if f.b == b && f.cur.id <= id => (f.i, f.pos, f.cur),
+            _ => {
+                let e = slot.entries();
+                (0, 0, e.cur)
             }
-            _ => slot.entries(),
         };
-        let mut last = None;
-        let mut found = None;
-        while let Some((i, p)) = it.next() {
-            if p.id > id {
-                break;
-            }
-            last = Some(Finger {
-                b,
-                i,
-                pos: it.pos,
-                cur: p,
-            });
-            if p.id == id {
-                found = Some((i, p));
-                break;
-            }
+        let (bytes, n) = (&slot.bytes[..], slot.n());
+        while cur.id < id && i + 1 < n {
+            decode_step(bytes, &mut pos, &mut cur);
+            i += 1;
         }
-        if last.is_some() {
-            self.finger.set(last);
+        if cur.id != id {
+            // A miss leaves the finger where it was.
+            return None;
         }
-        found
+        self.finger.set(Some(Finger { b, i, pos, cur }));
+        Some((i, cur))
+    }
+
+    /// Gives entry `i` of block `b` the segment, offset and length of `to` (same id),
+    /// re-encoding only the steps into and out of it: a compaction copy costs a scan
+    /// of the block and a splice of a few bytes, not a rewrite.
+    fn relocate(&mut self, b: usize, i: usize, to: Pos) {
+        self.finger.set(None);
+        let is_back = b + 1 == self.v.len();
+        let slot = &mut self.v[b];
+        let n = slot.n();
+        let mut cur = slot.entries().cur;
+        // Walk to entry i: `prev` is entry i - 1 and step i spans `start..pos`.
+        let (mut prev, mut start, mut pos) = (cur, 0, 0);
+        for _ in 0..i {
+            prev = cur;
+            start = pos;
+            decode_step(&slot.bytes, &mut pos, &mut cur);
+        }
+        let mut end = pos;
+        let next = (i + 1 < n).then(|| {
+            let mut next = cur;
+            decode_step(&slot.bytes, &mut end, &mut next);
+            next
+        });
+        let mut enc = Vec::with_capacity(32);
+        if i == 0 {
+            (slot.b.seg, slot.b.off, slot.b.len) = (to.seg, to.off, to.len);
+        } else {
+            encode_step(&mut enc, &prev, &to);
+        }
+        if let Some(next) = next {
+            encode_step(&mut enc, &to, &next);
+        }
+        slot.b.bytes.splice(start..end, enc);
+        if is_back && i + 1 == n && self.open.is_some() {
+            self.open = Some(to);
+        }
     }
 
     /// Drops block `b`.
@@ -594,16 +624,15 @@ impl QueueIndex {
         let mut loc = blk.loc(i, &p);
         f(&mut loc);
         loc.flags &= KNOWN_FLAGS;
-        if Pos::of(id, &loc) == p {
-            blk.set_flags(i, loc.flags);
-        } else {
-            self.replace_in_block(b, id, loc);
+        blk.set_flags(i, loc.flags);
+        if Pos::of(id, &loc) != p {
+            self.blocks.relocate(b, i, Pos::of(id, &loc));
         }
         self.note_paged(id, &loc);
         true
     }
 
-    /// Re-encodes block `b` with `id` (live or not) set to `loc`.
+    /// Re-encodes block `b` with `id` (not in it) added.
     fn replace_in_block(&mut self, b: usize, id: u64, loc: Loc) {
         let mut entries = self.blocks.collect(b, 1);
         match entries.binary_search_by_key(&id, |e| e.0) {
@@ -641,20 +670,19 @@ impl QueueIndex {
             self.live += 1;
             return None;
         }
-        let found = self.blocks.find(b, id);
-        let blk = &mut self.blocks.v[b];
-        let old = match found {
-            Some((i, p)) if blk.is_live(i) => {
-                let old = blk.loc(i, &p);
-                if Pos::of(id, &loc) == p {
-                    blk.set_flags(i, loc.flags);
-                    return Some(old);
-                }
-                Some(old)
-            }
-            _ => None,
+        let Some((i, p)) = self.blocks.find(b, id) else {
+            self.replace_in_block(b, id, loc);
+            self.live += 1;
+            return None;
         };
-        self.replace_in_block(b, id, loc);
+        // The key is encoded here (a dead one comes back to life).
+        let blk = &mut self.blocks.v[b];
+        let old = blk.is_live(i).then(|| blk.loc(i, &p));
+        blk.live |= 1 << i;
+        blk.set_flags(i, loc.flags);
+        if Pos::of(id, &loc) != p {
+            self.blocks.relocate(b, i, Pos::of(id, &loc));
+        }
         if old.is_none() {
             self.live += 1;
         }
@@ -1300,6 +1328,31 @@ mod tests {
     }
 
     #[test]
+    fn moved_entries_keep_their_neighbours() {
+        // Compaction copies of a block's first, middle and last entries (the last one
+        // in the open block, appended after), and of a dead one re-published.
+        let mut idx = Index::default();
+        let mut want = BTreeMap::new();
+        let l = |i: u64| Loc::new(0, i as u32 * 100, 100, 0);
+        for i in 1..=(BLOCK as u64 + 40) {
+            idx.insert(i, 0, l(i));
+            want.insert(i, l(i));
+        }
+        let moved = |i: u64| Loc::new(9, i as u32, 7, FLAG_PAGED);
+        assert_eq!(idx.remove(5, 0), Some(l(5)));
+        for i in [1, 5, 64, BLOCK as u64, BLOCK as u64 + 1, BLOCK as u64 + 24] {
+            let old = want.insert(i, moved(i));
+            assert_eq!(idx.insert(i, 0, moved(i)), old.filter(|_| i != 5));
+        }
+        for i in (BLOCK as u64 + 41)..(BLOCK as u64 + 60) {
+            idx.insert(i, 0, l(i));
+            want.insert(i, l(i));
+        }
+        let got: Vec<_> = idx.iter_queue(0).collect();
+        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
     #[ignore = "timings; run in release with --ignored --nocapture"]
     fn bench_ops() {
         use std::time::Instant;
@@ -1334,5 +1387,38 @@ mod tests {
         }
         println!("remove at head: {:.0} ns/op", per(t, N));
         assert_eq!(idx.len(), 0);
+
+        // The rarer paths, on a fresh queue.
+        let (mut idx, ids) = deep_queue(N, &mut rnd);
+        const K: u64 = 100_000;
+        let t = Instant::now();
+        for k in 0..K {
+            let id = ids[rnd(N) as usize];
+            let l = idx.get(id, 0).unwrap();
+            idx.insert(
+                id,
+                0,
+                Loc::new(l.seg + 1000, k as u32 * 2000, l.len(), l.flags()),
+            );
+        }
+        println!(
+            "insert over an existing key, moved (compaction copy): {:.0} ns/op",
+            per(t, K)
+        );
+        let t = Instant::now();
+        let mut n = 0u64;
+        for _ in 0..K {
+            n += idx.remove(ids[rnd(N) as usize], 0).is_some() as u64;
+        }
+        println!("remove (random): {:.0} ns/op ({n} found)", per(t, K));
+        let t = Instant::now();
+        let mut id = ids[ids.len() - 1];
+        for k in 0..K {
+            id += 1 + rnd(3);
+            // Racing publishers: each pair arrives swapped.
+            let id = if k % 2 == 0 { id + 1 } else { id - 1 };
+            idx.insert(id, 0, Loc::new(0, k as u32 * 1100, 1100, FLAG_PAGED));
+        }
+        println!("insert at tail, pairs swapped: {:.0} ns/op", per(t, K));
     }
 }
