@@ -21,9 +21,10 @@
 //!   arrives during the fsync goes into the next one. No timers on the waited path under
 //!   `always`; records nobody waits for (acks, delivered) ride along with the next
 //!   fsync, or are synced 10 ms after the previous one if the store goes idle.
-//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location` (per
-//!   queue, a vector of 16-byte entries sorted by message id, see `index.rs`: 16 bytes
-//!   per live message plus vector slack, none right after recovery) and, per segment,
+//! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location and
+//!   flags` (per queue, blocks of up to 128 delta-encoded entries, about 2 bytes per
+//!   live message in a deep queue, see `index.rs`; shared with the reader of paged
+//!   messages, `pager.rs`) and, per segment,
 //!   its live count and the set of older segments its Ack / Delivered / QueueDeleted
 //!   records (and compaction copies) refer to. A segment is deleted when it is not the
 //!   active one, holds no live publish, and every segment it refers to is already gone
@@ -42,6 +43,12 @@
 //!   publishes dropped, the allocation shrunk) and the payloads are `Bytes` slices of it:
 //!   no per-message allocation, nothing dead kept in memory, and a buffer is freed once
 //!   the core has dropped every message sliced from it (in FIFO order as queues drain).
+//! - Paging: a publish the core does not keep in memory carries the paged flag (and a
+//!   transient one, which recovery drops, for a message no restart must bring back);
+//!   its index entry stays paged until [`Store::page_in`] takes it out, oldest first,
+//!   on the reader thread. With [`StoreConfig::window`], recovery hands back only the
+//!   head of each queue and leaves the rest paged (the segment buffers are read once
+//!   for the scan and again only where the heads lie).
 //!
 //! # Guarantees
 //! Under `always`, a completed ticket means the record (and everything submitted before
