@@ -573,7 +573,7 @@ impl Writer {
             let (last_seq, need_sync, defs_ops, closing, clean, scan, purges) = {
                 let mut p = shared.pending.lock();
                 loop {
-                    if !p.buf.is_empty() || !p.defs.is_empty() || p.need_sync || p.closing {
+                    if !p.is_empty() || p.need_sync || p.closing {
                         break;
                     }
                     // A compaction step to take, or the compactor's answer to collect.
