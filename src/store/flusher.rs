@@ -469,6 +469,7 @@ impl Writer {
         }
         let c = &self.shared.counters;
         c.compactions.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("store_compactions_total").increment(1);
         c.compacting.store(false, Ordering::Relaxed);
         tracing::debug!(
             segment = sc.victim,

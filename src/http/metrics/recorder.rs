@@ -1,6 +1,7 @@
 //! The `metrics` facade's recorder, for code that records events and has no handle on
 //! a registry: the store's fsyncs (`metrics::counter!("store_fsyncs_total")`,
-//! `metrics::histogram!("store_fsync_seconds")`).
+//! `metrics::histogram!("store_fsync_seconds")`) and compactions
+//! (`store_compactions_total`).
 //!
 //! The handles it gives out are plain atomics, read when scraped and written like every
 //! other family through [`crate::exposition::Writer`], under the listener's prefix.
@@ -20,6 +21,8 @@ use crate::exposition::{Collector, Kind, Writer};
 pub const STORE_FSYNC_SECONDS: &str = "store_fsync_seconds";
 /// Store fsyncs counter.
 pub const STORE_FSYNCS_TOTAL: &str = "store_fsyncs_total";
+/// Store compactions counter (segments whose live records were copied forward).
+pub const STORE_COMPACTIONS_TOTAL: &str = "store_compactions_total";
 
 /// Buckets of [`STORE_FSYNC_SECONDS`] (100 µs .. 1 s).
 pub const FSYNC_BUCKETS: [f64; 12] = [
@@ -152,8 +155,13 @@ fn describe_store() {
         "Latency of the store's fsync calls."
     );
     metrics::describe_counter!(STORE_FSYNCS_TOTAL, "fsync calls made by the store.");
+    metrics::describe_counter!(
+        STORE_COMPACTIONS_TOTAL,
+        "Segments the store compacted (live records copied forward, the segment deleted)."
+    );
     let _ = metrics::histogram!(STORE_FSYNC_SECONDS);
     let _ = metrics::counter!(STORE_FSYNCS_TOTAL);
+    let _ = metrics::counter!(STORE_COMPACTIONS_TOTAL);
 }
 
 /// The series of one name: key (name and labels) and handle.
