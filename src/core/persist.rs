@@ -6,28 +6,44 @@
 //! A definition is a field table, keyed `exchange/<vhost>/<name>`,
 //! `queue/<vhost>/<name>` or `binding/<vhost>/<source>/<q|e>/<destination>/<key>/<args-crc>`.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use std::sync::Arc;
 
 use super::message::{Message, Names};
 use crate::content::{FieldTable, FieldValue, Properties};
+use crate::store::Payload;
+
+/// A message's store record, written by the store straight from the message's own
+/// exchange, routing key, properties and body (no assembled copy in between).
+pub struct Record<'a>(pub &'a Message);
+
+impl Payload for Record<'_> {
+    fn len(&self) -> usize {
+        encoded_len(self.0)
+    }
+
+    fn put(&self, out: &mut Vec<u8>) {
+        let msg = self.0;
+        let ex = msg.exchange().as_bytes();
+        let rk = msg.routing_key().as_bytes();
+        let (ex, rk) = (&ex[..ex.len().min(255)], &rk[..rk.len().min(255)]);
+        out.push(ex.len() as u8);
+        out.extend_from_slice(ex);
+        out.push(rk.len() as u8);
+        out.extend_from_slice(rk);
+        out.extend_from_slice(&(msg.properties().len() as u32).to_be_bytes());
+        out.extend_from_slice(msg.properties());
+        out.extend_from_slice(msg.body());
+    }
+}
 
 /// Encodes a message for the store.
 pub fn encode_message(msg: &Message) -> Bytes {
-    let ex = msg.exchange().as_bytes();
-    let rk = msg.routing_key().as_bytes();
-    let mut out = BytesMut::with_capacity(
-        2 + ex.len() + rk.len() + 4 + msg.properties().len() + msg.body().len(),
-    );
-    out.put_u8(ex.len().min(255) as u8);
-    out.put_slice(&ex[..ex.len().min(255)]);
-    out.put_u8(rk.len().min(255) as u8);
-    out.put_slice(&rk[..rk.len().min(255)]);
-    out.put_u32(msg.properties().len() as u32);
-    out.put_slice(msg.properties());
-    out.put_slice(msg.body());
-    out.freeze()
+    let rec = Record(msg);
+    let mut out = Vec::with_capacity(rec.len());
+    rec.put(&mut out);
+    Bytes::from(out)
 }
 
 /// The length [`encode_message`] gives `msg` (what the store counts for it).

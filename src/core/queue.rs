@@ -378,7 +378,7 @@ impl Queue {
         // `never` a confirm / STORED means "accepted", and the write follows at once.
         let durable = match &self.store {
             Some(store) if msg.persistent && !stored => {
-                let ticket = store.publish(self.id, msg.id, persist::encode_message(&msg));
+                let ticket = store.publish(self.id, msg.id, persist::Record(&msg));
                 (store.policy() == FsyncPolicy::Always).then(|| Durable::new(ticket))
             }
             _ => None,
@@ -419,10 +419,9 @@ impl Queue {
             None
         } else {
             let persistent = self.stores(msg);
-            let payload = persist::encode_message(msg);
             let ticket = pg
                 .store
-                .publish_paged(self.id, msg.id, payload, !persistent);
+                .publish_paged(self.id, msg.id, persist::Record(msg), !persistent);
             (persistent && pg.store.policy() == FsyncPolicy::Always).then(|| Durable::new(ticket))
         };
         st.paged += 1;

@@ -744,7 +744,7 @@ impl VHost {
                     .collect();
                 let shared = ids.len() > 1;
                 if shared {
-                    let ticket = store.publish_shared(&ids, msg.id, persist::encode_message(&msg));
+                    let ticket = store.publish_shared(&ids, msg.id, persist::Record(&msg));
                     if store.policy() == FsyncPolicy::Always {
                         routed.durable = Some(Durable::new(ticket));
                     }

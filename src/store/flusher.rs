@@ -25,6 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::record::{self, Rec};
+use super::Waiting;
 use parking_lot::Mutex;
 
 use super::state::State;
@@ -145,6 +146,9 @@ pub(crate) struct Writer {
     last_batch_records: u64,
     taken_seq: u64,
     scratch: Vec<u8>,
+    /// The allocation of the last batch's list of elided publishes, handed back to
+    /// `Pending` with the next batch.
+    spare_cancelled: Vec<usize>,
     /// Victims named to the compactor thread (`None` once the flusher exits).
     to_compactor: Option<mpsc::Sender<u32>>,
     compactor: Option<JoinHandle<()>>,
@@ -198,6 +202,7 @@ impl Writer {
             last_batch_records: 0,
             taken_seq: 0,
             scratch: Vec::new(),
+            spare_cancelled: Vec::new(),
             to_compactor: Some(tx),
             compactor: Some(compactor),
             scan_in_flight: false,
@@ -480,6 +485,24 @@ impl Writer {
         Ok(true)
     }
 
+    /// Takes the publishes acked before they were written out of the batch.
+    fn elide(&mut self, batch: &mut Vec<u8>, mut at: Vec<usize>, purges: &mut [(u64, usize)]) {
+        at.sort_unstable();
+        let mut positions: Vec<usize> = purges.iter().map(|&(_, pos)| pos).collect();
+        record::remove_records(batch, &at, &mut positions);
+        for (p, pos) in purges.iter_mut().zip(positions) {
+            p.1 = pos;
+        }
+        self.shared
+            .counters
+            .elided
+            .fetch_add(at.len() as u64, Ordering::Relaxed);
+        metrics::counter!("store_publishes_elided_total").increment(at.len() as u64);
+        // Keep the vector's allocation for the next batch.
+        at.clear();
+        self.spare_cancelled = at;
+    }
+
     /// Writes a batch, taking out the paged messages of each queue purged in it at the
     /// point the purge was asked (what was published after it stays).
     fn write_batch(&mut self, batch: &[u8], purges: Vec<(u64, usize)>) -> io::Result<()> {
@@ -571,7 +594,7 @@ impl Writer {
         let mut batch: Vec<u8> = Vec::new();
         loop {
             batch.clear();
-            let (last_seq, need_sync, defs_ops, closing, clean, scan, purges) = {
+            let (last_seq, need_sync, defs_ops, closing, clean, scan, mut purges, cancelled) = {
                 let mut p = shared.pending.lock();
                 loop {
                     if !p.is_empty() || p.need_sync || p.closing {
@@ -589,20 +612,27 @@ impl Writer {
                         FsyncPolicy::Always if self.dirty => Some(self.last_sync + LAZY_SYNC),
                         _ => None,
                     };
-                    match deadline {
-                        Some(d) => {
-                            if shared.work.wait_until(&mut p, d).timed_out() {
-                                break;
-                            }
+                    p.waiting = Waiting::Idle;
+                    let timed_out = match deadline {
+                        Some(d) => shared.work.wait_until(&mut p, d).timed_out(),
+                        None => {
+                            shared.work.wait(&mut p);
+                            false
                         }
-                        None => shared.work.wait(&mut p),
+                    };
+                    p.waiting = Waiting::Busy;
+                    if timed_out {
+                        break;
                     }
                 }
                 // Let records nobody is waiting for gather into one write.
                 if !p.urgent(self.policy) && !p.buf.is_empty() {
                     let until = std::time::Instant::now() + super::COALESCE;
                     while !p.urgent(self.policy) {
-                        if shared.work.wait_until(&mut p, until).timed_out() {
+                        p.waiting = Waiting::Urgent;
+                        let timed_out = shared.work.wait_until(&mut p, until).timed_out();
+                        p.waiting = Waiting::Busy;
+                        if timed_out {
                             break;
                         }
                     }
@@ -617,8 +647,12 @@ impl Writer {
                         + self
                             .last_fsync_time
                             .min(std::time::Duration::from_millis(1));
-                    while p.seq.saturating_sub(self.taken_seq) < expected && !p.closing {
-                        if shared.work.wait_until(&mut p, until).timed_out() {
+                    let target = self.taken_seq + expected;
+                    while p.seq < target && !p.closing {
+                        p.waiting = Waiting::Seq(target);
+                        let timed_out = shared.work.wait_until(&mut p, until).timed_out();
+                        p.waiting = Waiting::Busy;
+                        if timed_out {
                             break;
                         }
                     }
@@ -626,6 +660,8 @@ impl Writer {
                 self.last_batch_records = p.seq.saturating_sub(self.taken_seq);
                 self.taken_seq = p.seq;
                 std::mem::swap(&mut p.buf, &mut batch);
+                // Past this point an ack or delivered mark of these publishes is a record.
+                p.unwritten.clear();
                 (
                     p.seq,
                     std::mem::take(&mut p.need_sync),
@@ -634,8 +670,12 @@ impl Writer {
                     p.clean,
                     p.compacted.take(),
                     std::mem::take(&mut p.purges),
+                    std::mem::replace(&mut p.cancelled, std::mem::take(&mut self.spare_cancelled)),
                 )
             };
+            if !cancelled.is_empty() {
+                self.elide(&mut batch, cancelled, &mut purges);
+            }
             self.take_scan(scan)?;
             if !defs_ops.is_empty() {
                 for (k, v) in defs_ops {

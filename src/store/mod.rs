@@ -21,6 +21,11 @@
 //!   arrives during the fsync goes into the next one. No timers on the waited path under
 //!   `always`; records nobody waits for (acks, delivered) ride along with the next
 //!   fsync, or are synced 10 ms after the previous one if the store goes idle.
+//! - Elision: the batch remembers where each plain publish in it starts. A delivered
+//!   mark for a publish still in the batch sets the flag in its record (no record of
+//!   its own), and an ack takes the publish out of the batch (neither is written): on a
+//!   queue whose consumers keep up, most messages are consumed within one fsync and
+//!   cost the disk nothing. Their tickets still complete with the batch.
 //! - Reclamation: the flusher keeps an index `(queue, msg id) -> record location and
 //!   flags` (per queue, blocks of up to 128 delta-encoded entries, about 2 bytes per
 //!   live message in a deep queue, see `index.rs`; shared with the reader of paged
@@ -106,6 +111,7 @@ const RECENT_FSYNCS: usize = 1024;
 /// so its type lives in the config leaf, where it is parsed.
 pub use crate::config::FsyncPolicy;
 pub use pager::PageDone;
+pub use record::Payload;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +259,9 @@ pub struct StoreStats {
     pub compacting: bool,
     /// Segment files deleted so far.
     pub segments_deleted: u64,
+    /// Publishes never written: acked before the flusher reached them (their delivered
+    /// mark and ack were not written either).
+    pub publishes_elided: u64,
     /// Bytes waiting for the flusher.
     pub pending_bytes: u64,
     /// Highest sequence number handed to a ticket.
@@ -277,7 +286,35 @@ struct Pending {
     /// Queues whose paged messages are to be dropped (a purge), each with the length
     /// `buf` had then: only what was submitted before the purge goes.
     purges: Vec<(u64, usize)>,
+    /// Plain publishes in `buf`, by `(queue, message id)`: where their record starts
+    /// ([`KEPT`] when the same key was published twice in one batch). A delivered mark
+    /// for one of them sets the flag in its record instead of writing a record of its
+    /// own, and an ack takes the publish out of the batch: a message consumed before
+    /// the flusher reached it is never written (RabbitMQ's message store does the same).
+    unwritten: state::IdMap<(u64, u64), usize>,
+    /// Where the publishes acked before they were written start in `buf`.
+    cancelled: Vec<usize>,
+    /// What the flusher is waiting for, so that a record wakes it only when it ends
+    /// that wait (one futex wake per batch, not one per record).
+    waiting: Waiting,
 }
+
+/// The flusher's wait, as [`Pending::waiting`] tells writers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Not waiting: it looks at `Pending` again before it waits.
+    #[default]
+    Busy,
+    /// For any record.
+    Idle,
+    /// For something urgent (records nobody waits for are gathering).
+    Urgent,
+    /// For the batch to reach this sequence number (group commit).
+    Seq(u64),
+}
+
+/// An [`Pending::unwritten`] entry that must be written whatever follows.
+const KEPT: usize = usize::MAX;
 
 /// Records nobody waits for (acks, delivered marks, and everything under `interval` and
 /// `never`) are written in batches: the flusher lets them gather for this long, or until
@@ -286,12 +323,38 @@ pub(crate) const COALESCE: std::time::Duration = std::time::Duration::from_milli
 pub(crate) const COALESCE_BYTES: usize = 256 * 1024;
 
 impl Pending {
+    /// Notes a plain publish encoded at `at` of `buf`.
+    fn track(&mut self, queue: u64, id: u64, at: usize) {
+        self.unwritten
+            .entry((queue, id))
+            .and_modify(|e| *e = KEPT)
+            .or_insert(at);
+    }
+
+    /// The unwritten publish of `(queue, id)`, if it is still in `buf` and may change.
+    fn unwritten(&self, queue: u64, id: u64) -> Option<usize> {
+        self.unwritten
+            .get(&(queue, id))
+            .copied()
+            .filter(|&at| at != KEPT)
+    }
+
     /// Whether the flusher must write now rather than let more records gather.
     pub(crate) fn urgent(&self, policy: FsyncPolicy) -> bool {
         self.closing
             || !self.defs.is_empty()
             || (policy == FsyncPolicy::Always && self.need_sync)
             || self.buf.len() >= COALESCE_BYTES
+    }
+
+    /// Whether the record just added ends the flusher's wait.
+    fn wakes(&self, policy: FsyncPolicy) -> bool {
+        match self.waiting {
+            Waiting::Busy => false,
+            Waiting::Idle => true,
+            Waiting::Urgent => self.urgent(policy),
+            Waiting::Seq(seq) => self.seq >= seq || self.closing,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -314,6 +377,7 @@ struct Counters {
     compactions: AtomicU64,
     segments_deleted: AtomicU64,
     compacting: AtomicBool,
+    elided: AtomicU64,
 }
 
 /// State shared between handles, tickets and the flusher thread.
@@ -648,15 +712,14 @@ impl Store {
             if p.closing || shared.stopped.load(Ordering::Acquire) {
                 (u64::MAX, true)
             } else {
-                let was_empty = p.is_empty();
                 f(&mut p);
                 p.seq += 1;
                 p.need_sync |= need_sync;
-                (p.seq, was_empty || p.urgent(shared.policy))
+                (p.seq, p.wakes(shared.policy))
             }
         };
-        // The flusher is woken by the first record of a batch and by anything urgent;
-        // records in between join the batch without a wake-up each.
+        // The flusher is woken only by the record that ends its wait; the others join
+        // the batch without a wake-up each.
         if wake {
             shared.work.notify_one();
         }
@@ -670,10 +733,12 @@ impl Store {
     /// Largest payload [`Store::publish`] accepts (about 1 GiB).
     pub const MAX_PAYLOAD: usize = record::MAX_BODY - record::PUBLISH_FIXED;
 
-    /// Appends a publish record; the ticket completes when it is durable per policy.
+    /// Appends a publish record; the ticket completes when it is durable per policy, or
+    /// once it needs no writing (acked before the flusher reached it: nothing is
+    /// written). Each `(queue, msg_id)` is published once.
     /// A payload over [`Store::MAX_PAYLOAD`] is not stored and its ticket fails with
     /// [`StoreError::TooLarge`].
-    pub fn publish(&self, queue: u64, msg_id: u64, payload: Bytes) -> SyncTicket {
+    pub fn publish<P: Payload>(&self, queue: u64, msg_id: u64, payload: P) -> SyncTicket {
         if payload.len() > Self::MAX_PAYLOAD {
             return SyncTicket {
                 shared: self.inner.shared.clone(),
@@ -682,14 +747,21 @@ impl Store {
             };
         }
         self.enqueue(true, |p| {
-            record::encode_publish(&mut p.buf, queue, msg_id, 0, &payload)
+            let at = p.buf.len();
+            record::encode_publish(&mut p.buf, queue, msg_id, 0, &payload);
+            p.track(queue, msg_id, at);
         })
     }
 
     /// Appends one publish record for a message routed to several queues: the body is
     /// written once and each queue holds a reference (reclaimed when the last of them
     /// acks it or is deleted). The ticket covers every queue.
-    pub fn publish_shared(&self, queues: &[u64], msg_id: u64, payload: Bytes) -> SyncTicket {
+    pub fn publish_shared<P: Payload>(
+        &self,
+        queues: &[u64],
+        msg_id: u64,
+        payload: P,
+    ) -> SyncTicket {
         match queues {
             [] => return self.sync(),
             [queue] => return self.publish(*queue, msg_id, payload),
@@ -715,11 +787,11 @@ impl Store {
     /// deep part of a queue): it stays paged in the index until [`Store::page_in`]
     /// reads it back. A `transient` one is dropped by recovery (a transient message, or
     /// one of a non-durable queue) and nobody waits for it to be synced.
-    pub fn publish_paged(
+    pub fn publish_paged<P: Payload>(
         &self,
         queue: u64,
         msg_id: u64,
-        payload: Bytes,
+        payload: P,
         transient: bool,
     ) -> SyncTicket {
         if payload.len() > Self::MAX_PAYLOAD {
@@ -738,7 +810,7 @@ impl Store {
     /// The core let go of a message already stored for `queue` (a shared record it now
     /// pages): read it back with [`Store::page_in`] like any other paged message.
     pub fn mark_paged(&self, queue: u64, msg_id: u64) {
-        self.small(|b| record::encode_pair(b, record::T_PAGED, queue, msg_id));
+        self.small(|p| record::encode_pair(&mut p.buf, record::T_PAGED, queue, msg_id));
     }
 
     /// Drops every paged message of `queue` (a purge: what the core holds stays). Does
@@ -793,16 +865,15 @@ impl Store {
         .read(queue, max, max_bytes, after_seq)
     }
 
-    fn small(&self, f: impl FnOnce(&mut Vec<u8>)) {
+    fn small(&self, f: impl FnOnce(&mut Pending)) {
         let shared = &self.inner.shared;
         let wake = {
             let mut p = shared.pending.lock();
             if p.closing || shared.stopped.load(Ordering::Acquire) {
                 return;
             }
-            let was_empty = p.is_empty();
-            f(&mut p.buf);
-            was_empty || p.urgent(shared.policy)
+            f(&mut p);
+            p.wakes(shared.policy)
         };
         if wake {
             shared.work.notify_one();
@@ -811,14 +882,22 @@ impl Store {
 
     /// Records that a message was acked (or otherwise removed). Does not wait; it is
     /// made durable by the next fsync (a lost ack means an at-least-once redelivery).
+    /// A publish not yet written is taken out of the batch instead: neither is written.
     pub fn ack(&self, queue: u64, msg_id: u64) {
-        self.small(|b| record::encode_pair(b, record::T_ACK, queue, msg_id));
+        self.small(|p| match p.unwritten.remove(&(queue, msg_id)) {
+            Some(at) if at != KEPT => p.cancelled.push(at),
+            _ => record::encode_pair(&mut p.buf, record::T_ACK, queue, msg_id),
+        });
     }
 
     /// Records that a message was handed to a consumer (recovered with
-    /// `delivered = true`). Does not wait.
+    /// `delivered = true`). Does not wait. For a publish not yet written, the flag is
+    /// set in its record.
     pub fn delivered(&self, queue: u64, msg_id: u64) {
-        self.small(|b| record::encode_pair(b, record::T_DELIVERED, queue, msg_id));
+        self.small(|p| match p.unwritten(queue, msg_id) {
+            Some(at) => record::set_publish_flag(&mut p.buf, at, record::FLAG_DELIVERED),
+            None => record::encode_pair(&mut p.buf, record::T_DELIVERED, queue, msg_id),
+        });
     }
 
     /// Drops every message of `queue` stored so far. The ticket may be ignored.
@@ -894,10 +973,28 @@ impl Store {
             compactions: c.compactions.load(Ordering::Relaxed),
             compacting: c.compacting.load(Ordering::Relaxed),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
+            publishes_elided: c.elided.load(Ordering::Relaxed),
             pending_bytes,
             submitted_seq,
             written_seq: sh.written_seq.load(Ordering::Acquire),
             synced_seq: sh.synced_seq.load(Ordering::Acquire),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_tracked_twice_in_one_batch_stays_written() {
+        let mut p = Pending::default();
+        p.track(1, 10, 0);
+        p.track(1, 11, 40);
+        assert_eq!(p.unwritten(1, 10), Some(0));
+        p.track(1, 10, 80);
+        assert_eq!(p.unwritten(1, 10), None);
+        assert_eq!(p.unwritten(1, 11), Some(40));
+        assert_eq!(p.unwritten(2, 11), None);
     }
 }

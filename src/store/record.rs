@@ -99,26 +99,149 @@ fn finish(buf: &mut [u8], start: usize) {
     buf[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// A message body as the store copies it into a record: one buffer, or the pieces of
+/// one (the core's message record is written straight from the message's own parts,
+/// without assembling a copy first).
+pub trait Payload {
+    /// Total length in bytes.
+    fn len(&self) -> usize;
+    /// True when empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Appends the bytes to `buf`.
+    fn put(&self, buf: &mut Vec<u8>);
+}
+
+impl Payload for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn put(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self);
+    }
+}
+
+impl Payload for bytes::Bytes {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn put(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self);
+    }
+}
+
+impl Payload for Vec<u8> {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn put(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self);
+    }
+}
+
+impl<const N: usize> Payload for [u8; N] {
+    fn len(&self) -> usize {
+        N
+    }
+    fn put(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self);
+    }
+}
+
+impl<T: Payload + ?Sized> Payload for &T {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn put(&self, buf: &mut Vec<u8>) {
+        (**self).put(buf);
+    }
+}
+
+impl<const N: usize> Payload for [&[u8]; N] {
+    fn len(&self) -> usize {
+        self.iter().map(|p| p.len()).sum()
+    }
+    fn put(&self, buf: &mut Vec<u8>) {
+        for p in self {
+            buf.extend_from_slice(p);
+        }
+    }
+}
+
 /// Appends a publish record.
-pub(crate) fn encode_publish(buf: &mut Vec<u8>, queue: u64, id: u64, flags: u8, payload: &[u8]) {
+pub(crate) fn encode_publish<P: Payload + ?Sized>(
+    buf: &mut Vec<u8>,
+    queue: u64,
+    id: u64,
+    flags: u8,
+    payload: &P,
+) {
     buf.reserve(PUBLISH_PAYLOAD_OFF + payload.len());
     let start = begin(buf, T_PUBLISH);
     buf.push(flags);
     buf.extend_from_slice(&queue.to_le_bytes());
     buf.extend_from_slice(&id.to_le_bytes());
-    buf.extend_from_slice(payload);
+    payload.put(buf);
     finish(buf, start);
+}
+
+/// Sets `flag` on the publish record at `at` of a buffer we encoded (not yet written),
+/// and seals it again.
+pub(crate) fn set_publish_flag(buf: &mut [u8], at: usize, flag: u8) {
+    debug_assert_eq!(buf[at + HEADER], T_PUBLISH);
+    buf[at + HEADER + 1] |= flag;
+    let len = u32_at(buf, at + 4) as usize;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&buf[at + 4..at + 8]),
+        &buf[at + HEADER..at + HEADER + len],
+    );
+    buf[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Length of the record at `at` of a buffer we encoded.
+pub(crate) fn len_at(buf: &[u8], at: usize) -> usize {
+    HEADER + u32_at(buf, at + 4) as usize
+}
+
+/// Removes the records at `offsets` (sorted, distinct, each the start of a record) from
+/// `buf`, moving what follows down. `positions` (record boundaries) move with it.
+pub(crate) fn remove_records(buf: &mut Vec<u8>, offsets: &[usize], positions: &mut [usize]) {
+    let Some(&first) = offsets.first() else {
+        return;
+    };
+    let mut removed: Vec<(usize, usize)> = Vec::with_capacity(offsets.len());
+    let (mut write, mut read) = (first, first);
+    for &at in offsets {
+        debug_assert!(at >= read);
+        let len = len_at(buf, at);
+        buf.copy_within(read..at, write);
+        write += at - read;
+        read = at + len;
+        removed.push((at, len));
+    }
+    let end = buf.len();
+    buf.copy_within(read..end, write);
+    buf.truncate(write + (end - read));
+    for pos in positions {
+        let gone: usize = removed
+            .iter()
+            .take_while(|&&(at, _)| at < *pos)
+            .map(|&(_, len)| len)
+            .sum();
+        *pos -= gone;
+    }
 }
 
 /// Appends a shared publish record: one body, several queues. The payload sits where a
 /// plain publish has it ([`PUBLISH_PAYLOAD_OFF`]), so that an index entry's payload is
 /// found the same way for both; the queue list follows the payload, and the 8 bytes
 /// where a plain publish has its queue hold the payload length and the queue count.
-pub(crate) fn encode_publish_shared(
+pub(crate) fn encode_publish_shared<P: Payload + ?Sized>(
     buf: &mut Vec<u8>,
     queues: impl ExactSizeIterator<Item = (u64, u8)>,
     id: u64,
-    payload: &[u8],
+    payload: &P,
 ) {
     let n = queues.len();
     debug_assert!(n > 0 && n <= MAX_SHARED_QUEUES);
@@ -128,7 +251,7 @@ pub(crate) fn encode_publish_shared(
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(&(n as u32).to_le_bytes());
     buf.extend_from_slice(&id.to_le_bytes());
-    buf.extend_from_slice(payload);
+    payload.put(buf);
     for (q, flags) in queues {
         buf.extend_from_slice(&q.to_le_bytes());
         buf.push(flags);
@@ -287,7 +410,7 @@ mod tests {
     #[test]
     fn roundtrip_and_resync() {
         let mut b = Vec::new();
-        encode_publish(&mut b, 7, 42, FLAG_DELIVERED, b"hello");
+        encode_publish(&mut b, 7, 42, FLAG_DELIVERED, &b"hello"[..]);
         let second = b.len();
         encode_pair(&mut b, T_ACK, 7, 41);
         let third = b.len();
@@ -323,7 +446,7 @@ mod tests {
             &mut b,
             [(3, 0), (9, FLAG_DELIVERED)].into_iter(),
             77,
-            b"body",
+            &b"body"[..],
         );
         let (len, r) = decode_trusted(&b, 0);
         assert_eq!(len, b.len());
@@ -356,7 +479,7 @@ mod tests {
     #[test]
     fn decode_publish() {
         let mut b = Vec::new();
-        encode_publish(&mut b, 1, 2, 0, b"xyz");
+        encode_publish(&mut b, 1, 2, 0, &b"xyz"[..]);
         let (len, r) = decode_trusted(&b, 0);
         assert_eq!(len, b.len());
         assert_eq!(
@@ -368,5 +491,67 @@ mod tests {
                 payload: b"xyz"
             }
         );
+    }
+
+    #[test]
+    fn payload_pieces_encode_like_one_buffer() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_publish(&mut a, 1, 2, 0, &b"header|body"[..]);
+        encode_publish(&mut b, 1, 2, 0, &[&b"head"[..], b"er|", b"", b"body"]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn flag_set_in_place_keeps_the_record_valid() {
+        let mut b = Vec::new();
+        encode_pair(&mut b, T_ACK, 1, 1);
+        let at = b.len();
+        encode_publish(&mut b, 7, 42, 0, &b"hello"[..]);
+        set_publish_flag(&mut b, at, FLAG_DELIVERED);
+        assert_eq!(check_at(&b, at), Some(b.len() - at));
+        let (_, r) = decode_trusted(&b, at);
+        assert!(
+            matches!(
+                r,
+                Rec::Publish {
+                    flags: FLAG_DELIVERED,
+                    id: 42,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn removed_records_leave_the_rest_intact() {
+        let mut b = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..6u64 {
+            starts.push(b.len());
+            encode_publish(&mut b, 1, i, 0, &vec![i as u8; i as usize * 3][..]);
+        }
+        // Positions at record boundaries: before 2, before 5, the end.
+        let mut pos = [starts[2], starts[5], b.len()];
+        remove_records(&mut b, &[starts[0], starts[3], starts[4]], &mut pos);
+        let mut ids = Vec::new();
+        let mut at = 0;
+        let mut bounds = vec![0];
+        while at < b.len() {
+            assert_eq!(check_at(&b, at), Some(len_at(&b, at)));
+            let (len, r) = decode_trusted(&b, at);
+            let Rec::Publish { id, payload, .. } = r else {
+                panic!()
+            };
+            assert_eq!(payload, &vec![id as u8; id as usize * 3][..]);
+            ids.push(id);
+            at += len;
+            bounds.push(at);
+        }
+        assert_eq!(ids, vec![1, 2, 5]);
+        assert_eq!(pos, [bounds[1], bounds[2], b.len()]);
+        let before = b.clone();
+        remove_records(&mut b, &[], &mut []);
+        assert_eq!(b, before);
     }
 }

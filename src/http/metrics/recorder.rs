@@ -1,7 +1,7 @@
 //! The `metrics` facade's recorder, for code that records events and has no handle on
 //! a registry: the store's fsyncs (`metrics::counter!("store_fsyncs_total")`,
-//! `metrics::histogram!("store_fsync_seconds")`) and compactions
-//! (`store_compactions_total`).
+//! `metrics::histogram!("store_fsync_seconds")`), compactions
+//! (`store_compactions_total`) and elided publishes (`store_publishes_elided_total`).
 //!
 //! The handles it gives out are plain atomics, read when scraped and written like every
 //! other family through [`crate::exposition::Writer`], under the listener's prefix.
@@ -23,6 +23,8 @@ pub const STORE_FSYNC_SECONDS: &str = "store_fsync_seconds";
 pub const STORE_FSYNCS_TOTAL: &str = "store_fsyncs_total";
 /// Store compactions counter (segments whose live records were copied forward).
 pub const STORE_COMPACTIONS_TOTAL: &str = "store_compactions_total";
+/// Publishes the store never wrote: consumed and acked before the flusher reached them.
+pub const STORE_PUBLISHES_ELIDED_TOTAL: &str = "store_publishes_elided_total";
 
 /// Buckets of [`STORE_FSYNC_SECONDS`] (100 µs .. 1 s).
 pub const FSYNC_BUCKETS: [f64; 12] = [
@@ -161,7 +163,12 @@ fn describe_store() {
     );
     let _ = metrics::histogram!(STORE_FSYNC_SECONDS);
     let _ = metrics::counter!(STORE_FSYNCS_TOTAL);
+    metrics::describe_counter!(
+        STORE_PUBLISHES_ELIDED_TOTAL,
+        "Persistent messages the store never wrote: acked before the flusher reached them."
+    );
     let _ = metrics::counter!(STORE_COMPACTIONS_TOTAL);
+    let _ = metrics::counter!(STORE_PUBLISHES_ELIDED_TOTAL);
 }
 
 /// The series of one name: key (name and labels) and handle.
