@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::commit::GroupCommit;
 use super::record::{self, Rec};
 use super::Waiting;
 use parking_lot::Mutex;
@@ -143,7 +144,7 @@ pub(crate) struct Writer {
     last_fsync_time: std::time::Duration,
     /// Records (publishes, definitions) the last batch committed, and the pending
     /// sequence number it ended at: group commit expects as many writers again.
-    last_batch_records: u64,
+    group_commit: GroupCommit,
     taken_seq: u64,
     scratch: Vec<u8>,
     /// The allocation of the last batch's list of elided publishes, handed back to
@@ -199,7 +200,7 @@ impl Writer {
             dirty: false,
             last_sync: Instant::now(),
             last_fsync_time: std::time::Duration::ZERO,
-            last_batch_records: 0,
+            group_commit: GroupCommit::default(),
             taken_seq: 0,
             scratch: Vec::new(),
             spare_cancelled: Vec::new(),
@@ -485,8 +486,15 @@ impl Writer {
         Ok(true)
     }
 
-    /// Takes the publishes acked before they were written out of the batch.
-    fn elide(&mut self, batch: &mut Vec<u8>, mut at: Vec<usize>, purges: &mut [(u64, usize)]) {
+    /// Takes the records made pointless before they were written out of the batch
+    /// (`elided` of them publishes).
+    fn elide(
+        &mut self,
+        batch: &mut Vec<u8>,
+        mut at: Vec<usize>,
+        elided: u64,
+        purges: &mut [(u64, usize)],
+    ) {
         at.sort_unstable();
         let mut positions: Vec<usize> = purges.iter().map(|&(_, pos)| pos).collect();
         record::remove_records(batch, &at, &mut positions);
@@ -496,8 +504,8 @@ impl Writer {
         self.shared
             .counters
             .elided
-            .fetch_add(at.len() as u64, Ordering::Relaxed);
-        metrics::counter!("store_publishes_elided_total").increment(at.len() as u64);
+            .fetch_add(elided, Ordering::Relaxed);
+        metrics::counter!("store_publishes_elided_total").increment(elided);
         // Keep the vector's allocation for the next batch.
         at.clear();
         self.spare_cancelled = at;
@@ -594,7 +602,17 @@ impl Writer {
         let mut batch: Vec<u8> = Vec::new();
         loop {
             batch.clear();
-            let (last_seq, need_sync, defs_ops, closing, clean, scan, mut purges, cancelled) = {
+            let (
+                last_seq,
+                need_sync,
+                defs_ops,
+                closing,
+                clean,
+                scan,
+                mut purges,
+                cancelled,
+                elided,
+            ) = {
                 let mut p = shared.pending.lock();
                 loop {
                     if !p.is_empty() || p.need_sync || p.closing {
@@ -637,17 +655,14 @@ impl Writer {
                         }
                     }
                 }
-                // Group commit with concurrent writers: when the last fsync served several
-                // writers and fewer have arrived, give the others up to the time of one
-                // fsync to join this one (PostgreSQL's commit_delay/commit_siblings,
-                // adaptive: a lone writer or an idle broker never waits).
-                let expected = self.last_batch_records;
-                if self.policy == FsyncPolicy::Always && p.need_sync && expected > 1 {
-                    let until = Instant::now()
-                        + self
-                            .last_fsync_time
-                            .min(std::time::Duration::from_millis(1));
-                    let target = self.taken_seq + expected;
+                // Group commit with concurrent writers (see commit.rs).
+                let plan = (self.policy == FsyncPolicy::Always && p.need_sync)
+                    .then(|| self.group_commit.plan(self.last_fsync_time))
+                    .flatten();
+                let mut reached = true;
+                if let Some((records, wait)) = plan {
+                    let until = Instant::now() + wait;
+                    let target = self.taken_seq + records;
                     while p.seq < target && !p.closing {
                         p.waiting = Waiting::Seq(target);
                         let timed_out = shared.work.wait_until(&mut p, until).timed_out();
@@ -656,12 +671,17 @@ impl Writer {
                             break;
                         }
                     }
+                    reached = p.seq >= target;
                 }
-                self.last_batch_records = p.seq.saturating_sub(self.taken_seq);
+                if self.policy == FsyncPolicy::Always && p.need_sync {
+                    self.group_commit
+                        .taken(p.seq.saturating_sub(self.taken_seq), reached);
+                }
                 self.taken_seq = p.seq;
                 std::mem::swap(&mut p.buf, &mut batch);
                 // Past this point an ack or delivered mark of these publishes is a record.
                 p.unwritten.clear();
+                p.marks.clear();
                 (
                     p.seq,
                     std::mem::take(&mut p.need_sync),
@@ -671,10 +691,11 @@ impl Writer {
                     p.compacted.take(),
                     std::mem::take(&mut p.purges),
                     std::mem::replace(&mut p.cancelled, std::mem::take(&mut self.spare_cancelled)),
+                    std::mem::take(&mut p.elided),
                 )
             };
             if !cancelled.is_empty() {
-                self.elide(&mut batch, cancelled, &mut purges);
+                self.elide(&mut batch, cancelled, elided, &mut purges);
             }
             self.take_scan(scan)?;
             if !defs_ops.is_empty() {

@@ -18,9 +18,11 @@
 //!   and get a [`SyncTicket`] (an `Arc` clone plus a sequence number, no allocation). One
 //!   dedicated OS thread takes the whole batch, writes it with one `write`, runs one
 //!   `fdatasync`, publishes "synced up to sequence N" and wakes every waiter. Whatever
-//!   arrives during the fsync goes into the next one. No timers on the waited path under
-//!   `always`; records nobody waits for (acks, delivered) ride along with the next
-//!   fsync, or are synced 10 ms after the previous one if the store goes idle.
+//!   arrives during the fsync goes into the next one; with several writers the flusher
+//!   lets a batch gather for a bounded, learned time first (`commit.rs`: a lone writer
+//!   never waits, many writers with many records in flight get bigger, rarer fsyncs).
+//!   Records nobody waits for (acks, delivered) ride along with the next fsync, or are
+//!   synced 10 ms after the previous one if the store goes idle.
 //! - Elision: the batch remembers where each plain publish in it starts. A delivered
 //!   mark for a publish still in the batch sets the flag in its record (no record of
 //!   its own), and an ack takes the publish out of the batch (neither is written): on a
@@ -75,6 +77,7 @@
 //! [`Recovered::queues`] that have no definition (deleted just before the crash) should
 //! be dropped with [`Store::delete_queue`].
 
+mod commit;
 mod defs;
 mod flusher;
 mod index;
@@ -292,8 +295,14 @@ struct Pending {
     /// own, and an ack takes the publish out of the batch: a message consumed before
     /// the flusher reached it is never written (RabbitMQ's message store does the same).
     unwritten: state::IdMap<(u64, u64), usize>,
-    /// Where the publishes acked before they were written start in `buf`.
+    /// Delivered records in `buf`, by `(queue, message id)`: an ack in the same batch
+    /// makes them pointless (the message is gone either way), so they are dropped.
+    marks: state::IdMap<(u64, u64), usize>,
+    /// Where the records taken out of `buf` start (publishes acked before they were
+    /// written, delivered marks of messages acked since).
     cancelled: Vec<usize>,
+    /// How many of those are publishes.
+    elided: u64,
     /// What the flusher is waiting for, so that a record wakes it only when it ends
     /// that wait (one futex wake per batch, not one per record).
     waiting: Waiting,
@@ -885,18 +894,30 @@ impl Store {
     /// A publish not yet written is taken out of the batch instead: neither is written.
     pub fn ack(&self, queue: u64, msg_id: u64) {
         self.small(|p| match p.unwritten.remove(&(queue, msg_id)) {
-            Some(at) if at != KEPT => p.cancelled.push(at),
-            _ => record::encode_pair(&mut p.buf, record::T_ACK, queue, msg_id),
+            Some(at) if at != KEPT => {
+                p.cancelled.push(at);
+                p.elided += 1;
+            }
+            _ => {
+                if let Some(at) = p.marks.remove(&(queue, msg_id)) {
+                    p.cancelled.push(at);
+                }
+                record::encode_pair(&mut p.buf, record::T_ACK, queue, msg_id);
+            }
         });
     }
 
     /// Records that a message was handed to a consumer (recovered with
     /// `delivered = true`). Does not wait. For a publish not yet written, the flag is
-    /// set in its record.
+    /// set in its record; a mark not yet written when the message is acked is dropped.
     pub fn delivered(&self, queue: u64, msg_id: u64) {
         self.small(|p| match p.unwritten(queue, msg_id) {
             Some(at) => record::set_publish_flag(&mut p.buf, at, record::FLAG_DELIVERED),
-            None => record::encode_pair(&mut p.buf, record::T_DELIVERED, queue, msg_id),
+            None => {
+                let at = p.buf.len();
+                record::encode_pair(&mut p.buf, record::T_DELIVERED, queue, msg_id);
+                p.marks.insert((queue, msg_id), at);
+            }
         });
     }
 
