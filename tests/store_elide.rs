@@ -2,30 +2,11 @@
 //! delivered mark for one still waiting is folded into its record; what recovery sees
 //! is the same as if every record had been written.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use bytes::Bytes;
+use common::{segments_size, TempDir};
 use qgate::store::{FsyncPolicy, Store, StoreConfig};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "qgate-elide-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn segments_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum()
-}
 
 fn body(id: u64) -> Bytes {
     Bytes::from(format!("{id:08}").repeat(64))
@@ -33,11 +14,12 @@ fn body(id: u64) -> Bytes {
 
 #[test]
 fn publishes_acked_before_the_flusher_are_not_written() {
-    let dir = temp_dir("acked");
+    let tmp = TempDir::new();
+    let dir = tmp.path();
     let n = 20_000u64;
     {
-        let (s, _) = Store::open(StoreConfig::new(&dir)).unwrap();
-        let empty = segments_size(&dir);
+        let (s, _) = Store::open(StoreConfig::new(dir)).unwrap();
+        let empty = segments_size(dir);
         let mut last = None;
         for id in 1..=n {
             last = Some(s.publish(1, id, body(id)));
@@ -61,14 +43,14 @@ fn publishes_acked_before_the_flusher_are_not_written() {
         // the odd ids, plus the even ids that were written before their ack came.
         let record = 12 + 18 + 512;
         let written = (n - st.publishes_elided) * record + (n / 2 - st.publishes_elided) * 29;
-        let grown = segments_size(&dir) - empty;
+        let grown = segments_size(dir) - empty;
         assert!(
             grown <= written + 4096,
             "{grown} bytes for {written} expected"
         );
         drop(s); // no clean close: recovery checks every record
     }
-    let (s, rec) = Store::open(StoreConfig::new(&dir)).unwrap();
+    let (s, rec) = Store::open(StoreConfig::new(dir)).unwrap();
     let ids: Vec<u64> = rec.queues[0].1.iter().map(|m| m.msg_id).collect();
     assert_eq!(ids, (1..=n).step_by(2).collect::<Vec<_>>());
     for m in &rec.queues[0].1 {
@@ -76,15 +58,15 @@ fn publishes_acked_before_the_flusher_are_not_written() {
         assert!(!m.delivered);
     }
     s.close().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn delivered_marks_survive_whether_folded_or_written() {
-    let dir = temp_dir("delivered");
+    let tmp = TempDir::new();
+    let dir = tmp.path();
     let n = 5_000u64;
     {
-        let mut cfg = StoreConfig::new(&dir);
+        let mut cfg = StoreConfig::new(dir);
         cfg.fsync = FsyncPolicy::Never;
         let (s, _) = Store::open(cfg).unwrap();
         for id in 1..=n {
@@ -103,7 +85,7 @@ fn delivered_marks_survive_whether_folded_or_written() {
         s.sync().wait_blocking().unwrap();
         drop(s);
     }
-    let (s, rec) = Store::open(StoreConfig::new(&dir)).unwrap();
+    let (s, rec) = Store::open(StoreConfig::new(dir)).unwrap();
     let got: Vec<(u64, bool)> = rec.queues[0]
         .1
         .iter()
@@ -118,5 +100,4 @@ fn delivered_marks_survive_whether_folded_or_written() {
         .collect();
     assert_eq!(got, want);
     s.close().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

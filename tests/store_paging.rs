@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::segments_size;
 use qgate::store::{FsyncPolicy, RecoveredMessage, Store, StoreConfig, Window};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -20,14 +23,6 @@ fn temp_dir(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-fn segments_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 fn payload(id: u64) -> Bytes {

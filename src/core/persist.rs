@@ -38,7 +38,8 @@ impl Payload for Record<'_> {
     }
 }
 
-/// Encodes a message for the store.
+/// Encodes a message for the store (what [`Record`] writes, as one buffer).
+#[cfg(test)]
 pub fn encode_message(msg: &Message) -> Bytes {
     let rec = Record(msg);
     let mut out = Vec::with_capacity(rec.len());
@@ -46,7 +47,7 @@ pub fn encode_message(msg: &Message) -> Bytes {
     Bytes::from(out)
 }
 
-/// The length [`encode_message`] gives `msg` (what the store counts for it).
+/// The length of `msg`'s store record ([`Record`]; what the store counts for it).
 pub fn encoded_len(msg: &Message) -> usize {
     2 + msg.exchange().len().min(255)
         + msg.routing_key().len().min(255)

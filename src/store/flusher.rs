@@ -656,7 +656,8 @@ impl Writer {
                     }
                 }
                 // Group commit with concurrent writers (see commit.rs).
-                let plan = (self.policy == FsyncPolicy::Always && p.need_sync)
+                let grouped = self.policy == FsyncPolicy::Always && p.need_sync;
+                let plan = grouped
                     .then(|| self.group_commit.plan(self.last_fsync_time))
                     .flatten();
                 let mut reached = true;
@@ -673,7 +674,7 @@ impl Writer {
                     }
                     reached = p.seq >= target;
                 }
-                if self.policy == FsyncPolicy::Always && p.need_sync {
+                if grouped {
                     self.group_commit
                         .taken(p.seq.saturating_sub(self.taken_seq), reached);
                 }

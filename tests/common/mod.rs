@@ -79,6 +79,16 @@ impl Drop for TempDir {
     }
 }
 
+/// Total size of the segment files of the store in `dir` (what the data directory's
+/// `segments/` holds on disk).
+pub fn segments_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// A test configuration: every listener on 127.0.0.1 port 0, a unique data dir.
 pub fn test_config(data_dir: &Path) -> qgate::config::Config {
     let mut config = qgate::config::Config::default();
